@@ -1,0 +1,221 @@
+// module.cpp — the only pybind11 file: exposes the core's chains as gradchain._core.
+// Arrays arrive already validated by the Python layer (dtype, shape, contiguity,
+// finiteness); the checks here only keep a direct caller of _core from crashing
+// the process. The GIL is released around every compute call.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "gradchain/blas.h"
+#include "gradchain/chain.h"
+#include "gradchain/dispatch.h"
+#include "gradchain/report.h"
+
+namespace py = pybind11;
+using namespace gradchain;
+
+namespace {
+
+template <class T>
+using CArray = py::array_t<T, py::array::c_style>;
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+template <class T>
+void check_2d(const CArray<T>& a, const char* name, int64_t cols, int64_t rows = -1) {
+  if (a.ndim() != 2 || a.shape(1) != cols || (rows >= 0 && a.shape(0) != rows))
+    throw std::invalid_argument(std::string(name) + ": expected shape (" +
+                                (rows >= 0 ? std::to_string(rows) : std::string("B")) + ", " +
+                                std::to_string(cols) + "), got " + shape_str(a));
+}
+
+py::array_t<double> vec(const std::vector<double>& v) {
+  py::array_t<double> a(py::ssize_t(v.size()));
+  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(double));
+  return a;
+}
+
+py::dict report_dict(const MlpReport& r) {
+  py::dict d;
+  d["weight_grad_norms"] = vec(r.weight);
+  d["bias_grad_norms"] = vec(r.bias);
+  d["norm_weight_grad_norms"] = vec(r.norm_weight);
+  d["norm_bias_grad_norms"] = vec(r.norm_bias);
+  d["activation_grad_norms"] = vec(r.activation);
+  d["global_norm"] = r.global_norm;
+  d["first_nonfinite"] = r.first_nonfinite < 0 ? py::object(py::none()) : py::int_(r.first_nonfinite);
+  d["forward_first_nonfinite"] =
+      r.forward_first_nonfinite < 0 ? py::object(py::none()) : py::int_(r.forward_first_nonfinite);
+  return d;
+}
+
+// A 1-D NumPy view of `n` elements of core memory, kept alive by `owner`.
+template <class T>
+py::array_t<T> view(T* ptr, int64_t n, py::handle owner) {
+  return py::array_t<T>({py::ssize_t(n)}, {py::ssize_t(sizeof(T))}, ptr, owner);
+}
+
+template <class T>
+void bind_mlp(py::module_& m, const char* name) {
+  using C = MlpChain<T>;
+  py::class_<C>(m, name, "The C++ MLP chain (use gradchain.MLP).")
+      .def(py::init([](std::vector<int64_t> sizes, int act, double p0, double p1, int norm,
+                       bool bias, std::vector<bool> residual, double residual_scale, double eps,
+                       double momentum) {
+             if (act < 0 || act > int(Act::Custom)) throw std::invalid_argument("bad activation id");
+             if (norm < 0 || norm > 2) throw std::invalid_argument("bad norm id");
+             MlpConfig cfg;
+             cfg.sizes = std::move(sizes);
+             cfg.act = ActParams{Act(act), p0, p1};
+             cfg.norm = NormKind(norm);
+             cfg.bias = bias;
+             for (bool r : residual) cfg.residual.push_back(r ? 1 : 0);
+             cfg.residual_scale = residual_scale;
+             cfg.eps = eps;
+             cfg.momentum = momentum;
+             return new C(std::move(cfg));
+           }),
+           py::arg("sizes"), py::arg("act"), py::arg("p0"), py::arg("p1"), py::arg("norm"),
+           py::arg("bias"), py::arg("residual"), py::arg("residual_scale"), py::arg("eps"),
+           py::arg("momentum"))
+      .def_property_readonly("num_hidden", &C::num_hidden)
+      .def_readwrite("training", &C::training)
+      .def_readwrite("num_batches_tracked", &C::num_batches_tracked)
+      .def_property_readonly("has_forward", &C::has_forward)
+      .def_property_readonly("forward_batch", &C::forward_batch)
+      .def("invalidate", &C::invalidate)
+      .def("tensors",
+           [](const C& c) {
+             py::list out;
+             for (auto& t : c.tensors())
+               out.append(py::make_tuple(t.name, t.offset, py::tuple(py::cast(t.shape)), t.kind));
+             return out;
+           })
+      .def("param_array", [](py::object self) {
+        C& c = self.cast<C&>();
+        return view<T>(c.params(), c.num_params(), self);
+      })
+      .def("grad_array", [](py::object self) {
+        C& c = self.cast<C&>();
+        return view<T>(c.grads(), c.num_params(), self);
+      })
+      .def("buffer_array", [](py::object self) {
+        C& c = self.cast<C&>();
+        return view<T>(c.buffers(), c.num_buffers(), self);
+      })
+      .def("set_custom_activation",
+           [](C& c, py::function fn) {
+             // fn(x: ndarray (rows, cols)) -> (f, d), validated by the Python layer's wrapper.
+             c.set_custom_activation([fn](const T* x, T* f, T* d, int64_t rows, int64_t cols) {
+               py::gil_scoped_acquire gil;
+               CArray<T> xa({py::ssize_t(rows), py::ssize_t(cols)});
+               std::memcpy(xa.mutable_data(), x, size_t(rows * cols) * sizeof(T));
+               py::tuple res = fn(xa);
+               if (res.size() != 2) throw std::invalid_argument("custom activation must return (f, df)");
+               auto fa = res[0].cast<CArray<T>>();
+               auto da = res[1].cast<CArray<T>>();
+               check_2d<T>(fa, "custom activation f(x)", cols, rows);
+               check_2d<T>(da, "custom activation df(x)", cols, rows);
+               std::memcpy(f, fa.data(), size_t(rows * cols) * sizeof(T));
+               std::memcpy(d, da.data(), size_t(rows * cols) * sizeof(T));
+             });
+           })
+      .def(
+          "forward",
+          [](C& c, const CArray<T>& x) {
+            check_2d<T>(x, "x", c.config().sizes.front());
+            const int64_t B = x.shape(0);
+            CArray<T> y({py::ssize_t(B), py::ssize_t(c.config().sizes.back())});
+            const T* xp = x.data();
+            T* yp = y.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              c.forward(xp, B, yp);
+            }
+            return y;
+          },
+          py::arg("x").noconvert())
+      .def(
+          "backward",
+          [](C& c, const CArray<T>& gy, bool accumulate) {
+            if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
+            check_2d<T>(gy, "grad_output", c.config().sizes.back(), c.forward_batch());
+            CArray<T> dx({py::ssize_t(c.forward_batch()), py::ssize_t(c.config().sizes.front())});
+            const T* gp = gy.data();
+            T* dp = dx.mutable_data();
+            MlpReport rep;
+            {
+              py::gil_scoped_release nogil;
+              rep = c.backward(gp, dp, accumulate);
+            }
+            return py::make_tuple(report_dict(rep), dx);
+          },
+          py::arg("grad_output").noconvert(), py::arg("accumulate") = false)
+      .def("clip_grad_norm",
+           [](C& c, double max_norm, bool error_if_nonfinite) {
+             py::gil_scoped_release nogil;
+             std::lock_guard<std::mutex> lock(c.mutex());
+             return clip_grad_norm<T>(c.grad_spans(), max_norm, error_if_nonfinite);
+           })
+      .def("clip_grad_value",
+           [](C& c, double v) {
+             py::gil_scoped_release nogil;
+             std::lock_guard<std::mutex> lock(c.mutex());
+             clip_grad_value<T>(c.grad_spans(), v);
+           })
+      .def("clip_grad_norm_per_tensor",
+           [](C& c, double max_norm) {
+             std::vector<double> norms;
+             {
+               py::gil_scoped_release nogil;
+               std::lock_guard<std::mutex> lock(c.mutex());
+               norms = clip_grad_norm_per_tensor<T>(c.grad_spans(), max_norm);
+             }
+             return vec(norms);
+           })
+      .def("grad_norms", [](C& c) {
+        std::vector<double> norms;
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(c.mutex());
+          for (auto& s : c.grad_spans()) norms.push_back(tensor_norm<T>(s.first, s.second));
+        }
+        return vec(norms);
+      });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "gradchain's compiled core (internal; use the gradchain package).";
+  blas_init();
+  py::register_exception<NonFiniteError>(m, "NonFiniteError", PyExc_RuntimeError);
+
+  bind_mlp<float>(m, "MlpChainF32");
+  bind_mlp<double>(m, "MlpChainF64");
+
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("get_isa", &current_isa);
+  m.def("set_isa", &set_isa, py::arg("name"));
+  m.def("available_isas", &available_isas);
+  m.def("blas_corename", [] { return std::string(blas_corename()); });
+  m.def("combine_norms", &combine_norms, py::arg("norms"));
+  m.attr("ACTIVATION_IDS") = py::dict(
+      py::arg("identity") = int(Act::Identity), py::arg("sigmoid") = int(Act::Sigmoid),
+      py::arg("tanh") = int(Act::Tanh), py::arg("relu") = int(Act::Relu),
+      py::arg("leaky_relu") = int(Act::LeakyRelu), py::arg("elu") = int(Act::Elu),
+      py::arg("selu") = int(Act::Selu), py::arg("gelu") = int(Act::Gelu),
+      py::arg("gelu_tanh") = int(Act::GeluTanh), py::arg("softplus") = int(Act::Softplus),
+      py::arg("silu") = int(Act::Silu), py::arg("hardtanh") = int(Act::Hardtanh),
+      py::arg("custom") = int(Act::Custom));
+}

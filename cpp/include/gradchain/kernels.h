@@ -1,0 +1,87 @@
+// gradchain/kernels.h — the elementwise kernel table: every fused pass that runs
+// between two GEMMs, as plain functions over raw, contiguous, row-major buffers.
+//
+// The same source (cpp/src/simd/kernels-inl.h) is compiled once per ISA
+// (scalar / AVX2+FMA / AVX-512) into its own namespace; dispatch.cpp picks one
+// table at runtime. Every function processes `rows` rows of width `n` and is
+// called by one thread on its own block of rows (or, for the column passes,
+// its own rows of the partial-sum arrays), so the result never depends on how
+// many threads there are.
+#pragma once
+
+#include <cstdint>
+
+namespace gradchain {
+
+enum class Act : int {
+  Identity = 0, Sigmoid, Tanh, Relu, LeakyRelu, Elu, Selu, Gelu, GeluTanh, Softplus, Silu,
+  Hardtanh, Custom
+};
+
+// p0/p1: leaky_relu (negative_slope), elu (alpha), softplus (beta, threshold),
+// hardtanh (min_val, max_val); unused otherwise.
+struct ActParams {
+  Act kind = Act::Tanh;
+  double p0 = 0.0;
+  double p1 = 0.0;
+};
+
+// Arguments of the fused forward epilogue  a = [resid +] alpha_or_1 * act(Norm(z + b)).
+template <class T>
+struct FwdArgs {
+  ActParams act;
+  const T* bias = nullptr;       // (n) added to z (None / Layer modes), or null
+  const T* col_shift = nullptr;  // batch mode: xhat = (z - col_shift) * col_scale   (n)
+  const T* col_scale = nullptr;
+  const T* gamma = nullptr;      // norm affine weight (n), null = 1
+  const T* beta = nullptr;       // norm affine bias (n), null = 0
+  const T* resid = nullptr;      // (rows, n) residual input a_{l-1}, or null
+  T alpha = 1;                   // residual scale
+  T eps = 1e-5;                  // layer norm epsilon
+};
+
+template <class T>
+struct KernelTable {
+  const char* isa;
+  // --- forward -------------------------------------------------------------
+  // z (rows, n) -> a (rows, n) [may alias z], d = act'(pre-activation) (rows, n).
+  // xhat (rows, n) is written in the norm modes. Returns sum(a * 0): 0 when every
+  // a is finite, NaN otherwise (cheap, vectorised non-finite detection).
+  double (*fwd_plain)(const FwdArgs<T>& args, const T* z, T* a, T* d, int64_t rows, int64_t n);
+  double (*fwd_batchnorm)(const FwdArgs<T>& args, const T* z, T* xhat, T* a, T* d, int64_t rows,
+                          int64_t n);
+  // Layer norm: also writes the per-row mean and 1/sqrt(var + eps) (rows).
+  double (*fwd_layernorm)(const FwdArgs<T>& args, const T* z, T* xhat, T* a, T* d, T* row_mean,
+                          T* row_istd, int64_t rows, int64_t n);
+  // Column statistics over a block of rows: acc[c] += z[r, c]  /  acc[c] += (z[r,c] - center[c])^2.
+  void (*col_sum)(const T* z, int64_t rows, int64_t n, double* acc);
+  void (*col_sumsq_centered)(const T* z, const double* center, int64_t rows, int64_t n,
+                             double* acc);
+  // y += b row by row; returns sum(y * 0) (non-finite detection).
+  double (*add_bias)(T* y, const T* b, int64_t rows, int64_t n);
+
+  // --- backward ------------------------------------------------------------
+  // dz = g * scale * d;  db_acc[c] += dz;  returns sum(g^2) (float64).
+  double (*bwd_plain)(const T* g, const T* d, T scale, T* dz, double* db_acc, int64_t rows,
+                      int64_t n);
+  // Batch norm, pass 1: dn = g * scale * d -> dn_out;  acc0 += dn;  acc1 += dn * xhat;  returns sum(g^2).
+  double (*bwd_bn1)(const T* g, const T* d, const T* xhat, T scale, T* dn_out, double* acc0,
+                    double* acc1, int64_t rows, int64_t n);
+  // Batch norm, pass 2 (in place): dz = k[c] * (dn - m1[c] - xhat * m2[c]);  db_acc += dz.
+  void (*bwd_bn2)(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2, double* db_acc,
+                  int64_t rows, int64_t n);
+  // Layer norm: dn = g*scale*d; dgamma_acc += dn*xhat; dbeta_acc += dn; dxh = dn*gamma;
+  // dz = istd_r * (dxh - mean(dxh) - xhat * mean(dxh * xhat)); db_acc += dz. Returns sum(g^2).
+  double (*bwd_layernorm)(const T* g, const T* d, const T* xhat, const T* gamma,
+                          const T* row_istd, T scale, T* dz, double* dgamma_acc,
+                          double* dbeta_acc, double* db_acc, int64_t rows, int64_t n);
+
+  // --- reductions and gradient edits -----------------------------------------
+  double (*sumsq)(const T* x, int64_t n);          // sum(x^2) in float64
+  double (*maxabs)(const T* x, int64_t n);         // max |x| (NaN if any NaN)
+  void (*scale)(T* x, int64_t n, T s);             // x *= s
+  void (*clamp)(T* x, int64_t n, T lo, T hi);      // x = clamp(x, lo, hi), NaN kept
+  void (*act_apply)(const ActParams& act, const T* x, T* f, T* d, int64_t n);  // f, d = act(x), act'(x)
+};
+
+}  // namespace gradchain

@@ -1,0 +1,580 @@
+// kernels-inl.h — gradchain's elementwise kernels, written once and compiled once
+// per ISA. Include it after defining GC_ISA_NS (the namespace, e.g. avx2) and
+// GC_ISA_NAME (a string). Each ISA's translation unit is compiled with its own
+// -m flags (CMakeLists.txt), so every loop below auto-vectorises to that ISA.
+//
+// Rules that keep it vectorising and ODR-safe:
+//  * everything lives in namespace gradchain::GC_ISA_NS, so no inline function
+//    compiled for AVX-512 can be picked by the linker for the scalar table;
+//  * no std::min/max (templates: out-of-line copies would be shared across ISAs;
+//    and they block vectorisation under -ftrapping-math) — plain ternaries;
+//  * reductions use `#pragma omp simd reduction`, which lets GCC reorder the sum
+//    into vector lanes without -ffast-math. The order is fixed per ISA, so
+//    results are reproducible run to run and across thread counts;
+//  * float32 transcendental functions are our own branch-free versions (below);
+//    float64 uses libm, exact as NumPy's.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "gradchain/kernels.h"
+
+#ifndef GC_ISA_NS
+#error "define GC_ISA_NS before including kernels-inl.h"
+#endif
+
+namespace gradchain {
+namespace GC_ISA_NS {
+
+// ---------------------------------------------------------------------------
+// float32 math that vectorises. exp: x = n ln2 + r with |r| <= ln2/2, then a
+// degree-7 Taylor polynomial (truncation error r^8/8! < 6e-9, about 0.1 ulp) and
+// 2^n built in the exponent bits. Rounding to nearest integer by the 1.5*2^23
+// trick (valid because |x*log2e| < 2^22 after the clamp).
+// ---------------------------------------------------------------------------
+static inline float exp_f(float x) {
+  x = x > 88.7f ? 88.7f : x;
+  x = x < -87.3f ? -87.3f : x;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23
+  float nf = (x * 1.44269504088896341f + shifter) - shifter;
+  // ln2 split so that nf * kLn2Hi is exact (kLn2Hi has 9 zero low bits).
+  float r = x - nf * 0.693359375f;
+  r = r + nf * 2.12194440e-4f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t n = static_cast<int32_t>(nf);
+  int32_t bits = (n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// expm1 with full relative accuracy near 0: Taylor up to r^8 for |x| < 0.35
+// (error < 0.35^9/9! ~ 2e-10 relative), exp(x) - 1 elsewhere (cancellation at
+// most ~1.5 bits there).
+static inline float expm1_f(float x) {
+  float p = 1.0f / 40320.0f;
+  p = p * x + 1.0f / 5040.0f;
+  p = p * x + 1.0f / 720.0f;
+  p = p * x + 1.0f / 120.0f;
+  p = p * x + 1.0f / 24.0f;
+  p = p * x + 1.0f / 6.0f;
+  p = p * x + 0.5f;
+  p = p * x + 1.0f;
+  float small = p * x;
+  float big = exp_f(x) - 1.0f;
+  float ax = x < 0 ? -x : x;
+  return ax < 0.35f ? small : big;
+}
+
+// tanh: an odd polynomial x * P(x^2) on |x| < 0.55 (least-squares fit to
+// relative error 1.1e-9, made for gradchain with numpy), else
+// sign(x) * (1 - 2 / (exp(2|x|) + 1)). Measured max error about 1-2 ulp.
+static inline float tanh_f(float x) {
+  float ax = x < 0 ? -x : x;
+  float z = x * x;
+  float p = -0.0062643244015684815f;
+  p = p * z + 0.02106410793302981f;
+  p = p * z - 0.053850289738423776f;
+  p = p * z + 0.13332564390684656f;
+  p = p * z - 0.33333316797341306f;
+  p = p * z + 1.0f;
+  float small = x * p;
+  float e = exp_f(2.0f * ax);
+  float big = 1.0f - 2.0f / (e + 1.0f);
+  big = x < 0 ? -big : big;
+  return ax < 0.55f ? small : big;
+}
+
+static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+// Per-dtype math: float32 uses the functions above, float64 uses libm.
+template <class T> struct M;
+template <> struct M<float> {
+  static float exp(float x) { return exp_f(x); }
+  static float expm1(float x) { return expm1_f(x); }
+  static float tanh(float x) { return tanh_f(x); }
+  static float sigmoid(float x) { return sigmoid_f(x); }
+  static float erf(float x) { return std::erf(x); }
+  static float log1p(float x) { return std::log1p(x); }
+};
+template <> struct M<double> {
+  static double exp(double x) { return std::exp(x); }
+  static double expm1(double x) { return std::expm1(x); }
+  static double tanh(double x) { return std::tanh(x); }
+  static double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+  static double erf(double x) { return std::erf(x); }
+  static double log1p(double x) { return std::log1p(x); }
+};
+
+// ---------------------------------------------------------------------------
+// Activations: eval(x, f, d) gives f = act(x) and d = act'(x) with PyTorch
+// autograd's values at the kinks (relu'(0)=0, hardtanh'(+-1)=0,
+// leaky_relu'(0)=slope, elu'(0)/selu'(0) left branch, softplus'=1 past threshold).
+// ---------------------------------------------------------------------------
+template <class T> struct ActIdentity {
+  explicit ActIdentity(const ActParams&) {}
+  void operator()(T x, T& f, T& d) const { f = x; d = T(1); }
+};
+template <class T> struct ActSigmoid {
+  explicit ActSigmoid(const ActParams&) {}
+  void operator()(T x, T& f, T& d) const { T s = M<T>::sigmoid(x); f = s; d = s * (T(1) - s); }
+};
+template <class T> struct ActTanh {
+  explicit ActTanh(const ActParams&) {}
+  void operator()(T x, T& f, T& d) const { T t = M<T>::tanh(x); f = t; d = T(1) - t * t; }
+};
+template <class T> struct ActRelu {
+  explicit ActRelu(const ActParams&) {}
+  void operator()(T x, T& f, T& d) const { f = x > T(0) ? x : T(0); d = x > T(0) ? T(1) : T(0); }
+};
+template <class T> struct ActLeakyRelu {
+  T slope;
+  explicit ActLeakyRelu(const ActParams& p) : slope(T(p.p0)) {}
+  void operator()(T x, T& f, T& d) const { f = x > T(0) ? x : x * slope; d = x > T(0) ? T(1) : slope; }
+};
+template <class T> struct ActElu {
+  T alpha;
+  explicit ActElu(const ActParams& p) : alpha(T(p.p0)) {}
+  void operator()(T x, T& f, T& d) const {
+    T neg = x > T(0) ? T(0) : x;  // keep exp's argument <= 0
+    T em1 = M<T>::expm1(neg);
+    f = x > T(0) ? x : alpha * em1;
+    d = x > T(0) ? T(1) : alpha * (em1 + T(1));
+  }
+};
+template <class T> struct ActSelu {
+  static constexpr T kAlpha = T(1.6732632423543772848170429916717);
+  static constexpr T kScale = T(1.0507009873554804934193349852946);
+  explicit ActSelu(const ActParams&) {}
+  void operator()(T x, T& f, T& d) const {
+    T neg = x > T(0) ? T(0) : x;
+    T em1 = M<T>::expm1(neg);
+    f = x > T(0) ? kScale * x : kScale * kAlpha * em1;
+    d = x > T(0) ? kScale : kScale * kAlpha * (em1 + T(1));
+  }
+};
+template <class T> struct ActGelu {  // exact: x * Phi(x)
+  explicit ActGelu(const ActParams&) {}
+  void operator()(T x, T& f, T& d) const {
+    const T kInvSqrt2 = T(0.70710678118654752440);
+    const T kInvSqrt2Pi = T(0.39894228040143267794);
+    T cdf = T(0.5) * (T(1) + M<T>::erf(x * kInvSqrt2));
+    T pdf = kInvSqrt2Pi * M<T>::exp(T(-0.5) * x * x);
+    f = x * cdf;
+    d = cdf + x * pdf;
+  }
+};
+template <class T> struct ActGeluTanh {  // PyTorch approximate="tanh", same derivative formula
+  explicit ActGeluTanh(const ActParams&) {}
+  void operator()(T x, T& f, T& d) const {
+    const T kBeta = T(0.79788456080286535588);  // sqrt(2/pi)
+    const T kKappa = T(0.044715);
+    T inner = kBeta * (x + kKappa * x * x * x);
+    T t = M<T>::tanh(inner);
+    T left = T(0.5) * x;
+    T right = T(1) + t;
+    f = left * right;
+    T dinner = kBeta * (T(1) + T(3) * kKappa * x * x);
+    d = T(0.5) * right + left * (T(1) - t * t) * dinner;
+  }
+};
+template <class T> struct ActSoftplus {
+  T beta, threshold;
+  explicit ActSoftplus(const ActParams& p) : beta(T(p.p0)), threshold(T(p.p1)) {}
+  void operator()(T x, T& f, T& d) const {
+    T bx = beta * x;
+    bool lin = bx > threshold;
+    T bxc = lin ? T(0) : bx;  // keep exp finite on the linear branch
+    T e = M<T>::exp(bxc);
+    f = lin ? x : M<T>::log1p(e) / beta;
+    d = lin ? T(1) : e / (e + T(1));
+  }
+};
+template <class T> struct ActSilu {
+  explicit ActSilu(const ActParams&) {}
+  void operator()(T x, T& f, T& d) const {
+    T s = M<T>::sigmoid(x);
+    f = x * s;
+    d = s * (T(1) + x * (T(1) - s));
+  }
+};
+template <class T> struct ActHardtanh {
+  T lo, hi;
+  explicit ActHardtanh(const ActParams& p) : lo(T(p.p0)), hi(T(p.p1)) {}
+  void operator()(T x, T& f, T& d) const {
+    T c = x < lo ? lo : x;
+    f = c > hi ? hi : c;
+    d = (x > lo && x < hi) ? T(1) : T(0);
+  }
+};
+
+// Calls body(act_functor) with the functor type matching p.kind; each
+// instantiation is a separate, fully inlined and vectorised loop.
+template <class T, class Body>
+static inline auto with_act(const ActParams& p, Body&& body) {
+  switch (p.kind) {
+    case Act::Sigmoid: return body(ActSigmoid<T>(p));
+    case Act::Tanh: return body(ActTanh<T>(p));
+    case Act::Relu: return body(ActRelu<T>(p));
+    case Act::LeakyRelu: return body(ActLeakyRelu<T>(p));
+    case Act::Elu: return body(ActElu<T>(p));
+    case Act::Selu: return body(ActSelu<T>(p));
+    case Act::Gelu: return body(ActGelu<T>(p));
+    case Act::GeluTanh: return body(ActGeluTanh<T>(p));
+    case Act::Softplus: return body(ActSoftplus<T>(p));
+    case Act::Silu: return body(ActSilu<T>(p));
+    case Act::Hardtanh: return body(ActHardtanh<T>(p));
+    case Act::Identity:
+    case Act::Custom:  // the driver applies custom activations itself, after an identity pass
+    default: return body(ActIdentity<T>(p));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Forward epilogues
+// ---------------------------------------------------------------------------
+// a = [resid + alpha *] act(z + b); d = act'(z + b). One pass; a may alias z.
+template <class T>
+static double fwd_plain(const FwdArgs<T>& A, const T* z, T* a, T* d, int64_t rows, int64_t n) {
+  return with_act<T>(A.act, [&](auto act) {
+    double chk = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* zr = z + r * n;
+      T* ar = a + r * n;
+      T* dr = d + r * n;
+      const T* rr = A.resid ? A.resid + r * n : nullptr;
+      T rowchk = 0;
+      if (rr) {
+#pragma omp simd reduction(+ : rowchk)
+        for (int64_t c = 0; c < n; ++c) {
+          T x = zr[c] + (A.bias ? A.bias[c] : T(0));
+          T f, df;
+          act(x, f, df);
+          T out = rr[c] + A.alpha * f;
+          ar[c] = out;
+          dr[c] = df;
+          rowchk += out * T(0);
+        }
+      } else {
+#pragma omp simd reduction(+ : rowchk)
+        for (int64_t c = 0; c < n; ++c) {
+          T x = zr[c] + (A.bias ? A.bias[c] : T(0));
+          T f, df;
+          act(x, f, df);
+          ar[c] = f;
+          dr[c] = df;
+          rowchk += f * T(0);
+        }
+      }
+      chk += double(rowchk);
+    }
+    return chk;
+  });
+}
+
+// xhat = (z - shift) * scale; a = [resid + alpha *] act(gamma * xhat + beta).
+template <class T>
+static double fwd_batchnorm(const FwdArgs<T>& A, const T* z, T* xhat, T* a, T* d, int64_t rows,
+                            int64_t n) {
+  return with_act<T>(A.act, [&](auto act) {
+    double chk = 0.0;
+    const T* sh = A.col_shift;
+    const T* sc = A.col_scale;
+    const T* g = A.gamma;
+    const T* b = A.beta;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* zr = z + r * n;
+      T* xr = xhat + r * n;
+      T* ar = a + r * n;
+      T* dr = d + r * n;
+      const T* rr = A.resid ? A.resid + r * n : nullptr;
+      const T alpha = A.alpha;
+      T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+      for (int64_t c = 0; c < n; ++c) {
+        T xh = (zr[c] - sh[c]) * sc[c];
+        T x = g[c] * xh + b[c];
+        T f, df;
+        act(x, f, df);
+        T out = rr ? rr[c] + alpha * f : f;
+        xr[c] = xh;
+        ar[c] = out;
+        dr[c] = df;
+        rowchk += out * T(0);
+      }
+      chk += double(rowchk);
+    }
+    return chk;
+  });
+}
+
+// Layer norm over each row: mean and biased variance of (z + b), accumulated in
+// float64 (two passes over the row, which is in cache), then the fused pass.
+template <class T>
+static double fwd_layernorm(const FwdArgs<T>& A, const T* z, T* xhat, T* a, T* d, T* row_mean,
+                            T* row_istd, int64_t rows, int64_t n) {
+  return with_act<T>(A.act, [&](auto act) {
+    double chk = 0.0;
+    const T* bias = A.bias;
+    const T* g = A.gamma;
+    const T* b = A.beta;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* zr = z + r * n;
+      T* xr = xhat + r * n;
+      T* ar = a + r * n;
+      T* dr = d + r * n;
+      const T* rr = A.resid ? A.resid + r * n : nullptr;
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t c = 0; c < n; ++c) s += double(zr[c] + (bias ? bias[c] : T(0)));
+      const double mean = s / double(n);
+      double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t c = 0; c < n; ++c) {
+        double t = double(zr[c] + (bias ? bias[c] : T(0))) - mean;
+        ss += t * t;
+      }
+      const T m = T(mean);
+      const T istd = T(1.0 / std::sqrt(ss / double(n) + double(A.eps)));
+      row_mean[r] = m;
+      row_istd[r] = istd;
+      const T alpha = A.alpha;
+      T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+      for (int64_t c = 0; c < n; ++c) {
+        T xh = (zr[c] + (bias ? bias[c] : T(0)) - m) * istd;
+        T x = g[c] * xh + b[c];
+        T f, df;
+        act(x, f, df);
+        T out = rr ? rr[c] + alpha * f : f;
+        xr[c] = xh;
+        ar[c] = out;
+        dr[c] = df;
+        rowchk += out * T(0);
+      }
+      chk += double(rowchk);
+    }
+    return chk;
+  });
+}
+
+template <class T>
+static void col_sum(const T* z, int64_t rows, int64_t n, double* acc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) acc[c] += double(zr[c]);
+  }
+}
+
+template <class T>
+static void col_sumsq_centered(const T* z, const double* center, int64_t rows, int64_t n,
+                               double* acc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      double t = double(zr[c]) - center[c];
+      acc[c] += t * t;
+    }
+  }
+}
+
+template <class T>
+static double add_bias(T* y, const T* b, int64_t rows, int64_t n) {
+  double chk = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* yr = y + r * n;
+    T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+    for (int64_t c = 0; c < n; ++c) {
+      T v = yr[c] + (b ? b[c] : T(0));
+      yr[c] = v;
+      rowchk += v * T(0);
+    }
+    chk += double(rowchk);
+  }
+  return chk;
+}
+
+// ---------------------------------------------------------------------------
+// Backward epilogues. Each also returns sum(g^2) of the incoming gradient, so
+// the report's ||dL/da_l|| costs no extra pass over memory.
+// ---------------------------------------------------------------------------
+template <class T>
+static double bwd_plain(const T* g, const T* d, T scale, T* dz, double* db_acc, int64_t rows,
+                        int64_t n) {
+  double ss = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* dr = d + r * n;
+    T* zr = dz + r * n;
+    double rs = 0.0;
+#pragma omp simd reduction(+ : rs)
+    for (int64_t c = 0; c < n; ++c) {
+      T gv = gr[c];
+      T v = gv * scale * dr[c];
+      zr[c] = v;
+      if (db_acc) db_acc[c] += double(v);
+      rs += double(gv) * double(gv);
+    }
+    ss += rs;
+  }
+  return ss;
+}
+
+template <class T>
+static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, T* dn_out, double* acc0,
+                      double* acc1, int64_t rows, int64_t n) {
+  double ss = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* dr = d + r * n;
+    const T* xr = xhat + r * n;
+    T* zr = dn_out + r * n;
+    double rs = 0.0;
+#pragma omp simd reduction(+ : rs)
+    for (int64_t c = 0; c < n; ++c) {
+      T gv = gr[c];
+      T dn = gv * scale * dr[c];
+      zr[c] = dn;
+      acc0[c] += double(dn);
+      acc1[c] += double(dn) * double(xr[c]);
+      rs += double(gv) * double(gv);
+    }
+    ss += rs;
+  }
+  return ss;
+}
+
+template <class T>
+static void bwd_bn2(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2, double* db_acc,
+                    int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* zr = dn_dz + r * n;
+    const T* xr = xhat + r * n;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      T v = k[c] * (zr[c] - m1[c] - xr[c] * m2[c]);
+      zr[c] = v;
+      if (db_acc) db_acc[c] += double(v);
+    }
+  }
+}
+
+template <class T>
+static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamma,
+                            const T* row_istd, T scale, T* dz, double* dgamma_acc,
+                            double* dbeta_acc, double* db_acc, int64_t rows, int64_t n) {
+  double ss = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* dr = d + r * n;
+    const T* xr = xhat + r * n;
+    T* zr = dz + r * n;
+    double rs = 0.0, s1 = 0.0, s2 = 0.0;
+    // pass 1 over the row: dxh = g*scale*d*gamma (kept in dz), its two row means
+#pragma omp simd reduction(+ : rs, s1, s2)
+    for (int64_t c = 0; c < n; ++c) {
+      T gv = gr[c];
+      T dn = gv * scale * dr[c];
+      dgamma_acc[c] += double(dn) * double(xr[c]);
+      dbeta_acc[c] += double(dn);
+      T dxh = dn * gamma[c];
+      zr[c] = dxh;
+      s1 += double(dxh);
+      s2 += double(dxh) * double(xr[c]);
+      rs += double(gv) * double(gv);
+    }
+    const T m1 = T(s1 / double(n));
+    const T m2 = T(s2 / double(n));
+    const T istd = row_istd[r];
+    // pass 2 (row in cache): dz = istd * (dxh - m1 - xhat * m2)
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      T v = istd * (zr[c] - m1 - xr[c] * m2);
+      zr[c] = v;
+      if (db_acc) db_acc[c] += double(v);
+    }
+    ss += rs;
+  }
+  return ss;
+}
+
+// ---------------------------------------------------------------------------
+// Reductions and gradient edits
+// ---------------------------------------------------------------------------
+template <class T>
+static double sumsq(const T* x, int64_t n) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+  return s;
+}
+
+template <class T>
+static double maxabs(const T* x, int64_t n) {
+  double m = 0.0;
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    double v = std::fabs(double(x[i]));
+    nan = nan || (v != v);
+    m = v > m ? v : m;
+  }
+  return nan ? std::numeric_limits<double>::quiet_NaN() : m;
+}
+
+template <class T>
+static void scale(T* x, int64_t n, T s) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+template <class T>
+static void clamp(T* x, int64_t n, T lo, T hi) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    T v = x[i];
+    v = v < lo ? lo : v;  // NaN compares false: kept
+    x[i] = v > hi ? hi : v;
+  }
+}
+
+template <class T>
+static void act_apply(const ActParams& p, const T* x, T* f, T* d, int64_t n) {
+  with_act<T>(p, [&](auto act) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      T fv, dv;
+      act(x[i], fv, dv);
+      f[i] = fv;
+      d[i] = dv;
+    }
+    return 0;
+  });
+}
+
+template <class T>
+static const KernelTable<T>* make_table() {
+  static const KernelTable<T> table = {
+      GC_ISA_NAME,      &fwd_plain<T>,  &fwd_batchnorm<T>, &fwd_layernorm<T>,
+      &col_sum<T>,      &col_sumsq_centered<T>, &add_bias<T>, &bwd_plain<T>,
+      &bwd_bn1<T>,      &bwd_bn2<T>,    &bwd_layernorm<T>, &sumsq<T>,
+      &maxabs<T>,       &scale<T>,      &clamp<T>,         &act_apply<T>,
+  };
+  return &table;
+}
+
+const KernelTable<float>* kernels_f32() { return make_table<float>(); }
+const KernelTable<double>* kernels_f64() { return make_table<double>(); }
+
+}  // namespace GC_ISA_NS
+}  // namespace gradchain

@@ -1,0 +1,83 @@
+"""Saving and loading models as ``.npz`` files (state dict + a JSON config)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import activations as _acts
+from . import init as _init
+
+__all__ = ["save", "load"]
+
+_META = "__gradchain_config__"
+_FORMAT = 1
+
+
+def save(model: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``model``'s config and state dict to ``path`` (.npz), atomically
+    (a temporary file in the same folder, then a rename)."""
+    if not hasattr(model, "state_dict") or not hasattr(model, "config"):
+        raise TypeError(f"model: expected a gradchain model, got {type(model).__name__}")
+    cfg = model.config()
+    cfg["format"] = _FORMAT
+    arrays = {k: np.array(v) for k, v in model.state_dict().items()}
+    arrays[_META] = np.frombuffer(json.dumps(cfg).encode(), dtype=np.uint8)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike[str], activation: Any = None) -> Any:
+    """Rebuild a model saved by :func:`save`. A custom activation cannot be stored:
+    pass it again as ``activation=``. Truncated, corrupted or mismatched files raise
+    ``ValueError``; nothing half-loaded is ever returned."""
+    from .models import MLP
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if _META not in z.files:
+                raise ValueError(f"{path}: not a gradchain model file (no config entry)")
+            cfg = json.loads(bytes(z[_META]).decode())
+            state = {k: z[k] for k in z.files if k != _META}
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError,
+            UnicodeDecodeError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot read gradchain model file ({e})") from e
+    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+        raise ValueError(f"{path}: unsupported gradchain file format")
+    try:
+        kind = cfg["kind"]
+        if activation is None:
+            a = dict(cfg["activation"])
+            act = _acts.Activation(a.pop("name"), **a)
+        else:
+            act = _acts.resolve(activation)
+        if kind != "MLP":
+            raise ValueError(f"{path}: unknown model kind {kind!r}")
+        model = MLP(
+            cfg["sizes"], activation=act, init=_init.from_config(cfg["init"]), norm=cfg["norm"],
+            residual=cfg["residual"], residual_scale=cfg["residual_scale"], bias=cfg["bias"],
+            dtype=np.dtype(cfg["dtype"]), eps=cfg["eps"], momentum=cfg["momentum"],
+        )
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: malformed gradchain config ({e})") from e
+    model.load_state_dict(state, strict=True)
+    model.train(bool(cfg.get("training", True)))
+    return model

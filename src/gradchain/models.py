@@ -1,0 +1,401 @@
+"""The models: :class:`MLP` (a deep chain of Linear -> [Norm] -> activation layers)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _core
+from . import activations as _acts
+from . import init as _init
+from . import reference as _ref
+from ._validate import as_array, float_array, model_dtype, positive_int, real, shape_str
+from .report import GradReport
+
+__all__ = ["MLP", "StateError", "IncompatibleKeys"]
+
+_NORMS = {None: 0, "none": 0, "batch": 1, "layer": 2}
+_LOSSES = ("mse", "cross_entropy")
+
+
+class StateError(RuntimeError, ValueError):
+    """A call made in the wrong state (e.g. ``backward`` before ``forward``)."""
+
+
+class IncompatibleKeys(NamedTuple):
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def _sizes(sizes: Any) -> list[int]:
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence | np.ndarray):
+        raise TypeError(f"sizes: expected a list of ints [in, h_1, ..., out], got {sizes!r}")
+    out = [positive_int(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
+    if len(out) < 2:
+        raise ValueError(f"sizes: expected at least [in, out], got {out}")
+    if max(out) > 1 << 30:
+        raise MemoryError(f"sizes: a width of {max(out)} cannot be allocated")
+    n_params = sum(a * b for a, b in zip(out[:-1], out[1:], strict=False))
+    if n_params > 1 << 36:
+        raise MemoryError(f"sizes: {n_params} weights cannot be allocated")
+    return out
+
+
+def _check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    return positive_int(seed, "seed", minimum=0)
+
+
+class MLP:
+    """A deep MLP chain run by the C++ core, with per-layer gradient reports.
+
+    ``sizes = [in, h_1, ..., h_L, out]``: L hidden layers and one output layer.
+    Hidden layer l: ``z = a @ W.T + b``, ``n = Norm(z)``, ``f = act(n)``,
+    ``a_next = a + residual_scale * f`` where residual applies, else ``f``;
+    output ``y = a_L @ W_out.T + b_out``. Shapes: ``x (B, in)``, ``y (B, out)``.
+
+    Parameters
+    ----------
+    sizes : list of int
+    activation : str or Activation
+        A name from CONVENTIONS.md, ``gc.Activation(name, **params)`` or
+        ``gc.Activation.custom(f, df)`` (slow path).
+    init : str or gc.init.Init
+        Scheme name or ``gc.init.<scheme>(...)``; default ``"torch_default"``
+        (what ``torch.nn.Linear`` does).
+    norm : None, "batch" or "layer"
+    residual : bool, int or list of bool
+        True: every equal-width hidden layer; k: every k-th of those; or L flags.
+    residual_scale : float
+    bias : bool
+    dtype : np.float32 or np.float64
+    seed : int or None
+        Makes the initialisation reproducible.
+    eps, momentum : float
+        Norm-layer epsilon and batch-norm running-statistics momentum (PyTorch's).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str | _acts.Activation = "tanh",
+        init: str | _init.Init = "torch_default",
+        norm: str | None = None,
+        residual: bool | int | Sequence[bool] = False,
+        residual_scale: float = 1.0,
+        bias: bool = True,
+        dtype: Any = np.float32,
+        seed: int | None = None,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ) -> None:
+        sizes_ = _sizes(sizes)
+        act = _acts.resolve(activation)
+        scheme = _init.resolve(init)
+        if norm not in _NORMS or isinstance(norm, bool):
+            raise ValueError(f"norm: expected None, 'batch' or 'layer', got {norm!r}")
+        flags = _ref.resolve_residual(sizes_, residual)
+        alpha = real(residual_scale, "residual_scale")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias: expected a bool, got {type(bias).__name__}")
+        dt = model_dtype(dtype)
+        seed_ = _check_seed(seed)
+        eps_ = real(eps, "eps")
+        if eps_ <= 0:
+            raise ValueError(f"eps: expected a number > 0, got {eps}")
+        mom = real(momentum, "momentum", minimum=0.0)
+        if mom > 1:
+            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
+
+        cls = _core.MlpChainF32 if dt == np.float32 else _core.MlpChainF64
+        aid, p0, p1 = act._core_spec(_core.ACTIVATION_IDS)
+        self._core = cls(sizes_, aid, p0, p1, _NORMS[norm], bool(bias), list(flags), alpha,
+                         eps_, mom)
+        if act.is_custom:
+            self._core.set_custom_activation(_custom_callback(act))
+        self.sizes = sizes_
+        self.activation = act
+        self.init = scheme
+        self.norm = None if norm == "none" else norm
+        self.residual = [bool(f) for f in flags]
+        self.residual_scale = alpha
+        self.bias = bool(bias)
+        self.dtype = dt
+        self.seed = seed_
+        self.eps = eps_
+        self.momentum = mom
+        self._input_grad: np.ndarray | None = None
+
+        flat_p = self._core.param_array()
+        flat_g = self._core.grad_array()
+        flat_b = self._core.buffer_array()
+        self._params: dict[str, np.ndarray] = {}
+        self._grads: dict[str, np.ndarray] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+        for name, off, shape, kind in self._core.tensors():
+            n = int(np.prod(shape))
+            if kind == 0:
+                self._params[name] = flat_p[off:off + n].reshape(shape)
+                self._grads[name] = flat_g[off:off + n].reshape(shape)
+            else:
+                self._buffers[name] = flat_b[off:off + n].reshape(shape)
+        self.reset_parameters(seed_)
+
+    # ----------------------------------------------------------------- set-up
+    @property
+    def depth(self) -> int:
+        """Number of hidden layers L."""
+        return len(self.sizes) - 2
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Draw every weight and bias again from the init scheme (norm layers: gamma 1, beta 0)."""
+        rng = np.random.default_rng(_check_seed(seed))
+        for layer in range(self.depth + 1):
+            fan_in, fan_out = self.sizes[layer], self.sizes[layer + 1]
+            self._params[f"layers.{layer}.weight"][...] = self.init.weight(
+                rng, (fan_out, fan_in), self.activation)
+            if self.bias:
+                self._params[f"layers.{layer}.bias"][...] = self.init.bias(rng, fan_out, fan_in)
+        for name, p in self._params.items():
+            if name.startswith("norms."):
+                p[...] = 1.0 if name.endswith(".weight") else 0.0
+        for name, b in self._buffers.items():
+            b[...] = 0.0 if name.endswith("running_mean") else 1.0
+        self._core.num_batches_tracked = 0
+        self._core.invalidate()
+
+    @property
+    def training(self) -> bool:
+        return bool(self._core.training)
+
+    def train(self, mode: bool = True) -> MLP:
+        """Training mode (batch statistics in batch norm); returns self."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"mode: expected a bool, got {type(mode).__name__}")
+        self._core.training = bool(mode)
+        return self
+
+    def eval(self) -> MLP:
+        """Evaluation mode (running statistics in batch norm); returns self."""
+        return self.train(False)
+
+    # ------------------------------------------------------------ compute
+    def forward(self, x: Any) -> np.ndarray:
+        """``x (B, in) -> y (B, out)``; keeps what ``backward`` needs."""
+        xa = float_array(x, "x", self.dtype, (None, self.sizes[0]))
+        if self.norm == "batch" and self.training and xa.shape[0] == 1:
+            raise ValueError(
+                "x: batch norm in training mode needs more than 1 sample per batch, got shape "
+                f"{shape_str(xa.shape)} (as torch.nn.BatchNorm1d; use model.eval())"
+            )
+        return self._core.forward(xa)
+
+    __call__ = forward
+
+    def backward(self, grad_output: Any, accumulate: bool = False) -> GradReport:
+        """Backpropagate ``grad_output = dL/dy (B, out)`` through the last forward pass.
+
+        Fills every parameter gradient (``accumulate=True`` adds to them instead)
+        and ``input_grad = dL/dx``; returns the :class:`GradReport` (norms of the
+        stored gradients).
+        """
+        if not self._core.has_forward:
+            raise StateError("backward() called before forward(): run model.forward(x) first")
+        B = self._core.forward_batch
+        g = float_array(grad_output, "grad_output", self.dtype, (B, self.sizes[-1]))
+        d, dx = self._core.backward(g, bool(accumulate))
+        self._input_grad = dx
+        return GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)])
+
+    def loss_and_grad(
+        self, x: Any, target: Any, loss: str = "mse", accumulate: bool = False
+    ) -> tuple[float, GradReport]:
+        """Forward, loss and backward in one call: returns ``(loss, report)``.
+
+        ``loss="mse"``: ``mean((y - target)^2)``, target ``(B, out)`` in the model's
+        dtype; ``loss="cross_entropy"``: integer class targets ``(B,)``.
+        """
+        if loss not in _LOSSES:
+            raise ValueError(f"loss: expected one of {', '.join(_LOSSES)}, got {loss!r}")
+        xa = float_array(x, "x", self.dtype, (None, self.sizes[0]))
+        B = xa.shape[0]
+        t = check_target(target, loss, self.dtype, (B, self.sizes[-1]))
+        y = self.forward(xa)
+        value, dy = _ref.loss_forward_backward(y, t, loss)
+        rep = self.backward(np.ascontiguousarray(dy, dtype=self.dtype), accumulate=accumulate)
+        rep.loss = float(value)
+        return float(value), rep
+
+    @property
+    def input_grad(self) -> np.ndarray | None:
+        """``dL/dx (B, in)`` of the last backward pass (None before any)."""
+        return self._input_grad
+
+    # ----------------------------------------------------- parameters, state
+    def named_parameters(self) -> list[tuple[str, np.ndarray]]:
+        """(name, array) pairs: writable NumPy views of the core's parameter memory."""
+        return list(self._params.items())
+
+    def parameters(self) -> list[np.ndarray]:
+        return list(self._params.values())
+
+    def named_grads(self) -> list[tuple[str, np.ndarray]]:
+        """(name, array) pairs: writable views of the gradients of the last backward."""
+        return list(self._grads.items())
+
+    def grads(self) -> list[np.ndarray]:
+        return list(self._grads.values())
+
+    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+        """Batch-norm running statistics (views)."""
+        return list(self._buffers.items())
+
+    def zero_grad(self) -> None:
+        for g in self._grads.values():
+            g[...] = 0.0
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self._params.values()))
+
+    def _state_keys(self) -> list[str]:
+        keys = [k for k in self._params if k.startswith("layers.")]
+        for layer in range(self.depth if self.norm else 0):
+            p = f"norms.{layer}"
+            keys += [f"{p}.weight", f"{p}.bias"]
+            if self.norm == "batch":
+                keys += [f"{p}.running_mean", f"{p}.running_var", f"{p}.num_batches_tracked"]
+        return keys
+
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Parameters and buffers under ``torch``'s names (``layers.{l}.weight``, ...,
+        ``norms.{l}.running_mean``, ``norms.{l}.num_batches_tracked``): an equivalent
+        PyTorch module with ``layers`` / ``norms`` ModuleLists loads it. Arrays are
+        views of the model's memory (as PyTorch's state_dict shares storage)."""
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for k in self._state_keys():
+            if k.endswith("num_batches_tracked"):
+                out[k] = np.array(self._core.num_batches_tracked, dtype=np.int64)
+            else:
+                out[k] = self._params[k] if k in self._params else self._buffers[k]
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Copy parameters and buffers in (NumPy arrays or torch tensors, any float dtype).
+
+        Everything is checked (keys, shapes, dtypes, finiteness) before anything is
+        written, so a rejected call leaves the model unchanged.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
+        expected = self._state_keys()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        if strict and (missing or unexpected):
+            raise ValueError(
+                "Error(s) in loading state_dict for MLP: "
+                + (f"missing keys {missing}" if missing else "")
+                + ("; " if missing and unexpected else "")
+                + (f"unexpected keys {unexpected}" if unexpected else "")
+            )
+        staged: list[tuple[str, np.ndarray]] = []
+        for k in expected:
+            if k not in state_dict:
+                continue
+            a = as_array(state_dict[k], f"state_dict[{k!r}]")
+            if k.endswith("num_batches_tracked"):
+                if a.dtype.kind not in "iu" or a.size != 1:
+                    raise TypeError(
+                        f"state_dict[{k!r}]: expected an integer scalar, got {a.dtype} "
+                        f"shape {shape_str(a.shape)}")
+                staged.append((k, a.reshape(())))
+                continue
+            target = self._params[k] if k in self._params else self._buffers[k]
+            if a.dtype.kind != "f":
+                raise TypeError(f"state_dict[{k!r}]: expected a float array, got dtype {a.dtype}")
+            if a.shape != target.shape:
+                raise ValueError(
+                    f"state_dict[{k!r}]: expected shape {shape_str(target.shape)}, "
+                    f"got {shape_str(a.shape)}")
+            if not np.isfinite(a).all():
+                raise ValueError(f"state_dict[{k!r}] contains NaN or Inf")
+            staged.append((k, a))
+        for k, a in staged:
+            if k.endswith("num_batches_tracked"):
+                self._core.num_batches_tracked = int(a)
+            else:
+                target = self._params[k] if k in self._params else self._buffers[k]
+                target[...] = a
+        self._core.invalidate()
+        return IncompatibleKeys(missing, unexpected)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-ready), as ``gc.save`` stores them."""
+        return {
+            "kind": "MLP",
+            "sizes": list(self.sizes),
+            "activation": self.activation.to_config(),
+            "init": self.init.to_config(),
+            "norm": self.norm,
+            "residual": list(self.residual),
+            "residual_scale": self.residual_scale,
+            "bias": self.bias,
+            "dtype": self.dtype.name,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "training": self.training,
+        }
+
+    def __repr__(self) -> str:
+        res = sum(self.residual)
+        return (
+            f"MLP(sizes={_short_sizes(self.sizes)}, activation={self.activation!r}, "
+            f"init={self.init!r}, norm={self.norm!r}, residual={res}/{self.depth} layers, "
+            f"dtype={self.dtype.name})"
+        )
+
+
+def _short_sizes(sizes: list[int]) -> str:
+    if len(sizes) <= 8:
+        return str(sizes)
+    hidden = sizes[1:-1]
+    if all(h == hidden[0] for h in hidden):
+        return f"[{sizes[0]}] + [{hidden[0]}] * {len(hidden)} + [{sizes[-1]}]"
+    return f"[{sizes[0]}, {sizes[1]}, ..., {sizes[-2]}, {sizes[-1]}]"
+
+
+def _custom_callback(act: _acts.Activation):  # noqa: ANN202
+    f, df = act.f, act.df
+
+    def call(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fx = np.asarray(f(x))
+        dx = np.asarray(df(x))
+        for what, v in (("f", fx), ("df", dx)):
+            if v.shape != x.shape:
+                raise ValueError(
+                    f"custom activation {act.name!r}: {what}(x) returned shape "
+                    f"{shape_str(v.shape)}, expected {shape_str(x.shape)}")
+        return (np.ascontiguousarray(fx, dtype=x.dtype), np.ascontiguousarray(dx, dtype=x.dtype))
+
+    return call
+
+
+def check_target(target: Any, loss: str, dtype: np.dtype, y_shape: tuple[int, ...]) -> np.ndarray:
+    """Validate a loss target against the output shape ``y_shape``."""
+    if loss == "mse":
+        return float_array(target, "target", dtype, y_shape)
+    t = as_array(target, "target")
+    if t.dtype.kind not in "iu":
+        raise TypeError(
+            f"target: cross_entropy takes integer class indices, got dtype {t.dtype}")
+    want = y_shape[:-1]
+    if t.shape != want:
+        raise ValueError(f"target: expected shape {shape_str(want)}, got {shape_str(t.shape)}")
+    k = y_shape[-1]
+    if t.size and (t.min() < 0 or t.max() >= k):
+        raise ValueError(f"target: class indices must be in [0, {k}), got range "
+                         f"[{t.min()}, {t.max()}]")
+    return np.ascontiguousarray(t, dtype=np.int64)

@@ -1,0 +1,158 @@
+"""The gradient report: per-layer (and, for RNNs, per-timestep) gradient norms.
+
+All norms are Frobenius/L2 norms over whole tensors (batch included), accumulated
+in float64 by the C++ backward pass, identical whatever the thread count
+(CONVENTIONS.md, "Gradient report").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["GradReport"]
+
+
+def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.3e}"
+
+
+@dataclass
+class GradReport:
+    """Gradient norms of one backward pass of an MLP.
+
+    Attributes
+    ----------
+    weight_grad_norms : (L+1,) float64
+        ``||dL/dW_l||`` for each linear layer, the output layer last.
+    bias_grad_norms : (L+1,) float64
+        ``||dL/db_l||`` (zeros for a model without biases).
+    activation_grad_norms : (L+1,) float64
+        ``||dL/da_l||`` for ``l = 0..L`` (``a_0 = x``): the signal entering each
+        layer from above, the quantity that vanishes or explodes.
+    norm_weight_grad_norms, norm_bias_grad_norms : (L,) float64
+        Gradients of the norm layers' ``gamma`` / ``beta`` (empty without norm).
+    global_norm : float
+        L2 norm of all parameter gradients together (as ``clip_grad_norm``'s total).
+    first_nonfinite : int or None
+        The first ``l`` scanning ``l = L..0`` whose ``dL/da_l`` holds NaN/Inf.
+    forward_first_nonfinite : int or None
+        The first hidden layer ``l`` in ``1..L`` whose output ``a_l`` holds NaN/Inf
+        in the forward pass (``L+1``: only the output ``y``).
+    loss : float or None
+        The loss value when the report comes from ``loss_and_grad``.
+    """
+
+    weight_grad_norms: np.ndarray
+    bias_grad_norms: np.ndarray
+    activation_grad_norms: np.ndarray
+    norm_weight_grad_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    norm_bias_grad_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    global_norm: float = 0.0
+    first_nonfinite: int | None = None
+    forward_first_nonfinite: int | None = None
+    loss: float | None = None
+    layer_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def _from_core(cls, d: dict[str, Any], layer_names: list[str]) -> GradReport:
+        return cls(
+            weight_grad_norms=d["weight_grad_norms"],
+            bias_grad_norms=d["bias_grad_norms"],
+            activation_grad_norms=d["activation_grad_norms"],
+            norm_weight_grad_norms=d["norm_weight_grad_norms"],
+            norm_bias_grad_norms=d["norm_bias_grad_norms"],
+            global_norm=float(d["global_norm"]),
+            first_nonfinite=d["first_nonfinite"],
+            forward_first_nonfinite=d["forward_first_nonfinite"],
+            layer_names=layer_names,
+        )
+
+    @property
+    def depth(self) -> int:
+        """Number of hidden layers L."""
+        return len(self.activation_grad_norms) - 1
+
+    @property
+    def ratio(self) -> float:
+        """``||dL/da_0|| / ||dL/da_L||``: below 1 the signal shrinks on its way down."""
+        a = self.activation_grad_norms
+        return float(a[0] / a[-1]) if a[-1] != 0 else math.inf
+
+    def log10_slope(self) -> float:
+        """Least-squares slope of ``log10 ||dL/da_l||`` per layer, going down (l = L..0).
+
+        Negative: the gradient shrinks by ``10**slope`` per layer on its way to the
+        input (vanishing); positive: it grows (exploding). NaN when undefined.
+        """
+        a = np.asarray(self.activation_grad_norms, dtype=np.float64)
+        if len(a) < 2 or not np.all(np.isfinite(a)) or np.any(a <= 0):
+            return math.nan
+        steps = np.arange(len(a))[::-1]  # steps down from layer L
+        return float(np.polyfit(steps, np.log10(a), 1)[0])
+
+    def verdict(self, threshold: float = 1e2) -> str:
+        """A one-line reading: vanishing, exploding, non-finite or healthy."""
+        if self.first_nonfinite is not None or self.forward_first_nonfinite is not None:
+            where = self.first_nonfinite if self.first_nonfinite is not None else (
+                self.forward_first_nonfinite)
+            return f"non-finite: NaN/Inf first at layer {where}"
+        r = self.ratio
+        if r < 1.0 / threshold:
+            return f"vanishing: ||dL/da_0|| / ||dL/da_L|| = {r:.2e}"
+        if r > threshold:
+            return f"exploding: ||dL/da_0|| / ||dL/da_L|| = {r:.2e}"
+        return f"healthy: ||dL/da_0|| / ||dL/da_L|| = {r:.2e}"
+
+    def table(self) -> str:
+        """A readable per-layer table (str): layer l's weights and the gradient at its input."""
+        a = self.activation_grad_norms
+        w = self.weight_grad_norms
+        b = self.bias_grad_norms
+        L = self.depth
+        lines = [f"{'layer':>6}  {'||dL/dW||':>10}  {'||dL/db||':>10}  {'||dL/da_in||':>12}  log10"]
+        finite = a[np.isfinite(a) & (a > 0)]
+        top = float(np.log10(finite.max())) if finite.size else 0.0
+        for layer in range(L + 1):
+            name = "out" if layer == L else str(layer)
+            av = float(a[layer])
+            if math.isfinite(av) and av > 0:
+                lg = math.log10(av)
+                bar = "#" * max(0, min(40, int(round(40 + 2 * (lg - top)))))
+                lgs = f"{lg:6.1f} {bar}"
+            else:
+                lgs = "   nan" if not math.isfinite(av) else "  -inf"
+            lines.append(
+                f"{name:>6}  {_fmt(float(w[layer])):>10}  {_fmt(float(b[layer])):>10}  "
+                f"{_fmt(av):>12}  {lgs}"
+            )
+        lines.append(f"global grad norm {_fmt(self.global_norm)};  {self.verdict()}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python types (lists, floats, ints, None): JSON-ready."""
+        def lst(v: np.ndarray) -> list[float]:
+            return [float(x) for x in np.asarray(v)]
+
+        return {
+            "weight_grad_norms": lst(self.weight_grad_norms),
+            "bias_grad_norms": lst(self.bias_grad_norms),
+            "activation_grad_norms": lst(self.activation_grad_norms),
+            "norm_weight_grad_norms": lst(self.norm_weight_grad_norms),
+            "norm_bias_grad_norms": lst(self.norm_bias_grad_norms),
+            "global_norm": float(self.global_norm),
+            "first_nonfinite": self.first_nonfinite,
+            "forward_first_nonfinite": self.forward_first_nonfinite,
+            "loss": self.loss,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"GradReport(depth={self.depth}, global_norm={self.global_norm:.3e}, "
+            f"ratio={self.ratio:.3e}, first_nonfinite={self.first_nonfinite})"
+        )

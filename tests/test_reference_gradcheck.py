@@ -473,7 +473,7 @@ def test_first_nonfinite_with_injected_inf_weight(poisoned):
     norms = report["activation_grad_norms"]
     assert np.all(np.isfinite(norms[poisoned + 1:])), norms
     assert not np.isfinite(norms[poisoned]), norms
-    assert L == 3
+    assert norms.shape == (L + 1,)
 
 
 def test_first_nonfinite_from_upstream_gradient():
@@ -486,6 +486,26 @@ def test_first_nonfinite_from_upstream_gradient():
     _, _, report = ref.mlp_backward(cache, grad_y)
     assert report["first_nonfinite"] == 2  # dL/da_L with L = 2
     assert math.isnan(report["global_norm"])
+
+
+@pytest.mark.parametrize(("activation", "act_params", "kink", "expected"), [
+    ("relu", None, 0.0, 0.0),
+    ("hardtanh", None, 1.0, 0.0),
+    ("hardtanh", None, -1.0, 0.0),
+    ("hardtanh", {"min_val": -2.0, "max_val": 3.0}, 3.0, 0.0),
+    ("leaky_relu", {"negative_slope": 0.25}, 0.0, 0.25),
+    ("elu", {"alpha": 2.0}, 0.0, 2.0),
+    ("selu", None, 0.0, ref.SELU_SCALE * ref.SELU_ALPHA),
+])
+def test_mlp_backward_at_a_kink(activation, act_params, kink, expected):
+    """A pre-activation exactly at a kink gets PyTorch's one-sided derivative in mlp_backward."""
+    params = {"layers.0.weight": np.array([[1.0]]), "layers.0.bias": np.array([kink - 1.0]),
+              "layers.1.weight": np.array([[1.0]]), "layers.1.bias": np.zeros(1)}
+    y, cache = ref.mlp_forward(params, np.array([[1.0]]), activation=activation,
+                               act_params=act_params)
+    assert cache["layers"][0]["n"][0, 0] == kink
+    grads, _, _ = ref.mlp_backward(cache, np.array([[1.0]]))
+    assert grads["layers.0.bias"][0] == pytest.approx(expected, rel=1e-15), activation
 
 
 def test_relu_backward_selects_so_inf_upstream_gives_exact_zero():

@@ -38,7 +38,7 @@ CUSTOM_ACT_PARAMS = {
     "hardtanh": {"min_val": -0.5, "max_val": 2.0},
 }
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def torch_activation(name: str, **params):
@@ -90,6 +90,28 @@ def activation_grid(name: str, params: dict) -> np.ndarray:
     return np.concatenate([special, rng.normal(0, 3, 200), rng.uniform(-10, 10, 100)])
 
 
+def derivative_comparable(name: str, z: np.ndarray) -> np.ndarray:
+    """Mask of the points where torch's derivative is well defined.
+
+    PyTorch's own derivative of hardtanh, elu and selu at NaN depends on the tensor's size
+    (scalar fallback below ~8 elements: 1; vectorised kernels: 0 for hardtanh, NaN for
+    elu/selu), so NaN inputs are compared only for the other activations; the reference's
+    choice (the vectorised one) is pinned in test_derivative_at_nan_inputs.
+    """
+    if name in ("hardtanh", "elu", "selu"):
+        return ~np.isnan(z)
+    return np.ones(z.shape, dtype=bool)
+
+
+@pytest.mark.parametrize("name", ref.ACTIVATIONS)
+def test_derivative_at_nan_inputs(name):
+    """On a large tensor (torch's vectorised kernels) the NaN derivatives agree."""
+    z = np.full(64, np.nan)
+    zt = torch.tensor(z, requires_grad=True)
+    torch_activation(name)(zt).sum().backward()
+    close(ref.act_grad(name, z), zt.grad, f"{name}'(NaN)", rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ref.ACTIVATIONS)
 @pytest.mark.parametrize("custom", [False, True], ids=["default", "custom"])
 def test_activation_values_and_derivatives_float64(name, custom):
@@ -101,9 +123,10 @@ def test_activation_values_and_derivatives_float64(name, custom):
     # atol: saturating derivatives such as 1 - tanh(z)^2 cancel, so libm differences of 1 ulp
     # in tanh show up as absolute (not relative) errors of order 1e-16.
     close(ref.act_forward(name, z, **params), out, f"{name}{params} forward",
-          rtol=1e-14, atol=1e-15)
-    close(ref.act_grad(name, z, **params), zt.grad, f"{name}{params} derivative",
-          rtol=1e-14, atol=1e-15)
+          rtol=1e-14, atol=1e-14)
+    keep = derivative_comparable(name, z)
+    close(ref.act_grad(name, z, **params)[keep], zt.grad[keep], f"{name}{params} derivative",
+          rtol=1e-14, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", ref.ACTIVATIONS)
@@ -114,8 +137,10 @@ def test_activation_values_and_derivatives_float32(name):
     out.backward(torch.ones_like(out))
     forward, grad = ref.act_forward(name, z), ref.act_grad(name, z)
     assert forward.dtype == np.float32 and grad.dtype == np.float32
-    close(forward, out, f"{name} forward (float32)", rtol=2e-6, atol=1e-7)
-    close(grad, zt.grad, f"{name} derivative (float32)", rtol=2e-6, atol=1e-7)
+    # atol: in float32, saturating forms such as 1 + erf(z) cancel to ~1e-7 absolute
+    close(forward, out, f"{name} forward (float32)", rtol=2e-6, atol=1e-6)
+    keep = derivative_comparable(name, z)
+    close(grad[keep], zt.grad[keep], f"{name} derivative (float32)", rtol=2e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["relu", "hardtanh", "leaky_relu", "elu", "selu", "softplus"])
@@ -125,8 +150,9 @@ def test_kink_derivatives_exactly_as_torch(name):
               "elu": [0.0], "selu": [0.0], "softplus": [20.0, 20.000001]}[name]
     zt = torch.tensor(points, dtype=torch.float64, requires_grad=True)
     torch_activation(name)(zt).sum().backward()
-    np.testing.assert_array_equal(ref.act_grad(name, np.array(points), **p), to_numpy(zt.grad),
-                                  err_msg=f"{name}' at {points}")
+    # exact at the kinks; softplus just below its threshold is sigmoid(20), to rounding
+    np.testing.assert_allclose(ref.act_grad(name, np.array(points), **p), to_numpy(zt.grad),
+                               rtol=1e-15, atol=0, err_msg=f"{name}' at {points}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +215,8 @@ def test_batchnorm_batch_of_one_is_an_error_in_both():
 def test_layernorm_matches_torch(width):
     rng = np.random.default_rng(4 + width)
     z = rng.normal(0.3, 2.0, (4, width))
-    gamma, beta, R = rng.uniform(0.5, 1.5, width), rng.normal(size=width), rng.normal(size=(4, width))
+    gamma, beta = rng.uniform(0.5, 1.5, width), rng.normal(size=width)
+    R = rng.normal(size=(4, width))
     ln = nn.LayerNorm(width, eps=1e-5, dtype=torch.float64)
     with torch.no_grad():
         ln.weight.copy_(torch.tensor(gamma))
@@ -345,7 +372,7 @@ def test_mlp_train_mode_matches_torch(config):
     compare_mlp(config, training=True)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(config=mlp_configs())
 def test_mlp_eval_mode_matches_torch(config):
     compare_mlp(config, training=False)
@@ -452,11 +479,13 @@ def test_rnn_matches_torch(config):
     assert report["global_norm"] == pytest.approx(total.item(), rel=1e-9, abs=1e-300)
 
     # per-timestep total derivatives, from an unrolled torch loop with retained gradients
-    W_ih, W_hh = (torch.tensor(params[n]) for n in ("weight_ih_l0", "weight_hh_l0"))
-    b = (torch.tensor(params["bias_ih_l0"] + 0) + torch.tensor(params["bias_hh_l0"])
+    W_ih, W_hh = (torch.tensor(params[n], requires_grad=True)
+                  for n in ("weight_ih_l0", "weight_hh_l0"))
+    b = (torch.tensor(params["bias_ih_l0"]) + torch.tensor(params["bias_hh_l0"])
          if config["bias"] else 0.0)
     act = torch_activation(config["nonlinearity"])
-    h, states = torch.tensor(h0 if h0 is not None else np.zeros((B, H))), []
+    h = torch.tensor(h0 if h0 is not None else np.zeros((B, H)), requires_grad=True)
+    states = []
     for t in range(T):
         h = act(torch.tensor(x[t]) @ W_ih.T + h @ W_hh.T + b)
         h.retain_grad()

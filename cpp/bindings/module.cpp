@@ -193,6 +193,22 @@ void bind_mlp(py::module_& m, const char* name) {
       });
 }
 
+// f, d = act(x), act'(x) through the active kernel table (tests measure accuracy per ISA).
+template <class T>
+py::tuple act_eval(int act, double p0, double p1, const CArray<T>& x) {
+  if (act < 0 || act >= int(Act::Custom)) throw std::invalid_argument("bad activation id");
+  CArray<T> f(x.size()), d(x.size());
+  const T* xp = x.data();
+  T* fp = f.mutable_data();
+  T* dp = d.mutable_data();
+  const int64_t n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    kernels<T>().act_apply(ActParams{Act(act), p0, p1}, xp, fp, dp, n);
+  }
+  return py::make_tuple(f, d);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -203,6 +219,10 @@ PYBIND11_MODULE(_core, m) {
   bind_mlp<float>(m, "MlpChainF32");
   bind_mlp<double>(m, "MlpChainF64");
 
+  m.def("act_eval", &act_eval<float>, py::arg("act"), py::arg("p0"), py::arg("p1"),
+        py::arg("x").noconvert());
+  m.def("act_eval", &act_eval<double>, py::arg("act"), py::arg("p0"), py::arg("p1"),
+        py::arg("x").noconvert());
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_isa", &current_isa);

@@ -80,6 +80,14 @@ double reduce_store(const double* part, int64_t nblocks, int64_t n, T* dst, bool
   return ss;
 }
 
+// The epilogue arguments for the row block starting at row r0 (the residual input moves with it).
+template <class T>
+FwdArgs<T> block_args(const FwdArgs<T>& args, int64_t r0, int64_t n) {
+  FwdArgs<T> a = args;
+  if (a.resid) a.resid += r0 * n;
+  return a;
+}
+
 bool has_nonfinite(double ss, double norm) { return !std::isfinite(ss) && !std::isfinite(norm); }
 
 }  // namespace
@@ -276,7 +284,7 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
 #pragma omp for schedule(static)  // fused bias + activation + derivative, over row blocks
       for (int64_t rb = 0; rb < nrb_; ++rb) {
         const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-        blk_[size_t(rb)] = K.fwd_plain(args, out + r0 * n, out + r0 * n, d + r0 * n, rows, n);
+        blk_[size_t(rb)] = K.fwd_plain(block_args(args, r0, n), out + r0 * n, out + r0 * n, d + r0 * n, rows, n);
       }
       break;
     }
@@ -332,7 +340,7 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
       for (int64_t rb = 0; rb < nrb_; ++rb) {
         const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
         blk_[size_t(rb)] =
-            K.fwd_batchnorm(args, out + r0 * n, xh + r0 * n, out + r0 * n, d + r0 * n, rows, n);
+            K.fwd_batchnorm(block_args(args, r0, n), out + r0 * n, xh + r0 * n, out + r0 * n, d + r0 * n, rows, n);
       }
       break;
     }
@@ -345,7 +353,7 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
       for (int64_t rb = 0; rb < nrb_; ++rb) {
         const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
         blk_[size_t(rb)] =
-            K.fwd_layernorm(args, out + r0 * n, xh + r0 * n, out + r0 * n, d + r0 * n,
+            K.fwd_layernorm(block_args(args, r0, n), out + r0 * n, xh + r0 * n, out + r0 * n, d + r0 * n,
                             rowmean_[size_t(l)] + r0, rowistd_[size_t(l)] + r0, rows, n);
       }
       break;
@@ -463,6 +471,7 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
   const int64_t B = B_, n = ly.out, k = ly.in;
   const bool res = cfg_.residual[size_t(l)] != 0;
   const T scale = res ? T(cfg_.residual_scale) : T(1);
+  const bool select = cfg_.act.kind == Act::Relu || cfg_.act.kind == Act::Hardtanh;
   const T* d = D_[size_t(l)];
   const T* xh = XH_[size_t(l)];
   T* dz = DZ_;
@@ -485,7 +494,7 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
       for (int64_t rb = 0; rb < nrb_; ++rb) {
         const int64_t r0 = rb * kRowBlock;
         if (bias) std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
-        blk_[size_t(rb)] = K.bwd_plain(gin + r0 * n, d + r0 * n, scale, dz + r0 * n,
+        blk_[size_t(rb)] = K.bwd_plain(gin + r0 * n, d + r0 * n, scale, select, dz + r0 * n,
                                        bias ? p0 + rb * n : nullptr, rows_in_block(rb, B), n);
       }
 #pragma omp single
@@ -506,7 +515,7 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
         const int64_t r0 = rb * kRowBlock;
         std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
         std::memset(p1 + rb * n, 0, size_t(n) * sizeof(double));
-        blk_[size_t(rb)] = K.bwd_bn1(gin + r0 * n, d + r0 * n, xh + r0 * n, scale, dz + r0 * n,
+        blk_[size_t(rb)] = K.bwd_bn1(gin + r0 * n, d + r0 * n, xh + r0 * n, scale, select, dz + r0 * n,
                                      p0 + rb * n, p1 + rb * n, rows_in_block(rb, B), n);
       }
 #pragma omp single
@@ -582,7 +591,7 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
         std::memset(p1 + rb * n, 0, size_t(n) * sizeof(double));
         if (bias) std::memset(p2 + rb * n, 0, size_t(n) * sizeof(double));
         blk_[size_t(rb)] = K.bwd_layernorm(gin + r0 * n, d + r0 * n, xh + r0 * n, gamma,
-                                           rowistd_[size_t(l)] + r0, scale, dz + r0 * n,
+                                           rowistd_[size_t(l)] + r0, scale, select, dz + r0 * n,
                                            p0 + rb * n, p1 + rb * n, bias ? p2 + rb * n : nullptr,
                                            rows_in_block(rb, B), n);
       }

@@ -154,11 +154,11 @@ class Activation:
         return ids[self.name], 0.0, 0.0
 
     def to_config(self) -> dict[str, Any]:
+        """JSON-ready. A custom activation's callables cannot be stored: its config only
+        names it (``{"name": ..., "custom": True}``); pass it again to
+        ``gc.load(..., activation=...)``."""
         if self.is_custom:
-            raise ValueError(
-                f"custom activation {self.name!r} cannot be serialised; pass it again to "
-                "gc.load(..., activation=...)"
-            )
+            return {"name": self.name, "custom": True}
         return {"name": self.name, **self.params}
 
     def __eq__(self, other: object) -> bool:

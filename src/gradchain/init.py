@@ -173,6 +173,9 @@ SCHEMES = {
 def resolve(init: str | Init) -> Init:
     """An :class:`Init` from a scheme name or an Init."""
     if isinstance(init, Init):
+        if init.name not in SCHEMES:  # a hand-built Init("...") would fail only when drawing
+            raise ValueError(
+                f"init: unknown scheme {init.name!r}; expected one of {', '.join(SCHEMES)}")
         return init
     if isinstance(init, str):
         if init not in SCHEMES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -49,23 +50,50 @@ def load(path: str | os.PathLike[str], activation: Any = None) -> Any:
     ``ValueError``; nothing half-loaded is ever returned."""
     from .models import MLP
 
-    try:
-        with np.load(path, allow_pickle=False) as z:
+    # Whatever a corrupted file makes NumPy / zipfile raise (BadZipFile, EOFError, OSError,
+    # ValueError for a bad .npy header or pickled data, NotImplementedError for a garbled
+    # zip flag, ...) is reported as one ValueError; a missing file stays FileNotFoundError.
+    # The file is opened here, not by np.load, which leaks its handle when the zip is bad.
+    unreadable = (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError,
+                  NotImplementedError, UnicodeDecodeError)
+    if hasattr(path, "read"):
+        fctx: Any = contextlib.nullcontext(path)
+    else:
+        try:
+            fname = os.fspath(path)
+        except TypeError:
+            raise TypeError(f"path: expected a file path, got {type(path).__name__}") from None
+        try:
+            fctx = open(fname, "rb")  # closed by the with below
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read gradchain model file ({e})") from e
+    with fctx as f:
+        try:
+            z = np.load(f, allow_pickle=False)
+        except unreadable as e:
+            raise ValueError(f"{path}: cannot read gradchain model file ({e})") from e
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a plain .npy array
+            raise ValueError(f"{path}: not a gradchain model file (not an .npz archive)")
+        with z:
             if _META not in z.files:
                 raise ValueError(f"{path}: not a gradchain model file (no config entry)")
-            cfg = json.loads(bytes(z[_META]).decode())
-            state = {k: z[k] for k in z.files if k != _META}
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError,
-            UnicodeDecodeError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: cannot read gradchain model file ({e})") from e
+            try:
+                cfg = json.loads(bytes(z[_META]).decode())
+                state = {k: z[k] for k in z.files if k != _META}
+            except unreadable as e:  # json.JSONDecodeError is a ValueError
+                raise ValueError(f"{path}: cannot read gradchain model file ({e})") from e
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
         raise ValueError(f"{path}: unsupported gradchain file format")
     try:
         kind = cfg["kind"]
         if activation is None:
             a = dict(cfg["activation"])
+            if a.get("custom"):
+                raise ValueError(
+                    f"{path}: the model was saved with the custom activation {a.get('name')!r}; "
+                    "pass it again: gc.load(path, activation=gc.Activation.custom(f, df))")
             act = _acts.Activation(a.pop("name"), **a)
         else:
             act = _acts.resolve(activation)

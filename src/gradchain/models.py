@@ -113,8 +113,13 @@ class MLP:
 
         cls = _core.MlpChainF32 if dt == np.float32 else _core.MlpChainF64
         aid, p0, p1 = act._core_spec(_core.ACTIVATION_IDS)
-        self._core = cls(sizes_, aid, p0, p1, _NORMS[norm], bool(bias), list(flags), alpha,
-                         eps_, mom)
+        try:
+            self._core = cls(sizes_, aid, p0, p1, _NORMS[norm], bool(bias), list(flags), alpha,
+                             eps_, mom)
+        except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
+            raise MemoryError(
+                f"sizes: the parameters of an MLP with sizes {_short_sizes(sizes_)} "
+                f"({dt.name}) cannot be allocated") from None
         if act.is_custom:
             self._core.set_custom_activation(_custom_callback(act))
         self.sizes = sizes_

@@ -190,8 +190,8 @@ def _elu(z: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _elu_grad(z: np.ndarray, alpha: float) -> np.ndarray:
-    # PyTorch: x <= 0 takes the exponential branch (so elu'(0) = alpha; NaN takes the other).
-    return np.where(z <= 0, alpha * np.exp(z), 1.0)
+    # PyTorch: x <= 0 takes the exponential branch, so elu'(0) = alpha; elu'(NaN) = NaN.
+    return np.where(z > 0, 1.0, alpha * np.exp(z))
 
 
 def _gelu_tanh_inner(z: np.ndarray) -> np.ndarray:
@@ -302,8 +302,8 @@ def _fwd_hardtanh(z, min_val, max_val):
 
 
 def _grad_hardtanh(z, min_val, max_val):
-    # PyTorch: the gradient passes only strictly inside (min_val, max_val); NaN passes.
-    return np.where((z <= min_val) | (z >= max_val), 0.0, 1.0)
+    # PyTorch: the gradient passes only strictly inside (min_val, max_val); hardtanh'(NaN) = 0.
+    return np.where((z > min_val) & (z < max_val), 1.0, 0.0)
 
 
 _ACT_FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
@@ -322,8 +322,10 @@ _ACT_FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def _act_spec(act: Any, params: Mapping[str, Any] | None) -> tuple[str | None, Callable, Callable,
-                                                                     dict[str, Any]]:
+_ActSpec = tuple[str | None, Callable, Callable, dict[str, Any]]
+
+
+def _act_spec(act: Any, params: Mapping[str, Any] | None) -> _ActSpec:
     """Resolve ``act`` (a name or an ``(f, df)`` pair) to ``(name, f, df, params)``.
 
     Named activations get their defaults from DEFAULT_ACT_PARAMS, overridden by ``params``;
@@ -384,6 +386,11 @@ def act_grad(act: Any, z: Any, **params: Any) -> np.ndarray:
     leaky_relu'(0) = negative_slope, elu'(0) = alpha and selu'(0) = scale * alpha (the x <= 0
     branch), softplus'(x) = 1 where beta * x > threshold.
 
+    At NaN inputs the derivative is that of PyTorch's vectorised CPU kernels (the ones used on
+    all but tiny tensors; PyTorch's scalar fallback differs for hardtanh, elu and selu):
+    relu'(NaN) = 1, leaky_relu'(NaN) = negative_slope, hardtanh'(NaN) = 0, and NaN for the
+    others.
+
     Args:
         act: a name from ACTIVATIONS or an ``(f, df)`` pair of vectorised callables.
         z: pre-activation array of any shape, float32 or float64.
@@ -406,8 +413,8 @@ def _act_backward(name: str | None, grad_fn: Callable, z: np.ndarray, upstream: 
     if name == "relu":
         return np.where(z <= 0, np.zeros_like(upstream), upstream)
     if name == "hardtanh":
-        outside = (z <= params["min_val"]) | (z >= params["max_val"])
-        return np.where(outside, np.zeros_like(upstream), upstream)
+        inside = (z > params["min_val"]) & (z < params["max_val"])
+        return np.where(inside, upstream, np.zeros_like(upstream))
     return upstream * _call_elementwise(grad_fn, z, params, "activation derivative")
 
 

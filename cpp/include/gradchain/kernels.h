@@ -62,18 +62,20 @@ struct KernelTable {
 
   // --- backward ------------------------------------------------------------
   // dz = g * scale * d;  db_acc[c] += dz;  returns sum(g^2) (float64).
-  double (*bwd_plain)(const T* g, const T* d, T scale, T* dz, double* db_acc, int64_t rows,
-                      int64_t n);
+  // `select`: where d == 0 the result is 0 even for an infinite g (PyTorch's relu and
+  // hardtanh backward select instead of multiplying).
+  double (*bwd_plain)(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
+                      int64_t rows, int64_t n);
   // Batch norm, pass 1: dn = g * scale * d -> dn_out;  acc0 += dn;  acc1 += dn * xhat;  returns sum(g^2).
-  double (*bwd_bn1)(const T* g, const T* d, const T* xhat, T scale, T* dn_out, double* acc0,
-                    double* acc1, int64_t rows, int64_t n);
+  double (*bwd_bn1)(const T* g, const T* d, const T* xhat, T scale, bool select, T* dn_out,
+                    double* acc0, double* acc1, int64_t rows, int64_t n);
   // Batch norm, pass 2 (in place): dz = k[c] * (dn - m1[c] - xhat * m2[c]);  db_acc += dz.
   void (*bwd_bn2)(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2, double* db_acc,
                   int64_t rows, int64_t n);
   // Layer norm: dn = g*scale*d; dgamma_acc += dn*xhat; dbeta_acc += dn; dxh = dn*gamma;
   // dz = istd_r * (dxh - mean(dxh) - xhat * mean(dxh * xhat)); db_acc += dz. Returns sum(g^2).
   double (*bwd_layernorm)(const T* g, const T* d, const T* xhat, const T* gamma,
-                          const T* row_istd, T scale, T* dz, double* dgamma_acc,
+                          const T* row_istd, T scale, bool select, T* dz, double* dgamma_acc,
                           double* dbeta_acc, double* db_acc, int64_t rows, int64_t n);
 
   // --- reductions and gradient edits -----------------------------------------

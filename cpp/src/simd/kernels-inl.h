@@ -33,7 +33,10 @@ namespace GC_ISA_NS {
 // 2^n built in the exponent bits. Rounding to nearest integer by the 1.5*2^23
 // trick (valid because |x*log2e| < 2^22 after the clamp).
 // ---------------------------------------------------------------------------
-static inline float exp_f(float x) {
+static inline float exp_f(float x_in) {
+  // NaN is carried through at the end; the arithmetic below runs on 0 instead,
+  // so the float->int conversion never sees NaN.
+  float x = (x_in == x_in) ? x_in : 0.0f;
   x = x > 88.7f ? 88.7f : x;
   x = x < -87.3f ? -87.3f : x;
   const float shifter = 12582912.0f;  // 1.5 * 2^23
@@ -53,7 +56,9 @@ static inline float exp_f(float x) {
   int32_t bits = (n + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  float r_ok = x_in > 88.72283f ? std::numeric_limits<float>::infinity() : p * scale;
+  r_ok = x_in < -87.33654f ? 0.0f : r_ok;  // below FLT_MIN: flushed to 0
+  return (x_in == x_in) ? r_ok : x_in;
 }
 
 // expm1 with full relative accuracy near 0: Taylor up to r^8 for |x| < 0.35
@@ -102,7 +107,12 @@ template <> struct M<float> {
   static float expm1(float x) { return expm1_f(x); }
   static float tanh(float x) { return tanh_f(x); }
   static float sigmoid(float x) { return sigmoid_f(x); }
-  static float erf(float x) { return std::erf(x); }
+  // Phi(x) = P(N(0,1) <= x) and the normal density, evaluated in float64 (the
+  // argument scaling would otherwise cost ~x^2 ulp); libm, so not vectorised.
+  static float phi(float x) { return float(0.5 * std::erfc(-double(x) * 0.70710678118654752440)); }
+  static float pdf(float x) {
+    return float(0.39894228040143267794 * std::exp(-0.5 * double(x) * double(x)));
+  }
   static float log1p(float x) { return std::log1p(x); }
 };
 template <> struct M<double> {
@@ -110,7 +120,8 @@ template <> struct M<double> {
   static double expm1(double x) { return std::expm1(x); }
   static double tanh(double x) { return std::tanh(x); }
   static double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-  static double erf(double x) { return std::erf(x); }
+  static double phi(double x) { return 0.5 * std::erfc(-x * 0.70710678118654752440); }
+  static double pdf(double x) { return 0.39894228040143267794 * std::exp(-0.5 * x * x); }
   static double log1p(double x) { return std::log1p(x); }
 };
 
@@ -123,17 +134,35 @@ template <class T> struct ActIdentity {
   explicit ActIdentity(const ActParams&) {}
   void operator()(T x, T& f, T& d) const { f = x; d = T(1); }
 };
+// Derivatives are written without cancellation where the function saturates:
+// sigmoid' = s (1 - s) = s * (e s) with e = exp(-x); tanh' = 4e / (1 + e)^2 with
+// e = exp(-2|x|); exp-based branches use exp(x) itself rather than expm1(x) + 1.
 template <class T> struct ActSigmoid {
   explicit ActSigmoid(const ActParams&) {}
-  void operator()(T x, T& f, T& d) const { T s = M<T>::sigmoid(x); f = s; d = s * (T(1) - s); }
+  void operator()(T x, T& f, T& d) const {
+    T e = M<T>::exp(-x);
+    T s = T(1) / (T(1) + e);
+    T one_minus_s = x >= T(0) ? e * s : T(1) - s;  // e may be inf for x << 0
+    f = s;
+    d = s * one_minus_s;
+  }
 };
 template <class T> struct ActTanh {
   explicit ActTanh(const ActParams&) {}
-  void operator()(T x, T& f, T& d) const { T t = M<T>::tanh(x); f = t; d = T(1) - t * t; }
+  void operator()(T x, T& f, T& d) const {
+    T t = M<T>::tanh(x);
+    T ax = x < T(0) ? -x : x;
+    T e = M<T>::exp(T(-2) * ax);
+    T q = T(1) + e;
+    T d_big = T(4) * e / (q * q);
+    f = t;
+    d = ax < T(0.5) ? T(1) - t * t : d_big;  // 1 - t^2 >= 0.78 there: no cancellation
+  }
 };
 template <class T> struct ActRelu {
   explicit ActRelu(const ActParams&) {}
-  void operator()(T x, T& f, T& d) const { f = x > T(0) ? x : T(0); d = x > T(0) ? T(1) : T(0); }
+  // NaN as PyTorch: relu(nan) = nan, and its gradient passes (threshold_backward: x <= 0 ? 0 : g)
+  void operator()(T x, T& f, T& d) const { f = x < T(0) ? T(0) : x; d = x <= T(0) ? T(0) : T(1); }
 };
 template <class T> struct ActLeakyRelu {
   T slope;
@@ -147,7 +176,7 @@ template <class T> struct ActElu {
     T neg = x > T(0) ? T(0) : x;  // keep exp's argument <= 0
     T em1 = M<T>::expm1(neg);
     f = x > T(0) ? x : alpha * em1;
-    d = x > T(0) ? T(1) : alpha * (em1 + T(1));
+    d = x > T(0) ? T(1) : alpha * M<T>::exp(neg);  // NaN -> NaN (PyTorch's vectorised kernel)
   }
 };
 template <class T> struct ActSelu {
@@ -158,32 +187,34 @@ template <class T> struct ActSelu {
     T neg = x > T(0) ? T(0) : x;
     T em1 = M<T>::expm1(neg);
     f = x > T(0) ? kScale * x : kScale * kAlpha * em1;
-    d = x > T(0) ? kScale : kScale * kAlpha * (em1 + T(1));
+    d = x > T(0) ? kScale : kScale * kAlpha * M<T>::exp(neg);
   }
 };
 template <class T> struct ActGelu {  // exact: x * Phi(x)
   explicit ActGelu(const ActParams&) {}
   void operator()(T x, T& f, T& d) const {
-    const T kInvSqrt2 = T(0.70710678118654752440);
-    const T kInvSqrt2Pi = T(0.39894228040143267794);
-    T cdf = T(0.5) * (T(1) + M<T>::erf(x * kInvSqrt2));
-    T pdf = kInvSqrt2Pi * M<T>::exp(T(-0.5) * x * x);
+    T cdf = M<T>::phi(x);  // as erfc: no 1 + erf(x) cancellation for x < 0
+    T pdf = M<T>::pdf(x);
     f = x * cdf;
     d = cdf + x * pdf;
   }
 };
-template <class T> struct ActGeluTanh {  // PyTorch approximate="tanh", same derivative formula
+// PyTorch approximate="tanh": 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+// With 1 + tanh(u) = 2 s, s = sigmoid(2u), and 1 - tanh(u)^2 = 4 s (1 - s), 1 - s = e s
+// (e = exp(-2u)): f = x s, f' = s + 2 x s (e s) u' — the same function and derivative
+// as PyTorch's formula, without its cancellation for negative x.
+template <class T> struct ActGeluTanh {
   explicit ActGeluTanh(const ActParams&) {}
   void operator()(T x, T& f, T& d) const {
     const T kBeta = T(0.79788456080286535588);  // sqrt(2/pi)
     const T kKappa = T(0.044715);
-    T inner = kBeta * (x + kKappa * x * x * x);
-    T t = M<T>::tanh(inner);
-    T left = T(0.5) * x;
-    T right = T(1) + t;
-    f = left * right;
-    T dinner = kBeta * (T(1) + T(3) * kKappa * x * x);
-    d = T(0.5) * right + left * (T(1) - t * t) * dinner;
+    T u = kBeta * (x + kKappa * x * x * x);
+    T e = M<T>::exp(T(-2) * u);
+    T s = T(1) / (T(1) + e);
+    T du = kBeta * (T(1) + T(3) * kKappa * x * x);
+    T one_minus_s = u >= T(0) ? e * s : T(1) - s;
+    f = x * s;
+    d = s + T(2) * x * s * one_minus_s * du;
   }
 };
 template <class T> struct ActSoftplus {
@@ -201,9 +232,11 @@ template <class T> struct ActSoftplus {
 template <class T> struct ActSilu {
   explicit ActSilu(const ActParams&) {}
   void operator()(T x, T& f, T& d) const {
-    T s = M<T>::sigmoid(x);
+    T e = M<T>::exp(-x);
+    T s = T(1) / (T(1) + e);
+    T one_minus_s = x >= T(0) ? e * s : T(1) - s;  // = e s without cancellation
     f = x * s;
-    d = s * (T(1) + x * (T(1) - s));
+    d = s * (T(1) + x * one_minus_s);
   }
 };
 template <class T> struct ActHardtanh {
@@ -212,7 +245,7 @@ template <class T> struct ActHardtanh {
   void operator()(T x, T& f, T& d) const {
     T c = x < lo ? lo : x;
     f = c > hi ? hi : c;
-    d = (x > lo && x < hi) ? T(1) : T(0);
+    d = (x > lo && x < hi) ? T(1) : T(0);  // NaN -> 0 (PyTorch's vectorised kernel)
   }
 };
 
@@ -410,8 +443,8 @@ static double add_bias(T* y, const T* b, int64_t rows, int64_t n) {
 // the report's ||dL/da_l|| costs no extra pass over memory.
 // ---------------------------------------------------------------------------
 template <class T>
-static double bwd_plain(const T* g, const T* d, T scale, T* dz, double* db_acc, int64_t rows,
-                        int64_t n) {
+static double bwd_plain(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
+                        int64_t rows, int64_t n) {
   double ss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* gr = g + r * n;
@@ -421,7 +454,7 @@ static double bwd_plain(const T* g, const T* d, T scale, T* dz, double* db_acc, 
 #pragma omp simd reduction(+ : rs)
     for (int64_t c = 0; c < n; ++c) {
       T gv = gr[c];
-      T v = gv * scale * dr[c];
+      T v = (select && dr[c] == T(0)) ? T(0) : gv * scale * dr[c];
       zr[c] = v;
       if (db_acc) db_acc[c] += double(v);
       rs += double(gv) * double(gv);
@@ -432,8 +465,8 @@ static double bwd_plain(const T* g, const T* d, T scale, T* dz, double* db_acc, 
 }
 
 template <class T>
-static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, T* dn_out, double* acc0,
-                      double* acc1, int64_t rows, int64_t n) {
+static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, bool select, T* dn_out,
+                      double* acc0, double* acc1, int64_t rows, int64_t n) {
   double ss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* gr = g + r * n;
@@ -444,7 +477,7 @@ static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, T* dn_out,
 #pragma omp simd reduction(+ : rs)
     for (int64_t c = 0; c < n; ++c) {
       T gv = gr[c];
-      T dn = gv * scale * dr[c];
+      T dn = (select && dr[c] == T(0)) ? T(0) : gv * scale * dr[c];
       zr[c] = dn;
       acc0[c] += double(dn);
       acc1[c] += double(dn) * double(xr[c]);
@@ -472,7 +505,7 @@ static void bwd_bn2(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m
 
 template <class T>
 static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamma,
-                            const T* row_istd, T scale, T* dz, double* dgamma_acc,
+                            const T* row_istd, T scale, bool select, T* dz, double* dgamma_acc,
                             double* dbeta_acc, double* db_acc, int64_t rows, int64_t n) {
   double ss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -485,7 +518,7 @@ static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamm
 #pragma omp simd reduction(+ : rs, s1, s2)
     for (int64_t c = 0; c < n; ++c) {
       T gv = gr[c];
-      T dn = gv * scale * dr[c];
+      T dn = (select && dr[c] == T(0)) ? T(0) : gv * scale * dr[c];
       dgamma_acc[c] += double(dn) * double(xr[c]);
       dbeta_acc[c] += double(dn);
       T dxh = dn * gamma[c];

@@ -1,0 +1,1286 @@
+"""Benchmark suite: gradchain against its peers on the standard workloads (WORKLOADS.md).
+
+One iteration is forward + full backward + the gradient report, on a fixed upstream
+gradient. Every peer gets the same weights (gradchain's ``state_dict``), the same input
+and the same upstream gradient, and is checked against gradchain before it is timed.
+Peers are timed round-robin within one run (one iteration of each peer per repeat, the
+order rotating), so that a noisy machine slows them alike.
+
+Run ``python -m gradchain.bench --help`` (or ``gradchain bench``). Optional peers (PyTorch,
+JAX) are imported lazily and skipped with a note when they are not installed.
+
+Extension point: :data:`WORKLOADS` maps names to workload descriptions, each of a ``kind``
+("mlp" here); :data:`CASE_MAKERS` builds the shared inputs of a kind and :data:`BUILDERS`
+maps ``kind -> peer name -> builder``. The RNN workloads add an ``RNNWorkload`` class with
+``kind = "rnn"``, its entries in ``WORKLOADS``, ``CASE_MAKERS["rnn"]`` and ``BUILDERS["rnn"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc as _pygc
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+# OpenBLAS reads these when it is loaded: they force an older, slower kernel. The benchmark
+# drops them for its own process only, by re-executing itself (main()) before any timing.
+_OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_UNSET_MARK = "GRADCHAIN_BENCH_UNSET_ENV"
+
+__all__ = [
+    "BUILDERS", "CASE_MAKERS", "PEERS", "QUICK", "REFERENCES", "WORKLOADS", "Agreement", "Case",
+    "MLPWorkload", "Outputs", "PeerInfo", "PeerInstance", "arbitrate", "check_agreement",
+    "format_table", "gemm_ceiling", "machine_info", "main", "measure_memory", "run",
+]
+
+
+# =============================================================================================
+# workloads (the registry the RNN workloads will join)
+# =============================================================================================
+
+
+@dataclass(frozen=True)
+class MLPWorkload:
+    """An MLP chain: ``sizes = [in] + [width] * depth + [out]``, batch ``batch``."""
+
+    kind: ClassVar[str] = "mlp"
+    name: str
+    in_features: int
+    width: int
+    depth: int
+    out_features: int
+    batch: int
+    activation: str = "tanh"
+    norm: str | None = None
+    residual: bool = False
+    residual_scale: float = 1.0
+    init: str = "xavier_normal"
+    dtype: str = "float32"
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.in_features] + [self.width] * self.depth + [self.out_features]
+
+    def flops(self) -> float:
+        """WORKLOADS.md: ``6 * B * sum(in_l * out_l)`` (forward 2, backward 4)."""
+        s = self.sizes
+        return 6.0 * self.batch * sum(a * b for a, b in zip(s[:-1], s[1:], strict=True))
+
+    def quick(self) -> MLPWorkload:
+        """A scaled-down copy for smoke runs (widths / 4, depth / 8, batch / 4)."""
+        return replace(
+            self,
+            in_features=max(8, self.in_features // 4),
+            width=max(8, self.width // 4),
+            depth=max(2, self.depth // 8),
+            out_features=max(8, self.out_features // 4),
+            batch=max(8, self.batch // 4),
+        )
+
+    def describe(self) -> str:
+        opts = [self.activation]
+        if self.norm:
+            opts.append(f"{self.norm} norm")
+        if self.residual:
+            opts.append("residual")
+        opts += [f"init {self.init}", self.dtype]
+        return (f"MLP in {self.in_features}, width {self.width}, depth {self.depth}, "
+                f"out {self.out_features}, batch {self.batch}; " + ", ".join(opts))
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+Workload = MLPWorkload  # RNN: ``Workload = MLPWorkload | RNNWorkload``
+
+_MLP_TANH = MLPWorkload("mlp-tanh", 256, 256, 64, 256, 128, activation="tanh",
+                        init="xavier_normal")
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        _MLP_TANH,
+        MLPWorkload("mlp-deep-narrow", 64, 64, 256, 64, 64, activation="relu", norm="batch",
+                    residual=True, init="kaiming_normal"),
+        MLPWorkload("mlp-wide", 2048, 2048, 16, 2048, 256, activation="relu",
+                    init="kaiming_normal"),
+        replace(_MLP_TANH, name="mlp-tanh-f64", dtype="float64"),
+        # RNN workloads (rnn-mid, rnn-long-narrow) are added here with kind "rnn".
+    )
+}
+"""The standard workloads of WORKLOADS.md, by name."""
+
+QUICK: dict[str, Workload] = {name: w.quick() for name, w in WORKLOADS.items()}
+"""The same workloads scaled down (``--quick``)."""
+
+
+# =============================================================================================
+# peers
+# =============================================================================================
+
+
+@dataclass
+class Outputs:
+    """What a peer computed in one iteration, as NumPy arrays (None: not computed)."""
+
+    y: np.ndarray
+    grads: dict[str, np.ndarray]
+    activation_grad_norms: np.ndarray | None = None
+    weight_grad_norms: np.ndarray | None = None
+
+
+class PeerInstance(Protocol):
+    """A peer set up for one workload."""
+
+    def step(self) -> None:
+        """One timed iteration (returns when the work is done)."""
+
+    def outputs(self) -> Outputs:
+        """The results of the last step, converted to NumPy (not timed)."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    name: str
+    label: str
+    requires: tuple[str, ...] = ()  # modules that must be importable
+
+    def missing(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+
+PEERS: dict[str, PeerInfo] = {
+    p.name: p
+    for p in (
+        PeerInfo("gradchain", "gradchain"),
+        PeerInfo("torch", "PyTorch eager + report", ("torch",)),
+        PeerInfo("torch-grads", "PyTorch eager, grads only", ("torch",)),
+        PeerInfo("jax", "JAX jit", ("jax",)),
+        PeerInfo("numpy", "NumPy (gradchain.reference)"),
+    )
+}
+"""Peers by name; ``gradchain`` is always run (it is the reference of the checks)."""
+
+
+@dataclass
+class Case:
+    """Everything shared by the peers of one workload: weights, inputs, options."""
+
+    workload: Workload
+    x: np.ndarray
+    grad_y: np.ndarray
+    state: dict[str, np.ndarray]  # gradchain's state_dict, copied
+    threads: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _dtype(w: Workload) -> np.dtype:
+    return np.dtype(w.dtype)
+
+
+def _mlp_gc_model(w: MLPWorkload, seed: int) -> Any:
+    import gradchain as gc
+
+    return gc.MLP(w.sizes, activation=w.activation, init=w.init, norm=w.norm,
+                  residual=w.residual, residual_scale=w.residual_scale,
+                  dtype=_dtype(w), seed=seed)
+
+
+def _mlp_case(w: Workload, seed: int, threads: int) -> Case:
+    assert isinstance(w, MLPWorkload)
+    model = _mlp_gc_model(w, seed)
+    rng = np.random.default_rng(seed + 1)
+    dt = _dtype(w)
+    x = rng.standard_normal((w.batch, w.in_features)).astype(dt)
+    gy = rng.standard_normal((w.batch, w.out_features)).astype(dt)
+    state = {k: np.array(v) for k, v in model.state_dict().items()}
+    return Case(w, x, gy, state, threads, {"residual_flags": list(model.residual)})
+
+
+def _mlp_reference(case: Case, dtype: Any) -> Outputs:
+    """``gradchain.reference`` on the case's weights and data, cast to ``dtype``."""
+    from . import reference
+
+    w = case.workload
+    assert isinstance(w, MLPWorkload)
+    params = {k: np.asarray(v, dtype=dtype) for k, v in case.state.items()
+              if not k.endswith("num_batches_tracked")}
+    y, cache = reference.mlp_forward(
+        params, case.x.astype(dtype), activation=w.activation, norm=w.norm,
+        residual=case.extra["residual_flags"], residual_scale=w.residual_scale, training=True)
+    grads, _dx, rep = reference.mlp_backward(cache, case.grad_y.astype(dtype))
+    return Outputs(y, dict(grads), np.asarray(rep["activation_grad_norms"]),
+                   np.asarray(rep["weight_grad_norms"]))
+
+
+CASE_MAKERS: dict[str, Callable[[Workload, int, int], Case]] = {"mlp": _mlp_case}
+"""kind -> ``make(workload, seed, threads) -> Case``."""
+
+REFERENCES: dict[str, Callable[[Case, Any], Outputs]] = {"mlp": _mlp_reference}
+"""kind -> ``reference(case, dtype) -> Outputs``: the NumPy spec in the given dtype (float64
+arbitrates the float32 checks)."""
+
+
+# --------------------------------------------------------------------------- gradchain
+class _GradchainMLP:
+    def __init__(self, case: Case) -> None:
+        import gradchain as gc
+
+        w = case.workload
+        assert isinstance(w, MLPWorkload)
+        gc.set_num_threads(case.threads)
+        self.model = _mlp_gc_model(w, seed=0)
+        self.model.load_state_dict(case.state)
+        self.x, self.gy = case.x, case.grad_y
+        self._y: np.ndarray | None = None
+        self._rep: Any = None
+
+    def step(self) -> None:
+        self._y = self.model.forward(self.x)
+        self._rep = self.model.backward(self.gy)
+
+    def outputs(self) -> Outputs:
+        assert self._y is not None and self._rep is not None
+        return Outputs(
+            y=np.array(self._y),
+            grads={k: np.array(g) for k, g in self.model.named_grads()},
+            activation_grad_norms=np.array(self._rep.activation_grad_norms),
+            weight_grad_norms=np.array(self._rep.weight_grad_norms),
+        )
+
+
+# --------------------------------------------------------------------------- PyTorch
+_TORCH_ACTS = {
+    "tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "gelu": "gelu", "silu": "silu",
+    "elu": "elu", "selu": "selu", "softplus": "softplus", "hardtanh": "hardtanh",
+    "leaky_relu": "leaky_relu", "identity": None,
+}
+
+
+class _TorchMLP:
+    """``torch.nn`` modules + autograd, as a PyTorch user would write the chain.
+
+    ``report=True``: ``x.requires_grad`` and ``retain_grad()`` on every hidden activation,
+    then ``||dL/da_l||`` and ``||dL/dW_l||`` each iteration (``Tensor.norm``, in the
+    model's dtype). ``report=False``: parameter gradients only.
+    """
+
+    def __init__(self, case: Case, report: bool) -> None:
+        import torch
+        from torch import nn
+
+        w = case.workload
+        assert isinstance(w, MLPWorkload)
+        torch.set_num_threads(case.threads)
+        tdt = torch.float32 if w.dtype == "float32" else torch.float64
+        sizes = w.sizes
+        L = w.depth
+        flags = case.extra["residual_flags"]
+        alpha = w.residual_scale
+        act_name = _TORCH_ACTS[w.activation]
+        act: Callable[[Any], Any] = (
+            (lambda t: t) if act_name is None else getattr(torch.nn.functional, act_name))
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layers = nn.ModuleList(
+                    nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+                norm_cls = {None: None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}[w.norm]
+                self.norms = nn.ModuleList(
+                    [] if norm_cls is None else [norm_cls(h) for h in sizes[1:-1]])
+
+            def forward(self, x: Any, keep: list[Any] | None = None) -> Any:
+                a = x
+                for i in range(L):
+                    z = self.layers[i](a)
+                    if len(self.norms):
+                        z = self.norms[i](z)
+                    f = act(z)
+                    a = (a + f if alpha == 1.0 else a + alpha * f) if flags[i] else f
+                    if keep is not None:
+                        a.retain_grad()
+                        keep.append(a)
+                return self.layers[L](a)
+
+        self.torch = torch
+        self.net = Net().to(tdt)
+        self.net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in case.state.items()})
+        self.net.train()
+        self.report = report
+        self.x = torch.from_numpy(case.x.copy()).requires_grad_(report)
+        self.gy = torch.from_numpy(case.grad_y.copy())
+        self._y: Any = None
+        self._acts: list[Any] = []
+        self._act_norms: Any = None
+        self._w_norms: Any = None
+
+    def step(self) -> None:
+        net = self.net
+        net.zero_grad(set_to_none=True)
+        if self.report:
+            self.x.grad = None
+            acts: list[Any] = [self.x]
+            y = net(self.x, acts)
+            y.backward(self.gy)
+            self._act_norms = self.torch.stack([a.grad.norm() for a in acts])
+            self._w_norms = self.torch.stack([lin.weight.grad.norm() for lin in net.layers])
+            self._acts = acts
+        else:
+            y = net(self.x)
+            y.backward(self.gy)
+        self._y = y
+
+    def outputs(self) -> Outputs:
+        grads = {k: p.grad.detach().numpy().copy() for k, p in self.net.named_parameters()}
+        out = Outputs(y=self._y.detach().numpy().copy(), grads=grads)
+        if self.report:
+            out.activation_grad_norms = self._act_norms.detach().numpy().astype(np.float64)
+            out.weight_grad_norms = self._w_norms.detach().numpy().astype(np.float64)
+        return out
+
+
+# --------------------------------------------------------------------------- JAX
+class _JaxMLP:
+    """One ``jax.jit`` function: forward, ``jax.vjp`` with the fixed upstream gradient, and
+    the same norms. ``dL/da_l`` comes from zero "probes" added to each hidden activation
+    (the cotangent of a probe is the gradient of that activation)."""
+
+    def __init__(self, case: Case) -> None:
+        if case.threads == 1 and "jax" not in sys.modules:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                       + " --xla_cpu_multi_thread_eigen=false"
+                                       " intra_op_parallelism_threads=1").strip()
+        import jax
+        import jax.numpy as jnp
+
+        w = case.workload
+        assert isinstance(w, MLPWorkload)
+        if w.dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        L = w.depth
+        flags = case.extra["residual_flags"]
+        alpha = w.residual_scale
+        norm = w.norm
+        eps, momentum = 1e-5, 0.1
+        act: Callable[[Any], Any] = {
+            "tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid,
+            "silu": jax.nn.silu, "identity": lambda t: t,
+            "gelu": lambda t: jax.nn.gelu(t, approximate=False),
+        }[w.activation]
+        s = case.state
+        params = {
+            "W": [jnp.asarray(s[f"layers.{i}.weight"]) for i in range(L + 1)],
+            "b": [jnp.asarray(s[f"layers.{i}.bias"]) for i in range(L + 1)],
+            "gamma": [jnp.asarray(s[f"norms.{i}.weight"]) for i in range(L)] if norm else [],
+            "beta": [jnp.asarray(s[f"norms.{i}.bias"]) for i in range(L)] if norm else [],
+        }
+        running = ([(jnp.asarray(s[f"norms.{i}.running_mean"]),
+                     jnp.asarray(s[f"norms.{i}.running_var"])) for i in range(L)]
+                   if norm == "batch" else [])
+        B = w.batch
+
+        def forward(p: Any, x: Any, probes: Any) -> tuple[Any, Any]:
+            a = x
+            stats = []
+            for i in range(L):
+                z = a @ p["W"][i].T + p["b"][i]
+                if norm == "batch":
+                    mu = jnp.mean(z, axis=0)
+                    var = jnp.mean(jnp.square(z - mu), axis=0)
+                    z = p["gamma"][i] * (z - mu) * jax.lax.rsqrt(var + eps) + p["beta"][i]
+                    stats.append((mu, var))
+                elif norm == "layer":
+                    mu = jnp.mean(z, axis=1, keepdims=True)
+                    var = jnp.mean(jnp.square(z - mu), axis=1, keepdims=True)
+                    z = p["gamma"][i] * (z - mu) * jax.lax.rsqrt(var + eps) + p["beta"][i]
+                f = act(z)
+                a = a + alpha * f if flags[i] else f
+                a = a + probes[i]
+            return a @ p["W"][L].T + p["b"][L], stats
+
+        def step(p: Any, running: Any, x: Any, gy: Any) -> Any:
+            probes = [jnp.zeros((B, h), x.dtype) for h in w.sizes[1:-1]]
+            y, vjp, stats = jax.vjp(forward, p, x, probes, has_aux=True)
+            gp, gx, gprobes = vjp(gy)
+            act_norms = jnp.stack([jnp.linalg.norm(g) for g in [gx, *gprobes]])
+            w_norms = jnp.stack([jnp.linalg.norm(g) for g in gp["W"]])
+            new_running = [((1 - momentum) * rm + momentum * mu,
+                            (1 - momentum) * rv + momentum * var * (B / (B - 1)))
+                           for (rm, rv), (mu, var) in zip(running, stats, strict=True)]
+            return y, gp, act_norms, w_norms, new_running
+
+        self.jax = jax
+        self._fn = jax.jit(step)
+        self.params = params
+        self.running = running
+        self.x = jnp.asarray(case.x)
+        self.gy = jnp.asarray(case.grad_y)
+        self.L = L
+        self.norm = norm
+        self._out: Any = None
+
+    def step(self) -> None:
+        out = self._fn(self.params, self.running, self.x, self.gy)
+        self.jax.block_until_ready(out)
+        self.running = out[4]
+        self._out = out
+
+    def outputs(self) -> Outputs:
+        y, gp, act_norms, w_norms, _ = self._out
+        grads: dict[str, np.ndarray] = {}
+        for i in range(self.L + 1):
+            grads[f"layers.{i}.weight"] = np.asarray(gp["W"][i])
+            grads[f"layers.{i}.bias"] = np.asarray(gp["b"][i])
+        if self.norm:
+            for i in range(self.L):
+                grads[f"norms.{i}.weight"] = np.asarray(gp["gamma"][i])
+                grads[f"norms.{i}.bias"] = np.asarray(gp["beta"][i])
+        return Outputs(np.asarray(y), grads, np.asarray(act_norms, dtype=np.float64),
+                       np.asarray(w_norms, dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- NumPy
+class _NumpyMLP:
+    """``gradchain.reference``: the vectorised NumPy implementation (dtype kept)."""
+
+    def __init__(self, case: Case) -> None:
+        from . import reference
+
+        w = case.workload
+        assert isinstance(w, MLPWorkload)
+        _limit_numpy_blas(case.threads)
+        self.ref = reference
+        self.w = w
+        self.params = {k: np.array(v) for k, v in case.state.items()
+                       if not k.endswith("num_batches_tracked")}
+        self.flags = case.extra["residual_flags"]
+        self.x, self.gy = case.x, case.grad_y
+        self._last: tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]] | None = None
+
+    def step(self) -> None:
+        w = self.w
+        y, cache = self.ref.mlp_forward(self.params, self.x, activation=w.activation,
+                                        norm=w.norm, residual=self.flags,
+                                        residual_scale=w.residual_scale, training=True)
+        grads, _dx, report = self.ref.mlp_backward(cache, self.gy)
+        self.params.update(cache["new_buffers"])
+        self._last = (y, grads, report)
+
+    def outputs(self) -> Outputs:
+        assert self._last is not None
+        y, grads, report = self._last
+        return Outputs(y, dict(grads), np.asarray(report["activation_grad_norms"]),
+                       np.asarray(report["weight_grad_norms"]))
+
+
+Builder = Callable[[Case], PeerInstance]
+BUILDERS: dict[str, dict[str, Builder]] = {
+    "mlp": {
+        "gradchain": _GradchainMLP,
+        "torch": lambda c: _TorchMLP(c, report=True),
+        "torch-grads": lambda c: _TorchMLP(c, report=False),
+        "jax": _JaxMLP,
+        "numpy": _NumpyMLP,
+    },
+    # "rnn": {...}  (gradchain.RNN, torch.nn.RNN, jax lax.scan, reference.rnn_*)
+}
+"""kind -> peer name -> ``build(case) -> PeerInstance``."""
+
+
+_numpy_blas_note: str | None = None
+
+
+def _limit_numpy_blas(threads: int) -> None:
+    """Limit NumPy's own OpenBLAS pool to ``threads`` (not gradchain's, which the core
+    manages itself). Needs threadpoolctl when ``threads`` differs from the core count."""
+    global _numpy_blas_note
+    if threads == (os.cpu_count() or threads) or _numpy_blas_note is not None:
+        return
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        _numpy_blas_note = ("NumPy's BLAS threads not limited (install threadpoolctl); "
+                            "it uses all cores")
+        return
+    np_dir = os.path.dirname(os.path.dirname(np.__file__))
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api == "blas" and "scipy_openblas32" not in lib.filepath and (
+                lib.filepath.startswith(np_dir) and "torch" not in lib.filepath):
+            lib.set_num_threads(threads)
+    _numpy_blas_note = f"NumPy's BLAS limited to {threads} threads (threadpoolctl)"
+
+
+# =============================================================================================
+# the agreement check
+# =============================================================================================
+
+
+@dataclass
+class Agreement:
+    """The outcome of comparing one implementation's outputs with another's.
+
+    ``errors`` holds one error per checked quantity (``y``, each gradient, the norm
+    vectors); ``failed`` the quantities beyond ``tolerance`` that nothing explains, and
+    ``excused`` those beyond it that the float64 reference explains as isolated float32
+    rounding (a ReLU input that is ~1e-8 in float64 and rounds to 0 in float32).
+    """
+
+    ok: bool
+    max_err: float
+    worst: str
+    tolerance: float
+    checked: int
+    errors: dict[str, float] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    excused: dict[str, str] = field(default_factory=dict)
+    against: str = "gradchain"
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"DISAGREE {self.max_err:.1e} ({', '.join(self.failed[:3])})"
+        s = f"ok {self.max_err:.1e}"
+        if self.excused:
+            s += f", {len(self.excused)} excused by f64 ref*"
+        return s
+
+
+def _rel_to_max(got: np.ndarray, ref: np.ndarray) -> float:
+    """``max|got - ref| / max|ref|`` (absolute when ref is all zero); inf on shape mismatch
+    or non-finite values."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        return math.inf
+    if ref.size == 0:
+        return 0.0
+    diff = float(np.max(np.abs(got - ref)))
+    if not math.isfinite(diff):
+        return math.inf
+    scale = float(np.max(np.abs(ref)))
+    return diff / scale if scale > 0 else diff
+
+
+def _rel_elementwise(got: np.ndarray, ref: np.ndarray) -> float:
+    """Largest ``|got - ref| / |ref|`` over entries (for norm vectors spanning decades)."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        return math.inf
+    if ref.size == 0:
+        return 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        err = np.abs(got - ref) / np.maximum(np.abs(ref), np.finfo(np.float64).tiny)
+    m = float(np.max(err))
+    return m if math.isfinite(m) else math.inf
+
+
+def tolerance_for(dtype: str) -> float:
+    """float32: 1e-3 relative; float64: 1e-9."""
+    return 1e-3 if dtype == "float32" else 1e-9
+
+
+def agreement_errors(ref: Outputs, got: Outputs, workload: Workload) -> dict[str, float]:
+    """One error per quantity: ``y`` and every parameter gradient of ``ref`` relative to
+    the largest magnitude of ``ref``'s tensor; the activation and weight gradient norms
+    (where both compute them) entry by entry. Skipped: the biases of linear layers
+    followed by batch norm (their gradient is exactly 0 in exact arithmetic, so only
+    rounding noise would be compared)."""
+    errors: dict[str, float] = {"y": _rel_to_max(got.y, ref.y)}
+    skip: set[str] = set()
+    if isinstance(workload, MLPWorkload) and workload.norm == "batch":
+        skip = {f"layers.{i}.bias" for i in range(workload.depth)}
+    for name, g in ref.grads.items():
+        if name in skip:
+            continue
+        errors[name] = _rel_to_max(got.grads[name], g) if name in got.grads else math.inf
+    for label, r, p in (("activation_grad_norms", ref.activation_grad_norms,
+                         got.activation_grad_norms),
+                        ("weight_grad_norms", ref.weight_grad_norms, got.weight_grad_norms)):
+        if r is not None and p is not None:
+            errors[label] = _rel_elementwise(p, r)
+    return errors
+
+
+def _agreement(errors: dict[str, float], tol: float, excuse: Callable[[str, float], str | None],
+               against: str) -> Agreement:
+    failed: list[str] = []
+    excused: dict[str, str] = {}
+    for q, e in errors.items():
+        if e <= tol:
+            continue
+        why = excuse(q, e)
+        if why is None:
+            failed.append(q)
+        else:
+            excused[q] = why
+    failed.sort(key=lambda q: -errors[q])
+    worst = max(errors, key=lambda k: errors[k])
+    return Agreement(ok=not failed, max_err=errors[worst], worst=worst, tolerance=tol,
+                     checked=len(errors), errors=errors, failed=failed, excused=excused,
+                     against=against)
+
+
+def check_agreement(ref: Outputs, got: Outputs, workload: Workload,
+                    tolerance: float | None = None) -> Agreement:
+    """Compare a peer's outputs with gradchain's directly (no float64 arbitration)."""
+    tol = tolerance_for(workload.dtype) if tolerance is None else tolerance
+    return _agreement(agreement_errors(ref, got, workload), tol, lambda q, e: None, "gradchain")
+
+
+KINKED_ACTIVATIONS = frozenset({"relu", "leaky_relu", "hardtanh", "selu", "elu"})
+ISOLATED_MAX_COUNT = 4
+ISOLATED_MAX_FRACTION = 0.01
+ISOLATED_MAX_ERR = 0.1
+
+
+def isolated_deviation(errors: Mapping[str, float], tol: float) -> bool:
+    """Whether an implementation's departures from the float64 reference beyond ``tol`` are
+    few (at most 4 quantities or 1% of them) and moderate (each at most 0.1): what float32
+    rounding does at a ReLU kink, where an input that is ~1e-8 in float64 rounds to 0 or
+    below in float32 and one sample drops out of one layer's gradients (about 1/B of them).
+    A bug shows up in many quantities or by a lot."""
+    beyond = [e for e in errors.values() if e > tol]
+    limit = max(ISOLATED_MAX_COUNT, math.ceil(ISOLATED_MAX_FRACTION * len(errors)))
+    return len(beyond) <= limit and all(e <= ISOLATED_MAX_ERR for e in beyond)
+
+
+def arbitrate(gc_out: Outputs, peer_outs: Mapping[str, Outputs], workload: Workload,
+              truth: Outputs | None = None,
+              tolerance: float | None = None) -> dict[str, Agreement]:
+    """Check every peer against gradchain, and gradchain against the float64 reference.
+
+    ``truth``: the NumPy reference run in float64 on the same (float32) weights and data.
+    Without it this is :func:`check_agreement` for each peer. With it (float32 workloads),
+    gradchain's own row (key ``"gradchain"``) compares it with ``truth``, and a quantity
+    where two implementations differ beyond the tolerance is excused when the activation has
+    a kink and every side that is also beyond the tolerance from ``truth`` there departs
+    from ``truth`` only in an isolated way (:func:`isolated_deviation`): float32 rounding at
+    a ReLU kink, which any float32 implementation meets now and then in a deep ReLU network.
+    Smooth activations (tanh, ...) excuse nothing.
+    """
+    tol = tolerance_for(workload.dtype) if tolerance is None else tolerance
+    if truth is None:
+        return {n: check_agreement(gc_out, o, workload, tol) for n, o in peer_outs.items()}
+    dev = {"gradchain": agreement_errors(truth, gc_out, workload)}
+    dev.update({n: agreement_errors(truth, o, workload) for n, o in peer_outs.items()})
+    kinks = getattr(workload, "activation", None) in KINKED_ACTIVATIONS
+    iso = {n: kinks and isolated_deviation(e, tol) for n, e in dev.items()}
+
+    def excuser(sides: list[str]) -> Callable[[str, float], str | None]:
+        def excuse(q: str, e: float) -> str | None:
+            off = [s for s in sides if dev[s].get(q, math.inf) > tol]
+            if not all(iso[s] for s in off):
+                return None
+            vs = ", ".join(f"{s} {dev[s].get(q, math.inf):.1e}" for s in sides)
+            return f"{e:.1e}; from the float64 reference: {vs}"
+        return excuse
+
+    out = {n: _agreement(agreement_errors(gc_out, o, workload), tol,
+                         excuser(["gradchain", n]), "gradchain")
+           for n, o in peer_outs.items()}
+    out["gradchain"] = _agreement(dev["gradchain"], tol, excuser(["gradchain"]),
+                                  "float64 reference")
+    return out
+
+
+# =============================================================================================
+# machine
+# =============================================================================================
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return None
+    try:
+        return str(importlib.import_module(module).__version__)
+    except Exception as e:  # a broken install is worth recording, not crashing on
+        return f"import failed: {e}"
+
+
+def _git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, gradchain's ISA / threads / OpenBLAS core, library versions, date."""
+    import gradchain as gc
+
+    try:
+        affinity: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_available": affinity,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "gradchain": gc.__version__,
+        "gradchain_commit": _git_commit(),
+        "gradchain_isa": gc.get_isa(),
+        "gradchain_threads": gc.get_num_threads(),
+        "openblas_core": str(gc._core.blas_corename()),
+        "numpy": np.__version__,
+        "torch": _version("torch"),
+        "jax": _version("jax"),
+        "env_unset": [v for v in os.environ.get(_UNSET_MARK, "").split(",") if v],
+        "env_still_set": [v for v in _OPENBLAS_ENV if v in os.environ],
+        "loadavg_start": _loadavg(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def gemm_ceiling(dtype: Any = np.float32, sizes: Sequence[int] = (2048, 4096),
+                 repeats: int = 3) -> dict[str, float]:
+    """NumPy matmul GFLOP/s at each size (best of ``repeats`` after one warm-up call), and
+    ``best``: the machine's GEMM ceiling as this benchmark reports it."""
+    out: dict[str, float] = {}
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        a = rng.standard_normal((n, n)).astype(dtype)
+        b = rng.standard_normal((n, n)).astype(dtype)
+        c = np.empty((n, n), dtype=dtype)
+        np.matmul(a, b, out=c)
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = min(best, time.perf_counter() - t0)
+        out[str(n)] = 2.0 * n**3 / best / 1e9
+        del a, b, c
+    out["best"] = max(out.values())
+    return out
+
+
+# =============================================================================================
+# timing
+# =============================================================================================
+
+
+def _stats(times: Sequence[float]) -> dict[str, float]:
+    t = np.asarray(times, dtype=np.float64)
+    q1, med, q3 = np.percentile(t, [25, 50, 75])
+    return {"median_s": float(med), "min_s": float(t.min()), "iqr_s": float(q3 - q1),
+            "mean_s": float(t.mean())}
+
+
+def _peer_names(peers: Sequence[str] | None) -> list[str]:
+    names = list(PEERS) if peers is None else list(peers)
+    unknown = [p for p in names if p not in PEERS]
+    if unknown:
+        raise ValueError(f"unknown peer(s) {unknown}; known: {list(PEERS)}")
+    return ["gradchain"] + [p for p in dict.fromkeys(names) if p != "gradchain"]
+
+
+def _resolve_workloads(workloads: Sequence[str | Workload] | None, quick: bool) -> list[Workload]:
+    table = QUICK if quick else WORKLOADS
+    if workloads is None:
+        return list(table.values())
+    out: list[Workload] = []
+    for w in workloads:
+        if isinstance(w, str):
+            if w not in table:
+                raise ValueError(f"unknown workload {w!r}; known: {list(table)}")
+            out.append(table[w])
+        else:
+            out.append(w)
+    return out
+
+
+def run(
+    workloads: Sequence[str | Workload] | None = None,
+    peers: Sequence[str] | None = None,
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    settle: float = 0.0,
+    ceiling: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; return the results (JSON-ready).
+
+    ``workloads``: names (of :data:`WORKLOADS`, or of :data:`QUICK` with ``quick=True``) or
+    workload objects; None for all. ``peers``: names of :data:`PEERS` (gradchain is always
+    added, first). ``threads``: for gradchain, PyTorch and NumPy's BLAS (default
+    ``gc.get_num_threads()``). ``settle``: seconds to sleep before each timed iteration
+    (lets other libraries' spinning threads go idle). ``ceiling=False`` skips the GEMM
+    ceiling measurement.
+    """
+    import gradchain as gc
+
+    say = log or (lambda s: None)
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    threads = gc.get_num_threads() if threads is None else int(threads)
+    gc.set_num_threads(threads)
+    _limit_numpy_blas(threads)
+    wls = _resolve_workloads(workloads, quick)
+    names = _peer_names(peers)
+
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "config": {"repeats": repeats, "warmup": warmup, "threads": threads, "quick": quick,
+                   "seed": seed, "settle_s": settle, "peers": names,
+                   "numpy_blas": _numpy_blas_note},
+        "ceiling": {},
+        "workloads": [],
+    }
+    if ceiling:
+        say("measuring the sgemm ceiling (NumPy float32 matmul at 2048 and 4096)...")
+        results["ceiling"]["float32"] = gemm_ceiling(np.float32)
+        if any(w.dtype == "float64" for w in wls):
+            say("measuring the dgemm ceiling (NumPy float64 matmul at 2048 and 4096)...")
+            results["ceiling"]["float64"] = gemm_ceiling(np.float64)
+
+    all_ok = True
+    for w in wls:
+        say(f"{w.name}: {w.describe()}")
+        res = _run_workload(w, names, repeats, warmup, threads, seed, settle, say)
+        ceil = results["ceiling"].get(w.dtype, {}).get("best")
+        for r in res["peers"].values():
+            if "gflops" in r and ceil:
+                r["fraction_of_ceiling"] = r["gflops"] / ceil
+        res["ceiling_gflops"] = ceil
+        gcr = res["peers"]["gradchain"]
+        res["gradchain_fraction_of_ceiling"] = gcr.get("fraction_of_ceiling")
+        all_ok &= all(r["status"] in ("ok", "skipped", "reference")
+                      for r in res["peers"].values())
+        results["workloads"].append(res)
+    results["ok"] = bool(all_ok)
+    results["machine"]["loadavg_end"] = _loadavg()
+    return results
+
+
+def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, threads: int,
+                  seed: int, settle: float, say: Callable[[str], None]) -> dict[str, Any]:
+    flops = w.flops()
+    out: dict[str, Any] = {"name": w.name, "kind": w.kind, "description": w.describe(),
+                           "config": w.config(), "flops": flops, "peers": {}}
+    case = CASE_MAKERS[w.kind](w, seed, threads)
+    builders = BUILDERS[w.kind]
+    instances: dict[str, PeerInstance] = {}
+    rows: dict[str, dict[str, Any]] = out["peers"]
+    for name in names:
+        info = PEERS[name]
+        row: dict[str, Any] = {"label": info.label}
+        rows[name] = row
+        missing = info.missing()
+        if missing:
+            row.update(status="skipped", note=f"not installed: {', '.join(missing)}")
+            continue
+        if name not in builders:
+            row.update(status="skipped", note=f"no {w.kind} implementation")
+            continue
+        try:
+            t0 = time.perf_counter()
+            inst = builders[name](case)
+            inst.step()  # first call: compiles (JAX), allocates
+            row["first_call_s"] = time.perf_counter() - t0
+            instances[name] = inst
+        except Exception as e:  # a peer that fails is reported, not fatal
+            row.update(status="error", note=f"{type(e).__name__}: {e}")
+            if name == "gradchain":
+                raise
+    # ---- the agreement check (before any timing)
+    ref = instances["gradchain"].outputs()
+    outs: dict[str, Outputs] = {}
+    for name, inst in list(instances.items()):
+        if name == "gradchain":
+            continue
+        try:
+            outs[name] = inst.outputs()
+        except Exception as e:
+            rows[name].update(status="error", note=f"outputs: {type(e).__name__}: {e}")
+            del instances[name]
+    truth = None
+    if w.dtype == "float32" and w.kind in REFERENCES:
+        truth = REFERENCES[w.kind](case, np.float64)
+    del case  # each peer holds its own copy
+    agreements = arbitrate(ref, outs, w, truth=truth)
+    del truth, outs, ref
+    rows["gradchain"]["status"] = "reference"
+    for name, agr in agreements.items():
+        row = rows[name]
+        row["agreement"] = asdict(agr)
+        if name != "gradchain":
+            row["status"] = "ok" if agr.ok else "disagree"
+        elif not agr.ok:
+            row["status"] = "disagree"
+        if not agr.ok:
+            bad = ", ".join(f"{q} {agr.errors[q]:.2e}" for q in agr.failed[:5])
+            who = ("gradchain DISAGREES with the float64 reference" if name == "gradchain"
+                   else f"{PEERS[name].label} DISAGREES with gradchain")
+            msg = (f"!!! {w.name}: {who}: max rel err {agr.max_err:.3e} > tol "
+                   f"{agr.tolerance:g}; {len(agr.failed)} quantities fail, worst: {bad} "
+                   "-- timed anyway, row marked DISAGREE")
+            print(msg, file=sys.stderr)
+            row["note"] = msg
+
+    order = list(instances)
+    times: dict[str, list[float]] = {n: [] for n in order}
+    for n in order:
+        for _ in range(max(0, warmup - 1)):  # the first call above counts as one warm-up
+            instances[n].step()
+    _pygc.collect()
+    gc_was_enabled = _pygc.isenabled()
+    _pygc.disable()
+    try:
+        for r in range(repeats):
+            k = r % len(order)
+            for n in order[k:] + order[:k]:
+                if settle > 0:
+                    time.sleep(settle)
+                t0 = time.perf_counter()
+                instances[n].step()
+                times[n].append(time.perf_counter() - t0)
+    finally:
+        if gc_was_enabled:
+            _pygc.enable()
+
+    t_gc = _stats(times["gradchain"])["median_s"]
+    for n in order:
+        st = _stats(times[n])
+        rows[n].update(st)
+        rows[n]["times_s"] = times[n]
+        rows[n]["gflops"] = flops / st["median_s"] / 1e9
+        rows[n]["ratio"] = st["median_s"] / t_gc
+    say("  " + ", ".join(f"{n} {rows[n]['median_s'] * 1e3:.2f} ms" for n in order))
+    instances.clear()
+    _pygc.collect()
+    return out
+
+
+# =============================================================================================
+# peak memory (each workload x peer in its own process)
+# =============================================================================================
+
+
+def _rss_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _memory_child(workload: str, peer: str, quick: bool, threads: int, iters: int,
+                  seed: int) -> int:
+    """Run in a fresh process: import, set up, run ``iters`` iterations; print one JSON
+    line with the RSS after imports, the peak RSS of the set-up and the peak RSS while
+    iterating (the kernel's high-water mark, reset through /proc/self/clear_refs after
+    the set-up; where that fails the iteration peak includes the set-up)."""
+    import gradchain as gc
+
+    gc.set_num_threads(threads)
+    w = (QUICK if quick else WORKLOADS)[workload]
+    if peer.startswith("torch"):
+        import torch
+
+        torch.set_num_threads(threads)
+    elif peer == "jax":
+        import jax.numpy as jnp
+
+        jnp.zeros(1).block_until_ready()
+    baseline = _rss_kib("VmRSS")
+    case = CASE_MAKERS[w.kind](w, seed, threads)
+    inst = BUILDERS[w.kind][peer](case)
+    del case
+    inst.step()
+    _pygc.collect()
+    setup_peak = _rss_kib("VmHWM")
+    reset = False
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")  # reset the peak-RSS high-water mark to the current RSS
+        reset = True
+    except OSError:
+        pass
+    for _ in range(iters):
+        inst.step()
+    peak = _rss_kib("VmHWM")
+    print(json.dumps({"baseline_kib": baseline, "setup_peak_kib": setup_peak,
+                      "peak_iter_kib": peak, "hwm_reset": reset}))
+    return 0
+
+
+def measure_memory(workloads: Sequence[str], peers: Sequence[str], *, quick: bool,
+                   threads: int, iters: int = 3, seed: int = 0,
+                   log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Peak RSS of each (workload, peer), each in a fresh ``python -m gradchain.bench``
+    process (Linux: read from /proc/self/status).
+
+    Per row: ``peak_iter_mib`` (highest RSS while iterating: the model, its gradients,
+    the library and the working memory), ``over_baseline_mib`` (that minus the RSS right
+    after importing the peer's library) and ``process_peak_mib`` (the peak of the whole
+    process, set-up included: the set-up holds gradchain's model and a copy of its weights
+    while it builds the peer).
+    """
+    say = log or (lambda s: None)
+    rows: list[dict[str, Any]] = []
+    table = QUICK if quick else WORKLOADS
+    for wname in workloads:
+        w = table[wname]
+        for peer in _peer_names(peers):
+            row: dict[str, Any] = {"workload": wname, "peer": peer}
+            rows.append(row)
+            if PEERS[peer].missing() or peer not in BUILDERS.get(w.kind, {}):
+                row["status"] = "skipped"
+                continue
+            cmd = [sys.executable, "-m", "gradchain.bench", "--_memory-child", wname, peer,
+                   "--threads", str(threads), "--memory-iters", str(iters),
+                   "--seed", str(seed)] + (["--quick"] if quick else [])
+            p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = p.stdout.strip().splitlines()
+            if p.returncode != 0 or not lines:
+                row["status"] = "error"
+                row["note"] = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+                continue
+            d = json.loads(lines[-1])
+            if d["peak_iter_kib"] is None:
+                row["status"] = "error"
+                row["note"] = "no /proc/self/status VmHWM on this system"
+                continue
+            row["status"] = "ok"
+            row["peak_iter_mib"] = d["peak_iter_kib"] / 1024
+            row["over_baseline_mib"] = (d["peak_iter_kib"] - (d["baseline_kib"] or 0)) / 1024
+            row["process_peak_mib"] = max(d["peak_iter_kib"], d["setup_peak_kib"] or 0) / 1024
+            row["hwm_reset"] = d["hwm_reset"]
+            say(f"  memory {wname} / {peer}: peak {row['peak_iter_mib']:.0f} MiB")
+    return rows
+
+
+# =============================================================================================
+# output
+# =============================================================================================
+
+
+def _fmt_ms(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e3:.2f}"
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """The results as a readable plain-text table."""
+    m = results["machine"]
+    cfg = results["config"]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores; gradchain {m['gradchain']} "
+        f"({m.get('gradchain_commit') or '?'}) isa {m['gradchain_isa']}, OpenBLAS core "
+        f"{m['openblas_core']}; numpy {m['numpy']}, torch {m['torch'] or '-'}, "
+        f"jax {m['jax'] or '-'}; {m['date']}",
+        f"threads {cfg['threads']}, repeats {cfg['repeats']} (round-robin), warm-up "
+        f"{cfg['warmup']}" + (", QUICK workloads" if cfg["quick"] else "")
+        + (f"; unset for this run: {', '.join(m['env_unset'])}" if m["env_unset"] else "")
+        + (f"; STILL SET: {', '.join(m['env_still_set'])}" if m["env_still_set"] else ""),
+    ]
+    for dt, c in results.get("ceiling", {}).items():
+        kind = "sgemm" if dt == "float32" else "dgemm"
+        sizes = ", ".join(f"{k}: {v:.1f}" for k, v in c.items() if k != "best")
+        lines.append(f"{kind} ceiling (NumPy {dt} matmul, GFLOP/s): {sizes} -> {c['best']:.1f}")
+    head = (f"  {'peer':<27} {'median ms':>10} {'min ms':>9} {'IQR ms':>8} {'GFLOP/s':>8} "
+            f"{'%ceil':>6} {'peer/gc':>8}  check")
+    for wr in results["workloads"]:
+        lines += ["", f"{wr['name']}: {wr['description']}; {wr['flops'] / 1e9:.3g} GFLOP/iter"]
+        lines.append(head)
+        notes: list[str] = []
+        for row in wr["peers"].values():
+            label = row["label"]
+            status = row["status"]
+            if status in ("skipped", "error"):
+                lines.append(f"  {label:<27} {status}: {row.get('note', '')}")
+                continue
+            agr = Agreement(**row["agreement"]) if "agreement" in row else None
+            if agr is None:
+                check = "reference"
+            elif agr.against == "gradchain":
+                check = agr.summary()
+            else:
+                check = "vs f64 ref: " + agr.summary()
+            if agr is not None and agr.excused:
+                items = list(agr.excused.items())
+                notes += [f"  * {label}: {q}: {why}" for q, why in items[:3]]
+                if len(items) > 3:
+                    notes.append(f"  * {label}: ... and {len(items) - 3} more")
+            frac = row.get("fraction_of_ceiling")
+            lines.append(
+                f"  {label:<27} {_fmt_ms(row['median_s']):>10} {_fmt_ms(row['min_s']):>9} "
+                f"{_fmt_ms(row['iqr_s']):>8} {row['gflops']:>8.1f} "
+                f"{'-' if frac is None else f'{100 * frac:.0f}%':>6} {row['ratio']:>8.2f}  "
+                f"{check}")
+        if notes:
+            lines.append("  * beyond tolerance but explained by the float64 reference as "
+                         "isolated float32 rounding (ReLU kinks):")
+            lines += notes
+    mem = results.get("memory")
+    if mem:
+        lines += ["", "peak memory (each in its own process; MiB)",
+                  f"  {'workload':<16} {'peer':<12} {'while iterating':>16} "
+                  f"{'over imports':>13} {'process peak':>13}"]
+        for row in mem:
+            if row["status"] != "ok":
+                lines.append(f"  {row['workload']:<16} {row['peer']:<12} {row['status']}")
+                continue
+            lines.append(f"  {row['workload']:<16} {row['peer']:<12} "
+                         f"{row['peak_iter_mib']:>16.0f} {row['over_baseline_mib']:>13.0f} "
+                         f"{row['process_peak_mib']:>13.0f}")
+    if not results.get("ok", True):
+        lines += ["", "!!! SOME PEERS DISAGREE WITH GRADCHAIN OR FAILED: see the rows above"]
+    return "\n".join(lines)
+
+
+# =============================================================================================
+# command line
+# =============================================================================================
+
+
+def _split(values: Sequence[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v for item in values for v in item.split(",") if v]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gradchain bench",
+        description="Time gradchain against PyTorch, JAX and NumPy on the standard workloads "
+                    "(forward + backward + gradient report), side by side in one run.")
+    p.add_argument("--workloads", "-w", nargs="*", metavar="NAME",
+                   help=f"workloads (default all): {', '.join(WORKLOADS)}")
+    p.add_argument("--peers", "-p", nargs="*", metavar="NAME",
+                   help=f"peers (default all installed): {', '.join(PEERS)}")
+    p.add_argument("--repeats", "-r", type=int, default=20,
+                   help="timed iterations per peer (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
+    p.add_argument("--threads", "-t", type=int, default=None,
+                   help="threads for gradchain, PyTorch and NumPy (default: gradchain's)")
+    p.add_argument("--quick", action="store_true",
+                   help="scaled-down workloads (widths/4, depth/8, batch/4): a smoke run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
+                   help="sleep before each timed iteration (default 0)")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the GEMM ceiling")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure peak RSS of each workload x peer in a subprocess")
+    p.add_argument("--memory-iters", type=int, default=3, help=argparse.SUPPRESS)
+    p.add_argument("--json", metavar="PATH", help="write all results and machine info here")
+    p.add_argument("--list", action="store_true", help="list workloads and peers, then exit")
+    p.add_argument("--_memory-child", nargs=2, metavar=("WORKLOAD", "PEER"),
+                   help=argparse.SUPPRESS)
+    return p
+
+
+def _reexec_without_openblas_env(argv: list[str]) -> None:
+    bad = [v for v in _OPENBLAS_ENV if v in os.environ]
+    if not bad:
+        return
+    env = {k: v for k, v in os.environ.items() if k not in _OPENBLAS_ENV}
+    prev = [v for v in os.environ.get(_UNSET_MARK, "").split(",") if v]
+    env[_UNSET_MARK] = ",".join(dict.fromkeys(prev + bad))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "gradchain.bench", *argv], env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gradchain bench``: returns 0, or 1 when a peer disagrees with gradchain or fails."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    _reexec_without_openblas_env(args_list)
+    args = _parser().parse_args(args_list)
+    threads = args.threads
+    if threads is not None and threads < 1:
+        print("--threads must be >= 1", file=sys.stderr)
+        return 2
+
+    if args._memory_child:
+        import gradchain as gc
+
+        t = gc.get_num_threads() if threads is None else threads
+        return _memory_child(args._memory_child[0], args._memory_child[1], args.quick, t,
+                             args.memory_iters, args.seed)
+
+    if args.list:
+        table = QUICK if args.quick else WORKLOADS
+        for w in table.values():
+            print(f"{w.name:<18} {w.describe()}; {w.flops() / 1e9:.3g} GFLOP/iter")
+        for p in PEERS.values():
+            miss = p.missing()
+            print(f"{p.name:<18} {p.label}" + (f" (not installed: {miss})" if miss else ""))
+        return 0
+
+    def log(s: str) -> None:
+        print(s, file=sys.stderr, flush=True)
+
+    try:
+        results = run(_split(args.workloads), _split(args.peers), args.repeats, args.warmup,
+                      threads, quick=args.quick, seed=args.seed, settle=args.settle,
+                      ceiling=not args.no_ceiling, log=log)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.memory:
+        log("measuring peak memory (one subprocess per workload x peer)...")
+        results["memory"] = measure_memory(
+            [w["name"] for w in results["workloads"]], results["config"]["peers"],
+            quick=args.quick, threads=results["config"]["threads"], iters=args.memory_iters,
+            seed=args.seed, log=log)
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, default=_json_default)
+            f.write("\n")
+        log(f"wrote {args.json}")
+    return 0 if results["ok"] else 1
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Shared helpers: reference parameters of a model, magnitude-scaled comparisons,
+kink proximity (float32 vs float64 comparisons skip inputs that sit on a kink)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import gradchain as gc
+from gradchain import reference as ref
+
+# Reproducible property tests: CI replays the same examples every run.
+settings.register_profile(
+    "gradchain", derandomize=True, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+settings.load_profile(os.environ.get("GRADCHAIN_HYPOTHESIS_PROFILE", "gradchain"))
+
+KINKED = {"relu": [0.0], "leaky_relu": [0.0], "selu": [0.0], "hardtanh": [-1.0, 1.0]}
+
+
+def ref_params(model: gc.MLP) -> dict[str, np.ndarray]:
+    """The model's state dict as float64 copies (what the reference takes)."""
+    return {k: np.array(v, dtype=np.float64) for k, v in model.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def kink_margin(cache: dict, activation: str) -> float:
+    """Smallest distance of any hidden pre-activation to a kink of `activation`."""
+    kinks = KINKED.get(activation)
+    if not kinks:
+        return np.inf
+    m = np.inf
+    for layer in cache["layers"]:
+        n = np.asarray(layer["n"])
+        for k in kinks:
+            m = min(m, float(np.min(np.abs(n - k))))
+    return m
+
+
+def scaled_err(ours: np.ndarray, theirs: np.ndarray, floor: float = 0.0) -> float:
+    """max |ours - theirs| / max(max |theirs|, floor)."""
+    ours = np.asarray(ours, dtype=np.float64)
+    theirs = np.asarray(theirs, dtype=np.float64)
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    if ours.size == 0:
+        return 0.0
+    denom = max(float(np.max(np.abs(theirs))), floor, 1e-300)
+    return float(np.max(np.abs(ours - theirs))) / denom
+
+
+def assert_close(label: str, ours, theirs, tol: float, floor: float = 0.0) -> None:
+    err = scaled_err(ours, theirs, floor)
+    if not err <= tol:
+        o = np.ravel(np.asarray(ours))[:4]
+        t = np.ravel(np.asarray(theirs))[:4]
+        raise AssertionError(f"{label}: scaled max diff {err:.3e} > {tol:.1e}\n"
+                             f"  ours   {o}\n  theirs {t}")
+
+
+@pytest.fixture
+def restore_threads():
+    n = gc.get_num_threads()
+    yield
+    gc.set_num_threads(n)
+
+
+@pytest.fixture
+def restore_isa():
+    isa = gc.get_isa()
+    yield
+    gc.set_isa(isa)
+
+
+__all__ = ["ref", "ref_params", "kink_margin", "scaled_err", "assert_close"]

@@ -316,9 +316,7 @@ def test_load_state_dict_own_state_is_a_no_op():
 # --------------------------------------------------------------------------- save / load
 def full_state(m):
     s = {f"state {k}": np.array(v) for k, v in m.state_dict().items()}
-    if any(k.endswith("num_batches_tracked") for k in m.state_dict()):
-        # (norm="batch" without hidden layers has no batch-norm layer whose count matters)
-        s["num_batches_tracked"] = int(m._core.num_batches_tracked)
+    s["num_batches_tracked"] = m._num_batches_tracked.copy()  # one counter per BN layer
     s["training"] = m.training
     s["config"] = m.config()
     return s
@@ -537,3 +535,29 @@ def test_other_zip_files_raise_value_error(tmp_path):
         gc.load(p)
     with pytest.raises(TypeError, match="path"):
         gc.load(3)
+
+
+def test_each_batch_norm_layer_keeps_its_own_counter(tmp_path):
+    m = gc.MLP([3, 4, 4, 2], norm="batch", seed=0)
+    m.forward(np.ones((5, 3), np.float32))
+    sd = {k: np.array(v) for k, v in m.state_dict().items()}
+    assert int(sd["norms.0.num_batches_tracked"]) == int(sd["norms.1.num_batches_tracked"]) == 1
+    sd["norms.0.num_batches_tracked"] = np.array(7)
+    sd["norms.1.num_batches_tracked"] = np.array(9)
+    m.load_state_dict(sd)
+    assert [int(m.state_dict()[f"norms.{i}.num_batches_tracked"]) for i in (0, 1)] == [7, 9]
+    gc.save(m, tmp_path / "m.npz")
+    m2 = gc.load(tmp_path / "m.npz")
+    assert [int(m2.state_dict()[f"norms.{i}.num_batches_tracked"]) for i in (0, 1)] == [7, 9]
+    m2.eval().forward(np.ones((1, 3), np.float32))  # eval does not count
+    assert int(m2.state_dict()["norms.0.num_batches_tracked"]) == 7
+
+
+def test_diverged_model_loads_only_when_asked(tmp_path):
+    m = gc.MLP([3, 4, 2], seed=0)
+    m._params["layers.0.weight"][0, 0] = np.nan
+    gc.save(m, tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="allow_nonfinite"):
+        gc.load(tmp_path / "bad.npz")
+    m2 = gc.load(tmp_path / "bad.npz", allow_nonfinite=True)
+    assert np.isnan(m2._params["layers.0.weight"][0, 0])

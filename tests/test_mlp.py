@@ -13,11 +13,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_close, kink_margin, ref, ref_params
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import gradchain as gc
+from conftest import assert_close, kink_margin, ref, ref_params
 
 TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 2e-4}
 

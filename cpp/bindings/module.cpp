@@ -89,7 +89,6 @@ void bind_mlp(py::module_& m, const char* name) {
            py::arg("momentum"))
       .def_property_readonly("num_hidden", &C::num_hidden)
       .def_readwrite("training", &C::training)
-      .def_readwrite("num_batches_tracked", &C::num_batches_tracked)
       .def_property_readonly("has_forward", &C::has_forward)
       .def_property_readonly("forward_batch", &C::forward_batch)
       .def("invalidate", &C::invalidate)

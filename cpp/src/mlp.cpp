@@ -452,7 +452,6 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
         rv[c] = T((1.0 - m) * double(rv[c]) + m * var[c] * unbias);
       }
     }
-    ++num_batches_tracked;
   }
   has_forward_ = true;
   fwd_B_ = B;

@@ -76,6 +76,8 @@ def real(v: Any, name: str, *, minimum: float | None = None, allow_inf: bool = F
 
 
 def model_dtype(dtype: Any) -> np.dtype:
+    if dtype is None:
+        raise TypeError("dtype: expected float32 or float64, got None")
     try:
         d = np.dtype(dtype)
     except TypeError:

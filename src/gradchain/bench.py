@@ -316,14 +316,13 @@ class _TorchMLP:
                 return self.layers[L](a)
 
         self.torch = torch
-        self.net = Net().to(tdt)
+        self.net: Any = Net().to(tdt)
         self.net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in case.state.items()})
         self.net.train()
         self.report = report
         self.x = torch.from_numpy(case.x.copy()).requires_grad_(report)
         self.gy = torch.from_numpy(case.grad_y.copy())
         self._y: Any = None
-        self._acts: list[Any] = []
         self._act_norms: Any = None
         self._w_norms: Any = None
 
@@ -337,7 +336,6 @@ class _TorchMLP:
             y.backward(self.gy)
             self._act_norms = self.torch.stack([a.grad.norm() for a in acts])
             self._w_norms = self.torch.stack([lin.weight.grad.norm() for lin in net.layers])
-            self._acts = acts
         else:
             y = net(self.x)
             y.backward(self.gy)

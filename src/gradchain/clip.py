@@ -14,7 +14,8 @@ __all__ = ["clip_grad_norm", "clip_grad_value", "clip_grad_norm_per_layer"]
 def _core_of(model: Any) -> Any:
     core = getattr(model, "_core", None)
     if core is None or not hasattr(core, "clip_grad_norm"):
-        raise TypeError(f"model: expected a gradchain model (MLP or RNN), got {type(model).__name__}")
+        raise TypeError(
+            f"model: expected a gradchain model (MLP or RNN), got {type(model).__name__}")
     return core
 
 

@@ -44,7 +44,9 @@ def save(model: Any, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def load(path: str | os.PathLike[str], activation: Any = None) -> Any:
+def load(
+    path: str | os.PathLike[str], activation: Any = None, allow_nonfinite: bool = False
+) -> Any:
     """Rebuild a model saved by :func:`save`. A custom activation cannot be stored:
     pass it again as ``activation=``. Truncated, corrupted or mismatched files raise
     ``ValueError``; nothing half-loaded is ever returned."""
@@ -106,6 +108,6 @@ def load(path: str | os.PathLike[str], activation: Any = None) -> Any:
         )
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: malformed gradchain config ({e})") from e
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, allow_nonfinite=allow_nonfinite)
     model.train(bool(cfg.get("training", True)))
     return model

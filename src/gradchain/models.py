@@ -134,6 +134,9 @@ class MLP:
         self.eps = eps_
         self.momentum = mom
         self._input_grad: np.ndarray | None = None
+        # one counter per batch-norm layer, as each torch.nn.BatchNorm1d keeps its own
+        n_bn = self.depth if self.norm == "batch" else 0
+        self._num_batches_tracked = np.zeros(n_bn, dtype=np.int64)
 
         flat_p = self._core.param_array()
         flat_g = self._core.grad_array()
@@ -170,7 +173,7 @@ class MLP:
                 p[...] = 1.0 if name.endswith(".weight") else 0.0
         for name, b in self._buffers.items():
             b[...] = 0.0 if name.endswith("running_mean") else 1.0
-        self._core.num_batches_tracked = 0
+        self._num_batches_tracked[...] = 0
         self._core.invalidate()
 
     @property
@@ -197,7 +200,10 @@ class MLP:
                 "x: batch norm in training mode needs more than 1 sample per batch, got shape "
                 f"{shape_str(xa.shape)} (as torch.nn.BatchNorm1d; use model.eval())"
             )
-        return self._core.forward(xa)
+        y = self._core.forward(xa)
+        if self.norm == "batch" and self.training:
+            self._num_batches_tracked += 1
+        return y
 
     __call__ = forward
 
@@ -282,17 +288,21 @@ class MLP:
         views of the model's memory (as PyTorch's state_dict shares storage)."""
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         for k in self._state_keys():
-            if k.endswith("num_batches_tracked"):
-                out[k] = np.array(self._core.num_batches_tracked, dtype=np.int64)
+            if k.endswith("num_batches_tracked"):  # a 0-d view, as torch's buffer
+                layer = int(k.split(".")[1])
+                out[k] = self._num_batches_tracked[layer:layer + 1].reshape(())
             else:
                 out[k] = self._params[k] if k in self._params else self._buffers[k]
         return out
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, allow_nonfinite: bool = False
+    ) -> IncompatibleKeys:
         """Copy parameters and buffers in (NumPy arrays or torch tensors, any float dtype).
 
-        Everything is checked (keys, shapes, dtypes, finiteness) before anything is
-        written, so a rejected call leaves the model unchanged.
+        Everything is checked (keys, shapes, dtypes and, unless ``allow_nonfinite``,
+        finiteness) before anything is written, so a rejected call leaves the model
+        unchanged. ``allow_nonfinite=True`` loads a diverged model for inspection.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
@@ -325,12 +335,13 @@ class MLP:
                 raise ValueError(
                     f"state_dict[{k!r}]: expected shape {shape_str(target.shape)}, "
                     f"got {shape_str(a.shape)}")
-            if not np.isfinite(a).all():
-                raise ValueError(f"state_dict[{k!r}] contains NaN or Inf")
+            if not allow_nonfinite and not np.isfinite(a).all():
+                raise ValueError(f"state_dict[{k!r}] contains NaN or Inf (pass "
+                                 "allow_nonfinite=True to load it anyway)")
             staged.append((k, a))
         for k, a in staged:
             if k.endswith("num_batches_tracked"):
-                self._core.num_batches_tracked = int(a)
+                self._num_batches_tracked[int(k.split(".")[1])] = int(a)
             else:
                 target = self._params[k] if k in self._params else self._buffers[k]
                 target[...] = a

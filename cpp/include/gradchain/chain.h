@@ -70,7 +70,6 @@ class MlpChain {
   int64_t num_buffers() const { return buffers_.size(); }
 
   bool training = true;
-  int64_t num_batches_tracked = 0;
 
   void set_custom_activation(CustomActFn<T> fn) { custom_ = std::move(fn); }
 

@@ -1,0 +1,199 @@
+"""Smoke tests of the benchmark suite (gradchain.bench) on the --quick workloads.
+
+Only gradchain and the NumPy peer run here (PyTorch and JAX are optional); timings are
+not checked, only that the suite runs, checks agreement and reports what it should.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gradchain import bench
+
+ROW_FIELDS = {"label", "status", "median_s", "min_s", "iqr_s", "mean_s", "times_s", "gflops",
+              "ratio", "first_call_s"}
+
+
+def _quick_run(**kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {"repeats": 2, "warmup": 1, "quick": True, "ceiling": False}
+    args.update(kw)
+    return bench.run(**args)
+
+
+def test_quick_run_gradchain_numpy() -> None:
+    res = _quick_run(peers=["gradchain", "numpy"])
+    assert res["ok"] is True
+    assert [w["name"] for w in res["workloads"]] == list(bench.WORKLOADS)
+    m = res["machine"]
+    for key in ("cpu", "cores", "gradchain_isa", "gradchain_threads", "openblas_core", "numpy",
+                "date"):
+        assert key in m
+    assert res["config"]["peers"] == ["gradchain", "numpy"]
+    for w in res["workloads"]:
+        assert w["flops"] == bench.QUICK[w["name"]].flops() > 0
+        assert set(w["peers"]) == {"gradchain", "numpy"}
+        gc_row, np_row = w["peers"]["gradchain"], w["peers"]["numpy"]
+        assert gc_row["status"] == "reference"
+        assert np_row["status"] == "ok"
+        for row in (gc_row, np_row):
+            assert ROW_FIELDS <= set(row)
+            assert len(row["times_s"]) == 2
+            assert row["min_s"] <= row["median_s"]
+            assert row["gflops"] > 0
+        assert gc_row["ratio"] == 1.0
+        agr = np_row["agreement"]
+        assert agr["ok"] and agr["max_err"] <= agr["tolerance"] and not agr["failed"]
+        assert agr["checked"] > 2 * bench.QUICK[w["name"]].depth  # y, grads, norms
+        assert agr["tolerance"] == (1e-3 if w["config"]["dtype"] == "float32" else 1e-9)
+        if w["config"]["dtype"] == "float32":  # gradchain itself against float64
+            assert gc_row["agreement"]["against"] == "float64 reference"
+            assert gc_row["agreement"]["ok"]
+    text = bench.format_table(res)
+    for w in bench.WORKLOADS:
+        assert w in text
+    assert "NumPy (gradchain.reference)" in text and "DISAGREE" not in text
+    json.dumps(res)  # JSON-ready
+
+
+class _Perturbed:
+    """The NumPy peer with one output made wrong by ``factor``."""
+
+    def __init__(self, case: bench.Case, what: str, factor: float) -> None:
+        self.inner = bench.BUILDERS["mlp"]["numpy"](case)
+        self.what, self.factor = what, factor
+
+    def step(self) -> None:
+        self.inner.step()
+
+    def outputs(self) -> bench.Outputs:
+        out = self.inner.outputs()
+        if self.what == "y":
+            out.y = out.y * self.factor
+        else:
+            out.grads[self.what] = out.grads[self.what] * self.factor
+        return out
+
+
+@pytest.mark.parametrize(
+    ("workload", "what", "factor"),
+    [("mlp-tanh", "layers.1.weight", 1.01),  # 1% off in one tensor: caught (smooth act.)
+     ("mlp-tanh-f64", "y", 1 + 1e-6),
+     ("mlp-deep-narrow", "layers.0.weight", 1.5)],  # ReLU: beyond what rounding explains
+)
+def test_disagreement_is_caught(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                workload: str, what: str, factor: float) -> None:
+    monkeypatch.setitem(bench.PEERS, "bad", bench.PeerInfo("bad", "perturbed NumPy"))
+    monkeypatch.setitem(bench.BUILDERS["mlp"], "bad", lambda c: _Perturbed(c, what, factor))
+    res = _quick_run(workloads=[workload], peers=["gradchain", "numpy", "bad"])
+    assert res["ok"] is False
+    rows = res["workloads"][0]["peers"]
+    assert rows["numpy"]["status"] == "ok"
+    bad = rows["bad"]
+    assert bad["status"] == "disagree"
+    assert what in bad["agreement"]["failed"]
+    assert bad["agreement"]["worst"] == what
+    assert "median_s" in bad  # timed anyway, but marked
+    assert "DISAGREE" in bench.format_table(res)
+    assert "DISAGREES with gradchain" in capsys.readouterr().err
+
+
+def test_check_agreement_direct() -> None:
+    w = bench.QUICK["mlp-tanh"]
+    rng = np.random.default_rng(0)
+    norms = np.array([1.0, 1e-6])
+    ref = bench.Outputs(rng.standard_normal((4, 3)), {"layers.0.weight": rng.standard_normal(5)},
+                        norms, np.array([2.0]))
+    same = bench.Outputs(ref.y + 1e-6, dict(ref.grads), norms * (1 + 1e-6),
+                         ref.weight_grad_norms)
+    assert bench.check_agreement(ref, same, w).ok
+    # a small norm that is wrong is caught even though the largest norm is right
+    off = bench.Outputs(ref.y, dict(ref.grads), np.array([1.0, 2e-6]), ref.weight_grad_norms)
+    agr = bench.check_agreement(ref, off, w)
+    assert not agr.ok and agr.failed == ["activation_grad_norms"]
+    missing = bench.Outputs(ref.y, {}, None, None)
+    agr = bench.check_agreement(ref, missing, w)
+    assert not agr.ok and agr.worst == "layers.0.weight"
+    nan = bench.Outputs(ref.y * np.nan, dict(ref.grads))
+    assert bench.check_agreement(ref, nan, w).failed == ["y"]
+
+
+def test_isolated_rounding_is_excused_only_with_kinks() -> None:
+    tol = 1e-3
+    errs = {f"q{i}": 1e-6 for i in range(200)}
+    assert bench.isolated_deviation({**errs, "q1": 0.016, "q2": 0.003}, tol)
+    assert not bench.isolated_deviation({**errs, "q1": 0.5}, tol)
+    assert not bench.isolated_deviation({**errs, **{f"q{i}": 0.01 for i in range(10)}}, tol)
+
+    relu, tanh = bench.QUICK["mlp-deep-narrow"], bench.QUICK["mlp-tanh"]
+    y = np.ones((2, 2))
+    grads = {f"g{i}": np.ones(3) for i in range(10)}
+    truth = bench.Outputs(y, grads)
+    flipped = bench.Outputs(y, {**grads, "g3": np.array([1.0, 1.0, 1.02])})  # gradchain
+    right = bench.Outputs(y, dict(grads))  # the peer matches float64
+    agr = bench.arbitrate(flipped, {"p": right}, relu, truth=truth)
+    assert agr["p"].ok and list(agr["p"].excused) == ["g3"]
+    assert agr["gradchain"].ok and agr["gradchain"].against == "float64 reference"
+    agr = bench.arbitrate(flipped, {"p": right}, tanh, truth=truth)
+    assert not agr["p"].ok and not agr["gradchain"].ok
+
+
+def test_skipped_peer_is_noted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(bench.PEERS, "absent",
+                        bench.PeerInfo("absent", "not here", ("surely_no_such_module_xyz",)))
+    res = _quick_run(workloads=["mlp-tanh"], peers=["absent"], repeats=1, warmup=0)
+    rows = res["workloads"][0]["peers"]
+    assert list(rows) == ["gradchain", "absent"]
+    assert rows["absent"]["status"] == "skipped"
+    assert "surely_no_such_module_xyz" in rows["absent"]["note"]
+    assert res["ok"] is True
+
+
+def test_unknown_names_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown workload"):
+        bench.run(["nope"], quick=True, ceiling=False)
+    with pytest.raises(ValueError, match="unknown peer"):
+        bench.run(["mlp-tanh"], ["nope"], quick=True, ceiling=False)
+
+
+def test_gemm_ceiling_small() -> None:
+    c = bench.gemm_ceiling(np.float32, sizes=(64, 128), repeats=1)
+    assert set(c) == {"64", "128", "best"} and c["best"] == max(c["64"], c["128"]) > 0
+
+
+def test_main_json(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture) -> None:
+    for v in bench._OPENBLAS_ENV:
+        monkeypatch.delenv(v, raising=False)
+    path = tmp_path / "r.json"
+    rc = bench.main(["--quick", "-w", "mlp-tanh", "-p", "numpy", "--repeats", "1", "--warmup",
+                     "0", "--no-ceiling", "--json", str(path)])
+    assert rc == 0
+    assert "mlp-tanh" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert data["ok"] and data["workloads"][0]["peers"]["numpy"]["status"] == "ok"
+    assert bench.main(["--list"]) == 0
+
+
+def test_main_reexecs_without_openblas_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, list[str], dict[str, str]]] = []
+
+    class Reexec(Exception):
+        pass
+
+    def fake_execve(path: str, args: list[str], env: dict[str, str]) -> None:
+        calls.append((path, list(args), dict(env)))
+        raise Reexec
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "1048576")
+    monkeypatch.setattr(bench.os, "execve", fake_execve)
+    with pytest.raises(Reexec):
+        bench.main(["--quick", "--list"])
+    (path, args, env), = calls
+    assert args[1:] == ["-m", "gradchain.bench", "--quick", "--list"]
+    assert "OPENBLAS_CORETYPE" not in env and "OPENBLAS_L2_SIZE" not in env
+    assert env[bench._UNSET_MARK] == "OPENBLAS_CORETYPE,OPENBLAS_L2_SIZE"

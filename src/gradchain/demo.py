@@ -20,6 +20,7 @@ from .report import GradReport
 @dataclass
 class DemoCase:
     label: str
+    short: str  # column header
     kwargs: dict[str, Any]
     kind: str  # "problem" or "fix"
 
@@ -27,16 +28,19 @@ class DemoCase:
 def mlp_cases() -> list[DemoCase]:
     """The classic problems and their fixes (names as in CONVENTIONS.md)."""
     return [
-        DemoCase("sigmoid, standard init", {"activation": "sigmoid", "init": "torch_default"},
+        DemoCase("sigmoid, standard init", "sigmoid", {"activation": "sigmoid",
+                                                        "init": "torch_default"}, "problem"),
+        DemoCase("tanh, standard init", "tanh", {"activation": "tanh", "init": "torch_default"},
                  "problem"),
-        DemoCase("tanh, standard init", {"activation": "tanh", "init": "torch_default"},
-                 "problem"),
-        DemoCase("relu + He init", {"activation": "relu", "init": "kaiming_normal"}, "fix"),
-        DemoCase("tanh + Glorot init", {"activation": "tanh", "init": "xavier_normal"}, "fix"),
-        DemoCase("sigmoid + batch norm", {"activation": "sigmoid", "init": "torch_default",
-                                          "norm": "batch"}, "fix"),
-        DemoCase("tanh + residual", {"activation": "tanh", "init": "torch_default",
-                                     "residual": True}, "fix"),
+        DemoCase("relu + He init", "relu+He", {"activation": "relu", "init": "kaiming_normal"},
+                 "fix"),
+        DemoCase("tanh + Glorot init", "tanh+Glorot", {"activation": "tanh",
+                                                       "init": "xavier_normal"}, "fix"),
+        DemoCase("sigmoid + batch norm", "sigmoid+BN", {"activation": "sigmoid",
+                                                        "init": "torch_default",
+                                                        "norm": "batch"}, "fix"),
+        DemoCase("tanh + residual", "tanh+resid", {"activation": "tanh", "init": "torch_default",
+                                                   "residual": True}, "fix"),
     ]
 
 
@@ -59,15 +63,18 @@ def mlp_table(results: list[tuple[DemoCase, GradReport]], rows: int = 11) -> str
     depth = results[0][1].depth
     layers = sorted(set(np.linspace(depth, 0, rows).round().astype(int).tolist()), reverse=True)
     width = 13
-    head = f"{'layer':>6} " + "".join(f"{c.label[:width - 1]:>{width}}" for c, _ in results)
+    head = f"{'layer':>6} " + "".join(f"{c.short:>{width}}" for c, _ in results)
     lines = ["||dL/da_l||: the gradient entering layer l (l = 0 is the input)", head]
     for layer in layers:
         cells = "".join(f"{r.activation_grad_norms[layer]:>{width}.2e}" for _, r in results)
         lines.append(f"{layer:>6} {cells}")
     lines.append("")
+    lines.append(f"  {'':<24} {'first/last':>10} {'per layer':>10}")
     for case, rep in results:
         slope = rep.log10_slope()
-        per_layer = f"x{10 ** slope:.3f}/layer" if math.isfinite(slope) else "n/a"
-        lines.append(f"  {case.label:<24} first/last {rep.ratio:9.2e}  {per_layer:>14}   "
-                     f"{rep.verdict()}")
+        per_layer = f"x{10 ** slope:.3f}" if math.isfinite(slope) else "n/a"
+        verdict = rep.verdict().split(":")[0]
+        if rep.activation_grad_norms[0] == 0:
+            verdict += " (underflowed to 0 in float32)"
+        lines.append(f"  {case.label:<24} {rep.ratio:10.2e} {per_layer:>10}   {verdict}")
     return "\n".join(lines)

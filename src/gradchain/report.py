@@ -88,13 +88,15 @@ class GradReport:
         """Least-squares slope of ``log10 ||dL/da_l||`` per layer, going down (l = L..0).
 
         Negative: the gradient shrinks by ``10**slope`` per layer on its way to the
-        input (vanishing); positive: it grows (exploding). NaN when undefined.
+        input (vanishing); positive: it grows (exploding). Layers whose norm is 0 or
+        not finite are left out; NaN when fewer than two remain.
         """
         a = np.asarray(self.activation_grad_norms, dtype=np.float64)
-        if len(a) < 2 or not np.all(np.isfinite(a)) or np.any(a <= 0):
-            return math.nan
         steps = np.arange(len(a))[::-1]  # steps down from layer L
-        return float(np.polyfit(steps, np.log10(a), 1)[0])
+        ok = np.isfinite(a) & (a > 0)  # layers that underflowed to 0 are left out
+        if ok.sum() < 2:
+            return math.nan
+        return float(np.polyfit(steps[ok], np.log10(a[ok]), 1)[0])
 
     def verdict(self, threshold: float = 1e2) -> str:
         """A one-line reading: vanishing, exploding, non-finite or healthy."""

@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 import pytest
-from gradchain._core import ACTIVATION_IDS, act_eval
 
 import gradchain as gc
 from gradchain import reference as ref
+from gradchain._core import ACTIVATION_IDS, act_eval
 
 EPS32 = float(np.finfo(np.float32).eps)
 

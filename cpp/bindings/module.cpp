@@ -15,6 +15,7 @@
 #include "gradchain/chain.h"
 #include "gradchain/dispatch.h"
 #include "gradchain/report.h"
+#include "gradchain/rnn.h"
 
 namespace py = pybind11;
 using namespace gradchain;
@@ -192,6 +193,165 @@ void bind_mlp(py::module_& m, const char* name) {
       });
 }
 
+py::dict rnn_report_dict(const RnnReport& r) {
+  py::dict d;
+  d["timestep_grad_norms"] = vec(r.timestep);
+  d["weight_ih_grad_norm"] = r.weight_ih;
+  d["weight_hh_grad_norm"] = r.weight_hh;
+  d["bias_ih_grad_norm"] = r.bias_ih;
+  d["bias_hh_grad_norm"] = r.bias_hh;
+  d["readout_weight_grad_norm"] = r.readout_weight;
+  d["readout_bias_grad_norm"] = r.readout_bias;
+  d["h0_grad_norm"] = r.h0;
+  d["global_norm"] = r.global_norm;
+  d["first_nonfinite"] = r.first_nonfinite < 0 ? py::object(py::none()) : py::int_(r.first_nonfinite);
+  d["forward_first_nonfinite"] =
+      r.forward_first_nonfinite < 0 ? py::object(py::none()) : py::int_(r.forward_first_nonfinite);
+  return d;
+}
+
+template <class T>
+void check_3d(const CArray<T>& a, const char* name, int64_t steps, int64_t B, int64_t F) {
+  if (a.ndim() != 3 || a.shape(0) != steps || a.shape(1) != B || a.shape(2) != F)
+    throw std::invalid_argument(std::string(name) + ": expected shape (" + std::to_string(steps) +
+                                ", " + std::to_string(B) + ", " + std::to_string(F) + "), got " +
+                                shape_str(a));
+}
+
+template <class T>
+void bind_rnn(py::module_& m, const char* name) {
+  using C = RnnChain<T>;
+  py::class_<C>(m, name, "The C++ RNN chain (use gradchain.RNN).")
+      .def(py::init([](int64_t I, int64_t H, int64_t K, int act, double p0, double p1, bool bias) {
+             if (act < 0 || act > int(Act::Custom)) throw std::invalid_argument("bad activation id");
+             RnnConfig cfg;
+             cfg.input_size = I;
+             cfg.hidden_size = H;
+             cfg.output_size = K;
+             cfg.act = ActParams{Act(act), p0, p1};
+             cfg.bias = bias;
+             return new C(cfg);
+           }),
+           py::arg("input_size"), py::arg("hidden_size"), py::arg("output_size"), py::arg("act"),
+           py::arg("p0"), py::arg("p1"), py::arg("bias"))
+      .def_property_readonly("has_forward", &C::has_forward)
+      .def_property_readonly("forward_steps", &C::forward_steps)
+      .def_property_readonly("forward_batch", &C::forward_batch)
+      .def("invalidate", &C::invalidate)
+      .def("tensors",
+           [](const C& c) {
+             py::list out;
+             for (auto& t : c.tensors())
+               out.append(py::make_tuple(t.name, t.offset, py::tuple(py::cast(t.shape)), t.kind));
+             return out;
+           })
+      .def("param_array", [](py::object self) {
+        C& c = self.cast<C&>();
+        return view<T>(c.params(), c.num_params(), self);
+      })
+      .def("grad_array", [](py::object self) {
+        C& c = self.cast<C&>();
+        return view<T>(c.grads(), c.num_params(), self);
+      })
+      .def(
+          "forward",
+          [](C& c, const CArray<T>& x, py::object h0) {
+            const auto& cfg = c.config();
+            if (x.ndim() != 3 || x.shape(2) != cfg.input_size)
+              throw std::invalid_argument("x: expected shape (T, B, " +
+                                          std::to_string(cfg.input_size) + "), got " +
+                                          shape_str(x));
+            const int64_t steps = x.shape(0), B = x.shape(1);
+            const T* h0p = nullptr;
+            CArray<T> h0a;
+            if (!h0.is_none()) {
+              h0a = h0.cast<CArray<T>>();
+              check_2d<T>(h0a, "h0", cfg.hidden_size, B);
+              h0p = h0a.data();
+            }
+            CArray<T> hs({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.hidden_size)});
+            py::object ys = py::none();
+            T* yp = nullptr;
+            if (cfg.output_size > 0) {
+              CArray<T> ya({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.output_size)});
+              yp = ya.mutable_data();
+              ys = ya;
+            }
+            const T* xp = x.data();
+            T* hp = hs.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              c.forward(xp, h0p, steps, B, hp, yp);
+            }
+            return py::make_tuple(hs, ys);
+          },
+          py::arg("x").noconvert(), py::arg("h0") = py::none())
+      .def(
+          "backward",
+          [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate) {
+            if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
+            const auto& cfg = c.config();
+            const int64_t steps = c.forward_steps(), B = c.forward_batch();
+            CArray<T> gh, gy;
+            const T* ghp = nullptr;
+            const T* gyp = nullptr;
+            if (!grad_hs.is_none()) {
+              gh = grad_hs.cast<CArray<T>>();
+              check_3d<T>(gh, "grad_hs", steps, B, cfg.hidden_size);
+              ghp = gh.data();
+            }
+            if (!grad_ys.is_none()) {
+              if (cfg.output_size == 0) throw std::invalid_argument("grad_ys: the model has no readout");
+              gy = grad_ys.cast<CArray<T>>();
+              check_3d<T>(gy, "grad_ys", steps, B, cfg.output_size);
+              gyp = gy.data();
+            }
+            CArray<T> dx({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.input_size)});
+            CArray<T> dh0({py::ssize_t(B), py::ssize_t(cfg.hidden_size)});
+            T* dxp = dx.mutable_data();
+            T* dhp = dh0.mutable_data();
+            RnnReport rep;
+            {
+              py::gil_scoped_release nogil;
+              rep = c.backward(ghp, gyp, dxp, dhp, accumulate);
+            }
+            return py::make_tuple(rnn_report_dict(rep), dx, dh0);
+          },
+          py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
+          py::arg("accumulate") = false)
+      .def("clip_grad_norm",
+           [](C& c, double max_norm, bool error_if_nonfinite) {
+             py::gil_scoped_release nogil;
+             std::lock_guard<std::mutex> lock(c.mutex());
+             return clip_grad_norm<T>(c.grad_spans(), max_norm, error_if_nonfinite);
+           })
+      .def("clip_grad_value",
+           [](C& c, double v) {
+             py::gil_scoped_release nogil;
+             std::lock_guard<std::mutex> lock(c.mutex());
+             clip_grad_value<T>(c.grad_spans(), v);
+           })
+      .def("clip_grad_norm_per_tensor",
+           [](C& c, double max_norm) {
+             std::vector<double> norms;
+             {
+               py::gil_scoped_release nogil;
+               std::lock_guard<std::mutex> lock(c.mutex());
+               norms = clip_grad_norm_per_tensor<T>(c.grad_spans(), max_norm);
+             }
+             return vec(norms);
+           })
+      .def("grad_norms", [](C& c) {
+        std::vector<double> norms;
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(c.mutex());
+          for (auto& s : c.grad_spans()) norms.push_back(tensor_norm<T>(s.first, s.second));
+        }
+        return vec(norms);
+      });
+}
+
 // f, d = act(x), act'(x) through the active kernel table (tests measure accuracy per ISA).
 template <class T>
 py::tuple act_eval(int act, double p0, double p1, const CArray<T>& x) {
@@ -217,6 +377,8 @@ PYBIND11_MODULE(_core, m) {
 
   bind_mlp<float>(m, "MlpChainF32");
   bind_mlp<double>(m, "MlpChainF64");
+  bind_rnn<float>(m, "RnnChainF32");
+  bind_rnn<double>(m, "RnnChainF64");
 
   m.def("act_eval", &act_eval<float>, py::arg("act"), py::arg("p0"), py::arg("p1"),
         py::arg("x").noconvert());

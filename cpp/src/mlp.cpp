@@ -19,8 +19,15 @@
 #include "gradchain/chain.h"
 #include "gradchain/dispatch.h"
 #include "gradchain/parallel.h"
+#include "chain_util.h"
 
 namespace gradchain {
+
+using detail::block_args;
+using detail::gemm_block;
+using detail::has_nonfinite;
+using detail::reduce_store;
+using detail::rows_in_block;
 
 // ---------------------------------------------------------------------------
 // Buffer
@@ -44,53 +51,6 @@ void Buffer<T>::Free::operator()(void* p) const {
 template class Buffer<float>;
 template class Buffer<double>;
 
-namespace {
-
-// C (M x N) = op(A) op(B) + beta C, for block `blk` of the split `s`.
-template <class T>
-void gemm_block(const GemmSplit& s, int64_t blk, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
-                const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  const int64_t o = blk * s.block;
-  if (s.along_m) {
-    const int64_t m = (o + s.block <= M) ? s.block : M - o;
-    gemm(ta, tb, m, N, K, T(1), ta ? A + o : A + o * lda, lda, B, ldb, beta, C + o * ldc, ldc);
-  } else {
-    const int64_t n = (o + s.block <= N) ? s.block : N - o;
-    gemm(ta, tb, M, n, K, T(1), A, lda, tb ? B + o * ldb : B + o, ldb, beta, C + o, ldc);
-  }
-}
-
-inline int64_t rows_in_block(int64_t rb, int64_t B) {
-  const int64_t r0 = rb * kRowBlock;
-  return (r0 + kRowBlock <= B) ? kRowBlock : B - r0;
-}
-
-// Sum the row-block partials of `n` columns in block order; store into dst
-// (assign or add) and return the sum of squares of what was stored.
-template <class T>
-double reduce_store(const double* part, int64_t nblocks, int64_t n, T* dst, bool accumulate) {
-  double ss = 0.0;
-  for (int64_t c = 0; c < n; ++c) {
-    double s = 0.0;
-    for (int64_t b = 0; b < nblocks; ++b) s += part[b * n + c];
-    const T v = accumulate ? T(dst[c] + T(s)) : T(s);
-    dst[c] = v;
-    ss += double(v) * double(v);
-  }
-  return ss;
-}
-
-// The epilogue arguments for the row block starting at row r0 (the residual input moves with it).
-template <class T>
-FwdArgs<T> block_args(const FwdArgs<T>& args, int64_t r0, int64_t n) {
-  FwdArgs<T> a = args;
-  if (a.resid) a.resid += r0 * n;
-  return a;
-}
-
-bool has_nonfinite(double ss, double norm) { return !std::isfinite(ss) && !std::isfinite(norm); }
-
-}  // namespace
 
 // ---------------------------------------------------------------------------
 // Construction: validate, lay out the flat buffers and their named views.

@@ -18,16 +18,19 @@ import scipy_openblas32 as _scipy_openblas32  # noqa: F401  (loads OpenBLAS befo
 from . import _core
 from . import init as init
 from . import reference as reference
+from . import tasks as tasks
 from .activations import ACTIVATIONS, Activation
 from .clip import clip_grad_norm, clip_grad_norm_per_layer, clip_grad_value, grad_norm
 from .io import load, save
 from .models import MLP, IncompatibleKeys, StateError
-from .report import GradReport
+from .report import GradReport, RNNGradReport
+from .rnn import RNN
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "GradReport", "IncompatibleKeys", "MLP", "StateError",
+    "ACTIVATIONS", "Activation", "GradReport", "IncompatibleKeys", "MLP", "RNN", "RNNGradReport",
+    "StateError", "tasks",
     "available_isas", "clip_grad_norm", "clip_grad_norm_per_layer", "clip_grad_value",
     "get_isa", "get_num_threads", "grad_norm", "init", "load", "reference", "save", "set_isa",
     "set_num_threads",

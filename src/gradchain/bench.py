@@ -3,8 +3,9 @@
 One iteration is forward + full backward + the gradient report, on a fixed upstream
 gradient. Every peer gets the same weights (gradchain's ``state_dict``), the same input
 and the same upstream gradient, and is checked against gradchain before it is timed.
-Peers are timed round-robin within one run (one iteration of each peer per repeat, the
-order rotating), so that a noisy machine slows them alike.
+Peers are timed round-robin within one run (one iteration of each peer per repeat, in a
+shuffled order, each starting once the previous peer's thread pools have stopped spinning),
+so that a noisy machine slows them alike.
 
 Run ``python -m gradchain.bench --help`` (or ``gradchain bench``). Optional peers (PyTorch,
 JAX) are imported lazily and skipped with a note when they are not installed.
@@ -43,7 +44,7 @@ _UNSET_MARK = "GRADCHAIN_BENCH_UNSET_ENV"
 __all__ = [
     "BUILDERS", "CASE_MAKERS", "PEERS", "QUICK", "REFERENCES", "WORKLOADS", "Agreement", "Case",
     "MLPWorkload", "Outputs", "PeerInfo", "PeerInstance", "arbitrate", "check_agreement",
-    "format_table", "gemm_ceiling", "machine_info", "main", "measure_memory", "run",
+    "format_table", "gemm_ceiling", "machine_info", "main", "measure_memory", "run", "wait_idle",
 ]
 
 
@@ -792,6 +793,25 @@ def gemm_ceiling(dtype: Any = np.float32, sizes: Sequence[int] = (2048, 4096),
 # =============================================================================================
 
 
+def wait_idle(quiet_s: float = 0.005, max_cpu_frac: float = 0.1, timeout_s: float = 0.5) -> float:
+    """Sleep until this process's threads are idle: until a ``quiet_s`` sleep costs less than
+    ``max_cpu_frac`` of it in process CPU time (all threads), at most ``timeout_s``.
+
+    Thread pools spin after their work: NumPy's OpenBLAS for about 0.1 s, OpenMP runtimes
+    (gradchain, PyTorch) for 10-20 ms. On a 2-core machine a spinning pool halves the
+    next peer's speed, so each timed iteration starts from an idle process. Returns the
+    time waited."""
+    t0 = time.perf_counter()
+    c = time.process_time()
+    while time.perf_counter() - t0 < timeout_s:
+        time.sleep(quiet_s)
+        c2 = time.process_time()
+        if c2 - c < max_cpu_frac * quiet_s:
+            break
+        c = c2
+    return time.perf_counter() - t0
+
+
 def _stats(times: Sequence[float]) -> dict[str, float]:
     t = np.asarray(times, dtype=np.float64)
     q1, med, q3 = np.percentile(t, [25, 50, 75])
@@ -840,8 +860,9 @@ def run(
     ``workloads``: names (of :data:`WORKLOADS`, or of :data:`QUICK` with ``quick=True``) or
     workload objects; None for all. ``peers``: names of :data:`PEERS` (gradchain is always
     added, first). ``threads``: for gradchain, PyTorch and NumPy's BLAS (default
-    ``gc.get_num_threads()``). ``settle``: seconds to sleep before each timed iteration
-    (lets other libraries' spinning threads go idle). ``ceiling=False`` skips the GEMM
+    ``gc.get_num_threads()``). ``settle``: seconds to sleep before each timed iteration;
+    0 (default) waits until the process is idle instead (:func:`wait_idle`: the thread
+    pools of the peer timed before stop spinning). ``ceiling=False`` skips the GEMM
     ceiling measurement.
     """
     import gradchain as gc
@@ -962,12 +983,15 @@ def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, thre
     _pygc.collect()
     gc_was_enabled = _pygc.isenabled()
     _pygc.disable()
+    rng = np.random.default_rng(seed)
     try:
-        for r in range(repeats):
-            k = r % len(order)
-            for n in order[k:] + order[:k]:
+        for _ in range(repeats):
+            for i in rng.permutation(len(order)):  # each peer follows each other one alike
+                n = order[i]
                 if settle > 0:
                     time.sleep(settle)
+                else:
+                    wait_idle()
                 t0 = time.perf_counter()
                 instances[n].step()
                 times[n].append(time.perf_counter() - t0)
@@ -1197,7 +1221,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="scaled-down workloads (widths/4, depth/8, batch/4): a smoke run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
-                   help="sleep before each timed iteration (default 0)")
+                   help="sleep this long before each timed iteration (default: wait until "
+                        "the other peers' thread pools stop spinning)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the GEMM ceiling")
     p.add_argument("--memory", action="store_true",
                    help="also measure peak RSS of each workload x peer in a subprocess")

@@ -50,7 +50,125 @@ def _check_seed(seed: Any) -> int | None:
     return positive_int(seed, "seed", minimum=0)
 
 
-class MLP:
+class _Chain:
+    """What every gradchain model shares: NumPy views of the core's flat parameter,
+    gradient and buffer memory, and the state-dict protocol (PyTorch's names)."""
+
+    _core: Any
+    dtype: np.dtype
+    _num_batches_tracked: np.ndarray
+
+    def _bind_views(self) -> None:
+        flat_p = self._core.param_array()
+        flat_g = self._core.grad_array()
+        flat_b = self._core.buffer_array() if hasattr(self._core, "buffer_array") else None
+        self._params: dict[str, np.ndarray] = {}
+        self._grads: dict[str, np.ndarray] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+        for name, off, shape, kind in self._core.tensors():
+            n = int(np.prod(shape))
+            if kind == 0:
+                self._params[name] = flat_p[off:off + n].reshape(shape)
+                self._grads[name] = flat_g[off:off + n].reshape(shape)
+            else:
+                self._buffers[name] = flat_b[off:off + n].reshape(shape)
+        self._num_batches_tracked = np.zeros(0, dtype=np.int64)
+
+    def named_parameters(self) -> list[tuple[str, np.ndarray]]:
+        """(name, array) pairs: writable NumPy views of the core's parameter memory."""
+        return list(self._params.items())
+
+    def parameters(self) -> list[np.ndarray]:
+        return list(self._params.values())
+
+    def named_grads(self) -> list[tuple[str, np.ndarray]]:
+        """(name, array) pairs: writable views of the gradients of the last backward."""
+        return list(self._grads.items())
+
+    def grads(self) -> list[np.ndarray]:
+        return list(self._grads.values())
+
+    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+        """Batch-norm running statistics (views)."""
+        return list(self._buffers.items())
+
+    def zero_grad(self) -> None:
+        for g in self._grads.values():
+            g[...] = 0.0
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self._params.values()))
+
+    def _state_keys(self) -> list[str]:
+        return list(self._params)
+
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Parameters and buffers under ``torch``'s names; the arrays are views of the
+        model's memory (as PyTorch's state_dict shares storage)."""
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for k in self._state_keys():
+            if k.endswith("num_batches_tracked"):  # a 0-d view, as torch's buffer
+                layer = int(k.split(".")[1])
+                out[k] = self._num_batches_tracked[layer:layer + 1].reshape(())
+            else:
+                out[k] = self._params[k] if k in self._params else self._buffers[k]
+        return out
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, allow_nonfinite: bool = False
+    ) -> IncompatibleKeys:
+        """Copy parameters and buffers in (NumPy arrays or torch tensors, any float dtype).
+
+        Everything is checked (keys, shapes, dtypes and, unless ``allow_nonfinite``,
+        finiteness) before anything is written, so a rejected call leaves the model
+        unchanged. ``allow_nonfinite=True`` loads a diverged model for inspection.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
+        expected = self._state_keys()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: "
+                + (f"missing keys {missing}" if missing else "")
+                + ("; " if missing and unexpected else "")
+                + (f"unexpected keys {unexpected}" if unexpected else "")
+            )
+        staged: list[tuple[str, np.ndarray]] = []
+        for k in expected:
+            if k not in state_dict:
+                continue
+            a = as_array(state_dict[k], f"state_dict[{k!r}]")
+            if k.endswith("num_batches_tracked"):
+                if a.dtype.kind not in "iu" or a.size != 1:
+                    raise TypeError(
+                        f"state_dict[{k!r}]: expected an integer scalar, got {a.dtype} "
+                        f"shape {shape_str(a.shape)}")
+                staged.append((k, a.reshape(())))
+                continue
+            target = self._params[k] if k in self._params else self._buffers[k]
+            if a.dtype.kind != "f":
+                raise TypeError(f"state_dict[{k!r}]: expected a float array, got dtype {a.dtype}")
+            if a.shape != target.shape:
+                raise ValueError(
+                    f"state_dict[{k!r}]: expected shape {shape_str(target.shape)}, "
+                    f"got {shape_str(a.shape)}")
+            if not allow_nonfinite and not np.isfinite(a).all():
+                raise ValueError(f"state_dict[{k!r}] contains NaN or Inf (pass "
+                                 "allow_nonfinite=True to load it anyway)")
+            staged.append((k, a))
+        for k, a in staged:
+            if k.endswith("num_batches_tracked"):
+                self._num_batches_tracked[int(k.split(".")[1])] = int(a)
+            else:
+                target = self._params[k] if k in self._params else self._buffers[k]
+                target[...] = a
+        self._core.invalidate()
+        return IncompatibleKeys(missing, unexpected)
+
+
+class MLP(_Chain):
     """A deep MLP chain run by the C++ core, with per-layer gradient reports.
 
     ``sizes = [in, h_1, ..., h_L, out]``: L hidden layers and one output layer.
@@ -134,23 +252,10 @@ class MLP:
         self.eps = eps_
         self.momentum = mom
         self._input_grad: np.ndarray | None = None
+        self._bind_views()
         # one counter per batch-norm layer, as each torch.nn.BatchNorm1d keeps its own
         n_bn = self.depth if self.norm == "batch" else 0
         self._num_batches_tracked = np.zeros(n_bn, dtype=np.int64)
-
-        flat_p = self._core.param_array()
-        flat_g = self._core.grad_array()
-        flat_b = self._core.buffer_array()
-        self._params: dict[str, np.ndarray] = {}
-        self._grads: dict[str, np.ndarray] = {}
-        self._buffers: dict[str, np.ndarray] = {}
-        for name, off, shape, kind in self._core.tensors():
-            n = int(np.prod(shape))
-            if kind == 0:
-                self._params[name] = flat_p[off:off + n].reshape(shape)
-                self._grads[name] = flat_g[off:off + n].reshape(shape)
-            else:
-                self._buffers[name] = flat_b[off:off + n].reshape(shape)
         self.reset_parameters(seed_)
 
     # ----------------------------------------------------------------- set-up
@@ -247,31 +352,6 @@ class MLP:
         return self._input_grad
 
     # ----------------------------------------------------- parameters, state
-    def named_parameters(self) -> list[tuple[str, np.ndarray]]:
-        """(name, array) pairs: writable NumPy views of the core's parameter memory."""
-        return list(self._params.items())
-
-    def parameters(self) -> list[np.ndarray]:
-        return list(self._params.values())
-
-    def named_grads(self) -> list[tuple[str, np.ndarray]]:
-        """(name, array) pairs: writable views of the gradients of the last backward."""
-        return list(self._grads.items())
-
-    def grads(self) -> list[np.ndarray]:
-        return list(self._grads.values())
-
-    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
-        """Batch-norm running statistics (views)."""
-        return list(self._buffers.items())
-
-    def zero_grad(self) -> None:
-        for g in self._grads.values():
-            g[...] = 0.0
-
-    def num_parameters(self) -> int:
-        return int(sum(p.size for p in self._params.values()))
-
     def _state_keys(self) -> list[str]:
         keys = [k for k in self._params if k.startswith("layers.")]
         for layer in range(self.depth if self.norm else 0):
@@ -286,67 +366,7 @@ class MLP:
         ``norms.{l}.running_mean``, ``norms.{l}.num_batches_tracked``): an equivalent
         PyTorch module with ``layers`` / ``norms`` ModuleLists loads it. Arrays are
         views of the model's memory (as PyTorch's state_dict shares storage)."""
-        out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for k in self._state_keys():
-            if k.endswith("num_batches_tracked"):  # a 0-d view, as torch's buffer
-                layer = int(k.split(".")[1])
-                out[k] = self._num_batches_tracked[layer:layer + 1].reshape(())
-            else:
-                out[k] = self._params[k] if k in self._params else self._buffers[k]
-        return out
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, allow_nonfinite: bool = False
-    ) -> IncompatibleKeys:
-        """Copy parameters and buffers in (NumPy arrays or torch tensors, any float dtype).
-
-        Everything is checked (keys, shapes, dtypes and, unless ``allow_nonfinite``,
-        finiteness) before anything is written, so a rejected call leaves the model
-        unchanged. ``allow_nonfinite=True`` loads a diverged model for inspection.
-        """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
-        expected = self._state_keys()
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
-        if strict and (missing or unexpected):
-            raise ValueError(
-                "Error(s) in loading state_dict for MLP: "
-                + (f"missing keys {missing}" if missing else "")
-                + ("; " if missing and unexpected else "")
-                + (f"unexpected keys {unexpected}" if unexpected else "")
-            )
-        staged: list[tuple[str, np.ndarray]] = []
-        for k in expected:
-            if k not in state_dict:
-                continue
-            a = as_array(state_dict[k], f"state_dict[{k!r}]")
-            if k.endswith("num_batches_tracked"):
-                if a.dtype.kind not in "iu" or a.size != 1:
-                    raise TypeError(
-                        f"state_dict[{k!r}]: expected an integer scalar, got {a.dtype} "
-                        f"shape {shape_str(a.shape)}")
-                staged.append((k, a.reshape(())))
-                continue
-            target = self._params[k] if k in self._params else self._buffers[k]
-            if a.dtype.kind != "f":
-                raise TypeError(f"state_dict[{k!r}]: expected a float array, got dtype {a.dtype}")
-            if a.shape != target.shape:
-                raise ValueError(
-                    f"state_dict[{k!r}]: expected shape {shape_str(target.shape)}, "
-                    f"got {shape_str(a.shape)}")
-            if not allow_nonfinite and not np.isfinite(a).all():
-                raise ValueError(f"state_dict[{k!r}] contains NaN or Inf (pass "
-                                 "allow_nonfinite=True to load it anyway)")
-            staged.append((k, a))
-        for k, a in staged:
-            if k.endswith("num_batches_tracked"):
-                self._num_batches_tracked[int(k.split(".")[1])] = int(a)
-            else:
-                target = self._params[k] if k in self._params else self._buffers[k]
-                target[...] = a
-        self._core.invalidate()
-        return IncompatibleKeys(missing, unexpected)
+        return super().state_dict()
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments (JSON-ready), as ``gc.save`` stores them."""

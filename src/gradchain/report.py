@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GradReport"]
+__all__ = ["GradReport", "RNNGradReport"]
 
 
 def _fmt(v: float) -> str:
@@ -158,3 +158,126 @@ class GradReport:
             f"GradReport(depth={self.depth}, global_norm={self.global_norm:.3e}, "
             f"ratio={self.ratio:.3e}, first_nonfinite={self.first_nonfinite})"
         )
+
+
+@dataclass
+class RNNGradReport:
+    """Gradient norms of one backpropagation-through-time pass of an RNN.
+
+    Attributes
+    ----------
+    timestep_grad_norms : (T,) float64
+        ``||dL/dh_t||`` for ``t = 1..T``: the *total* derivative (through every later
+        step), the quantity that vanishes or explodes along time.
+    weight_ih_grad_norm, weight_hh_grad_norm, bias_ih_grad_norm, bias_hh_grad_norm : float
+    readout_weight_grad_norm, readout_bias_grad_norm : float
+        0.0 for parameters the model does not have.
+    h0_grad : (B, H) array
+        ``dL/dh_0``; ``h0_grad_norm`` is its norm.
+    global_norm : float
+        L2 norm of all parameter gradients (as ``clip_grad_norm``'s total).
+    first_nonfinite : int or None
+        The first ``t`` scanning ``t = T..1`` whose ``dL/dh_t`` holds NaN/Inf.
+    forward_first_nonfinite : int or None
+        The first ``t`` in ``1..T`` whose ``h_t`` holds NaN/Inf (``T+1``: only the readout).
+    """
+
+    timestep_grad_norms: np.ndarray
+    weight_ih_grad_norm: float = 0.0
+    weight_hh_grad_norm: float = 0.0
+    bias_ih_grad_norm: float = 0.0
+    bias_hh_grad_norm: float = 0.0
+    readout_weight_grad_norm: float = 0.0
+    readout_bias_grad_norm: float = 0.0
+    h0_grad: np.ndarray | None = None
+    h0_grad_norm: float = 0.0
+    global_norm: float = 0.0
+    first_nonfinite: int | None = None
+    forward_first_nonfinite: int | None = None
+    loss: float | None = None
+
+    _NORMS = ("weight_ih_grad_norm", "weight_hh_grad_norm", "bias_ih_grad_norm",
+              "bias_hh_grad_norm", "readout_weight_grad_norm", "readout_bias_grad_norm",
+              "h0_grad_norm", "global_norm")
+
+    @classmethod
+    def _from_core(cls, d: dict[str, Any], h0_grad: np.ndarray) -> RNNGradReport:
+        return cls(
+            timestep_grad_norms=d["timestep_grad_norms"],
+            **{k: float(d[k]) for k in cls._NORMS},
+            h0_grad=h0_grad,
+            first_nonfinite=d["first_nonfinite"],
+            forward_first_nonfinite=d["forward_first_nonfinite"],
+        )
+
+    @property
+    def steps(self) -> int:
+        return len(self.timestep_grad_norms)
+
+    @property
+    def ratio(self) -> float:
+        """``||dL/dh_1|| / ||dL/dh_T||``: below 1 the signal shrinks going back in time."""
+        a = self.timestep_grad_norms
+        return float(a[0] / a[-1]) if a[-1] != 0 else math.inf
+
+    def log10_slope(self) -> float:
+        """Least-squares slope of ``log10 ||dL/dh_t||`` per step back in time (t = T..1);
+        ``10**slope`` is the fitted factor per step. Steps whose norm is 0 or not finite
+        are left out; NaN when fewer than two remain."""
+        a = np.asarray(self.timestep_grad_norms, dtype=np.float64)
+        back = np.arange(len(a))[::-1]  # steps back from t = T
+        ok = np.isfinite(a) & (a > 0)
+        if ok.sum() < 2:
+            return math.nan
+        return float(np.polyfit(back[ok], np.log10(a[ok]), 1)[0])
+
+    def verdict(self, threshold: float = 1e2) -> str:
+        """A one-line reading: vanishing, exploding, non-finite or healthy."""
+        if self.first_nonfinite is not None or self.forward_first_nonfinite is not None:
+            where = self.first_nonfinite if self.first_nonfinite is not None else (
+                self.forward_first_nonfinite)
+            return f"non-finite: NaN/Inf first at step {where}"
+        r = self.ratio
+        if r < 1.0 / threshold:
+            return f"vanishing: ||dL/dh_1|| / ||dL/dh_T|| = {r:.2e}"
+        if r > threshold:
+            return f"exploding: ||dL/dh_1|| / ||dL/dh_T|| = {r:.2e}"
+        return f"healthy: ||dL/dh_1|| / ||dL/dh_T|| = {r:.2e}"
+
+    def table(self, rows: int = 12) -> str:
+        """A summary of the decay along time: ``||dL/dh_t||`` at a few steps, the
+        parameter gradient norms, the fitted per-step factor and the verdict (str)."""
+        a = np.asarray(self.timestep_grad_norms)
+        T = len(a)
+        ts = sorted(set(np.linspace(T, 1, min(rows, T)).round().astype(int).tolist()),
+                    reverse=True)
+        lines = [f"{'step t':>7}  {'||dL/dh_t||':>12}  log10"]
+        for t in ts:
+            v = float(a[t - 1])
+            lg = f"{math.log10(v):6.1f}" if math.isfinite(v) and v > 0 else "   n/a"
+            lines.append(f"{t:>7}  {_fmt(v):>12}  {lg}")
+        lines.append(f"{'h_0':>7}  {_fmt(self.h0_grad_norm):>12}")
+        slope = self.log10_slope()
+        factor = f"x{10 ** slope:.4f} per step back" if math.isfinite(slope) else "n/a"
+        lines.append(
+            f"||dL/dW_ih|| {_fmt(self.weight_ih_grad_norm)}  ||dL/dW_hh|| "
+            f"{_fmt(self.weight_hh_grad_norm)}  ||dL/db|| {_fmt(self.bias_hh_grad_norm)}"
+            + (f"  ||dL/dW_out|| {_fmt(self.readout_weight_grad_norm)}"
+               if self.readout_weight_grad_norm else ""))
+        lines.append(f"global grad norm {_fmt(self.global_norm)};  fitted {factor};  "
+                     f"{self.verdict()}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python types (JSON-ready); ``h0_grad`` is left out (use the attribute)."""
+        out: dict[str, Any] = {
+            "timestep_grad_norms": [float(x) for x in np.asarray(self.timestep_grad_norms)],
+        }
+        out.update({k: float(getattr(self, k)) for k in self._NORMS})
+        out.update(first_nonfinite=self.first_nonfinite,
+                   forward_first_nonfinite=self.forward_first_nonfinite, loss=self.loss)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"RNNGradReport(T={self.steps}, global_norm={self.global_norm:.3e}, "
+                f"ratio={self.ratio:.3e}, first_nonfinite={self.first_nonfinite})")

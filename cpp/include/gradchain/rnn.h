@@ -1,0 +1,85 @@
+// gradchain/rnn.h — the vanilla RNN chain (torch.nn.RNN, one layer) with an
+// optional linear readout, run in the oneDNN shape:
+//   forward:  one GEMM for the input projection of all T steps, then a time loop
+//             doing only the recurrent GEMM and one fused elementwise pass;
+//   backward: the recurrent chain (one fused pass + one GEMM per step, which also
+//             yields ||dL/dh_t||), then merged GEMMs over all T*B rows for
+//             dW_ih, dW_hh and dL/dx.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "gradchain/chain.h"
+#include "gradchain/kernels.h"
+
+namespace gradchain {
+
+struct RnnConfig {
+  int64_t input_size = 1;
+  int64_t hidden_size = 1;
+  int64_t output_size = 0;  // 0: no readout
+  ActParams act;
+  bool bias = true;
+};
+
+struct RnnReport {
+  std::vector<double> timestep;  // T: ||dL/dh_t||, total derivative, t = 1..T
+  double weight_ih = 0, weight_hh = 0, bias_ih = 0, bias_hh = 0;
+  double readout_weight = 0, readout_bias = 0;
+  double h0 = 0;                 // ||dL/dh_0||
+  double global_norm = 0;
+  int first_nonfinite = -1;          // first t scanning T..1 with NaN/Inf in dL/dh_t
+  int forward_first_nonfinite = -1;  // first t in 1..T with NaN/Inf in h_t (T+1: readout only)
+};
+
+template <class T>
+class RnnChain {
+ public:
+  explicit RnnChain(RnnConfig cfg);
+
+  const RnnConfig& config() const { return cfg_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  T* params() { return params_.data(); }
+  T* grads() { return grads_.data(); }
+  int64_t num_params() const { return params_.size(); }
+  std::vector<std::pair<T*, int64_t>> grad_spans();
+
+  // x (T, B, I), h0 (B, H) or null -> hs (T, B, H) and, with a readout, ys (T, B, K).
+  void forward(const T* x, const T* h0, int64_t steps, int64_t B, T* hs, T* ys);
+  // grad_hs (T, B, H) and/or grad_ys (T, B, K) (null = zeros) -> parameter gradients
+  // (assigned, or added with accumulate), dx (T, B, I) and dh0 (B, H) when not null.
+  RnnReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, bool accumulate);
+
+  bool has_forward() const { return has_forward_; }
+  int64_t forward_steps() const { return T_; }
+  int64_t forward_batch() const { return B_; }
+  void invalidate() { has_forward_ = false; }
+  std::mutex& mutex() { return mu_; }
+
+ private:
+  void plan(int64_t steps, int64_t B);
+
+  RnnConfig cfg_;
+  std::vector<TensorInfo> tensors_;
+  int64_t w_ih_, w_hh_, b_ih_ = -1, b_hh_ = -1, w_out_ = -1, b_out_ = -1;
+  Buffer<T> params_, grads_;
+  std::mutex mu_;
+
+  // workspace (plan(T, B)); nothing is allocated inside the time loop
+  int64_t T_ = 0, B_ = 0, nrb_ = 0;
+  bool has_forward_ = false;
+  Buffer<T> ws_;
+  T* X_ = nullptr;     // (T, B, I) copy of x
+  T* HS_ = nullptr;    // (T+1, B, H): h_0, h_1, ..., h_T
+  T* D_ = nullptr;     // (T, B, H): act'(z_t)
+  T* G_ = nullptr;     // (T+1, B, H): dL/dh_t (total), slot 0 = dL/dh_0
+  T* DZ_ = nullptr;    // (T, B, H): dL/dz_t
+  T* bias_ = nullptr;  // (H): b_ih + b_hh
+  Buffer<double> part_;
+  std::vector<double> blk_;  // per (step, row block): sums of squares / non-finite checks
+  int fwd_nonfinite_ = -1;
+};
+
+}  // namespace gradchain

@@ -1,0 +1,346 @@
+// rnn.cpp — the vanilla RNN driver (torch.nn.RNN, one layer, optional readout).
+//
+// The time loops are parallel over fixed blocks of batch rows: sample b's chain
+// h_0 -> h_1 -> ... -> h_T only ever touches row b, so each thread runs the
+// whole loop for its own rows with no barrier per step (rows of the recurrent
+// GEMM and of the fused epilogue stay in one thread). Everything over all T*B
+// rows at once (input projection, readout, weight gradients, dL/dx) is one
+// GEMM split by gemm_split.
+#include "gradchain/rnn.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "chain_util.h"
+#include "gradchain/blas.h"
+#include "gradchain/dispatch.h"
+#include "gradchain/parallel.h"
+#include "gradchain/report.h"
+
+namespace gradchain {
+
+using detail::gemm_block;
+using detail::has_nonfinite;
+using detail::reduce_store;
+using detail::rows_in_block;
+
+namespace {
+// Rows per block of the time loops (a function of B only, never of the thread count).
+inline int64_t step_rows(int64_t B) { return B <= 16 ? 8 : 16; }
+}  // namespace
+
+template <class T>
+RnnChain<T>::RnnChain(RnnConfig cfg) : cfg_(cfg) {
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
+  const int64_t lim = int64_t(1) << 24;
+  if (I < 1 || I > lim) throw std::invalid_argument("input_size must be in [1, 2^24]");
+  if (H < 1 || H > lim) throw std::invalid_argument("hidden_size must be in [1, 2^24]");
+  if (K < 0 || K > lim) throw std::invalid_argument("output_size must be in [0, 2^24]");
+  if (cfg_.act.kind == Act::Custom)
+    throw std::invalid_argument("custom activations are not supported by the RNN core");
+  int64_t np = 0;
+  auto add = [&](const char* name, std::vector<int64_t> shape) {
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    tensors_.push_back({name, np, std::move(shape), 0});
+    const int64_t off = np;
+    np += numel;
+    return off;
+  };
+  w_ih_ = add("weight_ih_l0", {H, I});
+  w_hh_ = add("weight_hh_l0", {H, H});
+  if (cfg_.bias) {
+    b_ih_ = add("bias_ih_l0", {H});
+    b_hh_ = add("bias_hh_l0", {H});
+  }
+  if (K > 0) {
+    w_out_ = add("readout.weight", {K, H});
+    if (cfg_.bias) b_out_ = add("readout.bias", {K});
+  }
+  params_ = Buffer<T>(np);
+  grads_ = Buffer<T>(np);
+  std::memset(params_.data(), 0, size_t(np) * sizeof(T));
+  std::memset(grads_.data(), 0, size_t(np) * sizeof(T));
+}
+
+template <class T>
+std::vector<std::pair<T*, int64_t>> RnnChain<T>::grad_spans() {
+  std::vector<std::pair<T*, int64_t>> out;
+  for (auto& t : tensors_) {
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    out.emplace_back(grads_.data() + t.offset, numel);
+  }
+  return out;
+}
+
+template <class T>
+void RnnChain<T>::plan(int64_t steps, int64_t B) {
+  if (steps == T_ && B == B_) return;
+  has_forward_ = false;
+  T_ = B_ = 0;
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size;
+  const int64_t total = steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H;
+  ws_ = Buffer<T>(total);
+  T* p = ws_.data();
+  auto take = [&](int64_t n) { T* q = p; p += n; return q; };
+  X_ = take(steps * B * I);
+  HS_ = take((steps + 1) * B * H);
+  D_ = take(steps * B * H);
+  G_ = take((steps + 1) * B * H);
+  DZ_ = take(steps * B * H);
+  bias_ = take(H);
+  const int64_t sr = step_rows(B);
+  nrb_ = ceil_div(B, sr);
+  const int64_t nrb_all = ceil_div(steps * B, kRowBlock);
+  const int64_t K = cfg_.output_size;
+  const int64_t w = H > K ? H : K;
+  part_ = Buffer<double>((nrb_ > nrb_all ? nrb_ : nrb_all) * w);
+  blk_.assign(size_t(steps * nrb_ > nrb_all ? steps * nrb_ : nrb_all), 0.0);
+  T_ = steps;
+  B_ = B;
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+template <class T>
+void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* hs, T* ys) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (steps < 1 || B < 1) throw std::invalid_argument("T and B must be >= 1");
+  plan(steps, B);
+  has_forward_ = false;
+  const auto& Kt = kernels<T>();
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
+  const int64_t BH = B * H, TB = steps * B;
+  const T* W_ih = params_.data() + w_ih_;
+  const T* W_hh = params_.data() + w_hh_;
+  std::memcpy(X_, x, size_t(TB * I) * sizeof(T));
+  if (h0)
+    std::memcpy(HS_, h0, size_t(BH) * sizeof(T));
+  else
+    std::memset(HS_, 0, size_t(BH) * sizeof(T));
+  for (int64_t c = 0; c < H; ++c)
+    bias_[c] = cfg_.bias ? T(params_.data()[b_ih_ + c] + params_.data()[b_hh_ + c]) : T(0);
+  FwdArgs<T> args;
+  args.act = cfg_.act;
+  args.bias = bias_;
+  const int64_t sr = step_rows(B);
+  const int nt = threads_for(TB * H * 4);
+  const int64_t nrb_all = ceil_div(TB, kRowBlock);
+
+#pragma omp parallel num_threads(nt)
+  {
+    // z_t = x_t W_ih^T for all t at once, into slots 1..T of HS
+    const GemmSplit gi = gemm_split(TB, H, I);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < gi.count; ++blk)
+      gemm_block(gi, blk, false, true, TB, H, I, X_, I, W_ih, I, T(0), HS_ + BH, H);
+
+    // the time loop, each thread on its own rows: z_t += h_{t-1} W_hh^T; h_t = act(z_t + b)
+#pragma omp for schedule(static)
+    for (int64_t rb = 0; rb < nrb_; ++rb) {
+      const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
+      for (int64_t t = 1; t <= steps; ++t) {
+        T* zt = HS_ + t * BH + r0 * H;
+        gemm(false, true, rows, H, H, T(1), HS_ + (t - 1) * BH + r0 * H, H, W_hh, H, T(1), zt,
+             H);
+        blk_[size_t((t - 1) * nrb_ + rb)] =
+            Kt.fwd_plain(args, zt, zt, D_ + (t - 1) * BH + r0 * H, rows, H);
+      }
+    }
+    if (K > 0) {  // y = h W_out^T + b_out over all T*B rows
+      const GemmSplit go = gemm_split(TB, K, H);
+#pragma omp for schedule(static)
+      for (int64_t blk = 0; blk < go.count; ++blk)
+        gemm_block(go, blk, false, true, TB, K, H, HS_ + BH, H, params_.data() + w_out_, H, T(0),
+                   ys, K);
+      const T* bo = b_out_ >= 0 ? params_.data() + b_out_ : nullptr;
+#pragma omp for schedule(static)
+      for (int64_t rb = 0; rb < nrb_all; ++rb)  // bias + non-finite check per row block
+        part_.data()[rb] = Kt.add_bias(ys + rb * kRowBlock * K, bo, rows_in_block(rb, TB), K);
+    }
+  }
+  fwd_nonfinite_ = -1;
+  for (int64_t t = 1; t <= steps && fwd_nonfinite_ < 0; ++t)
+    for (int64_t rb = 0; rb < nrb_; ++rb)
+      if (std::isnan(blk_[size_t((t - 1) * nrb_ + rb)])) {
+        fwd_nonfinite_ = int(t);
+        break;
+      }
+  if (K > 0 && fwd_nonfinite_ < 0)
+    for (int64_t rb = 0; rb < nrb_all; ++rb)
+      if (std::isnan(part_.data()[rb])) {
+        fwd_nonfinite_ = int(steps + 1);
+        break;
+      }
+  std::memcpy(hs, HS_ + BH, size_t(TB * H) * sizeof(T));
+  has_forward_ = true;
+}
+
+// ---------------------------------------------------------------------------
+// Backward (BPTT)
+// ---------------------------------------------------------------------------
+template <class T>
+RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0,
+                                bool accumulate) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!has_forward_) throw std::logic_error("backward() called before forward()");
+  const auto& Kt = kernels<T>();
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
+  const int64_t steps = T_, B = B_, BH = B * H, TB = steps * B;
+  const T* W_ih = params_.data() + w_ih_;
+  const T* W_hh = params_.data() + w_hh_;
+  T* grads = grads_.data();
+  const bool select = cfg_.act.kind == Act::Relu || cfg_.act.kind == Act::Hardtanh;
+  const int64_t sr = step_rows(B);
+  const int nt = threads_for(TB * H * 4);
+  const int64_t nrb_all = ceil_div(TB, kRowBlock);
+  const bool readout = K > 0 && grad_ys != nullptr;
+  double* part = part_.data();
+  RnnReport rep;
+  rep.timestep.assign(size_t(steps), 0.0);
+  double ss_w_ih = 0, ss_w_hh = 0, ss_w_out = 0, ss_b = 0, ss_b_out = 0;
+
+  // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
+  if (grad_hs)
+    std::memcpy(G_ + BH, grad_hs, size_t(TB * H) * sizeof(T));
+  else
+    std::memset(G_ + BH, 0, size_t(TB * H) * sizeof(T));
+  std::memset(G_, 0, size_t(BH) * sizeof(T));
+
+#pragma omp parallel num_threads(nt)
+  {
+    if (K > 0) {
+      T* dWo = grads + w_out_;
+      if (readout) {
+        // dW_out = gy^T h (K x H over all T*B rows), G += gy W_out
+        const GemmSplit sw = gemm_split(K, H, TB);
+        const GemmSplit sg = gemm_split(TB, H, K);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < sw.count + sg.count; ++i) {
+          if (i < sw.count)
+            gemm_block(sw, i, true, false, K, H, TB, grad_ys, K, HS_ + BH, H,
+                       accumulate ? T(1) : T(0), dWo, H);
+          else
+            gemm_block(sg, i - sw.count, false, false, TB, H, K, grad_ys, K,
+                       params_.data() + w_out_, H, T(1), G_ + BH, H);
+        }
+        if (b_out_ >= 0) {
+#pragma omp for schedule(static)
+          for (int64_t rb = 0; rb < nrb_all; ++rb) {
+            std::memset(part + rb * K, 0, size_t(K) * sizeof(double));
+            Kt.col_sum(grad_ys + rb * kRowBlock * K, rows_in_block(rb, TB), K, part + rb * K);
+          }
+#pragma omp single
+          ss_b_out = reduce_store(part, nrb_all, K, grads + b_out_, accumulate);
+        }
+      } else {
+#pragma omp single
+        {  // no readout gradient: its parameters get zero (or keep theirs when accumulating)
+          if (!accumulate) {
+            std::memset(dWo, 0, size_t(K * H) * sizeof(T));
+            if (b_out_ >= 0) std::memset(grads + b_out_, 0, size_t(K) * sizeof(T));
+          }
+          ss_w_out = Kt.sumsq(dWo, K * H);
+          if (b_out_ >= 0) ss_b_out = Kt.sumsq(grads + b_out_, K);
+        }
+      }
+    }
+
+    // The recurrent chain, each thread on its own rows, t = T..1:
+    //   dz_t = G_t * act'(z_t) (G_t is the total dL/dh_t: its sum of squares is the report's);
+    //   G_{t-1} += dz_t W_hh (the recurrence; for t = 1 this is dL/dh_0).
+#pragma omp for schedule(static)
+    for (int64_t rb = 0; rb < nrb_; ++rb) {
+      const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
+      double* db = part + rb * H;
+      std::memset(db, 0, size_t(H) * sizeof(double));
+      for (int64_t t = steps; t >= 1; --t) {
+        T* dzt = DZ_ + (t - 1) * BH + r0 * H;
+        blk_[size_t((t - 1) * nrb_ + rb)] = Kt.bwd_plain(
+            G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1), select, dzt, db, rows, H);
+        gemm(false, false, rows, H, H, T(1), dzt, H, W_hh, H, T(1), G_ + (t - 1) * BH + r0 * H,
+             H);
+      }
+    }
+
+    // Merged over all T*B rows: dW_ih = dz^T x, dW_hh = dz^T h_{t-1}, dx = dz W_ih.
+    const GemmSplit s1 = gemm_split(H, I, TB);
+    const GemmSplit s2 = gemm_split(H, H, TB);
+    const GemmSplit s3 = gemm_split(TB, I, H);
+    const T beta = accumulate ? T(1) : T(0);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < s1.count + s2.count + (dx ? s3.count : 0); ++i) {
+      if (i < s1.count)
+        gemm_block(s1, i, true, false, H, I, TB, DZ_, H, X_, I, beta, grads + w_ih_, I);
+      else if (i < s1.count + s2.count)
+        gemm_block(s2, i - s1.count, true, false, H, H, TB, DZ_, H, HS_, H, beta, grads + w_hh_,
+                   H);
+      else
+        gemm_block(s3, i - s1.count - s2.count, false, false, TB, I, H, DZ_, H, W_ih, I, T(0), dx,
+                   I);
+    }
+#pragma omp sections
+    {
+#pragma omp section
+      ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
+#pragma omp section
+      ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
+#pragma omp section
+      if (readout) ss_w_out = Kt.sumsq(grads + w_out_, K * H);
+#pragma omp section
+      if (cfg_.bias) {  // db_ih = db_hh = sum over t and b of dz
+        ss_b = reduce_store(part, nrb_, H, grads + b_ih_, accumulate);
+        if (accumulate) {
+          for (int64_t c = 0; c < H; ++c) {
+            double s = 0.0;
+            for (int64_t b = 0; b < nrb_; ++b) s += part[b * H + c];
+            grads[b_hh_ + c] = T(grads[b_hh_ + c] + T(s));
+          }
+        } else {
+          std::memcpy(grads + b_hh_, grads + b_ih_, size_t(H) * sizeof(T));
+        }
+      }
+    }
+  }
+
+  for (int64_t t = steps; t >= 1; --t) {
+    double ss = 0.0;
+    for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t((t - 1) * nrb_ + rb)];
+    const double nrm = norm_from_sumsq(G_ + t * BH, BH, ss);
+    rep.timestep[size_t(t - 1)] = nrm;
+    if (rep.first_nonfinite < 0 && has_nonfinite(ss, nrm)) rep.first_nonfinite = int(t);
+  }
+  rep.h0 = tensor_norm(G_, BH);
+  rep.weight_ih = norm_from_sumsq(grads + w_ih_, H * I, ss_w_ih);
+  rep.weight_hh = norm_from_sumsq(grads + w_hh_, H * H, ss_w_hh);
+  if (cfg_.bias) {
+    rep.bias_ih = norm_from_sumsq(grads + b_ih_, H, ss_b);
+    rep.bias_hh = tensor_norm(grads + b_hh_, H);
+  }
+  if (K > 0) {
+    rep.readout_weight = norm_from_sumsq(grads + w_out_, K * H, ss_w_out);
+    if (b_out_ >= 0) rep.readout_bias = norm_from_sumsq(grads + b_out_, K, ss_b_out);
+  }
+  std::vector<double> all = {rep.weight_ih, rep.weight_hh};
+  if (cfg_.bias) {
+    all.push_back(rep.bias_ih);
+    all.push_back(rep.bias_hh);
+  }
+  if (K > 0) {
+    all.push_back(rep.readout_weight);
+    if (b_out_ >= 0) all.push_back(rep.readout_bias);
+  }
+  rep.global_norm = combine_norms(all);
+  rep.forward_first_nonfinite = fwd_nonfinite_;
+  if (dh0) std::memcpy(dh0, G_, size_t(BH) * sizeof(T));
+  return rep;
+}
+
+template class RnnChain<float>;
+template class RnnChain<double>;
+
+}  // namespace gradchain

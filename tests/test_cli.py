@@ -17,10 +17,20 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_demo_shows_vanishing_and_fixes(capsys):
-    assert cli.main(["demo", "--depth", "20", "--width", "64", "--batch", "32"]) == 0
+    assert cli.main(["demo", "--depth", "20", "--width", "64", "--batch", "32",
+                     "--steps", "60"]) == 0
     out = capsys.readouterr().out
     assert "sigmoid, standard init" in out and "relu + He init" in out
-    assert out.count("vanishing") >= 2 and out.count("healthy") >= 3
+    assert "IRNN" in out and "clip_grad_norm" in out
+    assert out.count("vanishing") >= 3 and out.count("healthy") >= 4
+
+
+def test_rnn_demo_numbers():
+    res = {r.short: r for r in demo.run_rnn(T=80, batch=16, hidden=32)}
+    assert res["tanh"].report.ratio < 1e-6
+    assert 1e-2 < res["IRNN"].report.ratio < 1e2
+    assert res["relu x1.6"].report.ratio > 1e3
+    assert res["relu x1.6"].clipped_norm == pytest.approx(1.0, rel=1e-3)
 
 
 def test_demo_numbers():
@@ -34,10 +44,12 @@ def test_demo_numbers():
 
 
 def test_demo_json(capsys):
-    assert cli.main(["demo", "--depth", "5", "--width", "16", "--batch", "8", "--json"]) == 0
+    assert cli.main(["demo", "--depth", "5", "--width", "16", "--batch", "8", "--steps", "7",
+                     "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert len(data) == len(demo.mlp_cases())
-    assert all(len(v["activation_grad_norms"]) == 6 for v in data.values())
+    assert len(data["mlp"]) == len(demo.mlp_cases())
+    assert all(len(v["activation_grad_norms"]) == 6 for v in data["mlp"].values())
+    assert all(len(v["timestep_grad_norms"]) == 7 for v in data["rnn"].values())
 
 
 def test_probe_table_and_json(capsys):

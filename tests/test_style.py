@@ -16,5 +16,6 @@ def test_ruff_clean():
     if ruff is None:
         pytest.skip("ruff not installed")
     paths = [p for p in ("src", "tests", "benchmarks") if (ROOT / p).exists()]
-    out = subprocess.run([ruff, "check", *paths], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([ruff, "check", "--no-cache", *paths], cwd=ROOT, capture_output=True,
+                         text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -14,8 +14,11 @@ def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
     results = demo.run_mlp(depth=args.depth, width=args.width, batch=args.batch, seed=args.seed)
+    rnn = demo.run_rnn(T=args.steps, batch=args.batch, hidden=args.width // 2 or 1,
+                       seed=args.seed)
     if args.json:
-        print(json.dumps({c.label: r.to_dict() for c, r in results}, indent=1))
+        print(json.dumps({"mlp": {c.label: r.to_dict() for c, r in results},
+                          "rnn": {r.label: r.report.to_dict() for r in rnn}}, indent=1))
         return 0
     print(f"gradchain demo: deep MLP, {args.depth} hidden layers of width {args.width}, "
           f"batch {args.batch}, float32, one MSE backward pass each\n")
@@ -26,6 +29,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\nWithout a fix the gradient reaching the input is at most {worst:.1e} of the one "
           f"at the top; with the fixes it stays within "
           f"{min(r.ratio for r in fixes):.1e} .. {max(r.ratio for r in fixes):.1e} of it.")
+    print(f"\nVanilla RNN, T = {args.steps} steps of the adding problem, hidden "
+          f"{args.width // 2 or 1}, batch {args.batch}, loss on the last step\n")
+    print(demo.rnn_table(rnn))
     return 0
 
 
@@ -69,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--depth", type=int, default=50, help="hidden layers (default 50)")
     d.add_argument("--width", type=int, default=256, help="layer width (default 256)")
     d.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    d.add_argument("--steps", type=int, default=200, help="RNN sequence length (default 200)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", action="store_true", help="print the reports as JSON")
 
@@ -102,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            for name in ("depth", "width", "batch"):
+            for name in ("depth", "width", "batch", "steps"):
                 if getattr(args, name) < 1:
                     parser.error(f"--{name} must be >= 1")
             return _demo(args)

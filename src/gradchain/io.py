@@ -51,6 +51,7 @@ def load(
     pass it again as ``activation=``. Truncated, corrupted or mismatched files raise
     ``ValueError``; nothing half-loaded is ever returned."""
     from .models import MLP
+    from .rnn import RNN
 
     # Whatever a corrupted file makes NumPy / zipfile raise (BadZipFile, EOFError, OSError,
     # ValueError for a bad .npy header or pickled data, NotImplementedError for a garbled
@@ -99,15 +100,26 @@ def load(
             act = _acts.Activation(a.pop("name"), **a)
         else:
             act = _acts.resolve(activation)
-        if kind != "MLP":
+        if kind == "MLP":
+            model: Any = MLP(
+                cfg["sizes"], activation=act, init=_init.from_config(cfg["init"]),
+                norm=cfg["norm"], residual=cfg["residual"], residual_scale=cfg["residual_scale"],
+                bias=cfg["bias"], dtype=np.dtype(cfg["dtype"]), eps=cfg["eps"],
+                momentum=cfg["momentum"],
+            )
+        elif kind == "RNN":
+            model = RNN(
+                cfg["input_size"], cfg["hidden_size"], activation=act,
+                init=_init.from_config(cfg["init"]),
+                input_init=_init.from_config(cfg["input_init"]), bias=cfg["bias"],
+                output_size=cfg["output_size"], dtype=np.dtype(cfg["dtype"]),
+                batch_first=cfg["batch_first"],
+            )
+        else:
             raise ValueError(f"{path}: unknown model kind {kind!r}")
-        model = MLP(
-            cfg["sizes"], activation=act, init=_init.from_config(cfg["init"]), norm=cfg["norm"],
-            residual=cfg["residual"], residual_scale=cfg["residual_scale"], bias=cfg["bias"],
-            dtype=np.dtype(cfg["dtype"]), eps=cfg["eps"], momentum=cfg["momentum"],
-        )
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: malformed gradchain config ({e})") from e
     model.load_state_dict(state, strict=True, allow_nonfinite=allow_nonfinite)
-    model.train(bool(cfg.get("training", True)))
+    if hasattr(model, "train"):
+        model.train(bool(cfg.get("training", True)))
     return model

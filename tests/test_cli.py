@@ -29,7 +29,7 @@ def test_rnn_demo_numbers():
     res = {r.short: r for r in demo.run_rnn(T=80, batch=16, hidden=32)}
     assert res["tanh"].report.ratio < 1e-6
     assert 1e-2 < res["IRNN"].report.ratio < 1e2
-    assert res["relu x1.6"].report.ratio > 1e3
+    assert res["relu x1.6"].report.ratio > 10 and res["relu x1.6"].report.log10_slope() > 0
     assert res["relu x1.6"].clipped_norm == pytest.approx(1.0, rel=1e-3)
 
 

@@ -85,7 +85,12 @@ class RNN(_Chain):
         seed_ = _check_seed(seed)
         cls = _core.RnnChainF32 if dt == np.float32 else _core.RnnChainF64
         aid, p0, p1 = act._core_spec(_core.ACTIVATION_IDS)
-        self._core = cls(I_, H, K, aid, p0, p1, bool(bias))
+        try:
+            self._core = cls(I_, H, K, aid, p0, p1, bool(bias))
+        except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
+            raise MemoryError(
+                f"hidden_size: the parameters of an RNN with input_size={I_}, hidden_size={H}"
+                f", output_size={K or None} ({dt.name}) cannot be allocated") from None
         self.input_size, self.hidden_size, self.output_size = I_, H, (K or None)
         self.activation = act
         self.init = scheme
@@ -140,8 +145,11 @@ class RNN(_Chain):
     def _check_x(self, x: Any) -> np.ndarray:
         a = as_array(x, "x")
         lead = ("B", "T") if self.batch_first else ("T", "B")
+        want = f"({lead[0]}, {lead[1]}, {self.input_size})"
         if a.ndim != 3 or a.shape[2] != self.input_size:
-            raise ValueError(f"x: expected shape ({lead[0]}, {lead[1]}, {self.input_size}), "
+            raise ValueError(f"x: expected shape {want}, got {shape_str(a.shape)}")
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise ValueError(f"x: expected shape {want} with {lead[0]}, {lead[1]} >= 1, "
                              f"got {shape_str(a.shape)}")
         xa = float_array(a, "x", self.dtype, (None, None, self.input_size))
         return self._time_major(xa)
@@ -155,9 +163,18 @@ class RNN(_Chain):
         xa = self._check_x(x)
         B = xa.shape[1]
         h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
-        hs, ys = self._core.forward(xa, h0a)
+        hs, ys = self._core_forward(xa, h0a)
         self._outputs = ys
         return self._user_major(hs)
+
+    def _core_forward(self, xa: np.ndarray, h0a: np.ndarray | None) -> tuple[Any, Any]:
+        try:
+            return self._core.forward(xa, h0a)
+        except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
+            raise MemoryError(
+                f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) with "
+                f"hidden_size={self.hidden_size} ({self.dtype.name}) cannot be allocated"
+            ) from None
 
     __call__ = forward
 
@@ -189,7 +206,7 @@ class RNN(_Chain):
                 raise ValueError("grad_ys: this RNN has no readout (output_size=None)")
             gy = self._time_major(float_array(grad_ys, "grad_ys", self.dtype,
                                               (*lead, self.output_size)))
-        d, dx, dh0 = self._core.backward(gh, gy, bool(accumulate))
+        d, dx, dh0 = self._core.backward(gh, gy, _check_flag(accumulate, "accumulate"))
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         return RNNGradReport._from_core(d, dh0)
@@ -218,15 +235,16 @@ class RNN(_Chain):
         if on == "all" and self.batch_first:
             t = np.ascontiguousarray(np.swapaxes(t, 0, 1))
         h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
-        hs, ys = self._core.forward(xa, h0a)
+        acc = _check_flag(accumulate, "accumulate")
+        hs, ys = self._core_forward(xa, h0a)
         self._outputs = ys
         outputs = ys if self.output_size else hs
         value, g = _ref.rnn_loss_grads(outputs, t, loss, on=on)
         g = np.ascontiguousarray(g, dtype=self.dtype)
         if self.output_size:
-            d, dx, dh0 = self._core.backward(None, g, bool(accumulate))
+            d, dx, dh0 = self._core.backward(None, g, acc)
         else:
-            d, dx, dh0 = self._core.backward(g, None, bool(accumulate))
+            d, dx, dh0 = self._core.backward(g, None, acc)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         rep = RNNGradReport._from_core(d, dh0)
@@ -261,6 +279,13 @@ class RNN(_Chain):
         ro = f", output_size={self.output_size}" if self.output_size else ""
         return (f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}{ro}, "
                 f"activation={self.activation!r}, init={self.init!r}, dtype={self.dtype.name})")
+
+
+def _check_flag(v: Any, name: str) -> bool:
+    """A bool flag: ``accumulate="no"`` must not silently mean True."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+    return bool(v)
 
 
 def _check_target(target: Any, loss: str, dtype: np.dtype, y_shape: tuple[int, ...]) -> np.ndarray:

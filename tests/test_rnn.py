@@ -509,6 +509,60 @@ def test_repeated_backward_is_bitwise_identical():
     assert np.array_equal(m.forward(x), hs1)
 
 
+def test_shape_changes_replan():
+    """Forward passes of changing (T, B), each followed by a backward, up and down in size
+    (the core re-plans its workspace), all match the reference."""
+    m = gc.RNN(5, 13, activation="silu", output_size=2, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    for steps, batch in ((3, 4), (20, 70), (1, 1), (7, 33), (7, 33), (2, 17)):
+        x = rng.normal(size=(steps, batch, 5))
+        gy = rng.normal(size=(steps, batch, 2))
+        params = ref_params(m)
+        hs = m.forward(x)
+        rep = m.backward(None, gy)
+        hr, cache = ref.rnn_forward(params, x, activation="silu")
+        grads_r, dx_r, _, rep_r = ref.rnn_backward(cache, None, gy)
+        assert_close(f"hs {steps}x{batch}", hs, hr, 1e-12)
+        assert_close("dx", m.input_grad, dx_r, 1e-11)
+        for k, v in grads_r.items():
+            assert_close(k, m._grads[k], v, 1e-11)
+        assert_close("ts", rep.timestep_grad_norms, rep_r["timestep_grad_norms"], 1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_h0_none_is_zeros(dtype):
+    m = gc.RNN(3, 20, output_size=2, dtype=dtype, seed=0)
+    x = np.random.default_rng(0).normal(size=(6, 19, 3)).astype(dtype)
+    a = m.forward(x).copy()
+    ra = m.backward(np.ones_like(a)).to_dict()
+    b = m.forward(x, np.zeros((19, 20), dtype))
+    assert np.array_equal(a, b)
+    assert m.backward(np.ones_like(a)).to_dict() == ra
+
+
+@pytest.mark.parametrize("dtype,big", [(np.float32, 1e30), (np.float64, 1e200)])
+def test_norms_do_not_overflow_for_finite_gradients(dtype, big):
+    """Every element finite but their squares overflow the dtype (float32) or even
+    float64: the report's norms are still the finite true norms."""
+    m = gc.RNN(3, 40, activation="identity", init=gc.init.orthogonal(gain=0.5), output_size=2,
+               dtype=dtype, seed=0)
+    x = np.full((6, 33, 3), 1e-3, dtype)
+    m.forward(x)
+    gh = np.full((6, 33, 40), big, dtype)
+    rep = m.backward(gh)
+    _, cache = ref.rnn_forward(ref_params(m), x.astype(np.float64), activation="identity")
+    _, _, _, rr = ref.rnn_backward(cache, gh.astype(np.float64))
+    assert rep.first_nonfinite is None
+    assert np.all(np.isfinite(rep.timestep_grad_norms))
+    assert_close("ts", rep.timestep_grad_norms, rr["timestep_grad_norms"], TOL[np.dtype(dtype)])
+    for k, g in m.named_grads():
+        assert np.all(np.isfinite(g)), k
+        assert math.isclose(getattr(rep, NORM_OF[k]), ref.frobenius_norm(g), rel_tol=1e-12), k
+    assert math.isclose(rep.global_norm, ref.global_norm(m.grads()), rel_tol=1e-12)
+    assert math.isclose(rep.h0_grad_norm, ref.frobenius_norm(m.h0_grad), rel_tol=1e-12)
+    assert math.isclose(gc.clip_grad_norm(m, math.inf), rep.global_norm, rel_tol=1e-12)
+
+
 # ------------------------------------------------------------------------ ISAs, threads
 def _isa_configs():
     out = []

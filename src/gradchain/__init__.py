@@ -19,6 +19,7 @@ from . import _core
 from . import init as init
 from . import reference as reference
 from . import tasks as tasks
+from ._core import NonFiniteError
 from .activations import ACTIVATIONS, Activation
 from .clip import clip_grad_norm, clip_grad_norm_per_layer, clip_grad_value, grad_norm
 from .io import load, save
@@ -29,7 +30,8 @@ from .rnn import RNN
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "GradReport", "IncompatibleKeys", "MLP", "RNN", "RNNGradReport",
+    "ACTIVATIONS", "Activation", "GradReport", "IncompatibleKeys", "MLP", "NonFiniteError", "RNN",
+    "RNNGradReport",
     "StateError", "tasks",
     "available_isas", "clip_grad_norm", "clip_grad_norm_per_layer", "clip_grad_value",
     "get_isa", "get_num_threads", "grad_norm", "init", "load", "reference", "save", "set_isa",

@@ -31,10 +31,12 @@ def as_array(x: Any, name: str) -> np.ndarray:
 
 
 def float_array(
-    x: Any, name: str, dtype: np.dtype, shape: tuple[int | None, ...], *, finite: bool = True
+    x: Any, name: str, dtype: np.dtype, shape: tuple[int | str | None, ...], *,
+    finite: bool = True
 ) -> np.ndarray:
-    """Check dtype (exactly `dtype`, no silent cast), shape (None = any size >= 1) and
-    finiteness; return a C-contiguous array (copied once only when needed)."""
+    """Check dtype (exactly `dtype`, no silent cast), shape and finiteness; return a
+    C-contiguous array (copied once, only when needed). In `shape` an int is a fixed
+    size, a str names a free axis of size >= 1 (None means "B")."""
     a = as_array(x, name)
     if a.dtype != dtype:
         hint = f"; convert explicitly with {name}.astype(np.{dtype.name})" if (
@@ -43,11 +45,15 @@ def float_array(
             f"{name}: expected dtype {dtype.name}, got {a.dtype} (gradchain does not cast "
             f"silently){hint}"
         )
-    want = shape_str(tuple("B" if s is None else s for s in shape))
-    if a.ndim != len(shape) or any(s is not None and a.shape[i] != s for i, s in enumerate(shape)):
+    spec = tuple("B" if s is None else s for s in shape)
+    want = shape_str(spec)
+    fixed = [(i, s) for i, s in enumerate(spec) if not isinstance(s, str)]
+    if a.ndim != len(spec) or any(a.shape[i] != s for i, s in fixed):
         raise ValueError(f"{name}: expected shape {want}, got {shape_str(a.shape)}")
     if a.size == 0:
-        raise ValueError(f"{name}: expected shape {want} with B >= 1, got {shape_str(a.shape)}")
+        free = ", ".join(s for s in spec if isinstance(s, str)) or "every size"
+        raise ValueError(f"{name}: expected shape {want} with {free} >= 1, "
+                         f"got {shape_str(a.shape)}")
     if finite and not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(
@@ -85,3 +91,30 @@ def model_dtype(dtype: Any) -> np.dtype:
     if d not in _FLOATS:
         raise TypeError(f"dtype: expected float32 or float64, got {d}")
     return d
+
+
+def check_bool(v: Any, name: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+    return bool(v)
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel reports as available (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(nbytes: int, what: str) -> None:
+    """MemoryError before anything is touched when `nbytes` cannot fit in memory."""
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise MemoryError(
+            f"{what} needs {nbytes / 2**30:.1f} GiB, but only {avail / 2**30:.1f} GiB "
+            "of memory is available")

@@ -12,7 +12,16 @@ from . import _core
 from . import activations as _acts
 from . import init as _init
 from . import reference as _ref
-from ._validate import as_array, float_array, model_dtype, positive_int, real, shape_str
+from ._validate import (
+    as_array,
+    check_bool,
+    check_memory,
+    float_array,
+    model_dtype,
+    positive_int,
+    real,
+    shape_str,
+)
 from .report import GradReport
 
 __all__ = ["MLP", "StateError", "IncompatibleKeys"]
@@ -231,6 +240,9 @@ class MLP(_Chain):
 
         cls = _core.MlpChainF32 if dt == np.float32 else _core.MlpChainF64
         aid, p0, p1 = act._core_spec(_core.ACTIVATION_IDS)
+        n_params = sum(a * b + b for a, b in zip(sizes_[:-1], sizes_[1:], strict=False))
+        check_memory(2 * n_params * dt.itemsize,  # parameters + gradients, zero-filled at once
+                     f"sizes: an MLP with sizes {_short_sizes(sizes_)}")
         try:
             self._core = cls(sizes_, aid, p0, p1, _NORMS[norm], bool(bias), list(flags), alpha,
                              eps_, mom)
@@ -305,6 +317,11 @@ class MLP(_Chain):
                 "x: batch norm in training mode needs more than 1 sample per batch, got shape "
                 f"{shape_str(xa.shape)} (as torch.nn.BatchNorm1d; use model.eval())"
             )
+        B = xa.shape[0]
+        hidden = sum(self.sizes[1:-1])
+        per_row = self.sizes[0] + (3 if self.norm else 2) * hidden + 3 * max(self.sizes)
+        check_memory(B * (per_row + self.sizes[-1]) * self.dtype.itemsize,
+                     f"x: the forward pass over shape {shape_str(xa.shape)}")
         y = self._core.forward(xa)
         if self.norm == "batch" and self.training:
             self._num_batches_tracked += 1
@@ -323,7 +340,7 @@ class MLP(_Chain):
             raise StateError("backward() called before forward(): run model.forward(x) first")
         B = self._core.forward_batch
         g = float_array(grad_output, "grad_output", self.dtype, (B, self.sizes[-1]))
-        d, dx = self._core.backward(g, bool(accumulate))
+        d, dx = self._core.backward(g, check_bool(accumulate, "accumulate"))
         self._input_grad = dx
         return GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)])
 
@@ -337,6 +354,7 @@ class MLP(_Chain):
         """
         if loss not in _LOSSES:
             raise ValueError(f"loss: expected one of {', '.join(_LOSSES)}, got {loss!r}")
+        check_bool(accumulate, "accumulate")
         xa = float_array(x, "x", self.dtype, (None, self.sizes[0]))
         B = xa.shape[0]
         t = check_target(target, loss, self.dtype, (B, self.sizes[-1]))

@@ -82,7 +82,9 @@ class GradReport:
     def ratio(self) -> float:
         """``||dL/da_0|| / ||dL/da_L||``: below 1 the signal shrinks on its way down."""
         a = self.activation_grad_norms
-        return float(a[0] / a[-1]) if a[-1] != 0 else math.inf
+        if a[-1] == 0:
+            return math.nan if a[0] == 0 else math.inf
+        return float(a[0] / a[-1])
 
     def log10_slope(self) -> float:
         """Least-squares slope of ``log10 ||dL/da_l||`` per layer, going down (l = L..0).
@@ -105,6 +107,8 @@ class GradReport:
                 self.forward_first_nonfinite)
             return f"non-finite: NaN/Inf first at layer {where}"
         r = self.ratio
+        if math.isnan(r):
+            return "no gradient: every norm is 0"
         if r < 1.0 / threshold:
             return f"vanishing: ||dL/da_0|| / ||dL/da_L|| = {r:.2e}"
         if r > threshold:
@@ -218,7 +222,9 @@ class RNNGradReport:
     def ratio(self) -> float:
         """``||dL/dh_1|| / ||dL/dh_T||``: below 1 the signal shrinks going back in time."""
         a = self.timestep_grad_norms
-        return float(a[0] / a[-1]) if a[-1] != 0 else math.inf
+        if a[-1] == 0:
+            return math.nan if a[0] == 0 else math.inf
+        return float(a[0] / a[-1])
 
     def log10_slope(self) -> float:
         """Least-squares slope of ``log10 ||dL/dh_t||`` per step back in time (t = T..1);
@@ -238,6 +244,8 @@ class RNNGradReport:
                 self.forward_first_nonfinite)
             return f"non-finite: NaN/Inf first at step {where}"
         r = self.ratio
+        if math.isnan(r):
+            return "no gradient: every norm is 0"
         if r < 1.0 / threshold:
             return f"vanishing: ||dL/dh_1|| / ||dL/dh_T|| = {r:.2e}"
         if r > threshold:

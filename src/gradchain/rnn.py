@@ -12,7 +12,15 @@ from . import _core
 from . import activations as _acts
 from . import init as _init
 from . import reference as _ref
-from ._validate import as_array, float_array, model_dtype, positive_int, shape_str
+from ._validate import (
+    as_array,
+    check_bool,
+    check_memory,
+    float_array,
+    model_dtype,
+    positive_int,
+    shape_str,
+)
 from .models import StateError, _Chain, _check_seed
 from .report import RNNGradReport
 
@@ -85,6 +93,9 @@ class RNN(_Chain):
         seed_ = _check_seed(seed)
         cls = _core.RnnChainF32 if dt == np.float32 else _core.RnnChainF64
         aid, p0, p1 = act._core_spec(_core.ACTIVATION_IDS)
+        # parameters and gradients, zero-filled at once: refuse what cannot fit
+        check_memory(2 * (H * (I_ + H + 2) + K * (H + 1)) * dt.itemsize,
+                     f"hidden_size: an RNN with input_size={I_}, hidden_size={H}")
         try:
             self._core = cls(I_, H, K, aid, p0, p1, bool(bias))
         except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
@@ -168,6 +179,13 @@ class RNN(_Chain):
         return self._user_major(hs)
 
     def _core_forward(self, xa: np.ndarray, h0a: np.ndarray | None) -> tuple[Any, Any]:
+        T, B = xa.shape[0], xa.shape[1]
+        H, K = self.hidden_size, self.output_size or 0
+        # workspace (x, h, act', dL/dh, dL/dz) + outputs, planned once per (T, B)
+        check_memory((T * B * (2 * self.input_size + 6 * H + 2 * K) + 2 * B * H)
+                     * self.dtype.itemsize,
+                     f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) "
+                     f"with hidden_size={H}")
         try:
             return self._core.forward(xa, h0a)
         except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
@@ -283,9 +301,7 @@ class RNN(_Chain):
 
 def _check_flag(v: Any, name: str) -> bool:
     """A bool flag: ``accumulate="no"`` must not silently mean True."""
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
-    return bool(v)
+    return check_bool(v, name)
 
 
 def _check_target(target: Any, loss: str, dtype: np.dtype, y_shape: tuple[int, ...]) -> np.ndarray:

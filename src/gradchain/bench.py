@@ -43,9 +43,9 @@ _UNSET_MARK = "GRADCHAIN_BENCH_UNSET_ENV"
 
 __all__ = [
     "BUILDERS", "CASE_MAKERS", "PEERS", "QUICK", "REFERENCES", "WORKLOADS", "Agreement", "Case",
-    "MLPWorkload", "Outputs", "PeerInfo", "PeerInstance", "arbitrate", "check_agreement",
-    "format_table", "gemm_ceiling", "kink_explained", "machine_info", "main", "measure_memory",
-    "run", "wait_idle",
+    "CpuMeter", "MLPWorkload", "Outputs", "PeerInfo", "PeerInstance", "arbitrate",
+    "check_agreement", "format_table", "gemm_ceiling", "kink_explained", "machine_info", "main",
+    "measure_memory", "run", "wait_idle",
 ]
 
 
@@ -774,6 +774,51 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+NOISY_CORES = 0.2  # other processes' average CPU use above which a row is flagged
+
+
+class CpuMeter:
+    """CPU time used by *other* processes while this one times: system-wide busy time
+    (/proc/stat) minus this process's own, in cores on average. On a shared 2-core machine
+    it says how far a row's numbers can be trusted (0 = the machine was ours)."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="utf-8") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / hz  # user nice system irq softirq
+        return time.perf_counter(), busy, v[7] / hz, time.process_time()
+
+    def stop(self) -> dict[str, float] | None:
+        end = self._read()
+        if self._start is None or end is None:
+            return None
+        wall = end[0] - self._start[0]
+        if wall <= 0:
+            return None
+        own = end[3] - self._start[3]
+        other = (end[1] - self._start[1]) - own
+        return {"other_processes_cores": round(max(0.0, other) / wall, 3),
+                "steal_cores": round((end[2] - self._start[2]) / wall, 3)}
+
+
+def _core_build_time() -> str | None:
+    try:
+        from . import _core
+
+        mtime = os.path.getmtime(str(_core.__file__))
+    except (ImportError, OSError, AttributeError):
+        return None
+    return _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, cores, gradchain's ISA / threads / OpenBLAS core, library versions, date."""
     import gradchain as gc
@@ -790,6 +835,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "gradchain": gc.__version__,
         "gradchain_commit": _git_commit(),
+        "gradchain_core_built": _core_build_time(),
         "gradchain_isa": gc.get_isa(),
         "gradchain_threads": gc.get_num_threads(),
         "openblas_core": str(gc._core.blas_corename()),
@@ -923,27 +969,41 @@ def run(
         "ceiling": {},
         "workloads": [],
     }
+    dtypes = ["float32"] + (["float64"] if any(w.dtype == "float64" for w in wls) else [])
+
+    def measure_ceiling(when: str) -> None:
+        for dt in dtypes:
+            say(f"measuring the {'s' if dt == 'float32' else 'd'}gemm ceiling ({when}: NumPy "
+                f"{dt} matmul at 2048 and 4096)...")
+            wait_idle()
+            meter = CpuMeter()
+            c = gemm_ceiling(np.dtype(dt))
+            c_all = results["ceiling"].setdefault(dt, {"runs": []})
+            c_all["runs"].append({"when": when, **c, "machine_load": meter.stop()})
+            # the ceiling is what the machine can do: the best of the runs, per size
+            for k in c:
+                c_all[k] = max(r[k] for r in c_all["runs"])
+
     if ceiling:
-        say("measuring the sgemm ceiling (NumPy float32 matmul at 2048 and 4096)...")
-        results["ceiling"]["float32"] = gemm_ceiling(np.float32)
-        if any(w.dtype == "float64" for w in wls):
-            say("measuring the dgemm ceiling (NumPy float64 matmul at 2048 and 4096)...")
-            results["ceiling"]["float64"] = gemm_ceiling(np.float64)
+        measure_ceiling("start")
 
     all_ok = True
     for w in wls:
         say(f"{w.name}: {w.describe()}")
         res = _run_workload(w, names, repeats, warmup, threads, seed, settle, say)
-        ceil = results["ceiling"].get(w.dtype, {}).get("best")
+        all_ok &= all(r["status"] in ("ok", "skipped", "reference")
+                      for r in res["peers"].values())
+        results["workloads"].append(res)
+    if ceiling:
+        measure_ceiling("end")  # a busy moment at the start must not lower the ceiling
+    for res in results["workloads"]:
+        ceil = results["ceiling"].get(res["config"]["dtype"], {}).get("best")
         for r in res["peers"].values():
             if "gflops" in r and ceil:
                 r["fraction_of_ceiling"] = r["gflops"] / ceil
         res["ceiling_gflops"] = ceil
-        gcr = res["peers"]["gradchain"]
-        res["gradchain_fraction_of_ceiling"] = gcr.get("fraction_of_ceiling")
-        all_ok &= all(r["status"] in ("ok", "skipped", "reference")
-                      for r in res["peers"].values())
-        results["workloads"].append(res)
+        res["gradchain_fraction_of_ceiling"] = res["peers"]["gradchain"].get(
+            "fraction_of_ceiling")
     results["ok"] = bool(all_ok)
     results["machine"]["loadavg_end"] = _loadavg()
     return results
@@ -1023,6 +1083,7 @@ def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, thre
     gc_was_enabled = _pygc.isenabled()
     _pygc.disable()
     rng = np.random.default_rng(seed)
+    meter = CpuMeter()
     try:
         for _ in range(repeats):
             for i in rng.permutation(len(order)):  # each peer follows each other one alike
@@ -1037,6 +1098,7 @@ def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, thre
     finally:
         if gc_was_enabled:
             _pygc.enable()
+    out["machine_load"] = meter.stop()
 
     t_gc = _stats(times["gradchain"])["median_s"]
     for n in order:
@@ -1174,7 +1236,8 @@ def format_table(results: Mapping[str, Any]) -> str:
               if "repeats" in cfg else "")
     lines = [
         f"machine: {m['cpu']}, {m['cores']} cores; gradchain {m['gradchain']} "
-        f"({m.get('gradchain_commit') or '?'}) isa {m['gradchain_isa']}, OpenBLAS core "
+        f"(commit {m.get('gradchain_commit') or '?'}, core built "
+        f"{m.get('gradchain_core_built') or '?'}) isa {m['gradchain_isa']}, OpenBLAS core "
         f"{m['openblas_core']}; numpy {m['numpy']}, torch {m['torch'] or '-'}, "
         f"jax {m['jax'] or '-'}; {m['date']}",
         f"threads {cfg['threads']}{timing}" + (", QUICK workloads" if cfg["quick"] else "")
@@ -1184,14 +1247,24 @@ def format_table(results: Mapping[str, Any]) -> str:
     ]
     for dt, c in results.get("ceiling", {}).items():
         kind = "sgemm" if dt == "float32" else "dgemm"
-        sizes = ", ".join(f"{k}: {v:.1f}" for k, v in c.items() if k != "best")
-        lines.append(f"{kind} ceiling (NumPy {dt} matmul, GFLOP/s): {sizes} -> {c['best']:.1f}")
+        runs = "; ".join(
+            f"{r['when']} " + ", ".join(f"{k}: {v:.1f}" for k, v in r.items()
+                                        if k.isdigit())
+            for r in c.get("runs", []))
+        lines.append(f"{kind} ceiling (NumPy {dt} matmul, GFLOP/s, best of {runs}) -> "
+                     f"{c['best']:.1f}")
     head = (f"  {'peer':<27} {'median ms':>10} {'min ms':>9} {'IQR ms':>8} {'GFLOP/s':>8} "
             f"{'%ceil':>6} {'peer/gc':>8}  check")
     for wr in results["workloads"]:
         if "peers" not in wr:  # --memory-only
             continue
         lines += ["", f"{wr['name']}: {wr['description']}; {wr['flops'] / 1e9:.3g} GFLOP/iter"]
+        ml = wr.get("machine_load")
+        if ml:
+            noisy = ml["other_processes_cores"] + ml["steal_cores"] > NOISY_CORES
+            lines.append(f"  while timing, other processes used {ml['other_processes_cores']:.2f} "
+                         f"of {m['cores']} cores on average (steal {ml['steal_cores']:.2f})"
+                         + (": NOISY, rerun on a quiet machine" if noisy else ""))
         lines.append(head)
         notes: list[str] = []
         for row in wr["peers"].values():

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "gradchain/kernels.h"
 
@@ -100,6 +101,62 @@ static inline float tanh_f(float x) {
 
 static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
 
+// ---------------------------------------------------------------------------
+// float64 exp and expm1 that vectorise (libm's do not, without -ffast-math):
+// x = k ln2 + r, |r| <= ln2/2, ln2 split in two so k * kLn2Hi is exact; a
+// degree-13 Taylor polynomial (truncation r^14/14! < 4e-18, below half an ulp);
+// 2^k built in the exponent bits. k comes out of the rounding shifter's bit
+// pattern with 64-bit integer arithmetic (AVX2 has no double->int64 conversion).
+// Tested against libm to 1e-14 (tests/test_activations.py).
+// ---------------------------------------------------------------------------
+static inline double exp_poly_d(double r) {  // sum_{i<=13} r^i / i!
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  return p;  // exp(r) = 1 + r * p... evaluated by the callers
+}
+
+static inline double exp_d(double x_in) {
+  double x = (x_in == x_in) ? x_in : 0.0;
+  x = x > 709.0 ? 709.0 : x;
+  x = x < -708.0 ? -708.0 : x;
+  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
+  const double t = x * 1.4426950408889634074 + shifter;
+  const double kf = t - shifter;
+  int64_t tb, sb;
+  std::memcpy(&tb, &t, sizeof tb);
+  std::memcpy(&sb, &shifter, sizeof sb);
+  const int64_t k = tb - sb;  // the rounded integer, from the mantissa bits
+  double r = x - kf * 6.93147180369123816490e-01;
+  r = r - kf * 1.90821492927058770002e-10;
+  const double e = 1.0 + r * exp_poly_d(r);
+  const int64_t bits = (k + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  double res = e * scale;
+  res = x_in > 709.782712893384 ? std::numeric_limits<double>::infinity() : res;
+  res = x_in < -708.39641853226408 ? 0.0 : res;  // below DBL_MIN: flushed to 0
+  return (x_in == x_in) ? res : x_in;
+}
+
+// expm1: r * P(r) directly for |x| < ln2/2 (no cancellation), exp(x) - 1 elsewhere.
+static inline double expm1_d(double x) {
+  const double small = x * exp_poly_d(x);
+  const double big = exp_d(x) - 1.0;
+  const double ax = x < 0 ? -x : x;
+  return ax < 0.34657359027997264 ? small : big;
+}
+
 // Per-dtype math: float32 uses the functions above, float64 uses libm.
 template <class T> struct M;
 template <> struct M<float> {
@@ -116,10 +173,10 @@ template <> struct M<float> {
   static float log1p(float x) { return std::log1p(x); }
 };
 template <> struct M<double> {
-  static double exp(double x) { return std::exp(x); }
-  static double expm1(double x) { return std::expm1(x); }
+  static double exp(double x) { return exp_d(x); }
+  static double expm1(double x) { return expm1_d(x); }
   static double tanh(double x) { return std::tanh(x); }
-  static double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+  static double sigmoid(double x) { return 1.0 / (1.0 + exp_d(-x)); }
   static double phi(double x) { return 0.5 * std::erfc(-x * 0.70710678118654752440); }
   static double pdf(double x) { return 0.39894228040143267794 * std::exp(-0.5 * x * x); }
   static double log1p(double x) { return std::log1p(x); }
@@ -147,16 +204,38 @@ template <class T> struct ActSigmoid {
     d = s * one_minus_s;
   }
 };
+// tanh from one exponential: with em = expm1(-2|x|) and e = em + 1,
+// tanh|x| = -em / (2 + em) and tanh' = 4 e / (1 + e)^2 (no cancellation anywhere).
+// float32 uses its fitted odd polynomial below 0.55 (then tanh' = 1 - t^2 >= 0.7)
+// and exp there, where 1 - e does not cancel.
 template <class T> struct ActTanh {
   explicit ActTanh(const ActParams&) {}
   void operator()(T x, T& f, T& d) const {
-    T t = M<T>::tanh(x);
     T ax = x < T(0) ? -x : x;
-    T e = M<T>::exp(T(-2) * ax);
-    T q = T(1) + e;
-    T d_big = T(4) * e / (q * q);
-    f = t;
-    d = ax < T(0.5) ? T(1) - t * t : d_big;  // 1 - t^2 >= 0.78 there: no cancellation
+    if constexpr (std::is_same_v<T, float>) {
+      float z = x * x;
+      float p = -0.0062643244015684815f;
+      p = p * z + 0.02106410793302981f;
+      p = p * z - 0.053850289738423776f;
+      p = p * z + 0.13332564390684656f;
+      p = p * z - 0.33333316797341306f;
+      p = p * z + 1.0f;
+      float t_small = x * p;
+      float e = exp_f(-2.0f * ax);
+      float r = 1.0f / (1.0f + e);
+      float t_big = (1.0f - e) * r;
+      t_big = x < 0 ? -t_big : t_big;
+      bool small = ax < 0.55f;
+      f = small ? t_small : t_big;
+      d = small ? 1.0f - t_small * t_small : 4.0f * e * r * r;
+    } else {
+      T em = M<T>::expm1(T(-2) * ax);
+      T e = em + T(1);
+      T r = T(1) / (T(1) + e);
+      T t = -em / (T(2) + em);
+      f = x < T(0) ? -t : t;
+      d = T(4) * e * r * r;
+    }
   }
 };
 template <class T> struct ActRelu {
@@ -273,44 +352,79 @@ static inline auto with_act(const ActParams& p, Body&& body) {
 
 // ---------------------------------------------------------------------------
 // Forward epilogues
+//
+// Each kernel's loops live in a template over the activation functor and
+// compile-time flags (bias present, residual present, ...), with every pointer a
+// plain argument: GCC vectorises a loop only when no pointer has to be reloaded
+// from a struct inside it and no branch on a loop-invariant pointer remains.
 // ---------------------------------------------------------------------------
+template <class T, class Act, bool kBias, bool kResid>
+static double fwd_plain_rows(const Act act, const T* z, T* a, T* d, const T* bias,
+                             const T* resid, const T alpha, int64_t rows, int64_t n) {
+  double chk = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+    T* ar = a + r * n;
+    T* dr = d + r * n;
+    const T* rr = resid + r * n;
+    T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+    for (int64_t c = 0; c < n; ++c) {
+      T x = zr[c];
+      if constexpr (kBias) x += bias[c];
+      T f, df;
+      act(x, f, df);
+      T out = f;
+      if constexpr (kResid) out = rr[c] + alpha * f;
+      ar[c] = out;
+      dr[c] = df;
+      rowchk += out * T(0);  // 0 unless out is NaN/Inf
+    }
+    chk += double(rowchk);
+  }
+  return chk;
+}
+
 // a = [resid + alpha *] act(z + b); d = act'(z + b). One pass; a may alias z.
 template <class T>
 static double fwd_plain(const FwdArgs<T>& A, const T* z, T* a, T* d, int64_t rows, int64_t n) {
   return with_act<T>(A.act, [&](auto act) {
-    double chk = 0.0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* zr = z + r * n;
-      T* ar = a + r * n;
-      T* dr = d + r * n;
-      const T* rr = A.resid ? A.resid + r * n : nullptr;
-      T rowchk = 0;
-      if (rr) {
-#pragma omp simd reduction(+ : rowchk)
-        for (int64_t c = 0; c < n; ++c) {
-          T x = zr[c] + (A.bias ? A.bias[c] : T(0));
-          T f, df;
-          act(x, f, df);
-          T out = rr[c] + A.alpha * f;
-          ar[c] = out;
-          dr[c] = df;
-          rowchk += out * T(0);
-        }
-      } else {
-#pragma omp simd reduction(+ : rowchk)
-        for (int64_t c = 0; c < n; ++c) {
-          T x = zr[c] + (A.bias ? A.bias[c] : T(0));
-          T f, df;
-          act(x, f, df);
-          ar[c] = f;
-          dr[c] = df;
-          rowchk += f * T(0);
-        }
-      }
-      chk += double(rowchk);
-    }
-    return chk;
+    using F = decltype(act);
+    if (A.bias)
+      return A.resid ? fwd_plain_rows<T, F, true, true>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n)
+                     : fwd_plain_rows<T, F, true, false>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n);
+    return A.resid ? fwd_plain_rows<T, F, false, true>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n)
+                   : fwd_plain_rows<T, F, false, false>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n);
   });
+}
+
+template <class T, class Act, bool kResid>
+static double fwd_batchnorm_rows(const Act act, const T* z, T* xhat, T* a, T* d, const T* sh,
+                                 const T* sc, const T* g, const T* b, const T* resid,
+                                 const T alpha, int64_t rows, int64_t n) {
+  double chk = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+    T* xr = xhat + r * n;
+    T* ar = a + r * n;
+    T* dr = d + r * n;
+    const T* rr = resid + r * n;
+    T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+    for (int64_t c = 0; c < n; ++c) {
+      T xh = (zr[c] - sh[c]) * sc[c];
+      T f, df;
+      act(g[c] * xh + b[c], f, df);
+      T out = f;
+      if constexpr (kResid) out = rr[c] + alpha * f;
+      xr[c] = xh;
+      ar[c] = out;
+      dr[c] = df;
+      rowchk += out * T(0);
+    }
+    chk += double(rowchk);
+  }
+  return chk;
 }
 
 // xhat = (z - shift) * scale; a = [resid + alpha *] act(gamma * xhat + beta).
@@ -318,84 +432,80 @@ template <class T>
 static double fwd_batchnorm(const FwdArgs<T>& A, const T* z, T* xhat, T* a, T* d, int64_t rows,
                             int64_t n) {
   return with_act<T>(A.act, [&](auto act) {
-    double chk = 0.0;
-    const T* sh = A.col_shift;
-    const T* sc = A.col_scale;
-    const T* g = A.gamma;
-    const T* b = A.beta;
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* zr = z + r * n;
-      T* xr = xhat + r * n;
-      T* ar = a + r * n;
-      T* dr = d + r * n;
-      const T* rr = A.resid ? A.resid + r * n : nullptr;
-      const T alpha = A.alpha;
-      T rowchk = 0;
-#pragma omp simd reduction(+ : rowchk)
-      for (int64_t c = 0; c < n; ++c) {
-        T xh = (zr[c] - sh[c]) * sc[c];
-        T x = g[c] * xh + b[c];
-        T f, df;
-        act(x, f, df);
-        T out = rr ? rr[c] + alpha * f : f;
-        xr[c] = xh;
-        ar[c] = out;
-        dr[c] = df;
-        rowchk += out * T(0);
-      }
-      chk += double(rowchk);
-    }
-    return chk;
+    using F = decltype(act);
+    return A.resid ? fwd_batchnorm_rows<T, F, true>(act, z, xhat, a, d, A.col_shift, A.col_scale,
+                                                   A.gamma, A.beta, A.resid, A.alpha, rows, n)
+                   : fwd_batchnorm_rows<T, F, false>(act, z, xhat, a, d, A.col_shift, A.col_scale,
+                                                    A.gamma, A.beta, A.resid, A.alpha, rows, n);
   });
 }
 
-// Layer norm over each row: mean and biased variance of (z + b), accumulated in
-// float64 (two passes over the row, which is in cache), then the fused pass.
+template <class T, class Act, bool kBias, bool kResid>
+static double fwd_layernorm_rows(const Act act, const T* z, T* xhat, T* a, T* d, T* row_mean,
+                                 T* row_istd, const T* bias, const T* g, const T* b,
+                                 const T* resid, const T alpha, const double eps, int64_t rows,
+                                 int64_t n) {
+  double chk = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+    T* xr = xhat + r * n;
+    T* ar = a + r * n;
+    T* dr = d + r * n;
+    const T* rr = resid + r * n;
+    // mean and biased variance of z + b in float64, two passes over the row (in cache)
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t c = 0; c < n; ++c) {
+      T v = zr[c];
+      if constexpr (kBias) v += bias[c];
+      s += double(v);
+    }
+    const double mean = s / double(n);
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t c = 0; c < n; ++c) {
+      T v = zr[c];
+      if constexpr (kBias) v += bias[c];
+      double t = double(v) - mean;
+      ss += t * t;
+    }
+    const T m = T(mean);
+    const T istd = T(1.0 / std::sqrt(ss / double(n) + eps));
+    row_mean[r] = m;
+    row_istd[r] = istd;
+    T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+    for (int64_t c = 0; c < n; ++c) {
+      T v = zr[c];
+      if constexpr (kBias) v += bias[c];
+      T xh = (v - m) * istd;
+      T f, df;
+      act(g[c] * xh + b[c], f, df);
+      T out = f;
+      if constexpr (kResid) out = rr[c] + alpha * f;
+      xr[c] = xh;
+      ar[c] = out;
+      dr[c] = df;
+      rowchk += out * T(0);
+    }
+    chk += double(rowchk);
+  }
+  return chk;
+}
+
+// Layer norm over each row: statistics of (z + b), then the fused pass.
 template <class T>
 static double fwd_layernorm(const FwdArgs<T>& A, const T* z, T* xhat, T* a, T* d, T* row_mean,
                             T* row_istd, int64_t rows, int64_t n) {
   return with_act<T>(A.act, [&](auto act) {
-    double chk = 0.0;
-    const T* bias = A.bias;
-    const T* g = A.gamma;
-    const T* b = A.beta;
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* zr = z + r * n;
-      T* xr = xhat + r * n;
-      T* ar = a + r * n;
-      T* dr = d + r * n;
-      const T* rr = A.resid ? A.resid + r * n : nullptr;
-      double s = 0.0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t c = 0; c < n; ++c) s += double(zr[c] + (bias ? bias[c] : T(0)));
-      const double mean = s / double(n);
-      double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t c = 0; c < n; ++c) {
-        double t = double(zr[c] + (bias ? bias[c] : T(0))) - mean;
-        ss += t * t;
-      }
-      const T m = T(mean);
-      const T istd = T(1.0 / std::sqrt(ss / double(n) + double(A.eps)));
-      row_mean[r] = m;
-      row_istd[r] = istd;
-      const T alpha = A.alpha;
-      T rowchk = 0;
-#pragma omp simd reduction(+ : rowchk)
-      for (int64_t c = 0; c < n; ++c) {
-        T xh = (zr[c] + (bias ? bias[c] : T(0)) - m) * istd;
-        T x = g[c] * xh + b[c];
-        T f, df;
-        act(x, f, df);
-        T out = rr ? rr[c] + alpha * f : f;
-        xr[c] = xh;
-        ar[c] = out;
-        dr[c] = df;
-        rowchk += out * T(0);
-      }
-      chk += double(rowchk);
-    }
-    return chk;
+    using F = decltype(act);
+    const double eps = double(A.eps);
+#define GC_LN(B, R)                                                                          \
+  fwd_layernorm_rows<T, F, B, R>(act, z, xhat, a, d, row_mean, row_istd, A.bias, A.gamma,    \
+                                 A.beta, A.resid, A.alpha, eps, rows, n)
+    if (A.bias) return A.resid ? GC_LN(true, true) : GC_LN(true, false);
+    return A.resid ? GC_LN(false, true) : GC_LN(false, false);
+#undef GC_LN
   });
 }
 
@@ -421,15 +531,16 @@ static void col_sumsq_centered(const T* z, const double* center, int64_t rows, i
   }
 }
 
-template <class T>
-static double add_bias(T* y, const T* b, int64_t rows, int64_t n) {
+template <class T, bool kBias>
+static double add_bias_rows(T* y, const T* b, int64_t rows, int64_t n) {
   double chk = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     T* yr = y + r * n;
     T rowchk = 0;
 #pragma omp simd reduction(+ : rowchk)
     for (int64_t c = 0; c < n; ++c) {
-      T v = yr[c] + (b ? b[c] : T(0));
+      T v = yr[c];
+      if constexpr (kBias) v += b[c];
       yr[c] = v;
       rowchk += v * T(0);
     }
@@ -438,13 +549,26 @@ static double add_bias(T* y, const T* b, int64_t rows, int64_t n) {
   return chk;
 }
 
+template <class T>
+static double add_bias(T* y, const T* b, int64_t rows, int64_t n) {
+  return b ? add_bias_rows<T, true>(y, b, rows, n) : add_bias_rows<T, false>(y, b, rows, n);
+}
+
 // ---------------------------------------------------------------------------
 // Backward epilogues. Each also returns sum(g^2) of the incoming gradient, so
-// the report's ||dL/da_l|| costs no extra pass over memory.
+// the report's ||dL/da_l|| costs no extra pass over memory. kSelect: where
+// act' == 0 the result is 0 even for an infinite g (PyTorch's relu/hardtanh).
 // ---------------------------------------------------------------------------
-template <class T>
-static double bwd_plain(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
-                        int64_t rows, int64_t n) {
+template <class T, bool kSelect>
+static inline T grad_times(T g, T scale, T d) {
+  T v = g * scale * d;
+  if constexpr (kSelect) v = d == T(0) ? T(0) : v;
+  return v;
+}
+
+template <class T, bool kDb, bool kSelect>
+static double bwd_plain_rows(const T* g, const T* d, const T scale, T* dz, double* db_acc,
+                             int64_t rows, int64_t n) {
   double ss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* gr = g + r * n;
@@ -454,9 +578,9 @@ static double bwd_plain(const T* g, const T* d, T scale, bool select, T* dz, dou
 #pragma omp simd reduction(+ : rs)
     for (int64_t c = 0; c < n; ++c) {
       T gv = gr[c];
-      T v = (select && dr[c] == T(0)) ? T(0) : gv * scale * dr[c];
+      T v = grad_times<T, kSelect>(gv, scale, dr[c]);
       zr[c] = v;
-      if (db_acc) db_acc[c] += double(v);
+      if constexpr (kDb) db_acc[c] += double(v);
       rs += double(gv) * double(gv);
     }
     ss += rs;
@@ -465,8 +589,18 @@ static double bwd_plain(const T* g, const T* d, T scale, bool select, T* dz, dou
 }
 
 template <class T>
-static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, bool select, T* dn_out,
-                      double* acc0, double* acc1, int64_t rows, int64_t n) {
+static double bwd_plain(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
+                        int64_t rows, int64_t n) {
+  if (db_acc)
+    return select ? bwd_plain_rows<T, true, true>(g, d, scale, dz, db_acc, rows, n)
+                  : bwd_plain_rows<T, true, false>(g, d, scale, dz, db_acc, rows, n);
+  return select ? bwd_plain_rows<T, false, true>(g, d, scale, dz, db_acc, rows, n)
+                : bwd_plain_rows<T, false, false>(g, d, scale, dz, db_acc, rows, n);
+}
+
+template <class T, bool kSelect>
+static double bwd_bn1_rows(const T* g, const T* d, const T* xhat, const T scale, T* dn_out,
+                           double* acc0, double* acc1, int64_t rows, int64_t n) {
   double ss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* gr = g + r * n;
@@ -477,7 +611,7 @@ static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, bool selec
 #pragma omp simd reduction(+ : rs)
     for (int64_t c = 0; c < n; ++c) {
       T gv = gr[c];
-      T dn = (select && dr[c] == T(0)) ? T(0) : gv * scale * dr[c];
+      T dn = grad_times<T, kSelect>(gv, scale, dr[c]);
       zr[c] = dn;
       acc0[c] += double(dn);
       acc1[c] += double(dn) * double(xr[c]);
@@ -489,8 +623,15 @@ static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, bool selec
 }
 
 template <class T>
-static void bwd_bn2(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2, double* db_acc,
-                    int64_t rows, int64_t n) {
+static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, bool select, T* dn_out,
+                      double* acc0, double* acc1, int64_t rows, int64_t n) {
+  return select ? bwd_bn1_rows<T, true>(g, d, xhat, scale, dn_out, acc0, acc1, rows, n)
+                : bwd_bn1_rows<T, false>(g, d, xhat, scale, dn_out, acc0, acc1, rows, n);
+}
+
+template <class T, bool kDb>
+static void bwd_bn2_rows(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2,
+                         double* db_acc, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
     T* zr = dn_dz + r * n;
     const T* xr = xhat + r * n;
@@ -498,15 +639,24 @@ static void bwd_bn2(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m
     for (int64_t c = 0; c < n; ++c) {
       T v = k[c] * (zr[c] - m1[c] - xr[c] * m2[c]);
       zr[c] = v;
-      if (db_acc) db_acc[c] += double(v);
+      if constexpr (kDb) db_acc[c] += double(v);
     }
   }
 }
 
 template <class T>
-static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamma,
-                            const T* row_istd, T scale, bool select, T* dz, double* dgamma_acc,
-                            double* dbeta_acc, double* db_acc, int64_t rows, int64_t n) {
+static void bwd_bn2(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2, double* db_acc,
+                    int64_t rows, int64_t n) {
+  if (db_acc)
+    bwd_bn2_rows<T, true>(dn_dz, xhat, k, m1, m2, db_acc, rows, n);
+  else
+    bwd_bn2_rows<T, false>(dn_dz, xhat, k, m1, m2, db_acc, rows, n);
+}
+
+template <class T, bool kDb, bool kSelect>
+static double bwd_layernorm_rows(const T* g, const T* d, const T* xhat, const T* gamma,
+                                 const T* row_istd, const T scale, T* dz, double* dgamma_acc,
+                                 double* dbeta_acc, double* db_acc, int64_t rows, int64_t n) {
   double ss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* gr = g + r * n;
@@ -518,7 +668,7 @@ static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamm
 #pragma omp simd reduction(+ : rs, s1, s2)
     for (int64_t c = 0; c < n; ++c) {
       T gv = gr[c];
-      T dn = (select && dr[c] == T(0)) ? T(0) : gv * scale * dr[c];
+      T dn = grad_times<T, kSelect>(gv, scale, dr[c]);
       dgamma_acc[c] += double(dn) * double(xr[c]);
       dbeta_acc[c] += double(dn);
       T dxh = dn * gamma[c];
@@ -535,11 +685,23 @@ static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamm
     for (int64_t c = 0; c < n; ++c) {
       T v = istd * (zr[c] - m1 - xr[c] * m2);
       zr[c] = v;
-      if (db_acc) db_acc[c] += double(v);
+      if constexpr (kDb) db_acc[c] += double(v);
     }
     ss += rs;
   }
   return ss;
+}
+
+template <class T>
+static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamma,
+                            const T* row_istd, T scale, bool select, T* dz, double* dgamma_acc,
+                            double* dbeta_acc, double* db_acc, int64_t rows, int64_t n) {
+#define GC_LNB(DB, SEL)                                                                      \
+  bwd_layernorm_rows<T, DB, SEL>(g, d, xhat, gamma, row_istd, scale, dz, dgamma_acc,         \
+                                 dbeta_acc, db_acc, rows, n)
+  if (db_acc) return select ? GC_LNB(true, true) : GC_LNB(true, false);
+  return select ? GC_LNB(false, true) : GC_LNB(false, false);
+#undef GC_LNB
 }
 
 // ---------------------------------------------------------------------------

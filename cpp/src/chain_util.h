@@ -26,6 +26,24 @@ inline void gemm_block(const GemmSplit& s, int64_t blk, bool ta, bool tb, int64_
   }
 }
 
+// Sum of squares (float64) of block `blk` of C (M x N, leading dimension ldc) under split `s`.
+template <class T>
+inline double gemm_block_sumsq(const KernelTable<T>& K, const GemmSplit& s, int64_t blk,
+                               int64_t M, int64_t N, const T* C, int64_t ldc) {
+  const int64_t o = blk * s.block;
+  if (s.along_m) {
+    const int64_t m = (o + s.block <= M) ? s.block : M - o;
+    if (ldc == N) return K.sumsq(C + o * ldc, m * N);
+    double ss = 0.0;
+    for (int64_t r = 0; r < m; ++r) ss += K.sumsq(C + (o + r) * ldc, N);
+    return ss;
+  }
+  const int64_t n = (o + s.block <= N) ? s.block : N - o;
+  double ss = 0.0;
+  for (int64_t r = 0; r < M; ++r) ss += K.sumsq(C + r * ldc + o, n);
+  return ss;
+}
+
 // Rows in block `rb` of `B` rows cut into blocks of `block` rows.
 inline int64_t rows_in_block(int64_t rb, int64_t B, int64_t block = kRowBlock) {
   const int64_t r0 = rb * block;

@@ -25,6 +25,7 @@ namespace gradchain {
 
 using detail::block_args;
 using detail::gemm_block;
+using detail::gemm_block_sumsq;
 using detail::has_nonfinite;
 using detail::reduce_store;
 using detail::rows_in_block;
@@ -137,7 +138,7 @@ MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
     const int64_t nc = ceil_div(ly.out, rpc);
     max_chunks = nc > max_chunks ? nc : max_chunks;
   }
-  chunk_ss_.assign(size_t(max_chunks), 0.0);
+  chunk_ss_.assign(size_t(max_chunks > kGemmBlocks ? max_chunks : kGemmBlocks), 0.0);
   if (cfg_.norm == NormKind::Batch) {
     bmean_.assign(size_t(L_ * maxw_), 0.0);
     bvar_.assign(size_t(L_ * maxw_), 0.0);
@@ -205,6 +206,7 @@ void MlpChain<T>::plan(int64_t B) {
   nrb_ = ceil_div(B, kRowBlock);
   part_ = Buffer<double>(3 * nrb_ * maxw_);
   blk_.assign(size_t(nrb_), 0.0);
+  fchk_.assign(size_t((L_ + 1) * nrb_), 0.0);
   for (auto& c : colsum_) c.assign(size_t(maxw_), 0.0);
   B_ = B;
 }
@@ -231,6 +233,7 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
   for (int64_t blk = 0; blk < gs.count; ++blk)
     gemm_block(gs, blk, false, true, B, n, k, in, k, W, k, T(0), out, n);
 
+  double* fchk = fchk_.data() + l * nrb_;  // per-block non-finite checks of a_{l+1}
   FwdArgs<T> args;
   args.act = cfg_.act;
   if (skip_act) args.act.kind = Act::Identity;
@@ -244,7 +247,8 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
 #pragma omp for schedule(static)  // fused bias + activation + derivative, over row blocks
       for (int64_t rb = 0; rb < nrb_; ++rb) {
         const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-        blk_[size_t(rb)] = K.fwd_plain(block_args(args, r0, n), out + r0 * n, out + r0 * n, d + r0 * n, rows, n);
+        fchk[rb] = K.fwd_plain(block_args(args, r0, n), out + r0 * n, out + r0 * n, d + r0 * n,
+                               rows, n);
       }
       break;
     }
@@ -254,31 +258,28 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
       double* mean = bmean_.data() + l * maxw_;
       double* var = bvar_.data() + l * maxw_;
       double* p0 = part_.data();
+      double* p1 = p0 + nrb_ * maxw_;
       if (training) {
-        // Batch statistics of z (without b: the bias cancels in xhat) in two
-        // passes (mean, then centred squares), float64 partials per row block.
+        // Batch statistics of z (without b: the bias cancels in xhat) in one pass:
+        // float64 moments shifted by the batch's first row (so S2/B - (S1/B)^2 does
+        // not cancel), partials per row block, reduced in block order.
 #pragma omp for schedule(static)
         for (int64_t rb = 0; rb < nrb_; ++rb) {
           std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
-          K.col_sum(out + rb * kRowBlock * n, rows_in_block(rb, B), n, p0 + rb * n);
+          std::memset(p1 + rb * n, 0, size_t(n) * sizeof(double));
+          K.col_moments(out + rb * kRowBlock * n, out, rows_in_block(rb, B), n, p0 + rb * n,
+                        p1 + rb * n);
         }
 #pragma omp single
         for (int64_t c = 0; c < n; ++c) {
-          double s = 0.0;
-          for (int64_t r = 0; r < nrb_; ++r) s += p0[r * n + c];
-          mean[c] = s / double(B);
-        }
-#pragma omp for schedule(static)
-        for (int64_t rb = 0; rb < nrb_; ++rb) {
-          std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
-          K.col_sumsq_centered(out + rb * kRowBlock * n, mean, rows_in_block(rb, B), n,
-                               p0 + rb * n);
-        }
-#pragma omp single
-        for (int64_t c = 0; c < n; ++c) {
-          double s = 0.0;
-          for (int64_t r = 0; r < nrb_; ++r) s += p0[r * n + c];
-          var[c] = s / double(B);
+          double s1 = 0.0, s2 = 0.0;
+          for (int64_t r = 0; r < nrb_; ++r) {
+            s1 += p0[r * n + c];
+            s2 += p1[r * n + c];
+          }
+          const double d = s1 / double(B);
+          mean[c] = double(out[c]) + d;
+          var[c] = std::max(s2 / double(B) - d * d, 0.0);
           shift[c] = T(mean[c]);
           istd[c] = T(1.0 / std::sqrt(var[c] + cfg_.eps));
         }
@@ -299,7 +300,7 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
 #pragma omp for schedule(static)  // fused normalise + affine + activation + derivative
       for (int64_t rb = 0; rb < nrb_; ++rb) {
         const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-        blk_[size_t(rb)] =
+        fchk[rb] =
             K.fwd_batchnorm(block_args(args, r0, n), out + r0 * n, xh + r0 * n, out + r0 * n, d + r0 * n, rows, n);
       }
       break;
@@ -312,18 +313,12 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
 #pragma omp for schedule(static)  // per-row statistics + fused epilogue
       for (int64_t rb = 0; rb < nrb_; ++rb) {
         const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-        blk_[size_t(rb)] =
+        fchk[rb] =
             K.fwd_layernorm(block_args(args, r0, n), out + r0 * n, xh + r0 * n, out + r0 * n, d + r0 * n,
                             rowmean_[size_t(l)] + r0, rowistd_[size_t(l)] + r0, rows, n);
       }
       break;
     }
-  }
-#pragma omp single
-  {
-    double chk = 0.0;
-    for (int64_t rb = 0; rb < nrb_; ++rb) chk += blk_[size_t(rb)];
-    if (!skip_act && std::isnan(chk) && fwd_nonfinite_ < 0) fwd_nonfinite_ = int(l + 1);
   }
 }
 
@@ -341,7 +336,8 @@ void MlpChain<T>::layer_forward_custom_tail(int64_t l) {
     for (int64_t i = 0; i < B * n; ++i) out[i] = in[i] + alpha * out[i];
   }
   for (int64_t i = 0; i < B * n; ++i) bad = bad || !std::isfinite(out[i]);
-  if (bad && fwd_nonfinite_ < 0) fwd_nonfinite_ = int(l + 1);
+  for (int64_t rb = 0; rb < nrb_; ++rb) fchk_[size_t(l * nrb_ + rb)] = 0.0;
+  fchk_[size_t(l * nrb_)] = bad ? std::numeric_limits<double>::quiet_NaN() : 0.0;
 }
 
 template <class T>
@@ -355,15 +351,10 @@ void MlpChain<T>::output_forward(T* y) {
 #pragma omp for schedule(static)
   for (int64_t blk = 0; blk < gs.count; ++blk)
     gemm_block(gs, blk, false, true, B, n, k, A_[size_t(L_)], k, W, k, T(0), y, n);
+  double* chk = fchk_.data() + L_ * nrb_;
 #pragma omp for schedule(static)
   for (int64_t rb = 0; rb < nrb_; ++rb)
-    blk_[size_t(rb)] = K.add_bias(y + rb * kRowBlock * n, b, rows_in_block(rb, B), n);
-#pragma omp single
-  {
-    double chk = 0.0;
-    for (int64_t rb = 0; rb < nrb_; ++rb) chk += blk_[size_t(rb)];
-    if (std::isnan(chk) && fwd_nonfinite_ < 0) fwd_nonfinite_ = int(L_ + 1);
-  }
+    chk[rb] = K.add_bias(y + rb * kRowBlock * n, b, rows_in_block(rb, B), n);
 }
 
 template <class T>
@@ -395,6 +386,12 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
       output_forward(y);
     }
   }
+  for (int64_t l = 0; l <= L_ && fwd_nonfinite_ < 0; ++l)  // first a_l (l = L+1: y) with NaN/Inf
+    for (int64_t rb = 0; rb < nrb_; ++rb)
+      if (std::isnan(fchk_[size_t(l * nrb_ + rb)])) {
+        fwd_nonfinite_ = int(l + 1);
+        break;
+      }
   // Commit the running statistics only now that the whole pass succeeded.
   if (cfg_.norm == NormKind::Batch && training) {
     const double m = cfg_.momentum;
@@ -533,7 +530,7 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
         }
       }
       if (bias) {
-#pragma omp single
+#pragma omp single nowait  // the GEMMs below do not read db
         {
           T* db = grads + ly.b;
           rep.bias[size_t(l)] = norm_from_sumsq(db, n, reduce_store(p2, nrb_, n, db, accumulate));
@@ -583,23 +580,17 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
   const GemmSplit sa = gemm_split(B, k, n);
 #pragma omp for schedule(dynamic, 1)
   for (int64_t i = 0; i < sw.count + sa.count; ++i) {
-    if (i < sw.count)
+    if (i < sw.count) {  // each dW block's sum of squares while it is in cache
       gemm_block(sw, i, true, false, n, k, B, dz, n, a, k, accumulate ? T(1) : T(0), dW, k);
-    else
+      chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
+    } else {
       gemm_block(sa, i - sw.count, false, false, B, k, n, dz, n, W, k, res ? T(1) : T(0), gout, k);
+    }
   }
-  // ||dW||: fixed row chunks of dW, reduced in order.
-  const int64_t rpc = kNormChunk / k > 0 ? kNormChunk / k : 1;
-  const int64_t nc = ceil_div(n, rpc);
-#pragma omp for schedule(static)
-  for (int64_t c = 0; c < nc; ++c) {
-    const int64_t r0 = c * rpc, rows = (r0 + rpc <= n) ? rpc : n - r0;
-    chunk_ss_[size_t(c)] = K.sumsq(dW + r0 * k, rows * k);
-  }
-#pragma omp single
+#pragma omp single nowait  // ||dW||: block partials in block order (nothing waits on it)
   {
     double ss = 0.0;
-    for (int64_t c = 0; c < nc; ++c) ss += chunk_ss_[size_t(c)];
+    for (int64_t c = 0; c < sw.count; ++c) ss += chunk_ss_[size_t(c)];
     rep.weight[size_t(l)] = norm_from_sumsq(dW, n * k, ss);
   }
   if (!res) {  // every thread swaps its own copies identically
@@ -655,23 +646,18 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate) {
       const GemmSplit sa = gemm_split(B, k, n);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < sw.count + sa.count; ++i) {
-        if (i < sw.count)
+        if (i < sw.count) {
           gemm_block(sw, i, true, false, n, k, B, gy, n, A_[size_t(L_)], k,
                      accumulate ? T(1) : T(0), dW, k);
-        else
+          chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
+        } else {
           gemm_block(sa, i - sw.count, false, false, B, k, n, gy, n, W, k, T(0), g, k);
+        }
       }
-      const int64_t rpc = kNormChunk / k > 0 ? kNormChunk / k : 1;
-      const int64_t nc = ceil_div(n, rpc);
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < nc; ++c) {
-        const int64_t r0 = c * rpc, rows = (r0 + rpc <= n) ? rpc : n - r0;
-        chunk_ss_[size_t(c)] = K.sumsq(dW + r0 * k, rows * k);
-      }
-#pragma omp single
+#pragma omp single nowait
       {
         double ss = 0.0;
-        for (int64_t c = 0; c < nc; ++c) ss += chunk_ss_[size_t(c)];
+        for (int64_t c = 0; c < sw.count; ++c) ss += chunk_ss_[size_t(c)];
         rep.weight[size_t(L_)] = norm_from_sumsq(dW, n * k, ss);
       }
     }

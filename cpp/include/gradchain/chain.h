@@ -124,7 +124,8 @@ class MlpChain {
   T* DZ_ = nullptr;
   T* scratch_ = nullptr;                       // 3 x maxw: batch-norm backward coefficients
   Buffer<double> part_;                        // column partial sums: 3 x nrb x maxw
-  std::vector<double> blk_;                    // per-block scalars (norm partials, checks)
+  std::vector<double> blk_;                    // per-block scalars (norm partials)
+  std::vector<double> fchk_;                   // (L+1) x blocks: forward non-finite checks
   std::vector<double> colsum_[3];
   std::vector<double> chunk_ss_;
   int fwd_nonfinite_ = -1;

@@ -57,6 +57,10 @@ struct KernelTable {
   void (*col_sum)(const T* z, int64_t rows, int64_t n, double* acc);
   void (*col_sumsq_centered)(const T* z, const double* center, int64_t rows, int64_t n,
                              double* acc);
+  // One-pass shifted moments: s1[c] += z - shift[c], s2[c] += (z - shift[c])^2 (float64).
+  // With shift = one row of z the variance S2/B - (S1/B)^2 does not cancel.
+  void (*col_moments)(const T* z, const T* shift, int64_t rows, int64_t n, double* s1,
+                      double* s2);
   // y += b row by row; returns sum(y * 0) (non-finite detection).
   double (*add_bias)(T* y, const T* b, int64_t rows, int64_t n);
 

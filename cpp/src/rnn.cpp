@@ -29,6 +29,17 @@ using detail::rows_in_block;
 namespace {
 // Rows per block of the time loops (a function of B only, never of the thread count).
 inline int64_t step_rows(int64_t B) { return B <= 16 ? 8 : 16; }
+// The per-step product C (rows x H) += A (rows x H) B (H x H): gradchain's register-tiled
+// kernel on narrow hidden sizes (no per-call packing or locking), OpenBLAS above.
+inline bool small_steps(int64_t H) { return H <= 128 && H % 64 == 0; }
+template <class T>
+inline void step_gemm(const KernelTable<T>& K, int64_t rows, int64_t H, const T* A, const T* B,
+                      T* C) {
+  if (small_steps(H))
+    K.gemm_small_nn(rows, H, H, A, H, B, H, C, H);
+  else
+    gemm(false, false, rows, H, H, T(1), A, H, B, H, T(1), C, H);
+}
 }  // namespace
 
 template <class T>
@@ -82,7 +93,7 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   has_forward_ = false;
   T_ = B_ = 0;
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size;
-  const int64_t total = steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H;
+  const int64_t total = steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + H * H;
   ws_ = Buffer<T>(total);
   T* p = ws_.data();
   auto take = [&](int64_t n) { T* q = p; p += n; return q; };
@@ -92,6 +103,7 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   G_ = take((steps + 1) * B * H);
   DZ_ = take(steps * B * H);
   bias_ = take(H);
+  WT_ = take(H * H);
   const int64_t sr = step_rows(B);
   nrb_ = ceil_div(B, sr);
   const int64_t nrb_all = ceil_div(steps * B, kRowBlock);
@@ -124,6 +136,8 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
     std::memset(HS_, 0, size_t(BH) * sizeof(T));
   for (int64_t c = 0; c < H; ++c)
     bias_[c] = cfg_.bias ? T(params_.data()[b_ih_ + c] + params_.data()[b_hh_ + c]) : T(0);
+  for (int64_t i = 0; i < H; ++i)  // W_hh^T, so each step is a plain row-major product
+    for (int64_t j = 0; j < H; ++j) WT_[j * H + i] = W_hh[i * H + j];
   FwdArgs<T> args;
   args.act = cfg_.act;
   args.bias = bias_;
@@ -145,8 +159,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
       const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
       for (int64_t t = 1; t <= steps; ++t) {
         T* zt = HS_ + t * BH + r0 * H;
-        gemm(false, true, rows, H, H, T(1), HS_ + (t - 1) * BH + r0 * H, H, W_hh, H, T(1), zt,
-             H);
+        step_gemm(Kt, rows, H, HS_ + (t - 1) * BH + r0 * H, WT_, zt);
         blk_[size_t((t - 1) * nrb_ + rb)] =
             Kt.fwd_plain(args, zt, zt, D_ + (t - 1) * BH + r0 * H, rows, H);
       }
@@ -262,8 +275,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
         T* dzt = DZ_ + (t - 1) * BH + r0 * H;
         blk_[size_t((t - 1) * nrb_ + rb)] = Kt.bwd_plain(
             G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1), select, dzt, db, rows, H);
-        gemm(false, false, rows, H, H, T(1), dzt, H, W_hh, H, T(1), G_ + (t - 1) * BH + r0 * H,
-             H);
+        step_gemm(Kt, rows, H, dzt, W_hh, G_ + (t - 1) * BH + r0 * H);
       }
     }
 

@@ -82,6 +82,14 @@ struct KernelTable {
                           const T* row_istd, T scale, bool select, T* dz, double* dgamma_acc,
                           double* dbeta_acc, double* db_acc, int64_t rows, int64_t n);
 
+  // --- small GEMM --------------------------------------------------------------
+  // C (m x N) += A (m x K) B (K x N), row-major with leading dimensions: a register-
+  // tiled kernel for the RNN's per-step products on narrow shapes, where it matches
+  // OpenBLAS without its per-call overhead (packing, locks). Results per row do not
+  // depend on m, so row blocks give the same numbers for any thread count.
+  void (*gemm_small_nn)(int64_t m, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                        int64_t ldb, T* C, int64_t ldc);
+
   // --- reductions and gradient edits -----------------------------------------
   double (*sumsq)(const T* x, int64_t n);          // sum(x^2) in float64
   double (*maxabs)(const T* x, int64_t n);         // max |x| (NaN if any NaN)

@@ -719,6 +719,67 @@ static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamm
 }
 
 // ---------------------------------------------------------------------------
+// Small GEMM, C += A B. GCC vector extensions of GC_VBYTES bytes (the ISA's
+// register width) hold a register tile of 2 rows x 4 vectors of C: per k, four
+// vector loads of B's row, one broadcast of A per row, eight FMAs.
+// ---------------------------------------------------------------------------
+#ifndef GC_VBYTES
+#define GC_VBYTES 16
+#endif
+template <class T>
+static void gemm_small_nn(int64_t m, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                          int64_t ldb, T* C, int64_t ldc) {
+  typedef T V __attribute__((vector_size(GC_VBYTES)));
+  constexpr int64_t W = GC_VBYTES / int64_t(sizeof(T));
+  constexpr int64_t NT = 4 * W;
+  auto ld = [](const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
+  auto st = [](T* p, V v) { std::memcpy(p, &v, sizeof v); };
+  const int64_t nfull = N / NT * NT;
+  for (int64_t j0 = 0; j0 < nfull; j0 += NT) {
+    int64_t i = 0;
+    for (; i + 2 <= m; i += 2) {
+      T* c0 = C + i * ldc + j0;
+      T* c1 = c0 + ldc;
+      V x0 = ld(c0), x1 = ld(c0 + W), x2 = ld(c0 + 2 * W), x3 = ld(c0 + 3 * W);
+      V y0 = ld(c1), y1 = ld(c1 + W), y2 = ld(c1 + 2 * W), y3 = ld(c1 + 3 * W);
+      const T* a0 = A + i * lda;
+      const T* a1 = a0 + lda;
+      const T* b = B + j0;
+      for (int64_t k = 0; k < K; ++k, b += ldb) {
+        const V b0 = ld(b), b1 = ld(b + W), b2 = ld(b + 2 * W), b3 = ld(b + 3 * W);
+        const V p = V{} + a0[k], q = V{} + a1[k];
+        x0 += p * b0; x1 += p * b1; x2 += p * b2; x3 += p * b3;
+        y0 += q * b0; y1 += q * b1; y2 += q * b2; y3 += q * b3;
+      }
+      st(c0, x0); st(c0 + W, x1); st(c0 + 2 * W, x2); st(c0 + 3 * W, x3);
+      st(c1, y0); st(c1 + W, y1); st(c1 + 2 * W, y2); st(c1 + 3 * W, y3);
+    }
+    for (; i < m; ++i) {  // an odd last row: the same per-element order
+      T* c0 = C + i * ldc + j0;
+      V x0 = ld(c0), x1 = ld(c0 + W), x2 = ld(c0 + 2 * W), x3 = ld(c0 + 3 * W);
+      const T* a0 = A + i * lda;
+      const T* b = B + j0;
+      for (int64_t k = 0; k < K; ++k, b += ldb) {
+        const V p = V{} + a0[k];
+        x0 += p * ld(b); x1 += p * ld(b + W); x2 += p * ld(b + 2 * W); x3 += p * ld(b + 3 * W);
+      }
+      st(c0, x0); st(c0 + W, x1); st(c0 + 2 * W, x2); st(c0 + 3 * W, x3);
+    }
+  }
+  for (int64_t i = 0; i < m && nfull < N; ++i)  // columns past the last full tile
+    for (int64_t k = 0; k < K; ++k) {
+      const T a = A[i * lda + k];
+      const T* b = B + k * ldb;
+      T* c = C + i * ldc;
+      for (int64_t j = nfull; j < N; ++j) c[j] += a * b[j];
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Reductions and gradient edits
 // ---------------------------------------------------------------------------
 template <class T>
@@ -776,7 +837,7 @@ static const KernelTable<T>* make_table() {
   static const KernelTable<T> table = {
       GC_ISA_NAME,      &fwd_plain<T>,  &fwd_batchnorm<T>, &fwd_layernorm<T>,
       &col_sum<T>,      &col_sumsq_centered<T>, &col_moments<T>, &add_bias<T>, &bwd_plain<T>,
-      &bwd_bn1<T>,      &bwd_bn2<T>,    &bwd_layernorm<T>, &sumsq<T>,
+      &bwd_bn1<T>,      &bwd_bn2<T>,    &bwd_layernorm<T>, &gemm_small_nn<T>, &sumsq<T>,
       &maxabs<T>,       &scale<T>,      &clamp<T>,         &act_apply<T>,
   };
   return &table;

@@ -1,4 +1,5 @@
 // The avx512 instance of the elementwise kernels (compile flags: CMakeLists.txt).
 #define GC_ISA_NS avx512
 #define GC_ISA_NAME "avx512"
+#define GC_VBYTES 64
 #include "kernels-inl.h"

@@ -48,7 +48,12 @@ def test_quick_run_gradchain_numpy() -> None:
         assert gc_row["ratio"] == 1.0
         agr = np_row["agreement"]
         assert agr["ok"] and agr["max_err"] <= agr["tolerance"] and not agr["failed"]
-        assert agr["checked"] > 2 * bench.QUICK[w["name"]].depth  # y, grads, norms
+        wl = bench.QUICK[w["name"]]
+        if isinstance(wl, bench.RNNWorkload):  # hs, 4 grads, weight and timestep norms
+            assert w["kind"] == "rnn" and agr["checked"] == 7
+            assert "timestep_grad_norms" in agr["errors"]
+        else:
+            assert agr["checked"] > 2 * wl.depth  # y, grads, norms
         assert agr["tolerance"] == (1e-3 if w["config"]["dtype"] == "float32" else 1e-9)
         if w["config"]["dtype"] == "float32":  # gradchain itself against float64
             assert gc_row["agreement"]["against"] == "float64 reference"
@@ -61,10 +66,10 @@ def test_quick_run_gradchain_numpy() -> None:
 
 
 class _Perturbed:
-    """The NumPy peer with one output made wrong by ``factor``."""
+    """The NumPy peer with one output made wrong by ``factor`` (a norm vector: one entry)."""
 
     def __init__(self, case: bench.Case, what: str, factor: float) -> None:
-        self.inner = bench.BUILDERS["mlp"]["numpy"](case)
+        self.inner = bench.BUILDERS[case.workload.kind]["numpy"](case)
         self.what, self.factor = what, factor
 
     def step(self) -> None:
@@ -74,6 +79,10 @@ class _Perturbed:
         out = self.inner.outputs()
         if self.what == "y":
             out.y = out.y * self.factor
+        elif self.what.endswith("_norms"):
+            norms = getattr(out, self.what).copy()
+            norms[len(norms) // 3] *= self.factor
+            setattr(out, self.what, norms)
         else:
             out.grads[self.what] = out.grads[self.what] * self.factor
         return out
@@ -83,12 +92,16 @@ class _Perturbed:
     ("workload", "what", "factor"),
     [("mlp-tanh", "layers.1.weight", 1.01),  # 1% off in one tensor: caught (smooth act.)
      ("mlp-tanh-f64", "y", 1 + 1e-6),
-     ("mlp-deep-narrow", "layers.0.weight", 1.5)],  # ReLU: beyond what rounding explains
+     ("mlp-deep-narrow", "layers.0.weight", 1.5),  # ReLU: beyond what rounding explains
+     ("rnn-mid", "weight_hh_l0", 1.01),
+     ("rnn-mid", "bias_ih_l0", 1.01),
+     ("rnn-long-narrow", "timestep_grad_norms", 1.01)],  # one step's norm of 512
 )
 def test_disagreement_is_caught(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                 workload: str, what: str, factor: float) -> None:
     monkeypatch.setitem(bench.PEERS, "bad", bench.PeerInfo("bad", "perturbed NumPy"))
-    monkeypatch.setitem(bench.BUILDERS["mlp"], "bad", lambda c: _Perturbed(c, what, factor))
+    for kind in bench.BUILDERS:
+        monkeypatch.setitem(bench.BUILDERS[kind], "bad", lambda c: _Perturbed(c, what, factor))
     res = _quick_run(workloads=[workload], peers=["gradchain", "numpy", "bad"])
     assert res["ok"] is False
     rows = res["workloads"][0]["peers"]
@@ -100,6 +113,54 @@ def test_disagreement_is_caught(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert "median_s" in bad  # timed anyway, but marked
     assert "DISAGREE" in bench.format_table(res)
     assert "DISAGREES with gradchain" in capsys.readouterr().err
+
+
+def test_rnn_workloads() -> None:
+    """The RNN workloads of WORKLOADS.md, their FLOPs and their --quick variants."""
+    mid, long_ = bench.WORKLOADS["rnn-mid"], bench.WORKLOADS["rnn-long-narrow"]
+    assert isinstance(mid, bench.RNNWorkload) and mid.kind == "rnn"
+    assert (mid.steps, mid.batch, mid.input_size, mid.hidden_size) == (512, 32, 64, 256)
+    assert (long_.steps, long_.batch, long_.input_size, long_.hidden_size) == (4096, 16, 32, 64)
+    for w in (mid, long_):
+        assert w.activation == "tanh" and w.dtype == "float32"
+        I_, H = w.input_size, w.hidden_size
+        assert w.flops() == 6 * w.steps * w.batch * (I_ * H + H * H)
+        q = bench.QUICK[w.name]
+        assert q.kind == "rnn" and q.steps < w.steps and q.hidden_size < w.hidden_size
+        assert "RNN T" in w.describe() and w.config()["kind"] == "rnn"
+
+
+def test_rnn_quick_gradchain_numpy() -> None:
+    """The RNN rows: the NumPy peer agrees with gradchain on hs, every gradient, the weight
+    and the per-timestep gradient norms; gradchain agrees with the float64 reference."""
+    res = _quick_run(workloads=["rnn-mid", "rnn-long-narrow"], peers=["numpy"])
+    assert res["ok"] is True
+    for w in res["workloads"]:
+        wl = bench.QUICK[w["name"]]
+        assert w["kind"] == "rnn" and w["flops"] == wl.flops()
+        np_row = w["peers"]["numpy"]
+        assert np_row["status"] == "ok" and np_row["gflops"] > 0
+        errs = np_row["agreement"]["errors"]
+        assert set(errs) == {"y", "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                             "weight_grad_norms", "timestep_grad_norms"}
+        assert max(errs.values()) < 1e-5  # tanh: float32 rounding only, nothing excused
+        gc_agr = w["peers"]["gradchain"]["agreement"]
+        assert gc_agr["against"] == "float64 reference" and gc_agr["ok"]
+        assert not gc_agr["excused"] and gc_agr["errors"].keys() == errs.keys()
+    text = bench.format_table(res)
+    assert "rnn-mid: RNN T 64" in text and "rnn-long-narrow" in text and "DISAGREE" not in text
+
+
+@pytest.mark.parametrize("peer", ["torch", "torch-grads", "jax"])
+def test_rnn_optional_peers_agree(peer: str) -> None:
+    pytest.importorskip("jax" if peer == "jax" else "torch")
+    res = _quick_run(workloads=["rnn-mid"], peers=[peer], repeats=1, warmup=0)
+    row = res["workloads"][0]["peers"][peer]
+    assert row["status"] == "ok", row.get("note")
+    errs = row["agreement"]["errors"]
+    assert max(errs.values()) < 1e-5
+    # the peers with a report compute the per-timestep norms; grads-only does not
+    assert ("timestep_grad_norms" in errs) is (peer != "torch-grads")
 
 
 def test_check_agreement_direct() -> None:

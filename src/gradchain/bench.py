@@ -11,9 +11,9 @@ Run ``python -m gradchain.bench --help`` (or ``gradchain bench``). Optional peer
 JAX) are imported lazily and skipped with a note when they are not installed.
 
 Extension point: :data:`WORKLOADS` maps names to workload descriptions, each of a ``kind``
-("mlp" here); :data:`CASE_MAKERS` builds the shared inputs of a kind and :data:`BUILDERS`
-maps ``kind -> peer name -> builder``. The RNN workloads add an ``RNNWorkload`` class with
-``kind = "rnn"``, its entries in ``WORKLOADS``, ``CASE_MAKERS["rnn"]`` and ``BUILDERS["rnn"]``.
+("mlp": :class:`MLPWorkload`, "rnn": :class:`RNNWorkload`); :data:`CASE_MAKERS` builds the
+shared inputs of a kind, :data:`REFERENCES` runs the NumPy spec of a kind in a given dtype,
+and :data:`BUILDERS` maps ``kind -> peer name -> builder``.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ _UNSET_MARK = "GRADCHAIN_BENCH_UNSET_ENV"
 
 __all__ = [
     "BUILDERS", "CASE_MAKERS", "PEERS", "QUICK", "REFERENCES", "WORKLOADS", "Agreement", "Case",
-    "CpuMeter", "MLPWorkload", "Outputs", "PeerInfo", "PeerInstance", "arbitrate",
+    "CpuMeter", "MLPWorkload", "Outputs", "PeerInfo", "PeerInstance", "RNNWorkload", "arbitrate",
     "check_agreement", "format_table", "gemm_ceiling", "kink_explained", "machine_info", "main",
     "measure_memory", "run", "wait_idle",
 ]
 
 
 # =============================================================================================
-# workloads (the registry the RNN workloads will join)
+# workloads
 # =============================================================================================
 
 
@@ -106,7 +106,47 @@ class MLPWorkload:
         return {"kind": self.kind, **asdict(self)}
 
 
-Workload = MLPWorkload  # RNN: ``Workload = MLPWorkload | RNNWorkload``
+@dataclass(frozen=True)
+class RNNWorkload:
+    """A one-layer vanilla RNN (``torch.nn.RNN``): ``steps`` time steps of batch ``batch``,
+    ``input_size -> hidden_size``; the upstream gradient is ``dL/dh_t`` for every step."""
+
+    kind: ClassVar[str] = "rnn"
+    name: str
+    steps: int
+    batch: int
+    input_size: int
+    hidden_size: int
+    activation: str = "tanh"
+    init: str = "torch_default"  # W_hh (and b_hh): gc.RNN's default, as torch.nn.RNN
+    input_init: str = "xavier_uniform"  # W_ih: gc.RNN's default
+    dtype: str = "float32"
+
+    def flops(self) -> float:
+        """WORKLOADS.md: ``6 * T * B * (I*H + H*H)`` (forward 2, backward 4)."""
+        I_, H = self.input_size, self.hidden_size
+        return 6.0 * self.steps * self.batch * (I_ * H + H * H)
+
+    def quick(self) -> RNNWorkload:
+        """A scaled-down copy for smoke runs (T / 8, batch / 4, input and hidden / 4)."""
+        return replace(
+            self,
+            steps=max(8, self.steps // 8),
+            batch=max(4, self.batch // 4),
+            input_size=max(8, self.input_size // 4),
+            hidden_size=max(16, self.hidden_size // 4),
+        )
+
+    def describe(self) -> str:
+        return (f"RNN T {self.steps}, batch {self.batch}, input {self.input_size}, hidden "
+                f"{self.hidden_size}; {self.activation}, init W_hh {self.init}, W_ih "
+                f"{self.input_init}, {self.dtype}")
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+Workload = MLPWorkload | RNNWorkload
 
 _MLP_TANH = MLPWorkload("mlp-tanh", 256, 256, 64, 256, 128, activation="tanh",
                         init="xavier_normal")
@@ -119,7 +159,8 @@ WORKLOADS: dict[str, Workload] = {
         MLPWorkload("mlp-wide", 2048, 2048, 16, 2048, 256, activation="relu",
                     init="kaiming_normal"),
         replace(_MLP_TANH, name="mlp-tanh-f64", dtype="float64"),
-        # RNN workloads (rnn-mid, rnn-long-narrow) are added here with kind "rnn".
+        RNNWorkload("rnn-mid", 512, 32, 64, 256, activation="tanh"),
+        RNNWorkload("rnn-long-narrow", 4096, 16, 32, 64, activation="tanh"),
     )
 }
 """The standard workloads of WORKLOADS.md, by name."""
@@ -135,12 +176,18 @@ QUICK: dict[str, Workload] = {name: w.quick() for name, w in WORKLOADS.items()}
 
 @dataclass
 class Outputs:
-    """What a peer computed in one iteration, as NumPy arrays (None: not computed)."""
+    """What a peer computed in one iteration, as NumPy arrays (None: not computed).
+
+    ``y``: the MLP's output, or the RNN's hidden states ``hs (T, B, H)``.
+    ``weight_grad_norms``: one per linear layer (MLP), ``[||dW_ih||, ||dW_hh||]`` (RNN).
+    ``timestep_grad_norms``: the RNN's ``||dL/dh_t||`` (total derivative), t = 1..T.
+    """
 
     y: np.ndarray
     grads: dict[str, np.ndarray]
     activation_grad_norms: np.ndarray | None = None
     weight_grad_norms: np.ndarray | None = None
+    timestep_grad_norms: np.ndarray | None = None
 
 
 class PeerInstance(Protocol):
@@ -182,7 +229,7 @@ class Case:
 
     workload: Workload
     x: np.ndarray
-    grad_y: np.ndarray
+    grad_y: np.ndarray  # dL/dy (MLP); dL/dh_t for every step, (T, B, H) (RNN)
     state: dict[str, np.ndarray]  # gradchain's state_dict, copied
     threads: int
     extra: dict[str, Any] = field(default_factory=dict)
@@ -227,10 +274,52 @@ def _mlp_reference(case: Case, dtype: Any) -> Outputs:
                    np.asarray(rep["weight_grad_norms"]))
 
 
-CASE_MAKERS: dict[str, Callable[[Workload, int, int], Case]] = {"mlp": _mlp_case}
+_RNN_PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+
+
+def _rnn_gc_model(w: RNNWorkload, seed: int) -> Any:
+    import gradchain as gc
+
+    return gc.RNN(w.input_size, w.hidden_size, activation=w.activation, init=w.init,
+                  input_init=w.input_init, dtype=_dtype(w), seed=seed)
+
+
+def _rnn_case(w: Workload, seed: int, threads: int) -> Case:
+    assert isinstance(w, RNNWorkload)
+    model = _rnn_gc_model(w, seed)
+    rng = np.random.default_rng(seed + 1)
+    dt = _dtype(w)
+    x = rng.standard_normal((w.steps, w.batch, w.input_size)).astype(dt)
+    ghs = rng.standard_normal((w.steps, w.batch, w.hidden_size)).astype(dt)
+    state = {k: np.array(v) for k, v in model.state_dict().items()}
+    return Case(w, x, ghs, state, threads)
+
+
+def _rnn_outputs(hs: np.ndarray, grads: Mapping[str, np.ndarray], report: Mapping[str, Any]
+                 ) -> Outputs:
+    return Outputs(hs, dict(grads), weight_grad_norms=np.array(
+        [report["weight_ih_grad_norm"], report["weight_hh_grad_norm"]], dtype=np.float64),
+        timestep_grad_norms=np.asarray(report["timestep_grad_norms"], dtype=np.float64))
+
+
+def _rnn_reference(case: Case, dtype: Any) -> Outputs:
+    """``gradchain.reference.rnn_forward/rnn_backward`` on the case, cast to ``dtype``."""
+    from . import reference
+
+    w = case.workload
+    assert isinstance(w, RNNWorkload)
+    params = {k: np.asarray(v, dtype=dtype) for k, v in case.state.items()}
+    hs, cache = reference.rnn_forward(params, case.x.astype(dtype), activation=w.activation)
+    grads, _dx, _dh0, rep = reference.rnn_backward(cache, case.grad_y.astype(dtype))
+    return _rnn_outputs(hs, grads, rep)
+
+
+CASE_MAKERS: dict[str, Callable[[Workload, int, int], Case]] = {"mlp": _mlp_case,
+                                                                "rnn": _rnn_case}
 """kind -> ``make(workload, seed, threads) -> Case``."""
 
-REFERENCES: dict[str, Callable[[Case, Any], Outputs]] = {"mlp": _mlp_reference}
+REFERENCES: dict[str, Callable[[Case, Any], Outputs]] = {"mlp": _mlp_reference,
+                                                         "rnn": _rnn_reference}
 """kind -> ``reference(case, dtype) -> Outputs``: the NumPy spec in the given dtype (float64
 arbitrates the float32 checks)."""
 
@@ -353,17 +442,24 @@ class _TorchMLP:
 
 
 # --------------------------------------------------------------------------- JAX
+def _import_jax(threads: int) -> Any:
+    """``import jax``; with one thread, XLA is told to use one (before its first import)."""
+    if threads == 1 and "jax" not in sys.modules:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1").strip()
+    import jax
+
+    return jax
+
+
 class _JaxMLP:
     """One ``jax.jit`` function: forward, ``jax.vjp`` with the fixed upstream gradient, and
     the same norms. ``dL/da_l`` comes from zero "probes" added to each hidden activation
     (the cotangent of a probe is the gradient of that activation)."""
 
     def __init__(self, case: Case) -> None:
-        if case.threads == 1 and "jax" not in sys.modules:
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                       + " --xla_cpu_multi_thread_eigen=false"
-                                       " intra_op_parallelism_threads=1").strip()
-        import jax
+        jax = _import_jax(case.threads)
         import jax.numpy as jnp
 
         w = case.workload
@@ -486,6 +582,200 @@ class _NumpyMLP:
                        np.asarray(report["weight_grad_norms"]))
 
 
+# =============================================================================================
+# RNN peers
+# =============================================================================================
+
+
+class _GradchainRNN:
+    """``gc.RNN``: ``forward(x)`` + ``backward(grad_hs)`` (the report comes with backward)."""
+
+    def __init__(self, case: Case) -> None:
+        import gradchain as gc
+
+        w = case.workload
+        assert isinstance(w, RNNWorkload)
+        gc.set_num_threads(case.threads)
+        self.model = _rnn_gc_model(w, seed=0)
+        self.model.load_state_dict(case.state)
+        self.x, self.ghs = case.x, case.grad_y
+        self._hs: np.ndarray | None = None
+        self._rep: Any = None
+
+    def step(self) -> None:
+        self._hs = self.model.forward(self.x)
+        self._rep = self.model.backward(self.ghs)
+
+    def outputs(self) -> Outputs:
+        assert self._hs is not None and self._rep is not None
+        r = self._rep
+        return _rnn_outputs(np.array(self._hs),
+                            {k: np.array(g) for k, g in self.model.named_grads()},
+                            {"weight_ih_grad_norm": r.weight_ih_grad_norm,
+                             "weight_hh_grad_norm": r.weight_hh_grad_norm,
+                             "timestep_grad_norms": np.array(r.timestep_grad_norms)})
+
+
+class _TorchRNN:
+    """PyTorch eager on ``torch.nn.RNN``'s parameters (gradchain's state dict loads as is).
+
+    ``report=False``: ``torch.nn.RNN`` itself, ``hs.backward(grad_hs)`` (the backward of
+    ``sum(hs * grad_hs)``), parameter gradients only. ``torch.nn.RNN`` keeps the ``h_t``
+    internal, so their total derivatives ``dL/dh_t`` are out of reach; ``report=True``
+    unrolls the time loop by hand on the same parameters, as a PyTorch user has to: the
+    input projection of all steps in one matmul (as ``torch.nn.RNN`` does on the CPU),
+    ``unbind`` into steps, then ``h_t = act(addmm(xw_t, h_{t-1}, W_hh.T))`` with
+    ``retain_grad()`` on every ``h_t``; after ``backward``, ``||h_t.grad||`` for every t
+    (one batched norm) and ``||dW_ih||``, ``||dW_hh||``.
+    """
+
+    def __init__(self, case: Case, report: bool) -> None:
+        import torch
+        from torch import nn
+
+        w = case.workload
+        assert isinstance(w, RNNWorkload)
+        if w.activation not in ("tanh", "relu"):
+            raise ValueError(f"torch.nn.RNN has no {w.activation!r} nonlinearity")
+        torch.set_num_threads(case.threads)
+        tdt = torch.float32 if w.dtype == "float32" else torch.float64
+        self.torch = torch
+        self.rnn: Any = nn.RNN(w.input_size, w.hidden_size, nonlinearity=w.activation,
+                               batch_first=False).to(tdt)
+        self.rnn.load_state_dict({k: torch.from_numpy(np.array(v))
+                                  for k, v in case.state.items()})
+        self.act = torch.tanh if w.activation == "tanh" else torch.relu
+        self.report = report
+        self.x = torch.from_numpy(case.x.copy())
+        self.ghs = torch.from_numpy(case.grad_y.copy())
+        self._hs: Any = None
+        self._t_norms: Any = None
+        self._w_norms: Any = None
+
+    def step(self) -> None:
+        torch = self.torch
+        rnn = self.rnn
+        rnn.zero_grad(set_to_none=True)
+        if not self.report:
+            hs, _ = rnn(self.x)
+            hs.backward(self.ghs)
+            self._hs = hs
+            return
+        T, B = self.x.shape[0], self.x.shape[1]
+        w_ih, w_hh = rnn.weight_ih_l0, rnn.weight_hh_l0
+        xw = torch.nn.functional.linear(self.x, w_ih, rnn.bias_ih_l0 + rnn.bias_hh_l0)
+        # unbind, not xw[t]: the backward of T selects builds T zero-filled (T, B, H)
+        # gradients (quadratic in T); unbind's backward stacks the T pieces once
+        xws = xw.unbind(0)
+        w_hh_t = w_hh.t()
+        h = torch.zeros(B, w_hh.shape[0], dtype=xw.dtype)
+        keep: list[Any] = []
+        for t in range(T):
+            h = self.act(torch.addmm(xws[t], h, w_hh_t))
+            h.retain_grad()
+            keep.append(h)
+        hs = torch.stack(keep)
+        hs.backward(self.ghs)
+        self._t_norms = torch.linalg.vector_norm(torch.stack([h.grad for h in keep]),
+                                                 dim=(1, 2))
+        self._w_norms = torch.stack([w_ih.grad.norm(), w_hh.grad.norm()])
+        self._hs = hs
+
+    def outputs(self) -> Outputs:
+        grads = {k: p.grad.detach().numpy().copy() for k, p in self.rnn.named_parameters()}
+        out = Outputs(y=self._hs.detach().numpy().copy(), grads=grads)
+        if self.report:
+            out.timestep_grad_norms = self._t_norms.detach().numpy().astype(np.float64)
+            out.weight_grad_norms = self._w_norms.detach().numpy().astype(np.float64)
+        return out
+
+
+class _JaxRNN:
+    """One ``jax.jit`` function: the forward recurrence as ``jax.lax.scan`` over time (input
+    projection of all steps in one matmul first), ``jax.vjp`` with the fixed ``grad_hs``,
+    and the norms. The total ``dL/dh_t`` come from a zero "probe" added to each ``h_t``
+    inside the scan: the probes' cotangents are the total derivatives (the backward scan
+    carries them), so ``||dL/dh_t||`` for all t is one reduction."""
+
+    def __init__(self, case: Case) -> None:
+        jax = _import_jax(case.threads)
+        import jax.numpy as jnp
+
+        w = case.workload
+        assert isinstance(w, RNNWorkload)
+        if w.dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        act: Callable[[Any], Any] = {
+            "tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid,
+            "silu": jax.nn.silu, "identity": lambda t: t,
+            "gelu": lambda t: jax.nn.gelu(t, approximate=False),
+        }[w.activation]
+        B, H = w.batch, w.hidden_size
+
+        def forward(p: Any, x: Any, probes: Any) -> Any:
+            xw = x @ p["weight_ih_l0"].T + (p["bias_ih_l0"] + p["bias_hh_l0"])
+            w_hh_t = p["weight_hh_l0"].T
+
+            def cell(h: Any, inp: Any) -> tuple[Any, Any]:
+                xw_t, probe_t = inp
+                h = act(xw_t + h @ w_hh_t) + probe_t
+                return h, h
+
+            _, hs = jax.lax.scan(cell, jnp.zeros((B, H), x.dtype), (xw, probes))
+            return hs
+
+        def step(p: Any, x: Any, ghs: Any) -> Any:
+            hs, vjp = jax.vjp(lambda p_, pr: forward(p_, x, pr), p, jnp.zeros_like(ghs))
+            gp, gh = vjp(ghs)
+            t_norms = jnp.sqrt(jnp.sum(jnp.square(gh), axis=(1, 2)))
+            w_norms = jnp.stack([jnp.linalg.norm(gp["weight_ih_l0"]),
+                                 jnp.linalg.norm(gp["weight_hh_l0"])])
+            return hs, gp, t_norms, w_norms
+
+        self.jax = jax
+        self._fn = jax.jit(step)
+        self.params = {k: jnp.asarray(case.state[k]) for k in _RNN_PARAMS}
+        self.x = jnp.asarray(case.x)
+        self.ghs = jnp.asarray(case.grad_y)
+        self._out: Any = None
+
+    def step(self) -> None:
+        out = self._fn(self.params, self.x, self.ghs)
+        self.jax.block_until_ready(out)
+        self._out = out
+
+    def outputs(self) -> Outputs:
+        hs, gp, t_norms, w_norms = self._out
+        return Outputs(np.asarray(hs), {k: np.asarray(gp[k]) for k in _RNN_PARAMS},
+                       weight_grad_norms=np.asarray(w_norms, dtype=np.float64),
+                       timestep_grad_norms=np.asarray(t_norms, dtype=np.float64))
+
+
+class _NumpyRNN:
+    """``gradchain.reference.rnn_forward/rnn_backward`` (dtype kept: float32 stays float32)."""
+
+    def __init__(self, case: Case) -> None:
+        from . import reference
+
+        w = case.workload
+        assert isinstance(w, RNNWorkload)
+        _limit_numpy_blas(case.threads)
+        self.ref = reference
+        self.activation = w.activation
+        self.params = {k: np.array(v) for k, v in case.state.items()}
+        self.x, self.ghs = case.x, case.grad_y
+        self._last: Outputs | None = None
+
+    def step(self) -> None:
+        hs, cache = self.ref.rnn_forward(self.params, self.x, activation=self.activation)
+        grads, _dx, _dh0, report = self.ref.rnn_backward(cache, self.ghs)
+        self._last = _rnn_outputs(hs, grads, report)
+
+    def outputs(self) -> Outputs:
+        assert self._last is not None
+        return replace(self._last, grads=dict(self._last.grads))
+
+
 Builder = Callable[[Case], PeerInstance]
 BUILDERS: dict[str, dict[str, Builder]] = {
     "mlp": {
@@ -495,7 +785,13 @@ BUILDERS: dict[str, dict[str, Builder]] = {
         "jax": _JaxMLP,
         "numpy": _NumpyMLP,
     },
-    # "rnn": {...}  (gradchain.RNN, torch.nn.RNN, jax lax.scan, reference.rnn_*)
+    "rnn": {
+        "gradchain": _GradchainRNN,
+        "torch": lambda c: _TorchRNN(c, report=True),
+        "torch-grads": lambda c: _TorchRNN(c, report=False),
+        "jax": _JaxRNN,
+        "numpy": _NumpyRNN,
+    },
 }
 """kind -> peer name -> ``build(case) -> PeerInstance``."""
 
@@ -594,8 +890,8 @@ def tolerance_for(dtype: str) -> float:
 
 def agreement_errors(ref: Outputs, got: Outputs, workload: Workload) -> dict[str, float]:
     """One error per quantity: ``y`` and every parameter gradient of ``ref`` relative to
-    the largest magnitude of ``ref``'s tensor; the activation and weight gradient norms
-    (where both compute them) entry by entry. Skipped: the biases of linear layers
+    the largest magnitude of ``ref``'s tensor; the activation, weight and (RNN) timestep
+    gradient norms (where both compute them) entry by entry. Skipped: the biases of linear layers
     followed by batch norm (their gradient is exactly 0 in exact arithmetic, so only
     rounding noise would be compared)."""
     errors: dict[str, float] = {"y": _rel_to_max(got.y, ref.y)}
@@ -608,7 +904,9 @@ def agreement_errors(ref: Outputs, got: Outputs, workload: Workload) -> dict[str
         errors[name] = _rel_to_max(got.grads[name], g) if name in got.grads else math.inf
     for label, r, p in (("activation_grad_norms", ref.activation_grad_norms,
                          got.activation_grad_norms),
-                        ("weight_grad_norms", ref.weight_grad_norms, got.weight_grad_norms)):
+                        ("weight_grad_norms", ref.weight_grad_norms, got.weight_grad_norms),
+                        ("timestep_grad_norms", ref.timestep_grad_norms,
+                         got.timestep_grad_norms)):
         if r is not None and p is not None:
             errors[label] = _rel_elementwise(p, r)
     return errors
@@ -1338,7 +1636,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", "-t", type=int, default=None,
                    help="threads for gradchain, PyTorch and NumPy (default: gradchain's)")
     p.add_argument("--quick", action="store_true",
-                   help="scaled-down workloads (widths/4, depth/8, batch/4): a smoke run")
+                   help="scaled-down workloads (MLP: widths/4, depth/8, batch/4; RNN: T/8, "
+                        "batch/4, sizes/4): a smoke run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
                    help="sleep this long before each timed iteration (default: wait until "

@@ -65,10 +65,64 @@ py::array_t<T> view(T* ptr, int64_t n, py::handle owner) {
   return py::array_t<T>({py::ssize_t(n)}, {py::ssize_t(sizeof(T))}, ptr, owner);
 }
 
+// What every chain class exposes the same way: named views of its flat buffers and
+// the clipping functions over its gradient spans (under the chain's lock).
+template <class C, class T>
+void bind_shared(py::class_<C>& cls) {
+  cls.def("invalidate", &C::invalidate)
+      .def("tensors",
+           [](const C& c) {
+             py::list out;
+             for (auto& t : c.tensors())
+               out.append(py::make_tuple(t.name, t.offset, py::tuple(py::cast(t.shape)), t.kind));
+             return out;
+           })
+      .def("param_array", [](py::object self) {
+        C& c = self.cast<C&>();
+        return view<T>(c.params(), c.num_params(), self);
+      })
+      .def("grad_array", [](py::object self) {
+        C& c = self.cast<C&>();
+        return view<T>(c.grads(), c.num_params(), self);
+      })
+      .def("clip_grad_norm",
+           [](C& c, double max_norm, bool error_if_nonfinite) {
+             py::gil_scoped_release nogil;
+             std::lock_guard<std::mutex> lock(c.mutex());
+             return clip_grad_norm<T>(c.grad_spans(), max_norm, error_if_nonfinite);
+           })
+      .def("clip_grad_value",
+           [](C& c, double v) {
+             py::gil_scoped_release nogil;
+             std::lock_guard<std::mutex> lock(c.mutex());
+             clip_grad_value<T>(c.grad_spans(), v);
+           })
+      .def("clip_grad_norm_per_tensor",
+           [](C& c, double max_norm) {
+             std::vector<double> norms;
+             {
+               py::gil_scoped_release nogil;
+               std::lock_guard<std::mutex> lock(c.mutex());
+               norms = clip_grad_norm_per_tensor<T>(c.grad_spans(), max_norm);
+             }
+             return vec(norms);
+           })
+      .def("grad_norms", [](C& c) {
+        std::vector<double> norms;
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(c.mutex());
+          for (auto& s : c.grad_spans()) norms.push_back(tensor_norm<T>(s.first, s.second));
+        }
+        return vec(norms);
+      });
+}
+
 template <class T>
 void bind_mlp(py::module_& m, const char* name) {
   using C = MlpChain<T>;
-  py::class_<C>(m, name, "The C++ MLP chain (use gradchain.MLP).")
+  py::class_<C> cls(m, name, "The C++ MLP chain (use gradchain.MLP).");
+  cls
       .def(py::init([](std::vector<int64_t> sizes, int act, double p0, double p1, int norm,
                        bool bias, std::vector<bool> residual, double residual_scale, double eps,
                        double momentum) {
@@ -92,22 +146,6 @@ void bind_mlp(py::module_& m, const char* name) {
       .def_readwrite("training", &C::training)
       .def_property_readonly("has_forward", &C::has_forward)
       .def_property_readonly("forward_batch", &C::forward_batch)
-      .def("invalidate", &C::invalidate)
-      .def("tensors",
-           [](const C& c) {
-             py::list out;
-             for (auto& t : c.tensors())
-               out.append(py::make_tuple(t.name, t.offset, py::tuple(py::cast(t.shape)), t.kind));
-             return out;
-           })
-      .def("param_array", [](py::object self) {
-        C& c = self.cast<C&>();
-        return view<T>(c.params(), c.num_params(), self);
-      })
-      .def("grad_array", [](py::object self) {
-        C& c = self.cast<C&>();
-        return view<T>(c.grads(), c.num_params(), self);
-      })
       .def("buffer_array", [](py::object self) {
         C& c = self.cast<C&>();
         return view<T>(c.buffers(), c.num_buffers(), self);
@@ -159,38 +197,8 @@ void bind_mlp(py::module_& m, const char* name) {
             }
             return py::make_tuple(report_dict(rep), dx);
           },
-          py::arg("grad_output").noconvert(), py::arg("accumulate") = false)
-      .def("clip_grad_norm",
-           [](C& c, double max_norm, bool error_if_nonfinite) {
-             py::gil_scoped_release nogil;
-             std::lock_guard<std::mutex> lock(c.mutex());
-             return clip_grad_norm<T>(c.grad_spans(), max_norm, error_if_nonfinite);
-           })
-      .def("clip_grad_value",
-           [](C& c, double v) {
-             py::gil_scoped_release nogil;
-             std::lock_guard<std::mutex> lock(c.mutex());
-             clip_grad_value<T>(c.grad_spans(), v);
-           })
-      .def("clip_grad_norm_per_tensor",
-           [](C& c, double max_norm) {
-             std::vector<double> norms;
-             {
-               py::gil_scoped_release nogil;
-               std::lock_guard<std::mutex> lock(c.mutex());
-               norms = clip_grad_norm_per_tensor<T>(c.grad_spans(), max_norm);
-             }
-             return vec(norms);
-           })
-      .def("grad_norms", [](C& c) {
-        std::vector<double> norms;
-        {
-          py::gil_scoped_release nogil;
-          std::lock_guard<std::mutex> lock(c.mutex());
-          for (auto& s : c.grad_spans()) norms.push_back(tensor_norm<T>(s.first, s.second));
-        }
-        return vec(norms);
-      });
+          py::arg("grad_output").noconvert(), py::arg("accumulate") = false);
+  bind_shared<C, T>(cls);
 }
 
 py::dict rnn_report_dict(const RnnReport& r) {
@@ -221,7 +229,8 @@ void check_3d(const CArray<T>& a, const char* name, int64_t steps, int64_t B, in
 template <class T>
 void bind_rnn(py::module_& m, const char* name) {
   using C = RnnChain<T>;
-  py::class_<C>(m, name, "The C++ RNN chain (use gradchain.RNN).")
+  py::class_<C> cls(m, name, "The C++ RNN chain (use gradchain.RNN).");
+  cls
       .def(py::init([](int64_t I, int64_t H, int64_t K, int act, double p0, double p1, bool bias) {
              if (act < 0 || act > int(Act::Custom)) throw std::invalid_argument("bad activation id");
              RnnConfig cfg;
@@ -237,22 +246,6 @@ void bind_rnn(py::module_& m, const char* name) {
       .def_property_readonly("has_forward", &C::has_forward)
       .def_property_readonly("forward_steps", &C::forward_steps)
       .def_property_readonly("forward_batch", &C::forward_batch)
-      .def("invalidate", &C::invalidate)
-      .def("tensors",
-           [](const C& c) {
-             py::list out;
-             for (auto& t : c.tensors())
-               out.append(py::make_tuple(t.name, t.offset, py::tuple(py::cast(t.shape)), t.kind));
-             return out;
-           })
-      .def("param_array", [](py::object self) {
-        C& c = self.cast<C&>();
-        return view<T>(c.params(), c.num_params(), self);
-      })
-      .def("grad_array", [](py::object self) {
-        C& c = self.cast<C&>();
-        return view<T>(c.grads(), c.num_params(), self);
-      })
       .def(
           "forward",
           [](C& c, const CArray<T>& x, py::object h0) {
@@ -318,38 +311,8 @@ void bind_rnn(py::module_& m, const char* name) {
             return py::make_tuple(rnn_report_dict(rep), dx, dh0);
           },
           py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
-          py::arg("accumulate") = false)
-      .def("clip_grad_norm",
-           [](C& c, double max_norm, bool error_if_nonfinite) {
-             py::gil_scoped_release nogil;
-             std::lock_guard<std::mutex> lock(c.mutex());
-             return clip_grad_norm<T>(c.grad_spans(), max_norm, error_if_nonfinite);
-           })
-      .def("clip_grad_value",
-           [](C& c, double v) {
-             py::gil_scoped_release nogil;
-             std::lock_guard<std::mutex> lock(c.mutex());
-             clip_grad_value<T>(c.grad_spans(), v);
-           })
-      .def("clip_grad_norm_per_tensor",
-           [](C& c, double max_norm) {
-             std::vector<double> norms;
-             {
-               py::gil_scoped_release nogil;
-               std::lock_guard<std::mutex> lock(c.mutex());
-               norms = clip_grad_norm_per_tensor<T>(c.grad_spans(), max_norm);
-             }
-             return vec(norms);
-           })
-      .def("grad_norms", [](C& c) {
-        std::vector<double> norms;
-        {
-          py::gil_scoped_release nogil;
-          std::lock_guard<std::mutex> lock(c.mutex());
-          for (auto& s : c.grad_spans()) norms.push_back(tensor_norm<T>(s.first, s.second));
-        }
-        return vec(norms);
-      });
+          py::arg("accumulate") = false);
+  bind_shared<C, T>(cls);
 }
 
 // f, d = act(x), act'(x) through the active kernel table (tests measure accuracy per ISA).

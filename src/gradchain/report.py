@@ -22,6 +22,35 @@ def _fmt(v: float) -> str:
     return f"{v:.3e}"
 
 
+def _ratio(a: np.ndarray) -> float:
+    """first / last entry: inf when only the last is 0, NaN when both are."""
+    if a[-1] == 0:
+        return math.nan if a[0] == 0 else math.inf
+    return float(a[0] / a[-1])
+
+
+def _log10_slope(a: np.ndarray) -> float:
+    """Least-squares slope of log10(a) per step from the last entry back to the first,
+    over the finite positive entries; NaN when fewer than two remain."""
+    a = np.asarray(a, dtype=np.float64)
+    back = np.arange(len(a))[::-1]
+    ok = np.isfinite(a) & (a > 0)
+    if ok.sum() < 2:
+        return math.nan
+    return float(np.polyfit(back[ok], np.log10(a[ok]), 1)[0])
+
+
+def _verdict(r: float, first: int | None, forward_first: int | None, where: str, label: str,
+             threshold: float) -> str:
+    if first is not None or forward_first is not None:
+        at = first if first is not None else forward_first
+        return f"non-finite: NaN/Inf first at {where} {at}"
+    if math.isnan(r):
+        return "no gradient: every norm is 0"
+    kind = "vanishing" if r < 1.0 / threshold else "exploding" if r > threshold else "healthy"
+    return f"{kind}: {label} = {r:.2e}"
+
+
 @dataclass
 class GradReport:
     """Gradient norms of one backward pass of an MLP.
@@ -81,10 +110,7 @@ class GradReport:
     @property
     def ratio(self) -> float:
         """``||dL/da_0|| / ||dL/da_L||``: below 1 the signal shrinks on its way down."""
-        a = self.activation_grad_norms
-        if a[-1] == 0:
-            return math.nan if a[0] == 0 else math.inf
-        return float(a[0] / a[-1])
+        return _ratio(self.activation_grad_norms)
 
     def log10_slope(self) -> float:
         """Least-squares slope of ``log10 ||dL/da_l||`` per layer, going down (l = L..0).
@@ -93,27 +119,12 @@ class GradReport:
         input (vanishing); positive: it grows (exploding). Layers whose norm is 0 or
         not finite are left out; NaN when fewer than two remain.
         """
-        a = np.asarray(self.activation_grad_norms, dtype=np.float64)
-        steps = np.arange(len(a))[::-1]  # steps down from layer L
-        ok = np.isfinite(a) & (a > 0)  # layers that underflowed to 0 are left out
-        if ok.sum() < 2:
-            return math.nan
-        return float(np.polyfit(steps[ok], np.log10(a[ok]), 1)[0])
+        return _log10_slope(self.activation_grad_norms)
 
     def verdict(self, threshold: float = 1e2) -> str:
         """A one-line reading: vanishing, exploding, non-finite or healthy."""
-        if self.first_nonfinite is not None or self.forward_first_nonfinite is not None:
-            where = self.first_nonfinite if self.first_nonfinite is not None else (
-                self.forward_first_nonfinite)
-            return f"non-finite: NaN/Inf first at layer {where}"
-        r = self.ratio
-        if math.isnan(r):
-            return "no gradient: every norm is 0"
-        if r < 1.0 / threshold:
-            return f"vanishing: ||dL/da_0|| / ||dL/da_L|| = {r:.2e}"
-        if r > threshold:
-            return f"exploding: ||dL/da_0|| / ||dL/da_L|| = {r:.2e}"
-        return f"healthy: ||dL/da_0|| / ||dL/da_L|| = {r:.2e}"
+        return _verdict(self.ratio, self.first_nonfinite, self.forward_first_nonfinite, "layer",
+                        "||dL/da_0|| / ||dL/da_L||", threshold)
 
     def table(self) -> str:
         """A readable per-layer table (str): layer l's weights and the gradient at its input."""
@@ -221,36 +232,18 @@ class RNNGradReport:
     @property
     def ratio(self) -> float:
         """``||dL/dh_1|| / ||dL/dh_T||``: below 1 the signal shrinks going back in time."""
-        a = self.timestep_grad_norms
-        if a[-1] == 0:
-            return math.nan if a[0] == 0 else math.inf
-        return float(a[0] / a[-1])
+        return _ratio(self.timestep_grad_norms)
 
     def log10_slope(self) -> float:
         """Least-squares slope of ``log10 ||dL/dh_t||`` per step back in time (t = T..1);
         ``10**slope`` is the fitted factor per step. Steps whose norm is 0 or not finite
         are left out; NaN when fewer than two remain."""
-        a = np.asarray(self.timestep_grad_norms, dtype=np.float64)
-        back = np.arange(len(a))[::-1]  # steps back from t = T
-        ok = np.isfinite(a) & (a > 0)
-        if ok.sum() < 2:
-            return math.nan
-        return float(np.polyfit(back[ok], np.log10(a[ok]), 1)[0])
+        return _log10_slope(self.timestep_grad_norms)
 
     def verdict(self, threshold: float = 1e2) -> str:
         """A one-line reading: vanishing, exploding, non-finite or healthy."""
-        if self.first_nonfinite is not None or self.forward_first_nonfinite is not None:
-            where = self.first_nonfinite if self.first_nonfinite is not None else (
-                self.forward_first_nonfinite)
-            return f"non-finite: NaN/Inf first at step {where}"
-        r = self.ratio
-        if math.isnan(r):
-            return "no gradient: every norm is 0"
-        if r < 1.0 / threshold:
-            return f"vanishing: ||dL/dh_1|| / ||dL/dh_T|| = {r:.2e}"
-        if r > threshold:
-            return f"exploding: ||dL/dh_1|| / ||dL/dh_T|| = {r:.2e}"
-        return f"healthy: ||dL/dh_1|| / ||dL/dh_T|| = {r:.2e}"
+        return _verdict(self.ratio, self.first_nonfinite, self.forward_first_nonfinite, "step",
+                        "||dL/dh_1|| / ||dL/dh_T||", threshold)
 
     def table(self, rows: int = 12) -> str:
         """A summary of the decay along time: ``||dL/dh_t||`` at a few steps, the

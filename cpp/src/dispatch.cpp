@@ -131,6 +131,18 @@ const KernelTable<double>& kernels<double>() {
 
 int get_num_threads() { return thread_setting().load(); }
 
+int64_t gemm_blocks() {
+  static const int64_t n = [] {
+#ifdef _OPENMP
+    const int64_t p = omp_get_num_procs();
+#else
+    const int64_t p = 2;
+#endif
+    return p < 2 ? int64_t(2) : (p > 16 ? int64_t(16) : p);
+  }();
+  return n;
+}
+
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("number of threads must be >= 1");
   thread_setting().store(n);

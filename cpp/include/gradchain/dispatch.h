@@ -2,6 +2,7 @@
 // and the thread count used by every OpenMP region of the core.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,5 +25,8 @@ const KernelTable<T>& kernels();
 // Starts from omp_get_max_threads(), which honours OMP_NUM_THREADS.
 int get_num_threads();
 void set_num_threads(int n);
+
+// Blocks a GEMM is split into: the machine's processor count, clamped to [2, 16].
+int64_t gemm_blocks();
 
 }  // namespace gradchain

@@ -22,19 +22,21 @@ inline int threads_for(int64_t work) {
 
 // How a GEMM C (M x N) is split into independent blocks: along M (rows of C)
 // or along N (columns of C), whichever re-packs the smaller operand, into at
-// most kGemmBlocks blocks of a multiple of 16.
+// most gemm_blocks() blocks of a multiple of 16. The count follows the machine's
+// cores (never the thread setting), so results stay identical for any thread count:
+// fewer, larger blocks run OpenBLAS more efficiently than many small ones.
 struct GemmSplit {
   bool along_m;
   int64_t block;   // size of a block along the split dimension
   int64_t count;   // number of blocks
 };
-constexpr int64_t kGemmBlocks = 4;
+constexpr int64_t kGemmBlocks = 16;  // upper bound of gemm_blocks()
 inline GemmSplit gemm_split(int64_t M, int64_t N, int64_t K) {
   // Splitting along M re-packs op(B) (K x N) once per block; along N re-packs op(A) (M x K).
   (void)K;
   const bool along_m = M >= N;
   const int64_t dim = along_m ? M : N;
-  int64_t block = ceil_div(ceil_div(dim, kGemmBlocks), 16) * 16;
+  int64_t block = ceil_div(ceil_div(dim, gemm_blocks()), 16) * 16;
   if (block < 16) block = 16;
   return {along_m, block, ceil_div(dim, block)};
 }

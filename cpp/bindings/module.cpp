@@ -45,6 +45,17 @@ py::array_t<double> vec(const std::vector<double>& v) {
   return a;
 }
 
+// -1 (none) as None, else the index.
+py::object index_or_none(int i) { return i < 0 ? py::object(py::none()) : py::int_(i); }
+
+// The entries every report has.
+template <class R>
+void add_common(py::dict& d, const R& r) {
+  d["global_norm"] = r.global_norm;
+  d["first_nonfinite"] = index_or_none(r.first_nonfinite);
+  d["forward_first_nonfinite"] = index_or_none(r.forward_first_nonfinite);
+}
+
 py::dict report_dict(const MlpReport& r) {
   py::dict d;
   d["weight_grad_norms"] = vec(r.weight);
@@ -52,10 +63,7 @@ py::dict report_dict(const MlpReport& r) {
   d["norm_weight_grad_norms"] = vec(r.norm_weight);
   d["norm_bias_grad_norms"] = vec(r.norm_bias);
   d["activation_grad_norms"] = vec(r.activation);
-  d["global_norm"] = r.global_norm;
-  d["first_nonfinite"] = r.first_nonfinite < 0 ? py::object(py::none()) : py::int_(r.first_nonfinite);
-  d["forward_first_nonfinite"] =
-      r.forward_first_nonfinite < 0 ? py::object(py::none()) : py::int_(r.forward_first_nonfinite);
+  add_common(d, r);
   return d;
 }
 
@@ -211,10 +219,7 @@ py::dict rnn_report_dict(const RnnReport& r) {
   d["readout_weight_grad_norm"] = r.readout_weight;
   d["readout_bias_grad_norm"] = r.readout_bias;
   d["h0_grad_norm"] = r.h0;
-  d["global_norm"] = r.global_norm;
-  d["first_nonfinite"] = r.first_nonfinite < 0 ? py::object(py::none()) : py::int_(r.first_nonfinite);
-  d["forward_first_nonfinite"] =
-      r.forward_first_nonfinite < 0 ? py::object(py::none()) : py::int_(r.forward_first_nonfinite);
+  add_common(d, r);
   return d;
 }
 

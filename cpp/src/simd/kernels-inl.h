@@ -34,6 +34,20 @@ namespace GC_ISA_NS {
 // 2^n built in the exponent bits. Rounding to nearest integer by the 1.5*2^23
 // trick (valid because |x*log2e| < 2^22 after the clamp).
 // ---------------------------------------------------------------------------
+// (e^r - 1) / r = sum_{i>=1} r^(i-1) / i!, up to r^7/8! (truncation < 0.35^8/9! ~ 6e-10
+// relative for |r| <= 0.35): exp_f uses 1 + r P(r), expm1_f uses r P(r).
+static inline float expm1_poly_f(float r) {
+  float p = 1.0f / 40320.0f;
+  p = p * r + 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  return p;
+}
+
 static inline float exp_f(float x_in) {
   // NaN is carried through at the end; the arithmetic below runs on 0 instead,
   // so the float->int conversion never sees NaN.
@@ -45,14 +59,7 @@ static inline float exp_f(float x_in) {
   // ln2 split so that nf * kLn2Hi is exact (kLn2Hi has 9 zero low bits).
   float r = x - nf * 0.693359375f;
   r = r + nf * 2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  const float p = 1.0f + r * expm1_poly_f(r);
   int32_t n = static_cast<int32_t>(nf);
   int32_t bits = (n + 127) << 23;
   float scale;
@@ -62,44 +69,14 @@ static inline float exp_f(float x_in) {
   return (x_in == x_in) ? r_ok : x_in;
 }
 
-// expm1 with full relative accuracy near 0: Taylor up to r^8 for |x| < 0.35
-// (error < 0.35^9/9! ~ 2e-10 relative), exp(x) - 1 elsewhere (cancellation at
-// most ~1.5 bits there).
+// expm1 with full relative accuracy near 0: x P(x) for |x| < 0.35, exp(x) - 1
+// elsewhere (cancellation at most ~1.5 bits there).
 static inline float expm1_f(float x) {
-  float p = 1.0f / 40320.0f;
-  p = p * x + 1.0f / 5040.0f;
-  p = p * x + 1.0f / 720.0f;
-  p = p * x + 1.0f / 120.0f;
-  p = p * x + 1.0f / 24.0f;
-  p = p * x + 1.0f / 6.0f;
-  p = p * x + 0.5f;
-  p = p * x + 1.0f;
-  float small = p * x;
+  float small = x * expm1_poly_f(x);
   float big = exp_f(x) - 1.0f;
   float ax = x < 0 ? -x : x;
   return ax < 0.35f ? small : big;
 }
-
-// tanh: an odd polynomial x * P(x^2) on |x| < 0.55 (least-squares fit to
-// relative error 1.1e-9, made for gradchain with numpy), else
-// sign(x) * (1 - 2 / (exp(2|x|) + 1)). Measured max error about 1-2 ulp.
-static inline float tanh_f(float x) {
-  float ax = x < 0 ? -x : x;
-  float z = x * x;
-  float p = -0.0062643244015684815f;
-  p = p * z + 0.02106410793302981f;
-  p = p * z - 0.053850289738423776f;
-  p = p * z + 0.13332564390684656f;
-  p = p * z - 0.33333316797341306f;
-  p = p * z + 1.0f;
-  float small = x * p;
-  float e = exp_f(2.0f * ax);
-  float big = 1.0f - 2.0f / (e + 1.0f);
-  big = x < 0 ? -big : big;
-  return ax < 0.55f ? small : big;
-}
-
-static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
 
 // ---------------------------------------------------------------------------
 // float64 exp and expm1 that vectorise (libm's do not, without -ffast-math):
@@ -109,7 +86,7 @@ static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
 // pattern with 64-bit integer arithmetic (AVX2 has no double->int64 conversion).
 // Tested against libm to 1e-14 (tests/test_activations.py).
 // ---------------------------------------------------------------------------
-static inline double exp_poly_d(double r) {  // sum_{i<=13} r^i / i!
+static inline double exp_poly_d(double r) {  // sum_{i=1..13} r^(i-1) / i!
   double p = 1.0 / 6227020800.0;
   p = p * r + 1.0 / 479001600.0;
   p = p * r + 1.0 / 39916800.0;
@@ -123,7 +100,7 @@ static inline double exp_poly_d(double r) {  // sum_{i<=13} r^i / i!
   p = p * r + 1.0 / 6.0;
   p = p * r + 0.5;
   p = p * r + 1.0;
-  return p;  // exp(r) = 1 + r * p... evaluated by the callers
+  return p;  // (e^r - 1) / r: exp_d uses 1 + r P(r), expm1_d uses r P(r)
 }
 
 static inline double exp_d(double x_in) {
@@ -162,8 +139,6 @@ template <class T> struct M;
 template <> struct M<float> {
   static float exp(float x) { return exp_f(x); }
   static float expm1(float x) { return expm1_f(x); }
-  static float tanh(float x) { return tanh_f(x); }
-  static float sigmoid(float x) { return sigmoid_f(x); }
   // Phi(x) = P(N(0,1) <= x) and the normal density, evaluated in float64 (the
   // argument scaling would otherwise cost ~x^2 ulp); libm, so not vectorised.
   static float phi(float x) { return float(0.5 * std::erfc(-double(x) * 0.70710678118654752440)); }
@@ -175,8 +150,6 @@ template <> struct M<float> {
 template <> struct M<double> {
   static double exp(double x) { return exp_d(x); }
   static double expm1(double x) { return expm1_d(x); }
-  static double tanh(double x) { return std::tanh(x); }
-  static double sigmoid(double x) { return 1.0 / (1.0 + exp_d(-x)); }
   static double phi(double x) { return 0.5 * std::erfc(-x * 0.70710678118654752440); }
   static double pdf(double x) { return 0.39894228040143267794 * std::exp(-0.5 * x * x); }
   static double log1p(double x) { return std::log1p(x); }
@@ -206,7 +179,8 @@ template <class T> struct ActSigmoid {
 };
 // tanh from one exponential: with em = expm1(-2|x|) and e = em + 1,
 // tanh|x| = -em / (2 + em) and tanh' = 4 e / (1 + e)^2 (no cancellation anywhere).
-// float32 uses its fitted odd polynomial below 0.55 (then tanh' = 1 - t^2 >= 0.7)
+// float32 uses an odd polynomial x P(x^2) below 0.55 (least-squares fit to relative
+// error 1.1e-9, made for gradchain with numpy; then tanh' = 1 - t^2 >= 0.7)
 // and exp there, where 1 - e does not cancel.
 template <class T> struct ActTanh {
   explicit ActTanh(const ActParams&) {}

@@ -61,6 +61,16 @@ def assert_close(label: str, ours, theirs, tol: float, floor: float = 0.0) -> No
                              f"  ours   {o}\n  theirs {t}")
 
 
+def same(a, b) -> bool:
+    """Bitwise equality for arrays (dtype, shape, NaN payloads, signed zeros), == otherwise."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+            return False
+        return (a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+                and np.array_equal(a, b, equal_nan=True))
+    return a == b
+
+
 @pytest.fixture
 def restore_threads():
     n = gc.get_num_threads()
@@ -75,4 +85,4 @@ def restore_isa():
     gc.set_isa(isa)
 
 
-__all__ = ["ref", "ref_params", "kink_margin", "scaled_err", "assert_close"]
+__all__ = ["ref", "ref_params", "kink_margin", "scaled_err", "assert_close", "same"]

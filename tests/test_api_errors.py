@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradchain as gc
+from conftest import same
 
 DTYPES = [np.float32, np.float64]
 SIZES = [5, 6, 6, 3]  # two equal-width hidden layers: residual applies to layer 2
@@ -61,16 +62,6 @@ def snapshot(m: gc.MLP) -> dict:
     s["forward_batch"] = int(m._core.forward_batch)
     s["input_grad"] = None if m.input_grad is None else m.input_grad.copy()
     return s
-
-
-def same(a, b) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-            return False
-        # bitwise (NaN payloads, signed zeros) and NaN-aware value equality
-        return (a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-                and np.array_equal(a, b, equal_nan=True))
-    return a == b
 
 
 def assert_unchanged(before: dict, after: dict, what: str = "") -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import gradchain as gc
+from conftest import same
 
 DTYPES = [np.float32, np.float64]
 T, B, I_, H, K = 5, 3, 4, 6, 2
@@ -57,15 +58,6 @@ def snapshot(m: gc.RNN) -> dict:
         v = getattr(m, name)
         s[name] = None if v is None else np.array(v)
     return s
-
-
-def same(a, b) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-            return False
-        return (a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-                and np.array_equal(a, b, equal_nan=True))
-    return a == b
 
 
 def rejected(model, exc: type[BaseException], fn, *fragments: str) -> BaseException:

@@ -372,6 +372,21 @@ static double fwd_plain(const FwdArgs<T>& A, const T* z, T* a, T* d, int64_t row
   });
 }
 
+// One element of the normalised epilogues: xhat stored, a = [resid + alpha *]
+// act(gamma * xhat + beta), d = act'(.); returns a (for the non-finite check).
+template <class T, class Act, bool kResid>
+static inline T norm_act_element(const Act& act, T xh, T g, T b, const T* rr, int64_t c, T alpha,
+                                 T* xr, T* ar, T* dr) {
+  T f, df;
+  act(g * xh + b, f, df);
+  T out = f;
+  if constexpr (kResid) out = rr[c] + alpha * f;
+  xr[c] = xh;
+  ar[c] = out;
+  dr[c] = df;
+  return out;
+}
+
 template <class T, class Act, bool kResid>
 static double fwd_batchnorm_rows(const Act act, const T* z, T* xhat, T* a, T* d, const T* sh,
                                  const T* sc, const T* g, const T* b, const T* resid,
@@ -386,15 +401,9 @@ static double fwd_batchnorm_rows(const Act act, const T* z, T* xhat, T* a, T* d,
     T rowchk = 0;
 #pragma omp simd reduction(+ : rowchk)
     for (int64_t c = 0; c < n; ++c) {
-      T xh = (zr[c] - sh[c]) * sc[c];
-      T f, df;
-      act(g[c] * xh + b[c], f, df);
-      T out = f;
-      if constexpr (kResid) out = rr[c] + alpha * f;
-      xr[c] = xh;
-      ar[c] = out;
-      dr[c] = df;
-      rowchk += out * T(0);
+      const T xh = (zr[c] - sh[c]) * sc[c];
+      rowchk += norm_act_element<T, Act, kResid>(act, xh, g[c], b[c], rr, c, alpha, xr, ar, dr) *
+                T(0);
     }
     chk += double(rowchk);
   }
@@ -452,15 +461,9 @@ static double fwd_layernorm_rows(const Act act, const T* z, T* xhat, T* a, T* d,
     for (int64_t c = 0; c < n; ++c) {
       T v = zr[c];
       if constexpr (kBias) v += bias[c];
-      T xh = (v - m) * istd;
-      T f, df;
-      act(g[c] * xh + b[c], f, df);
-      T out = f;
-      if constexpr (kResid) out = rr[c] + alpha * f;
-      xr[c] = xh;
-      ar[c] = out;
-      dr[c] = df;
-      rowchk += out * T(0);
+      const T xh = (v - m) * istd;
+      rowchk += norm_act_element<T, Act, kResid>(act, xh, g[c], b[c], rr, c, alpha, xr, ar, dr) *
+                T(0);
     }
     chk += double(rowchk);
   }

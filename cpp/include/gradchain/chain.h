@@ -126,7 +126,7 @@ class MlpChain {
   Buffer<double> part_;                        // column partial sums: 3 x nrb x maxw
   std::vector<double> blk_;                    // per-block scalars (norm partials)
   std::vector<double> fchk_;                   // (L+1) x blocks: forward non-finite checks
-  std::vector<double> colsum_[3];
+  std::vector<double> colsum_[2];  // batch-norm backward: sum dn, sum dn * xhat
   std::vector<double> chunk_ss_;
   int fwd_nonfinite_ = -1;
 };

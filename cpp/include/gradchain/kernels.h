@@ -53,10 +53,8 @@ struct KernelTable {
   // Layer norm: also writes the per-row mean and 1/sqrt(var + eps) (rows).
   double (*fwd_layernorm)(const FwdArgs<T>& args, const T* z, T* xhat, T* a, T* d, T* row_mean,
                           T* row_istd, int64_t rows, int64_t n);
-  // Column statistics over a block of rows: acc[c] += z[r, c]  /  acc[c] += (z[r,c] - center[c])^2.
+  // Column sums over a block of rows: acc[c] += z[r, c] (float64).
   void (*col_sum)(const T* z, int64_t rows, int64_t n, double* acc);
-  void (*col_sumsq_centered)(const T* z, const double* center, int64_t rows, int64_t n,
-                             double* acc);
   // One-pass shifted moments: s1[c] += z - shift[c], s2[c] += (z - shift[c])^2 (float64).
   // With shift = one row of z the variance S2/B - (S1/B)^2 does not cancel.
   void (*col_moments)(const T* z, const T* shift, int64_t rows, int64_t n, double* s1,

@@ -496,19 +496,6 @@ static void col_sum(const T* z, int64_t rows, int64_t n, double* acc) {
 }
 
 template <class T>
-static void col_sumsq_centered(const T* z, const double* center, int64_t rows, int64_t n,
-                               double* acc) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* zr = z + r * n;
-#pragma omp simd
-    for (int64_t c = 0; c < n; ++c) {
-      double t = double(zr[c]) - center[c];
-      acc[c] += t * t;
-    }
-  }
-}
-
-template <class T>
 static void col_moments(const T* z, const T* shift, int64_t rows, int64_t n, double* s1,
                         double* s2) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -813,7 +800,7 @@ template <class T>
 static const KernelTable<T>* make_table() {
   static const KernelTable<T> table = {
       GC_ISA_NAME,      &fwd_plain<T>,  &fwd_batchnorm<T>, &fwd_layernorm<T>,
-      &col_sum<T>,      &col_sumsq_centered<T>, &col_moments<T>, &add_bias<T>, &bwd_plain<T>,
+      &col_sum<T>,      &col_moments<T>, &add_bias<T>, &bwd_plain<T>,
       &bwd_bn1<T>,      &bwd_bn2<T>,    &bwd_layernorm<T>, &gemm_small_nn<T>, &sumsq<T>,
       &maxabs<T>,       &scale<T>,      &clamp<T>,         &act_apply<T>,
   };

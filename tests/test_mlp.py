@@ -413,3 +413,32 @@ def test_report_table_and_dict():
     assert len(d["activation_grad_norms"]) == 6 and isinstance(d["global_norm"], float)
     assert rep.ratio < 1  # sigmoid shrinks the signal
     assert rep.log10_slope() < 0
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_gradients_only_mode_gives_the_same_gradients(norm, residual, accumulate):
+    """backward(report=False) skips the report's passes only: every gradient and
+    dL/dx bitwise as with the report, and None instead of a report."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(45, 24)).astype(np.float32)
+    g = rng.normal(size=(45, 5)).astype(np.float32)
+    outs = []
+    for report in (True, False):
+        m = gc.MLP([24, 40, 40, 40, 5], activation="relu", norm=norm, residual=residual, seed=3)
+        for _ in range(2 if accumulate else 1):
+            m.forward(x)
+            rep = m.backward(g, accumulate=accumulate, report=report)
+        assert (rep is None) == (not report)
+        outs.append(([p.copy() for p in m.grads()], m.input_grad.copy()))
+    for a, b in zip(outs[0][0], outs[1][0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
+def test_gradients_only_flag_is_checked():
+    m = gc.MLP([4, 4, 2], seed=0)
+    m.forward(np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="report"):
+        m.backward(np.ones((3, 2), np.float32), report="no")

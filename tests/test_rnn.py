@@ -1159,3 +1159,22 @@ def test_report_table_and_dict():
     bad = m.backward(np.ones((6, 2, 4)))
     assert "non-finite" in bad.table()
     json.dumps(bad.to_dict())
+
+
+@pytest.mark.parametrize("readout", [None, 3])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_gradients_only_mode_gives_the_same_gradients(readout, act):
+    """backward(report=False): the same gradients, dL/dx and dL/dh_0 bitwise, no report."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(9, 37, 6)).astype(np.float32)
+    outs = []
+    for report in (True, False):
+        m = gc.RNN(6, 64, output_size=readout, activation=act, seed=2)
+        hs = m.forward(x)
+        gh = np.ones_like(hs)
+        gy = None if readout is None else np.ones((9, 37, readout), np.float32)
+        rep = m.backward(gh, gy, report=report)
+        assert (rep is None) == (not report)
+        outs.append([p.copy() for p in m.grads()] + [m.input_grad.copy(), m.h0_grad.copy()])
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -192,7 +192,7 @@ void bind_mlp(py::module_& m, const char* name) {
           py::arg("x").noconvert())
       .def(
           "backward",
-          [](C& c, const CArray<T>& gy, bool accumulate) {
+          [](C& c, const CArray<T>& gy, bool accumulate, bool report) {
             if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
             check_2d<T>(gy, "grad_output", c.config().sizes.back(), c.forward_batch());
             CArray<T> dx({py::ssize_t(c.forward_batch()), py::ssize_t(c.config().sizes.front())});
@@ -201,11 +201,12 @@ void bind_mlp(py::module_& m, const char* name) {
             MlpReport rep;
             {
               py::gil_scoped_release nogil;
-              rep = c.backward(gp, dp, accumulate);
+              rep = c.backward(gp, dp, accumulate, report);
             }
             return py::make_tuple(report_dict(rep), dx);
           },
-          py::arg("grad_output").noconvert(), py::arg("accumulate") = false);
+          py::arg("grad_output").noconvert(), py::arg("accumulate") = false,
+          py::arg("report") = true);
   bind_shared<C, T>(cls);
 }
 
@@ -286,7 +287,7 @@ void bind_rnn(py::module_& m, const char* name) {
           py::arg("x").noconvert(), py::arg("h0") = py::none())
       .def(
           "backward",
-          [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate) {
+          [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate, bool report) {
             if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
             const auto& cfg = c.config();
             const int64_t steps = c.forward_steps(), B = c.forward_batch();
@@ -311,12 +312,12 @@ void bind_rnn(py::module_& m, const char* name) {
             RnnReport rep;
             {
               py::gil_scoped_release nogil;
-              rep = c.backward(ghp, gyp, dxp, dhp, accumulate);
+              rep = c.backward(ghp, gyp, dxp, dhp, accumulate, report);
             }
             return py::make_tuple(rnn_report_dict(rep), dx, dh0);
           },
           py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
-          py::arg("accumulate") = false);
+          py::arg("accumulate") = false, py::arg("report") = true);
   bind_shared<C, T>(cls);
 }
 

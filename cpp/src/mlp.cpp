@@ -450,7 +450,7 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
       for (int64_t rb = 0; rb < nrb_; ++rb) {
         const int64_t r0 = rb * kRowBlock;
         if (bias) std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
-        blk_[size_t(rb)] = K.bwd_plain(gin + r0 * n, d + r0 * n, scale, select, dz + r0 * n,
+        blk_[size_t(rb)] = K.bwd_plain(gin + r0 * n, d + r0 * n, scale, select, report_, dz + r0 * n,
                                        bias ? p0 + rb * n : nullptr, rows_in_block(rb, B), n);
       }
 #pragma omp single
@@ -582,13 +582,13 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
   for (int64_t i = 0; i < sw.count + sa.count; ++i) {
     if (i < sw.count) {  // each dW block's sum of squares while it is in cache
       gemm_block(sw, i, true, false, n, k, B, dz, n, a, k, accumulate ? T(1) : T(0), dW, k);
-      chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
+      if (report_) chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
     } else {
       gemm_block(sa, i - sw.count, false, false, B, k, n, dz, n, W, k, res ? T(1) : T(0), gout, k);
     }
   }
 #pragma omp single nowait  // ||dW||: block partials in block order (nothing waits on it)
-  {
+  if (report_) {
     double ss = 0.0;
     for (int64_t c = 0; c < sw.count; ++c) ss += chunk_ss_[size_t(c)];
     rep.weight[size_t(l)] = norm_from_sumsq(dW, n * k, ss);
@@ -600,9 +600,10 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
 }
 
 template <class T>
-MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate) {
+MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_forward_) throw std::logic_error("backward() called before forward()");
+  report_ = report;
   const auto& K = kernels<T>();
   const int64_t B = B_;
   MlpReport rep;
@@ -649,13 +650,13 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate) {
         if (i < sw.count) {
           gemm_block(sw, i, true, false, n, k, B, gy, n, A_[size_t(L_)], k,
                      accumulate ? T(1) : T(0), dW, k);
-          chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
+          if (report_) chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
         } else {
           gemm_block(sa, i - sw.count, false, false, B, k, n, gy, n, W, k, T(0), g, k);
         }
       }
 #pragma omp single nowait
-      {
+      if (report_) {
         double ss = 0.0;
         for (int64_t c = 0; c < sw.count; ++c) ss += chunk_ss_[size_t(c)];
         rep.weight[size_t(L_)] = norm_from_sumsq(dW, n * k, ss);
@@ -663,16 +664,20 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate) {
     }
     for (int64_t l = L_ - 1; l >= 0; --l) layer_backward(l, accumulate, g, g_other, rep);
     // dL/dx: its norm, then out.
+    if (report_) {
 #pragma omp for schedule(static)
-    for (int64_t rb = 0; rb < nrb_; ++rb)
-      blk_[size_t(rb)] = K.sumsq(g + rb * kRowBlock * in0, rows_in_block(rb, B) * in0);
+      for (int64_t rb = 0; rb < nrb_; ++rb)
+        blk_[size_t(rb)] = K.sumsq(g + rb * kRowBlock * in0, rows_in_block(rb, B) * in0);
+    }
 #pragma omp single
     {
-      double ss = 0.0;
-      for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t(rb)];
-      const double nrm = norm_from_sumsq(g, B * in0, ss);
-      rep.activation[0] = nrm;
-      if (has_nonfinite(ss, nrm) && rep.first_nonfinite < 0) rep.first_nonfinite = 0;
+      if (report_) {
+        double ss = 0.0;
+        for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t(rb)];
+        const double nrm = norm_from_sumsq(g, B * in0, ss);
+        rep.activation[0] = nrm;
+        if (has_nonfinite(ss, nrm) && rep.first_nonfinite < 0) rep.first_nonfinite = 0;
+      }
       if (dx) std::memcpy(dx, g, size_t(B * in0) * sizeof(T));
     }
   }

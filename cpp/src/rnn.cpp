@@ -198,7 +198,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
 // ---------------------------------------------------------------------------
 template <class T>
 RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0,
-                                bool accumulate) {
+                                bool accumulate, bool report) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_forward_) throw std::logic_error("backward() called before forward()");
   const auto& Kt = kernels<T>();
@@ -274,7 +274,8 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
       for (int64_t t = steps; t >= 1; --t) {
         T* dzt = DZ_ + (t - 1) * BH + r0 * H;
         blk_[size_t((t - 1) * nrb_ + rb)] = Kt.bwd_plain(
-            G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1), select, dzt, db, rows, H);
+            G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1), select, report, dzt, db, rows,
+            H);
         step_gemm(Kt, rows, H, dzt, W_hh, G_ + (t - 1) * BH + r0 * H);
       }
     }
@@ -298,11 +299,11 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
 #pragma omp sections
     {
 #pragma omp section
-      ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
+      if (report) ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
 #pragma omp section
-      ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
+      if (report) ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
 #pragma omp section
-      if (readout) ss_w_out = Kt.sumsq(grads + w_out_, K * H);
+      if (readout && report) ss_w_out = Kt.sumsq(grads + w_out_, K * H);
 #pragma omp section
       if (cfg_.bias) {  // db_ih = db_hh = sum over t and b of dz
         ss_b = reduce_store(part, nrb_, H, grads + b_ih_, accumulate);
@@ -319,6 +320,11 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
     }
   }
 
+  rep.forward_first_nonfinite = fwd_nonfinite_;
+  if (!report) {  // gradients only: the report's norms stay 0
+    if (dh0) std::memcpy(dh0, G_, size_t(BH) * sizeof(T));
+    return rep;
+  }
   for (int64_t t = steps; t >= 1; --t) {
     double ss = 0.0;
     for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t((t - 1) * nrb_ + rb)];

@@ -214,6 +214,7 @@ PEERS: dict[str, PeerInfo] = {
     p.name: p
     for p in (
         PeerInfo("gradchain", "gradchain"),
+        PeerInfo("gradchain-grads", "gradchain, grads only"),
         PeerInfo("torch", "PyTorch eager + report", ("torch",)),
         PeerInfo("torch-grads", "PyTorch eager, grads only", ("torch",)),
         PeerInfo("jax", "JAX jit", ("jax",)),
@@ -326,7 +327,10 @@ arbitrates the float32 checks)."""
 
 # --------------------------------------------------------------------------- gradchain
 class _GradchainMLP:
-    def __init__(self, case: Case) -> None:
+    """``gc.MLP``: ``forward(x)`` + ``backward(grad_y)``; ``report=False`` is the
+    gradients-only baseline (the report's own passes skipped) that prices the report."""
+
+    def __init__(self, case: Case, report: bool = True) -> None:
         import gradchain as gc
 
         w = case.workload
@@ -335,18 +339,22 @@ class _GradchainMLP:
         self.model = _mlp_gc_model(w, seed=0)
         self.model.load_state_dict(case.state)
         self.x, self.gy = case.x, case.grad_y
+        self.report = report
         self._y: np.ndarray | None = None
         self._rep: Any = None
 
     def step(self) -> None:
         self._y = self.model.forward(self.x)
-        self._rep = self.model.backward(self.gy)
+        self._rep = self.model.backward(self.gy, report=self.report)
 
     def outputs(self) -> Outputs:
-        assert self._y is not None and self._rep is not None
+        assert self._y is not None
+        grads = {k: np.array(g) for k, g in self.model.named_grads()}
+        if not self.report:
+            return Outputs(y=np.array(self._y), grads=grads)
         return Outputs(
             y=np.array(self._y),
-            grads={k: np.array(g) for k, g in self.model.named_grads()},
+            grads=grads,
             activation_grad_norms=np.array(self._rep.activation_grad_norms),
             weight_grad_norms=np.array(self._rep.weight_grad_norms),
         )
@@ -588,9 +596,10 @@ class _NumpyMLP:
 
 
 class _GradchainRNN:
-    """``gc.RNN``: ``forward(x)`` + ``backward(grad_hs)`` (the report comes with backward)."""
+    """``gc.RNN``: ``forward(x)`` + ``backward(grad_hs)`` (the report comes with backward;
+    ``report=False``: the gradients-only baseline)."""
 
-    def __init__(self, case: Case) -> None:
+    def __init__(self, case: Case, report: bool = True) -> None:
         import gradchain as gc
 
         w = case.workload
@@ -599,18 +608,21 @@ class _GradchainRNN:
         self.model = _rnn_gc_model(w, seed=0)
         self.model.load_state_dict(case.state)
         self.x, self.ghs = case.x, case.grad_y
+        self.report = report
         self._hs: np.ndarray | None = None
         self._rep: Any = None
 
     def step(self) -> None:
         self._hs = self.model.forward(self.x)
-        self._rep = self.model.backward(self.ghs)
+        self._rep = self.model.backward(self.ghs, report=self.report)
 
     def outputs(self) -> Outputs:
-        assert self._hs is not None and self._rep is not None
+        assert self._hs is not None
+        grads = {k: np.array(g) for k, g in self.model.named_grads()}
+        if not self.report:
+            return Outputs(y=np.array(self._hs), grads=grads)
         r = self._rep
-        return _rnn_outputs(np.array(self._hs),
-                            {k: np.array(g) for k, g in self.model.named_grads()},
+        return _rnn_outputs(np.array(self._hs), grads,
                             {"weight_ih_grad_norm": r.weight_ih_grad_norm,
                              "weight_hh_grad_norm": r.weight_hh_grad_norm,
                              "timestep_grad_norms": np.array(r.timestep_grad_norms)})
@@ -780,6 +792,7 @@ Builder = Callable[[Case], PeerInstance]
 BUILDERS: dict[str, dict[str, Builder]] = {
     "mlp": {
         "gradchain": _GradchainMLP,
+        "gradchain-grads": lambda c: _GradchainMLP(c, report=False),
         "torch": lambda c: _TorchMLP(c, report=True),
         "torch-grads": lambda c: _TorchMLP(c, report=False),
         "jax": _JaxMLP,
@@ -787,6 +800,7 @@ BUILDERS: dict[str, dict[str, Builder]] = {
     },
     "rnn": {
         "gradchain": _GradchainRNN,
+        "gradchain-grads": lambda c: _GradchainRNN(c, report=False),
         "torch": lambda c: _TorchRNN(c, report=True),
         "torch-grads": lambda c: _TorchRNN(c, report=False),
         "jax": _JaxRNN,
@@ -1589,6 +1603,11 @@ def format_table(results: Mapping[str, Any]) -> str:
                 f"{_fmt_ms(row['iqr_s']):>8} {row['gflops']:>8.1f} "
                 f"{'-' if frac is None else f'{100 * frac:.0f}%':>6} {row['ratio']:>8.2f}  "
                 f"{check}")
+        lean = wr["peers"].get("gradchain-grads", {})
+        if lean.get("median_s") and wr["peers"]["gradchain"].get("median_s"):
+            over = wr["peers"]["gradchain"]["median_s"] / lean["median_s"] - 1.0
+            lines.append(f"  the report costs {100 * over:+.1f}% over gradchain's gradients "
+                         "alone (medians)")
         if notes:
             lines.append("  * beyond tolerance but explained by the float64 reference as "
                          "float32 rounding at ReLU kinks:")

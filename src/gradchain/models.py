@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 
@@ -329,19 +329,34 @@ class MLP(_Chain):
 
     __call__ = forward
 
-    def backward(self, grad_output: Any, accumulate: bool = False) -> GradReport:
+    @overload
+    def backward(self, grad_output: Any, accumulate: bool = ...,
+                 report: Literal[True] = ...) -> GradReport: ...
+
+    @overload
+    def backward(self, grad_output: Any, accumulate: bool = ..., *,
+                 report: Literal[False]) -> None: ...
+
+    def backward(self, grad_output: Any, accumulate: bool = False,
+                 report: bool = True) -> GradReport | None:
         """Backpropagate ``grad_output = dL/dy (B, out)`` through the last forward pass.
 
         Fills every parameter gradient (``accumulate=True`` adds to them instead)
         and ``input_grad = dL/dx``; returns the :class:`GradReport` (norms of the
-        stored gradients).
+        stored gradients). ``report=False`` computes the gradients only (the
+        report's sums of squares are skipped) and returns None: the baseline the
+        benchmark measures the report's cost against.
         """
         if not self._core.has_forward:
             raise StateError("backward() called before forward(): run model.forward(x) first")
         B = self._core.forward_batch
         g = float_array(grad_output, "grad_output", self.dtype, (B, self.sizes[-1]))
-        d, dx = self._core.backward(g, check_bool(accumulate, "accumulate"))
+        acc = check_bool(accumulate, "accumulate")
+        rep = check_bool(report, "report")
+        d, dx = self._core.backward(g, acc, rep)
         self._input_grad = dx
+        if not rep:
+            return None
         return GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)])
 
     def loss_and_grad(

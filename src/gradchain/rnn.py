@@ -4,7 +4,7 @@ optional linear readout), with per-timestep gradient reports."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -201,13 +201,23 @@ class RNN(_Chain):
         """The readout outputs ``(T, B, K)`` of the last forward (None without a readout)."""
         return None if self._outputs is None else self._user_major(self._outputs)
 
+    @overload
+    def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ...,
+                 report: Literal[True] = ...) -> RNNGradReport: ...
+
+    @overload
+    def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ..., *,
+                 report: Literal[False]) -> None: ...
+
     def backward(self, grad_hs: Any = None, grad_ys: Any = None,
-                 accumulate: bool = False) -> RNNGradReport:
+                 accumulate: bool = False, report: bool = True) -> RNNGradReport | None:
         """Backpropagation through time from ``grad_hs = dL/dh_t (T, B, H)`` and/or
         ``grad_ys = dL/dy_t (T, B, K)`` (the readout's); either may be None (zeros).
 
         Fills every parameter gradient (``accumulate=True`` adds), ``input_grad``
-        ``dL/dx`` and ``h0_grad``; returns the :class:`RNNGradReport`.
+        ``dL/dx`` and ``h0_grad``; returns the :class:`RNNGradReport`. ``report=False``
+        computes the gradients only (the report's sums of squares are skipped) and
+        returns None.
         """
         if not self._core.has_forward:
             raise StateError("backward() called before forward(): run model.forward(x) first")
@@ -224,9 +234,12 @@ class RNN(_Chain):
                 raise ValueError("grad_ys: this RNN has no readout (output_size=None)")
             gy = self._time_major(float_array(grad_ys, "grad_ys", self.dtype,
                                               (*lead, self.output_size)))
-        d, dx, dh0 = self._core.backward(gh, gy, _check_flag(accumulate, "accumulate"))
+        want = _check_flag(report, "report")
+        d, dx, dh0 = self._core.backward(gh, gy, _check_flag(accumulate, "accumulate"), want)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
+        if not want:
+            return None
         return RNNGradReport._from_core(d, dh0)
 
     def loss_and_grad(self, x: Any, target: Any, loss: str = "mse", on: str = "last",

@@ -78,7 +78,9 @@ class MlpChain {
   void forward(const T* x, int64_t B, T* y);
   // gy (B, out) = dL/dy -> fills (or, with accumulate, adds to) every parameter
   // gradient; writes dL/dx (B, in) to dx when it is not null.
-  MlpReport backward(const T* gy, T* dx, bool accumulate);
+  // report = false: gradients only; the report's own passes (sums of squares of every
+  // dL/da_l and dW_l) are skipped and its norms are left 0 (the benchmark's baseline).
+  MlpReport backward(const T* gy, T* dx, bool accumulate, bool report = true);
 
   bool has_forward() const { return has_forward_; }
   int64_t forward_batch() const { return fwd_B_; }
@@ -112,6 +114,7 @@ class MlpChain {
   // workspace (plan(B))
   int64_t B_ = 0;
   bool has_forward_ = false;
+  bool report_ = true;  // the current backward computes the report (set per call)
   int64_t fwd_B_ = 0;
   int64_t maxw_ = 0;
   int64_t nrb_ = 0;                           // number of row blocks of B

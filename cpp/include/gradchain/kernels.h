@@ -63,11 +63,11 @@ struct KernelTable {
   double (*add_bias)(T* y, const T* b, int64_t rows, int64_t n);
 
   // --- backward ------------------------------------------------------------
-  // dz = g * scale * d;  db_acc[c] += dz;  returns sum(g^2) (float64).
+  // dz = g * scale * d;  db_acc[c] += dz;  returns sum(g^2) (float64; 0 unless want_ss).
   // `select`: where d == 0 the result is 0 even for an infinite g (PyTorch's relu and
   // hardtanh backward select instead of multiplying).
-  double (*bwd_plain)(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
-                      int64_t rows, int64_t n);
+  double (*bwd_plain)(const T* g, const T* d, T scale, bool select, bool want_ss, T* dz,
+                      double* db_acc, int64_t rows, int64_t n);
   // Batch norm, pass 1: dn = g * scale * d -> dn_out;  acc0 += dn;  acc1 += dn * xhat;  returns sum(g^2).
   double (*bwd_bn1)(const T* g, const T* d, const T* xhat, T scale, bool select, T* dn_out,
                     double* acc0, double* acc1, int64_t rows, int64_t n);

@@ -50,7 +50,9 @@ class RnnChain {
   void forward(const T* x, const T* h0, int64_t steps, int64_t B, T* hs, T* ys);
   // grad_hs (T, B, H) and/or grad_ys (T, B, K) (null = zeros) -> parameter gradients
   // (assigned, or added with accumulate), dx (T, B, I) and dh0 (B, H) when not null.
-  RnnReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, bool accumulate);
+  // report = false: gradients only (the report's sums of squares are skipped, norms left 0).
+  RnnReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, bool accumulate,
+                     bool report = true);
 
   bool has_forward() const { return has_forward_; }
   int64_t forward_steps() const { return T_; }

@@ -544,7 +544,8 @@ static inline T grad_times(T g, T scale, T d) {
   return v;
 }
 
-template <class T, bool kDb, bool kSelect>
+// kSS: also the float64 sum of squares of g (the report's); off for gradients only.
+template <class T, bool kDb, bool kSelect, bool kSS>
 static double bwd_plain_rows(const T* g, const T* d, const T scale, T* dz, double* db_acc,
                              int64_t rows, int64_t n) {
   double ss = 0.0;
@@ -559,21 +560,28 @@ static double bwd_plain_rows(const T* g, const T* d, const T scale, T* dz, doubl
       T v = grad_times<T, kSelect>(gv, scale, dr[c]);
       zr[c] = v;
       if constexpr (kDb) db_acc[c] += double(v);
-      rs += double(gv) * double(gv);
+      if constexpr (kSS) rs += double(gv) * double(gv);
     }
     ss += rs;
   }
   return ss;
 }
 
-template <class T>
-static double bwd_plain(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
-                        int64_t rows, int64_t n) {
+template <class T, bool kSS>
+static double bwd_plain_ss(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
+                           int64_t rows, int64_t n) {
   if (db_acc)
-    return select ? bwd_plain_rows<T, true, true>(g, d, scale, dz, db_acc, rows, n)
-                  : bwd_plain_rows<T, true, false>(g, d, scale, dz, db_acc, rows, n);
-  return select ? bwd_plain_rows<T, false, true>(g, d, scale, dz, db_acc, rows, n)
-                : bwd_plain_rows<T, false, false>(g, d, scale, dz, db_acc, rows, n);
+    return select ? bwd_plain_rows<T, true, true, kSS>(g, d, scale, dz, db_acc, rows, n)
+                  : bwd_plain_rows<T, true, false, kSS>(g, d, scale, dz, db_acc, rows, n);
+  return select ? bwd_plain_rows<T, false, true, kSS>(g, d, scale, dz, db_acc, rows, n)
+                : bwd_plain_rows<T, false, false, kSS>(g, d, scale, dz, db_acc, rows, n);
+}
+
+template <class T>
+static double bwd_plain(const T* g, const T* d, T scale, bool select, bool want_ss, T* dz,
+                        double* db_acc, int64_t rows, int64_t n) {
+  return want_ss ? bwd_plain_ss<T, true>(g, d, scale, select, dz, db_acc, rows, n)
+                 : bwd_plain_ss<T, false>(g, d, scale, select, dz, db_acc, rows, n);
 }
 
 template <class T, bool kSelect>

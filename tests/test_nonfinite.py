@@ -43,3 +43,23 @@ def test_exploding_rnn_reports_first_step():
     assert rep.first_nonfinite is not None
     with pytest.raises(RuntimeError):
         gc.clip_grad_norm(r, 1.0, error_if_nonfinite=True)
+
+
+def test_loss_and_grad_reports_an_overflowed_forward_pass():
+    """An overflowing forward pass is a result, not bad input: loss_and_grad returns a NaN
+    loss and a report naming where NaN/Inf appeared (no exception, no warning)."""
+    m = gc.MLP([16] + [16] * 200 + [4], activation="relu",
+               init=gc.init.normal(sigma_w=3.0, sigma_b=0.0), seed=0)
+    x = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
+    for loss, t in (("mse", np.zeros((8, 4), np.float32)),
+                    ("cross_entropy", np.zeros(8, np.int64))):
+        value, rep = m.loss_and_grad(x, t, loss=loss)
+        assert np.isnan(value) and rep.loss is not None and np.isnan(rep.loss)
+        assert rep.forward_first_nonfinite is not None and 1 <= rep.forward_first_nonfinite <= 200
+        assert rep.first_nonfinite is not None
+        assert rep.verdict().startswith("non-finite")
+    r = gc.RNN(4, 16, activation="relu", init=gc.init.normal(sigma_w=4.0, sigma_b=0.0), seed=0)
+    xr = np.random.default_rng(0).normal(size=(300, 3, 4)).astype(np.float32)
+    value, rep = r.loss_and_grad(xr, np.zeros((3, 16), np.float32))
+    assert np.isnan(value)
+    assert rep.forward_first_nonfinite is not None and rep.first_nonfinite is not None

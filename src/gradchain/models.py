@@ -374,8 +374,12 @@ class MLP(_Chain):
         B = xa.shape[0]
         t = check_target(target, loss, self.dtype, (B, self.sizes[-1]))
         y = self.forward(xa)
-        value, dy = _ref.loss_forward_backward(y, t, loss)
-        rep = self.backward(np.ascontiguousarray(dy, dtype=self.dtype), accumulate=accumulate)
+        with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
+            value, dy = _ref.loss_forward_backward(y, t, loss)
+        # straight to the core: a non-finite dL/dy is a result here (reported), not bad input
+        d, dx = self._core.backward(np.ascontiguousarray(dy, dtype=self.dtype), accumulate, True)
+        self._input_grad = dx
+        rep = GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)])
         rep.loss = float(value)
         return float(value), rep
 

@@ -270,7 +270,8 @@ class RNN(_Chain):
         hs, ys = self._core_forward(xa, h0a)
         self._outputs = ys
         outputs = ys if self.output_size else hs
-        value, g = _ref.rnn_loss_grads(outputs, t, loss, on=on)
+        with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
+            value, g = _ref.rnn_loss_grads(outputs, t, loss, on=on)
         g = np.ascontiguousarray(g, dtype=self.dtype)
         if self.output_size:
             d, dx, dh0 = self._core.backward(None, g, acc)

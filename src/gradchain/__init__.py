@@ -16,9 +16,12 @@ import warnings as _warnings
 import scipy_openblas32 as _scipy_openblas32  # noqa: F401  (loads OpenBLAS before _core)
 
 from . import _core
+from . import data as data
 from . import init as init
+from . import optim as optim
 from . import reference as reference
 from . import tasks as tasks
+from . import theory as theory
 from ._core import NonFiniteError
 from .activations import ACTIVATIONS, Activation
 from .clip import clip_grad_norm, clip_grad_norm_per_layer, clip_grad_value, grad_norm
@@ -26,16 +29,19 @@ from .io import load, save
 from .models import MLP, IncompatibleKeys, StateError
 from .report import GradReport, RNNGradReport
 from .rnn import RNN
+from .sweeps import sweep
+from .training import History, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "GradReport", "IncompatibleKeys", "MLP", "NonFiniteError", "RNN",
+    "ACTIVATIONS", "Activation", "GradReport", "History", "data", "optim", "train",
+    "IncompatibleKeys", "MLP", "NonFiniteError", "RNN",
     "RNNGradReport",
-    "StateError", "tasks",
+    "StateError", "tasks", "theory",
     "available_isas", "clip_grad_norm", "clip_grad_norm_per_layer", "clip_grad_value",
     "get_isa", "get_num_threads", "grad_norm", "init", "load", "reference", "save", "set_isa",
-    "set_num_threads",
+    "set_num_threads", "sweep",
 ]
 
 

@@ -8,13 +8,17 @@ gradient entering each layer, from the top of the chain down to the input.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .models import MLP
-from .report import GradReport
+from .report import GradReport, _check_path
+
+Progress = Callable[[str], None]
 
 
 @dataclass
@@ -45,7 +49,10 @@ def mlp_cases() -> list[DemoCase]:
 
 
 def run_mlp(depth: int = 50, width: int = 256, batch: int = 128, seed: int = 0,
-            dtype: Any = np.float32) -> list[tuple[DemoCase, GradReport]]:
+            dtype: Any = np.float32, progress: Progress | None = None,
+            ) -> list[tuple[DemoCase, GradReport]]:
+    """One MSE backward pass per :func:`mlp_cases` configuration on the same data;
+    ``progress(label)`` is called after each."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, width)).astype(dtype)
     target = np.tanh(x @ rng.normal(size=(width, 10)).astype(dtype) / math.sqrt(width))
@@ -54,6 +61,8 @@ def run_mlp(depth: int = 50, width: int = 256, batch: int = 128, seed: int = 0,
         model = MLP([width] + [width] * depth + [10], dtype=dtype, seed=seed, **case.kwargs)
         _, rep = model.loss_and_grad(x, target.astype(dtype), loss="mse")
         out.append((case, rep))
+        if progress is not None:
+            progress(case.label)
     return out
 
 
@@ -89,30 +98,40 @@ class RnnDemoResult:
     clipped_norm: float | None = None
 
 
-def run_rnn(T: int = 200, batch: int = 32, hidden: int = 128, seed: int = 0,
-            dtype: Any = np.float32) -> list[RnnDemoResult]:
-    """A tanh RNN over T steps (loss on the last step): the default init's
-    per-timestep decay next to orthogonal init and the IRNN, and gradient clipping
-    taming an exploding configuration."""
+def rnn_cases() -> list[DemoCase]:
+    """The RNN configurations: the default init's decay along time, two fixes, and an
+    exploding one (kind ``"exploding"``) that gradient clipping tames."""
     from . import init as gc_init
+
+    return [
+        DemoCase("tanh, torch default init", "tanh",
+                 dict(activation="tanh", init="torch_default"), "problem"),
+        DemoCase("tanh + orthogonal W_hh", "tanh+orth",
+                 dict(activation="tanh", init="orthogonal"), "fix"),
+        DemoCase("IRNN: relu + identity W_hh", "IRNN",
+                 dict(activation="relu", init="identity", input_init=gc_init.normal(0.1)),
+                 "fix"),
+        DemoCase("relu, W_hh = 1.6 x orthogonal", "relu x1.6",
+                 dict(activation="relu", init=gc_init.orthogonal(gain=1.6),
+                      input_init=gc_init.normal(0.1)), "exploding"),
+    ]
+
+
+def run_rnn(T: int = 200, batch: int = 32, hidden: int = 128, seed: int = 0,
+            dtype: Any = np.float32, progress: Progress | None = None,
+            ) -> list[RnnDemoResult]:
+    """A tanh RNN over T steps of the adding problem (loss on the last step): the
+    default init's per-timestep decay next to orthogonal init and the IRNN, and
+    gradient clipping taming an exploding configuration (:func:`rnn_cases`);
+    ``progress(label)`` is called after each."""
     from .clip import clip_grad_norm
     from .rnn import RNN
     from .tasks import adding_problem
 
     x, y = adding_problem(T, batch, seed=seed, dtype=dtype)
-    cases = [
-        ("tanh, torch default init", "tanh", "problem",
-         dict(activation="tanh", init="torch_default")),
-        ("tanh + orthogonal W_hh", "tanh+orth", "fix",
-         dict(activation="tanh", init="orthogonal")),
-        ("IRNN: relu + identity W_hh", "IRNN", "fix",
-         dict(activation="relu", init="identity", input_init=gc_init.normal(0.1))),
-        ("relu, W_hh = 1.6 x orthogonal", "relu x1.6", "exploding",
-         dict(activation="relu", init=gc_init.orthogonal(gain=1.6),
-              input_init=gc_init.normal(0.1))),
-    ]
     out = []
-    for label, short, kind, kw in cases:
+    for case in rnn_cases():
+        label, short, kind, kw = case.label, case.short, case.kind, case.kwargs
         model = RNN(2, hidden, output_size=1, dtype=dtype, seed=seed, **kw)
         _, rep = model.loss_and_grad(x, y, loss="mse", on="last")
         res = RnnDemoResult(label, short, kind, rep)
@@ -121,6 +140,8 @@ def run_rnn(T: int = 200, batch: int = 32, hidden: int = 128, seed: int = 0,
             res.clipped_norm = float(np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2))
                                                   for g in model.grads())))
         out.append(res)
+        if progress is not None:
+            progress(label)
     return out
 
 
@@ -144,3 +165,70 @@ def rnn_table(results: list[RnnDemoResult], rows: int = 9) -> str:
                         f"{r.report.global_norm:.2e} -> {r.clipped_norm:.2f}")
         lines.append(f"  {r.label:<30} {r.report.ratio:10.2e} {per:>10}   {verdict}")
     return "\n".join(lines)
+
+
+def figure(mlp: list[tuple[DemoCase, GradReport]], rnn: list[RnnDemoResult],
+           path: str | os.PathLike[str] | None = None, axes: Any = None,
+           title: str | None = None) -> tuple[Any, Any]:
+    """The demo's figure: two log-scale panels, the MLP cases' ``||dL/da_l||`` per layer
+    ``l = 0..L`` and the RNN cases' ``||dL/dh_t||`` per step ``t = 1..T``; problems
+    dashed, fixes solid, one legend per panel (needs matplotlib).
+
+    Parameters
+    ----------
+    mlp : list of (DemoCase, GradReport)
+        What :func:`run_mlp` returns.
+    rnn : list of RnnDemoResult
+        What :func:`run_rnn` returns.
+    path : str or os.PathLike or None
+        Also save the figure as a PNG there (the folder must exist).
+    axes : sequence of two matplotlib Axes, or None
+        Draw into them; None makes a new 13 x 4.8 inch figure.
+    title : str or None
+        The figure's title (a default one naming the sizes when None).
+
+    Returns
+    -------
+    (fig, axes) : the Figure and the two Axes.
+    """
+    from ._plotting import pyplot, save
+
+    p = _check_path(path)
+    if not isinstance(mlp, list) or not all(
+            isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], GradReport) for m in mlp):
+        raise TypeError("mlp: expected the list of (DemoCase, GradReport) run_mlp returns")
+    if not isinstance(rnn, list) or not all(isinstance(r, RnnDemoResult) for r in rnn):
+        raise TypeError("rnn: expected the list of RnnDemoResult run_rnn returns")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title: expected a str or None, got {type(title).__name__}")
+    plt = pyplot()  # ImportError with the install command when matplotlib is missing
+    from matplotlib.axes import Axes
+
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(13.0, 4.8))
+    else:
+        if (not hasattr(axes, "__len__") or len(axes) != 2
+                or not all(isinstance(a, Axes) for a in axes)):
+            raise TypeError("axes: expected two matplotlib Axes or None")
+        fig = axes[0].get_figure()
+    ax_mlp, ax_rnn = axes[0], axes[1]
+    for case, rep in mlp:
+        rep.plot(ax=ax_mlp, which="activation", label=case.label, marker=None,
+                 linestyle="-" if case.kind == "fix" else "--", linewidth=1.8)
+    for r in rnn:
+        r.report.plot(ax=ax_rnn, label=r.label, marker=None,
+                      linestyle="-" if r.kind == "fix" else "--", linewidth=1.8)
+    if mlp:
+        L = mlp[0][1].depth
+        ax_mlp.set_title(f"deep MLP, {L} hidden layers: gradient entering layer l\n"
+                         "(dashed: problem, solid: fix)", fontsize=10)
+    if rnn:
+        T = rnn[0].report.steps
+        ax_rnn.set_title(f"vanilla RNN, T = {T} steps: gradient reaching step t\n"
+                         "(dashed: problem, solid: fix)", fontsize=10)
+    fig.suptitle(title if title is not None else
+                 "gradchain demo: vanishing and exploding gradients, and their fixes",
+                 fontsize=12)
+    fig.tight_layout()
+    save(fig, p)
+    return fig, axes

@@ -8,12 +8,156 @@ in float64 by the C++ backward pass, identical whatever the thread count
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ["GradReport", "RNNGradReport"]
+
+# ---------------------------------------------------------------------------- plotting helpers
+# Each plotted quantity: (attribute, legend text, marker, line style).
+_QUANTITIES = {
+    "activation": ("activation_grad_norms", "||dL/da_l||", "o", "-"),
+    "weight": ("weight_grad_norms", "||dL/dW_l||", "s", "--"),
+    "bias": ("bias_grad_norms", "||dL/db_l||", "^", ":"),
+}
+
+
+def _check_path(path: Any, name: str = "path") -> Path | None:
+    """None, or a file path whose folder exists (checked before anything is drawn)."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a str or os.PathLike, got {type(path).__name__}")
+    p = Path(path)
+    if str(path) == "" or p.is_dir():
+        raise ValueError(f"{name}: expected a file name, got the folder {str(path)!r}")
+    if not p.parent.exists():
+        raise ValueError(f"{name}: folder {str(p.parent)!r} does not exist")
+    return p
+
+
+def _check_label(label: Any) -> str | None:
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label: expected a str or None, got {type(label).__name__}")
+    return label
+
+
+def _check_which(which: Any) -> tuple[str, ...]:
+    if isinstance(which, str):
+        which = (which,)
+    if not isinstance(which, Sequence) or not all(isinstance(w, str) for w in which):
+        raise TypeError(f"which: expected a str or a sequence of str, got {which!r}")
+    bad = [w for w in which if w not in _QUANTITIES]
+    if bad or not which:
+        raise ValueError(f"which: expected one or more of {tuple(_QUANTITIES)}, got {which!r}")
+    return tuple(dict.fromkeys(which))  # unique, in order
+
+
+def _axes(ax: Any) -> tuple[Any, Any]:
+    """(fig, ax): a new figure when ax is None, else ax (checked) and its figure."""
+    from ._plotting import pyplot
+
+    plt = pyplot()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7.0, 4.0))
+        return fig, ax
+    from matplotlib.axes import Axes
+
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax: expected a matplotlib Axes or None, got {type(ax).__name__}")
+    return ax.get_figure(), ax
+
+
+def _log_series(ax: Any, x: np.ndarray, v: np.ndarray, **style: Any) -> Any:
+    """Plot ``v`` against ``x`` on a log scale with gaps at zero / non-finite entries,
+    which are marked at the bottom of the axes instead (0: a ``v`` in the line's colour,
+    NaN/Inf: a red ``x``; one legend key each per axes). Returns the Line2D."""
+    v = np.asarray(v, dtype=np.float64)
+    ok = np.isfinite(v) & (v > 0)
+    ax.set_yscale("log")  # before the data: an all-gap series then keeps valid log limits
+    # NaN makes matplotlib break the line: a gap, never a log of 0 (which would warn)
+    (line,) = ax.plot(x, np.where(ok, v, np.nan), **style)
+    bottom = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+    zero = v == 0
+    bad = ~np.isfinite(v)
+    if zero.any():
+        ax.plot(x[zero], np.full(int(zero.sum()), 0.02), linestyle="none", marker="v",
+                color=line.get_color(), alpha=0.6, transform=bottom)
+        _legend_key(ax, "v", "grey", _ZERO_KEY)
+    if bad.any():
+        ax.plot(x[bad], np.full(int(bad.sum()), 0.02), linestyle="none", marker="x",
+                color="red", transform=bottom)
+        _legend_key(ax, "x", "red", _BAD_KEY)
+    return line
+
+
+_ZERO_KEY = "norm = 0 (gap)"
+_BAD_KEY = "NaN/Inf (gap)"
+
+
+def _legend_key(ax: Any, marker: str, color: str, text: str) -> None:
+    """One empty (data-free) line per axes that puts ``text`` in the legend."""
+    if not any(ln.get_label() == text for ln in ax.lines):
+        ax.plot([], [], linestyle="none", marker=marker, color=color, label=text)
+
+
+def _finish(ax: Any, xlabel: str, ylabel: str, title: str | None, has_label: bool) -> None:
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+    if title is not None:
+        ax.set_title(title, fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    if has_label or len(handles) > 1:
+        # the gap keys last, whatever order the series were drawn in
+        keys = [i for i, t in enumerate(labels) if t in (_ZERO_KEY, _BAD_KEY)]
+        order = [i for i in range(len(labels)) if i not in keys] + keys
+        ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8)
+
+
+def _integer_ticks(ax: Any, names: dict[int, str], last: int | None = None) -> None:
+    """Integer x ticks; with ``last``, ticks 0 and ``last`` are always there (named by
+    ``names``) and the automatic ones too close to ``last`` are dropped."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+
+    auto = MaxNLocator(integer=True, nbins=10)
+    if last is None:
+        ax.xaxis.set_major_locator(auto)
+    else:
+        ticks = [int(t) for t in auto.tick_values(0, last) if 0 <= t <= last - last / 12]
+        ax.xaxis.set_major_locator(FixedLocator(sorted({0, last, *ticks})))
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        lambda v, _pos: names.get(int(round(v)), str(int(round(v))))
+        if abs(v - round(v)) < 1e-9 else ""))
+
+
+def _check_line_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """The keywords with matplotlib's aliases resolved (``lw`` -> ``linewidth``);
+    TypeError for one that is not a Line2D property. Runs before anything is drawn."""
+    from ._plotting import pyplot
+
+    pyplot()  # ImportError with the install command when matplotlib is missing
+    from matplotlib.cbook import normalize_kwargs
+    from matplotlib.lines import Line2D
+
+    for k in kw:
+        if k in ("label", "transform", "data") or not callable(
+                getattr(Line2D, f"set_{k}", None)):
+            raise TypeError(f"line_kwargs: {k!r} is not a line property Axes.plot takes here")
+    try:
+        return dict(normalize_kwargs(kw, Line2D))
+    except TypeError as e:  # the same property twice under two aliases
+        raise TypeError(f"line_kwargs: {e}") from None
+
+
+def _short_verdict(verdict: str) -> str:
+    return verdict.split(":")[0]
 
 
 def _fmt(v: float) -> str:
@@ -26,7 +170,7 @@ def _ratio(a: np.ndarray) -> float:
     """first / last entry: inf when only the last is 0, NaN when both are."""
     if a[-1] == 0:
         return math.nan if a[0] == 0 else math.inf
-    return float(a[0] / a[-1])
+    return float(a[0]) / float(a[-1])  # Python floats: inf/inf is NaN without a warning
 
 
 def _log10_slope(a: np.ndarray) -> float:
@@ -151,6 +295,81 @@ class GradReport:
         lines.append(f"global grad norm {_fmt(self.global_norm)};  {self.verdict()}")
         return "\n".join(lines)
 
+    def plot(self, ax: Any = None, path: str | os.PathLike[str] | None = None, *,
+             which: str | Sequence[str] = ("activation", "weight"),
+             label: str | None = None, **line_kwargs: Any) -> tuple[Any, Any]:
+        """Per-layer gradient norms on a log scale (needs matplotlib, extra ``plot``).
+
+        x is the layer index ``l = 0..L`` (``L = depth``; tick 0 reads "input", tick L
+        "out"); y is ``||dL/da_l||`` (``activation_grad_norms``, (L+1,)), the weight
+        gradient norms ``||dL/dW_l||`` of layer l (``weight_grad_norms``, (L+1,), the
+        output layer at L) and, when asked, ``||dL/db_l||``. A zero or non-finite norm
+        leaves a gap in its line and is marked at the bottom of the axes (grey ``v``:
+        0, e.g. underflow; red ``x``: NaN/Inf); a dotted red line marks
+        ``first_nonfinite``.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes or None
+            Draw into it (overlay several reports on one ax); None makes a new figure.
+        path : str or os.PathLike or None
+            Also save the figure there as a PNG; the folder must exist.
+        which : str or sequence of str
+            Any of ``"activation"``, ``"weight"``, ``"bias"``.
+        label : str or None
+            Legend text for this report (the verdict kind, e.g. "vanishing", is
+            appended to the ``||dL/da_l||`` entry); without a label the verdict becomes
+            the axes title.
+        **line_kwargs
+            Passed to ``Axes.plot`` for every line (``color``, ``linestyle``, ``lw``...).
+
+        Returns
+        -------
+        (fig, ax) : the matplotlib Figure and Axes.
+
+        Raises
+        ------
+        TypeError
+            ``ax`` not an Axes, ``path`` not a path, ``label`` not a str, ``which``
+            not strs, a line property matplotlib does not know.
+        ValueError
+            An unknown ``which`` entry; ``path``'s folder does not exist.
+        ImportError
+            matplotlib is not installed.
+        """
+        qs = _check_which(which)
+        label = _check_label(label)
+        p = _check_path(path)
+        line_kwargs = _check_line_kwargs(line_kwargs)
+        fig, ax = _axes(ax)
+        L = self.depth
+        x = np.arange(L + 1)
+        verdict = self.verdict()
+        color = line_kwargs.pop("color", None)
+        for q in qs:
+            attr, text, marker, ls = _QUANTITIES[q]
+            # the verdict reads ||dL/da_l||: appended to the legend only where it is drawn
+            tag = f" ({_short_verdict(verdict)})" if q == "activation" else ""
+            name = text if label is None else (
+                f"{label}{tag}" if len(qs) == 1 else f"{label}: {text}{tag}")
+            style = {"marker": marker, "markersize": 3, "linestyle": ls, "label": name,
+                     **line_kwargs}
+            if color is not None:
+                style["color"] = color
+            line = _log_series(ax, x, getattr(self, attr), **style)
+            color = line.get_color()  # one colour per report, one style per quantity
+        if self.first_nonfinite is not None:
+            ax.axvline(self.first_nonfinite, color="red", linestyle=":", lw=1)
+        _integer_ticks(ax, {0: "input", L: "out"}, last=L)
+        ylabel = _QUANTITIES[qs[0]][1] if len(qs) == 1 else "gradient norm"
+        _finish(ax, "layer l", ylabel, verdict if label is None else None,
+                label is not None or len(qs) > 1)
+        if p is not None:
+            from ._plotting import save
+
+            save(fig, p)
+        return fig, ax
+
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types (lists, floats, ints, None): JSON-ready."""
         def lst(v: np.ndarray) -> list[float]:
@@ -268,6 +487,54 @@ class RNNGradReport:
         lines.append(f"global grad norm {_fmt(self.global_norm)};  fitted {factor};  "
                      f"{self.verdict()}")
         return "\n".join(lines)
+
+    def plot(self, ax: Any = None, path: str | os.PathLike[str] | None = None, *,
+             label: str | None = None, **line_kwargs: Any) -> tuple[Any, Any]:
+        """``||dL/dh_t||`` per timestep ``t = 1..T`` on a log scale (needs matplotlib).
+
+        Same conventions as :meth:`GradReport.plot`: zero / non-finite norms leave gaps
+        and are marked at the bottom of the axes; ``first_nonfinite`` is a dotted red
+        line; without ``label`` the verdict is the title, with one it is appended to the
+        legend entry.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes or None
+        path : str or os.PathLike or None
+            Also save the figure as a PNG there; the folder must exist.
+        label : str or None
+        **line_kwargs
+            Passed to ``Axes.plot`` (``color``, ``linestyle``, ...).
+
+        Returns
+        -------
+        (fig, ax)
+
+        Raises
+        ------
+        TypeError, ValueError, ImportError
+            As :meth:`GradReport.plot`.
+        """
+        label = _check_label(label)
+        p = _check_path(path)
+        line_kwargs = _check_line_kwargs(line_kwargs)
+        fig, ax = _axes(ax)
+        T = self.steps
+        verdict = self.verdict()
+        style = {"marker": "o" if T <= 60 else None, "markersize": 3, "linestyle": "-",
+                 "label": "||dL/dh_t||" if label is None
+                 else f"{label} ({_short_verdict(verdict)})", **line_kwargs}
+        _log_series(ax, np.arange(1, T + 1), self.timestep_grad_norms, **style)
+        if self.first_nonfinite is not None:
+            ax.axvline(self.first_nonfinite, color="red", linestyle=":", lw=1)
+        _integer_ticks(ax, {})
+        _finish(ax, "timestep t", "||dL/dh_t||", verdict if label is None else None,
+                label is not None)
+        if p is not None:
+            from ._plotting import save
+
+            save(fig, p)
+        return fig, ax
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types (JSON-ready); ``h0_grad`` is left out (use the attribute)."""

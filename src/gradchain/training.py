@@ -1,0 +1,541 @@
+"""A small training loop, :func:`train`, that records how the per-layer (MLP) or
+per-timestep (RNN) gradient norms evolve while a model learns, in a :class:`History`."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import reference as _ref
+from ._validate import as_array, check_bool, float_array, positive_int, real, shape_str
+from .clip import clip_grad_norm
+from .models import MLP
+from .optim import Optimizer
+from .rnn import RNN
+
+__all__ = ["History", "train"]
+
+_LOSSES = ("mse", "cross_entropy")
+_QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
+
+
+@dataclass
+class History:
+    """What :func:`train` recorded.
+
+    ``S`` steps were taken (one per mini-batch), ``E`` epochs run (the last one
+    partial if training diverged), ``R`` steps recorded (every ``record_every``-th,
+    from step 0, plus the step that diverged).
+
+    Attributes
+    ----------
+    loss : (S,) float64
+        Training loss of every step's mini-batch (before that step's update).
+    epoch : (S,) int64
+        The epoch (0-based) of every step.
+    epoch_loss : (E,) float64
+        Per epoch, the mean of its steps' losses weighted by batch size.
+    steps : (R,) int64
+        Indices into ``loss`` of the recorded steps.
+    grad_norms : (R, n) float64
+        MLP: ``activation_grad_norms`` (``||dL/da_l||``, ``l = 0..L``, input first);
+        RNN: ``timestep_grad_norms`` (``||dL/dh_t||``, ``t = 1..T``).
+    weight_grad_norms : (R, m) float64
+        MLP: ``||dL/dW_l||`` per linear layer, output last; RNN: ``||dL/dW_ih||``,
+        ``||dL/dW_hh||`` and, with a readout, ``||dL/dW_out||``.
+    global_norm : (R,) float64
+        The norm of all parameter gradients, before clipping.
+    clipped : (S,) bool
+        Whether clipping scaled that step's gradients (all False without ``clip``).
+    accuracy, val_accuracy, val_loss : (E,) float64 or None
+        End-of-epoch accuracy on the training data and loss / accuracy on ``val``,
+        computed in eval mode with forward passes only; None where they do not
+        apply (accuracies need ``loss="cross_entropy"``; val needs ``val``).
+    diverged : bool
+        The loss (or the gradient norm) became NaN/Inf: that step was recorded and
+        training stopped *before* applying it, so the model keeps its last finite
+        parameters.
+    diverged_step : int or None
+    grad_norm_labels, weight_grad_norm_labels : list of str
+        Column names of ``grad_norms`` (``"a0"``.. or ``"h1"``..) and
+        ``weight_grad_norms`` (parameter names).
+    kind : "mlp" or "rnn"
+    """
+
+    loss: np.ndarray
+    epoch: np.ndarray
+    epoch_loss: np.ndarray
+    steps: np.ndarray
+    grad_norms: np.ndarray
+    weight_grad_norms: np.ndarray
+    global_norm: np.ndarray
+    clipped: np.ndarray
+    accuracy: np.ndarray | None = None
+    val_accuracy: np.ndarray | None = None
+    val_loss: np.ndarray | None = None
+    diverged: bool = False
+    diverged_step: int | None = None
+    grad_norm_labels: list[str] = field(default_factory=list)
+    weight_grad_norm_labels: list[str] = field(default_factory=list)
+    kind: str = "mlp"
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.loss)
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.epoch_loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python types (lists, floats, ints, bools, None): JSON-ready
+        (non-finite losses stay float NaN/Inf)."""
+        def lst(a: np.ndarray | None) -> Any:
+            return None if a is None else np.asarray(a).tolist()
+
+        return {
+            "loss": lst(self.loss), "epoch": lst(self.epoch), "epoch_loss": lst(self.epoch_loss),
+            "steps": lst(self.steps), "grad_norms": lst(self.grad_norms),
+            "weight_grad_norms": lst(self.weight_grad_norms),
+            "global_norm": lst(self.global_norm), "clipped": lst(self.clipped),
+            "accuracy": lst(self.accuracy), "val_accuracy": lst(self.val_accuracy),
+            "val_loss": lst(self.val_loss), "diverged": bool(self.diverged),
+            "diverged_step": self.diverged_step,
+            "grad_norm_labels": list(self.grad_norm_labels),
+            "weight_grad_norm_labels": list(self.weight_grad_norm_labels), "kind": self.kind,
+        }
+
+    def to_dataframe(self) -> Any:
+        """One row per step (index ``step``): ``epoch``, ``loss``, ``clipped``,
+        ``global_norm`` and one column per ``grad_norm_labels`` entry (NaN on the
+        steps that were not recorded). Needs pandas (the optional extra ``pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover - exercised only without the extra
+            raise ImportError('History.to_dataframe needs pandas: pip install '
+                              '"gradchain[pandas]"') from e
+        S = self.num_steps
+        cols: dict[str, Any] = {"epoch": self.epoch, "loss": self.loss, "clipped": self.clipped}
+        gn = np.full(S, np.nan)
+        gn[self.steps] = self.global_norm
+        cols["global_norm"] = gn
+        for j, label in enumerate(self.grad_norm_labels):
+            c = np.full(S, np.nan)
+            c[self.steps] = self.grad_norms[:, j]
+            cols[label] = c
+        return pd.DataFrame(cols, index=pd.RangeIndex(S, name="step"))
+
+    def plot(self, path: str | os.PathLike[str] | None = None, fig: Any = None) -> Any:
+        """A heat map of ``log10`` gradient norms (layer or timestep x recorded step,
+        with a colour bar) beside the loss curve (log y when every loss is positive).
+
+        Parameters
+        ----------
+        path : str or path-like, optional
+            Save the figure as a PNG there.
+        fig : matplotlib Figure, optional
+            Draw into it (cleared first); else a new 11 x 4 inch figure.
+
+        Returns
+        -------
+        (fig, (ax_heat, ax_loss))
+        """
+        from ._plotting import pyplot, save
+
+        plt = pyplot()
+        if fig is None:
+            fig = plt.figure(figsize=(11, 4))
+        else:
+            fig.clf()
+        ax_h, ax_l = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1.0]})
+        what = "layer l (||dL/da_l||)" if self.kind == "mlp" else "timestep t (||dL/dh_t||)"
+        if len(self.steps):
+            g = np.asarray(self.grad_norms, dtype=np.float64).T          # (n, R)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = np.log10(np.where(np.isfinite(g) & (g > 0), g, np.nan))
+            masked = np.ma.masked_invalid(z)
+            first = 0 if self.kind == "mlp" else 1
+            x_edges = _edges(np.asarray(self.steps, dtype=np.float64))
+            y_edges = np.arange(g.shape[0] + 1) - 0.5 + first
+            mesh = ax_h.pcolormesh(x_edges, y_edges, masked, cmap="viridis", shading="flat")
+            cb = fig.colorbar(mesh, ax=ax_h)
+            cb.set_label("log10 gradient norm")
+        ax_h.set_xlabel("step")
+        ax_h.set_ylabel(what)
+        ax_h.set_title("gradient norms while training")
+        steps = np.arange(self.num_steps)
+        loss = np.asarray(self.loss, dtype=np.float64)
+        ok = np.isfinite(loss)
+        ax_l.plot(steps[ok], loss[ok], lw=1.0, label="train (per step)")
+        if self.val_loss is not None and len(self.val_loss):
+            ends = [int(np.flatnonzero(self.epoch == e)[-1]) for e in range(self.num_epochs)
+                    if np.any(self.epoch == e)]
+            ax_l.plot(ends, np.asarray(self.val_loss)[:len(ends)], "o-", label="val (epoch end)")
+            ax_l.legend(loc="best", fontsize="small")
+        if ok.any() and np.all(loss[ok] > 0):
+            ax_l.set_yscale("log")
+        if self.diverged and self.diverged_step is not None:
+            ax_l.axvline(self.diverged_step, color="red", ls="--", lw=1.0)
+            ax_l.set_title("loss (diverged)")
+        else:
+            ax_l.set_title("loss")
+        ax_l.set_xlabel("step")
+        fig.tight_layout()
+        save(fig, path)
+        return fig, (ax_h, ax_l)
+
+    def __repr__(self) -> str:
+        last = f"{self.loss[-1]:.4g}" if self.num_steps else "n/a"
+        return (f"History(kind={self.kind!r}, steps={self.num_steps}, epochs={self.num_epochs}, "
+                f"recorded={len(self.steps)}, last loss={last}, diverged={self.diverged})")
+
+
+def _edges(x: np.ndarray) -> np.ndarray:
+    """Cell edges around the centres x (increasing)."""
+    if len(x) == 1:
+        return np.array([x[0] - 0.5, x[0] + 0.5])
+    mid = (x[1:] + x[:-1]) / 2
+    return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
+
+
+# ----------------------------------------------------------------------------- checks
+@dataclass
+class _Data:
+    x: np.ndarray
+    t: np.ndarray
+    x_axis: int   # batch axis of x
+    t_axis: int   # batch axis of the target
+    n: int
+
+
+def _check_data(data: Any, name: str, model: MLP | RNN, loss: str, on: str) -> _Data:
+    if isinstance(data, (str, bytes, np.ndarray)) or not isinstance(data, Sequence):
+        raise TypeError(f"{name}: expected a pair (x, target), got {type(data).__name__}")
+    if len(data) != 2:
+        raise ValueError(f"{name}: expected a pair (x, target), got {len(data)} items")
+    dt = model.dtype
+    if isinstance(model, MLP):
+        x = float_array(data[0], f"{name}[0]", dt, ("N", model.sizes[0]))
+        n = x.shape[0]
+        t = _check_target(data[1], f"{name}[1]", loss, dt, (n, model.sizes[-1]))
+        return _Data(x, t, 0, 0, n)
+    bf = model.batch_first
+    spec = ("N", "T", model.input_size) if bf else ("T", "N", model.input_size)
+    x = float_array(data[0], f"{name}[0]", dt, spec)
+    bx = 0 if bf else 1
+    n, T = x.shape[bx], x.shape[1 - bx]
+    F = model.output_size or model.hidden_size
+    if on == "last":
+        t = _check_target(data[1], f"{name}[1]", loss, dt, (n, F))
+        return _Data(x, t, bx, 0, n)
+    shape = (n, T, F) if bf else (T, n, F)
+    t = _check_target(data[1], f"{name}[1]", loss, dt, shape)
+    return _Data(x, t, bx, bx, n)
+
+
+def _check_target(target: Any, name: str, loss: str, dtype: np.dtype,
+                  y_shape: tuple[int, ...]) -> np.ndarray:
+    if loss == "mse":
+        return float_array(target, name, dtype, y_shape)
+    t = as_array(target, name)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{name}: cross_entropy takes integer class indices, got dtype {t.dtype}")
+    want = y_shape[:-1]
+    if t.shape != want:
+        raise ValueError(f"{name}: expected shape {shape_str(want)}, got {shape_str(t.shape)}")
+    k = y_shape[-1]
+    if t.size and (t.min() < 0 or t.max() >= k):
+        raise ValueError(f"{name}: class indices must be in [0, {k}), got range "
+                         f"[{t.min()}, {t.max()}]")
+    return np.ascontiguousarray(t, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _loss_value(y: np.ndarray, t: np.ndarray, loss: str) -> float:
+    """Mean loss in float64 (as the models' loss_and_grad)."""
+    y = np.asarray(y, dtype=np.float64)
+    with np.errstate(**_QUIET):
+        if loss == "mse":
+            return float(np.mean((y - t) ** 2))
+        z = y.reshape(-1, y.shape[-1])
+        tt = t.reshape(-1)
+        m = z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
+        return float(np.mean(lse - z[np.arange(len(tt)), tt]))
+
+
+def _mlp_loss_and_grad(model: MLP, x: np.ndarray, t: np.ndarray, loss: str
+                       ) -> tuple[float, Any]:
+    """``model.loss_and_grad`` (the same three calls), except that a non-finite
+    output returns ``(loss, None)`` instead of refusing to backpropagate it."""
+    y = model.forward(x)
+    value, dy = _ref.loss_forward_backward(y, t, loss)
+    if not math.isfinite(value):
+        return float(value), None
+    rep = model.backward(np.ascontiguousarray(dy, dtype=model.dtype))
+    rep.loss = float(value)
+    return float(value), rep
+
+
+def _outputs(model: MLP | RNN, x: np.ndarray, on: str) -> np.ndarray:
+    """Forward only; outputs aligned with the target (MLP (B, K); RNN on="last"
+    (B, K), on="all" in the user's layout)."""
+    if isinstance(model, MLP):
+        return np.asarray(model.forward(x))
+    hs = model.forward(x)
+    out = model.outputs if model.output_size else hs
+    assert out is not None
+    if on == "last":
+        return np.asarray(out[:, -1] if model.batch_first else out[-1])
+    return np.asarray(out)
+
+
+def _evaluate(model: MLP | RNN, d: _Data, loss: str, on: str, chunk: int
+              ) -> tuple[float, float | None]:
+    """(loss, accuracy or None) over the whole of d, forward only, in chunks."""
+    total, correct, count = 0.0, 0, 0
+    for s in range(0, d.n, chunk):
+        idx = np.arange(s, min(s + chunk, d.n))
+        xb = np.take(d.x, idx, axis=d.x_axis)
+        tb = np.take(d.t, idx, axis=d.t_axis)
+        y = _outputs(model, xb, on)
+        w = len(idx)
+        total += _loss_value(y, tb, loss) * w
+        if loss == "cross_entropy":
+            with np.errstate(**_QUIET):
+                correct += int(np.sum(np.argmax(y, axis=-1) == tb))
+            count += tb.size
+    value = total / d.n
+    return value, (correct / count if loss == "cross_entropy" else None)
+
+
+# ----------------------------------------------------------------------------- train
+def train(
+    model: MLP | RNN,
+    data: tuple[Any, Any],
+    optimizer: Optimizer,
+    epochs: int = 1,
+    batch_size: int = 64,
+    loss: str = "mse",
+    clip: float | None = None,
+    record_every: int = 1,
+    *,
+    val: tuple[Any, Any] | None = None,
+    shuffle: bool = True,
+    seed: int | None = 0,
+    on: str = "last",
+    progress: bool = True,
+) -> History:
+    """Train ``model`` with mini-batch ``optimizer`` steps, recording the gradient norms.
+
+    Every step: ``model.loss_and_grad`` on one mini-batch, then (with ``clip``)
+    ``gc.clip_grad_norm(model, clip)``, then ``optimizer.step()``. Every
+    ``record_every``-th step (from step 0) the report's per-layer (MLP) or
+    per-timestep (RNN) gradient norms are recorded.
+
+    Parameters
+    ----------
+    model : gc.MLP or gc.RNN
+        Put in training mode while training and restored to its previous mode after.
+    data : (x, target)
+        MLP: ``x (N, in)``, target ``(N, out)`` (mse, model dtype) or ``(N,)`` integer
+        classes (cross_entropy). RNN: ``x (T, N, I)`` (``(N, T, I)`` if
+        ``batch_first``); target as ``model.loss_and_grad`` takes it for ``on``
+        (``(N, K)`` / ``(N,)`` for ``on="last"``). Mini-batches are cut along N.
+    optimizer : gc.optim.Optimizer
+        Built on this model.
+    epochs, batch_size : int >= 1
+        The last mini-batch of an epoch holds the remainder (as ``DataLoader``'s
+        ``drop_last=False``); a batch larger than N means full batches.
+    loss : "mse" or "cross_entropy"
+    clip : float >= 0 or None
+        ``max_norm`` of ``gc.clip_grad_norm``; the recorded ``global_norm`` is the
+        norm before clipping.
+    record_every : int >= 1
+    val : (x, target) or None
+        Evaluated after every epoch in eval mode (forward only): ``val_loss`` and,
+        for cross_entropy, ``val_accuracy``.
+    shuffle : bool
+        A new permutation every epoch, drawn from ``seed``.
+    seed : int or None
+        Same seed, model and optimizer state -> identical History.
+    on : "last" or "all"
+        RNN only: where the loss applies (see ``RNN.loss_and_grad``).
+    progress : bool
+        A tqdm progress bar (shown only on a terminal); False silences it.
+
+    Returns
+    -------
+    History
+        Training stops early, with ``History.diverged`` set, when a loss or gradient
+        norm is NaN/Inf (no warning is issued: read the flag).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad arguments; everything is checked before the model or the optimizer changes.
+    """
+    if not isinstance(model, (MLP, RNN)):
+        raise TypeError(f"model: expected a gc.MLP or gc.RNN, got {type(model).__name__}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError("optimizer: expected a gc.optim optimizer (SGD, Adam, AdamW), got "
+                        f"{type(optimizer).__name__}")
+    if optimizer.model is not model:
+        raise ValueError("optimizer: it was built on another model; pass "
+                         "gc.optim.<Name>(model, ...) for this one")
+    if not isinstance(loss, str) or loss not in _LOSSES:
+        raise ValueError(f"loss: expected one of {', '.join(_LOSSES)}, got {loss!r}")
+    if not isinstance(on, str) or on not in ("last", "all"):
+        raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
+    if isinstance(model, MLP) and on != "last":
+        raise ValueError(f"on: only an RNN takes on='all', got on={on!r} for an MLP")
+    E = positive_int(epochs, "epochs")
+    bs = positive_int(batch_size, "batch_size")
+    rec = positive_int(record_every, "record_every")
+    max_norm = None if clip is None else real(clip, "clip", minimum=0.0, allow_inf=True)
+    shuf = check_bool(shuffle, "shuffle")
+    bar_on = check_bool(progress, "progress")
+    seed_ = None if seed is None else positive_int(seed, "seed", minimum=0)
+    d = _check_data(data, "data", model, loss, on)
+    dv = None if val is None else _check_data(val, "val", model, loss, on)
+    bs = min(bs, d.n)
+    if isinstance(model, MLP) and model.norm == "batch" and (bs == 1 or d.n % bs == 1):
+        raise ValueError(
+            f"batch_size: with batch norm a mini-batch would hold 1 sample "
+            f"(N={d.n}, batch_size={bs}); choose a batch_size > 1 that leaves a remainder "
+            "other than 1 (as torch.nn.BatchNorm1d, batch norm cannot train on 1 sample)")
+
+    from tqdm import tqdm
+
+    is_mlp = isinstance(model, MLP)
+    if is_mlp:
+        labels = [f"a{i}" for i in range(model.depth + 1)]
+        wlabels = [f"layers.{i}.weight" for i in range(model.depth + 1)]
+    else:
+        T = d.x.shape[1 - d.x_axis]
+        labels = [f"h{t}" for t in range(1, T + 1)]
+        wlabels = ["weight_ih_l0", "weight_hh_l0"] + (
+            ["readout.weight"] if model.output_size else [])
+    ce = loss == "cross_entropy"
+    losses: list[float] = []
+    epoch_of: list[int] = []
+    epoch_loss: list[float] = []
+    rec_steps: list[int] = []
+    gnorms: list[np.ndarray] = []
+    wnorms: list[np.ndarray] = []
+    globals_: list[float] = []
+    clipped: list[bool] = []
+    acc: list[float] = []
+    vloss: list[float] = []
+    vacc: list[float] = []
+    diverged_at: int | None = None
+    rng = np.random.default_rng(seed_)
+    n_batches = math.ceil(d.n / bs)
+    chunk = max(bs, 1024)
+    was_training = model.training if is_mlp else None
+
+    def record(step: int, rep: Any) -> None:
+        rec_steps.append(step)
+        if rep is None:  # the forward output was already non-finite: no backward ran
+            gnorms.append(np.full(len(labels), np.nan))
+            wnorms.append(np.full(len(wlabels), np.nan))
+            globals_.append(math.nan)
+            return
+        if is_mlp:
+            gnorms.append(np.array(rep.activation_grad_norms, dtype=np.float64))
+            wnorms.append(np.array(rep.weight_grad_norms, dtype=np.float64))
+        else:
+            gnorms.append(np.array(rep.timestep_grad_norms, dtype=np.float64))
+            w = [rep.weight_ih_grad_norm, rep.weight_hh_grad_norm]
+            if model.output_size:
+                w.append(rep.readout_weight_grad_norm)
+            wnorms.append(np.array(w, dtype=np.float64))
+        globals_.append(float(rep.global_norm))
+
+    bar = tqdm(total=E * n_batches, disable=None if bar_on else True, unit="step",
+               desc="train", dynamic_ncols=True)
+    step = 0
+    try:
+        for epoch in range(E):
+            if is_mlp:
+                model.train()
+            order = rng.permutation(d.n) if shuf else np.arange(d.n)
+            ep_sum, ep_n = 0.0, 0
+            for b in range(n_batches):
+                idx = order[b * bs:(b + 1) * bs]
+                xb = np.take(d.x, idx, axis=d.x_axis)
+                tb = np.take(d.t, idx, axis=d.t_axis)
+                with np.errstate(**_QUIET):
+                    if is_mlp:
+                        value, rep = _mlp_loss_and_grad(model, xb, tb, loss)
+                    else:
+                        value, rep = model.loss_and_grad(xb, tb, loss=loss, on=on)
+                losses.append(float(value))
+                epoch_of.append(epoch)
+                ep_sum += float(value) * len(idx)
+                ep_n += len(idx)
+                bad = rep is None or not (math.isfinite(value) and math.isfinite(rep.global_norm))
+                if step % rec == 0 or bad:
+                    record(step, rep)
+                if bad:
+                    diverged_at = step
+                    clipped.append(False)
+                    break
+                if max_norm is not None:
+                    total = clip_grad_norm(model, max_norm)
+                    clipped.append(bool(total + 1e-6 > max_norm))
+                else:
+                    clipped.append(False)
+                optimizer.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{value:.4g}", refresh=False)
+            epoch_loss.append(ep_sum / ep_n)
+            if diverged_at is not None:
+                if ce:
+                    acc.append(math.nan)
+                if dv is not None:
+                    vloss.append(math.nan)
+                    if ce:
+                        vacc.append(math.nan)
+                break
+            if ce or dv is not None:
+                if is_mlp:
+                    model.eval()
+                with np.errstate(**_QUIET):
+                    if ce:
+                        acc.append(float(_evaluate(model, d, loss, on, chunk)[1] or 0.0))
+                    if dv is not None:
+                        vl, va = _evaluate(model, dv, loss, on, chunk)
+                        vloss.append(vl)
+                        if ce:
+                            vacc.append(float(va or 0.0))
+    finally:
+        bar.close()
+        if is_mlp and was_training is not None:
+            model.train(was_training)
+
+    n_w = len(wlabels)
+    return History(
+        loss=np.array(losses, dtype=np.float64),
+        epoch=np.array(epoch_of, dtype=np.int64),
+        epoch_loss=np.array(epoch_loss, dtype=np.float64),
+        steps=np.array(rec_steps, dtype=np.int64),
+        grad_norms=(np.stack(gnorms) if gnorms else np.zeros((0, len(labels)))),
+        weight_grad_norms=(np.stack(wnorms) if wnorms else np.zeros((0, n_w))),
+        global_norm=np.array(globals_, dtype=np.float64),
+        clipped=np.array(clipped, dtype=bool),
+        accuracy=np.array(acc, dtype=np.float64) if ce else None,
+        val_accuracy=np.array(vacc, dtype=np.float64) if (ce and dv is not None) else None,
+        val_loss=np.array(vloss, dtype=np.float64) if dv is not None else None,
+        diverged=diverged_at is not None,
+        diverged_step=diverged_at,
+        grad_norm_labels=labels,
+        weight_grad_norm_labels=wlabels,
+        kind="mlp" if is_mlp else "rnn",
+    )

@@ -144,3 +144,66 @@ def test_load_rejects_garbage(tmp_path_factory, data):
     except ValueError:
         return
     raise AssertionError("gc.load accepted random bytes")
+
+
+# ---------------------------------------------------------------- research entry points
+ANY = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 5), st.none(),
+                st.booleans(), st.text(max_size=3), st.tuples(st.floats(-1, 2), st.floats(-1, 2)))
+SMALL = settings(max_examples=60, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+
+@SMALL
+@given(opt=st.sampled_from(["SGD", "Adam", "AdamW"]), lr=ANY, a=ANY, b=ANY,
+       flag=st.sampled_from([False, True, 1, "yes", None]))
+def test_optimiser_arguments(opt, lr, a, b, flag):
+    """Any hyper-parameters: a documented error at construction, or an optimiser whose step
+    leaves the model's shapes intact (a model is never corrupted by a rejected call)."""
+    cls = getattr(gc.optim, opt)
+    m = gc.MLP([4, 5, 3], seed=0)
+    kw = ({"lr": lr, "momentum": a, "weight_decay": b, "nesterov": flag} if opt == "SGD"
+          else {"lr": lr, "betas": a, "eps": b, "amsgrad": flag})
+    before = snapshot(m)
+    try:
+        cls(m, **kw)
+    except DOCUMENTED:
+        assert unchanged(before, snapshot(m))
+
+
+@SMALL
+@given(x=arrays(), t=arrays(), epochs=ANY, batch_size=ANY, loss=st.sampled_from(
+    ["mse", "cross_entropy", "hinge", None]), clip=ANY, record_every=ANY)
+def test_train_arguments(x, t, epochs, batch_size, loss, clip, record_every):
+    m = gc.MLP([5, 6, 3], seed=0)
+    opt = gc.optim.SGD(m, lr=0.01)
+    before = snapshot(m)
+    try:
+        gc.train(m, (x, t), opt, epochs=epochs, batch_size=batch_size, loss=loss, clip=clip,
+                 record_every=record_every, progress=False)
+    except DOCUMENTED:
+        assert unchanged(before, snapshot(m)), "a rejected gc.train call changed the model"
+
+
+@SMALL
+@given(act=st.sampled_from(["tanh", "relu", "sigmoid", "nope", 3, None]), sw=ANY, sb=ANY)
+def test_theory_arguments(act, sw, sb):
+    for fn in (gc.theory.fixed_point, gc.theory.chi1, gc.theory.depth_scale):
+        try:
+            v = fn(act, sw, sb)
+        except DOCUMENTED:
+            continue
+        assert isinstance(v, float)
+
+
+@SMALL
+@given(key=st.sampled_from(["activation", "depth", "width", "norm", "residual", "batch",
+                            "dtype", "sigma_w", "bogus"]),
+       values=st.one_of(st.lists(ANY, max_size=3), ANY))
+def test_sweep_options_are_checked_before_any_run(key, values):
+    """Bad grids are refused up front; valid ones are tiny here and run serially."""
+    try:
+        gc.sweep({key: values}, executor="serial", progress=False, as_frame=False, depth=2,
+                 width=4, batch=2)
+    except DOCUMENTED:
+        pass

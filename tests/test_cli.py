@@ -284,3 +284,19 @@ def test_probe_png_without_matplotlib(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert "--png needs matplotlib" in err and err.strip().count("\n") == 0
     assert not png.exists()
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["sweep", "--nope"], "gradchain sweep"),
+    (["demo", "--depth", "x"], "gradchain demo"),
+    (["demo", "--depth", "0"], "gradchain demo"),
+    (["probe", "--norm", "group"], "gradchain probe"),
+    (["bogus"], "gradchain"),
+    ([], "gradchain"),
+])
+def test_bad_flags_give_one_line_and_exit_code_2(argv, prog, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{prog}: error: "), err

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -362,8 +362,15 @@ def _bench(rest: Sequence[str]) -> int:
     return int(bench.main(list(rest)))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``gradchain sweep: error: ... (see --help)``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="gradchain",
         description="Deep MLP/RNN backprop chains with per-layer gradient reports.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -438,12 +445,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # errors name the subcommand ("gradchain sweep: error: ..."), exit code 2
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subs.choices[args.command]
+    if extra:
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "demo":
             for name in ("depth", "width", "batch", "steps"):
                 if getattr(args, name) < 1:
-                    parser.error(f"--{name} must be >= 1")
+                    sub.error(f"--{name} must be >= 1")
             return _demo(args)
         if args.command == "sweep":
             return _sweep(args)

@@ -19,9 +19,9 @@ def _note(args: argparse.Namespace, msg: str) -> None:
 
 def _out_path(value: str | None, flag: str) -> str | None:
     """Check an output file's folder before any work is done (ValueError -> exit 2)."""
-    from .report import _check_path
+    from ._plotting import check_path
 
-    _check_path(value, flag)
+    check_path(value, flag)
     return value
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ._plotting import check_path
 from .models import MLP
-from .report import GradReport, _check_path
+from .report import GradReport
 
 Progress = Callable[[str], None]
 
@@ -193,7 +194,7 @@ def figure(mlp: list[tuple[DemoCase, GradReport]], rnn: list[RnnDemoResult],
     """
     from ._plotting import pyplot, save
 
-    p = _check_path(path)
+    p = check_path(path)
     if not isinstance(mlp, list) or not all(
             isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], GradReport) for m in mlp):
         raise TypeError("mlp: expected the list of (DemoCase, GradReport) run_mlp returns")

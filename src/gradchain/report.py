@@ -11,10 +11,11 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._plotting import axes, check_path
 
 __all__ = ["GradReport", "RNNGradReport"]
 
@@ -25,20 +26,6 @@ _QUANTITIES = {
     "weight": ("weight_grad_norms", "||dL/dW_l||", "s", "--"),
     "bias": ("bias_grad_norms", "||dL/db_l||", "^", ":"),
 }
-
-
-def _check_path(path: Any, name: str = "path") -> Path | None:
-    """None, or a file path whose folder exists (checked before anything is drawn)."""
-    if path is None:
-        return None
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name}: expected a str or os.PathLike, got {type(path).__name__}")
-    p = Path(path)
-    if str(path) == "" or p.is_dir():
-        raise ValueError(f"{name}: expected a file name, got the folder {str(path)!r}")
-    if not p.parent.exists():
-        raise ValueError(f"{name}: folder {str(p.parent)!r} does not exist")
-    return p
 
 
 def _check_label(label: Any) -> str | None:
@@ -56,21 +43,6 @@ def _check_which(which: Any) -> tuple[str, ...]:
     if bad or not which:
         raise ValueError(f"which: expected one or more of {tuple(_QUANTITIES)}, got {which!r}")
     return tuple(dict.fromkeys(which))  # unique, in order
-
-
-def _axes(ax: Any) -> tuple[Any, Any]:
-    """(fig, ax): a new figure when ax is None, else ax (checked) and its figure."""
-    from ._plotting import pyplot
-
-    plt = pyplot()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7.0, 4.0))
-        return fig, ax
-    from matplotlib.axes import Axes
-
-    if not isinstance(ax, Axes):
-        raise TypeError(f"ax: expected a matplotlib Axes or None, got {type(ax).__name__}")
-    return ax.get_figure(), ax
 
 
 def _log_series(ax: Any, x: np.ndarray, v: np.ndarray, **style: Any) -> Any:
@@ -339,9 +311,9 @@ class GradReport:
         """
         qs = _check_which(which)
         label = _check_label(label)
-        p = _check_path(path)
+        p = check_path(path)
         line_kwargs = _check_line_kwargs(line_kwargs)
-        fig, ax = _axes(ax)
+        fig, ax = axes(ax)
         L = self.depth
         x = np.arange(L + 1)
         verdict = self.verdict()
@@ -516,9 +488,9 @@ class RNNGradReport:
             As :meth:`GradReport.plot`.
         """
         label = _check_label(label)
-        p = _check_path(path)
+        p = check_path(path)
         line_kwargs = _check_line_kwargs(line_kwargs)
-        fig, ax = _axes(ax)
+        fig, ax = axes(ax)
         T = self.steps
         verdict = self.verdict()
         style = {"marker": "o" if T <= 60 else None, "markersize": 3, "linestyle": "-",

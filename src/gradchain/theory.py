@@ -34,12 +34,12 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import activations as _acts
+from ._plotting import axes, check_path
 from .report import GradReport
 
 __all__ = [
@@ -445,33 +445,6 @@ def depth_scale(activation: str | _acts.Activation, sigma_w: float, sigma_b: flo
 
 
 # ---------------------------------------------------------------------------- phase diagram
-def _check_path(path: Any) -> Path | None:
-    if path is None:
-        return None
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
-    p = Path(path)
-    if str(path) == "" or p.is_dir():
-        raise ValueError(f"path: expected a file name, got the folder {str(path)!r}")
-    if not p.parent.exists():
-        raise ValueError(f"path: folder {str(p.parent)!r} does not exist")
-    return p
-
-
-def _axes(ax: Any) -> tuple[Any, Any]:
-    from ._plotting import pyplot
-
-    plt = pyplot()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7.0, 5.0))
-        return fig, ax
-    from matplotlib.axes import Axes
-
-    if not isinstance(ax, Axes):
-        raise TypeError(f"ax: expected a matplotlib Axes or None, got {type(ax).__name__}")
-    return ax.get_figure(), ax
-
-
 def _measured_points(measured: Any) -> np.ndarray:
     """(k, 3) array of (sigma_w, sigma_b, measured chi_1) from the accepted forms."""
     if measured is None:
@@ -560,9 +533,9 @@ class PhaseDiagram:
         -------
         (fig, ax) : the matplotlib Figure and Axes.
         """
-        p = _check_path(path)
+        p = check_path(path)
         pts = _measured_points(measured)
-        fig, ax = _axes(ax)
+        fig, ax = axes(ax, (7.0, 5.0))
         from matplotlib.colors import Normalize
 
         with np.errstate(divide="ignore"):

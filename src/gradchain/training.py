@@ -145,8 +145,9 @@ class History:
         -------
         (fig, (ax_heat, ax_loss))
         """
-        from ._plotting import pyplot, save
+        from ._plotting import check_path, pyplot, save
 
+        check_path(path)  # before anything is drawn
         plt = pyplot()
         if fig is None:
             fig = plt.figure(figsize=(11, 4))

@@ -326,38 +326,43 @@ arbitrates the float32 checks)."""
 
 
 # --------------------------------------------------------------------------- gradchain
-class _GradchainMLP:
-    """``gc.MLP``: ``forward(x)`` + ``backward(grad_y)``; ``report=False`` is the
-    gradients-only baseline (the report's own passes skipped) that prices the report."""
+class _Gradchain:
+    """``gc.MLP`` / ``gc.RNN``: ``forward(x)`` + ``backward(dL/dy or dL/dh_t)``, the
+    report coming with backward; ``report=False`` is the gradients-only baseline (the
+    report's own passes skipped) that prices the report."""
 
     def __init__(self, case: Case, report: bool = True) -> None:
         import gradchain as gc
 
         w = case.workload
-        assert isinstance(w, MLPWorkload)
         gc.set_num_threads(case.threads)
-        self.model = _mlp_gc_model(w, seed=0)
+        self.rnn = isinstance(w, RNNWorkload)
+        self.model = _rnn_gc_model(w, seed=0) if self.rnn else _mlp_gc_model(w, seed=0)
         self.model.load_state_dict(case.state)
-        self.x, self.gy = case.x, case.grad_y
+        self.x, self.g = case.x, case.grad_y
         self.report = report
         self._y: np.ndarray | None = None
         self._rep: Any = None
 
     def step(self) -> None:
         self._y = self.model.forward(self.x)
-        self._rep = self.model.backward(self.gy, report=self.report)
+        self._rep = self.model.backward(self.g, report=self.report)
 
     def outputs(self) -> Outputs:
         assert self._y is not None
+        y = np.array(self._y)
         grads = {k: np.array(g) for k, g in self.model.named_grads()}
+        r = self._rep
         if not self.report:
-            return Outputs(y=np.array(self._y), grads=grads)
-        return Outputs(
-            y=np.array(self._y),
-            grads=grads,
-            activation_grad_norms=np.array(self._rep.activation_grad_norms),
-            weight_grad_norms=np.array(self._rep.weight_grad_norms),
-        )
+            return Outputs(y=y, grads=grads)
+        if self.rnn:
+            return _rnn_outputs(y, grads, {"weight_ih_grad_norm": r.weight_ih_grad_norm,
+                                           "weight_hh_grad_norm": r.weight_hh_grad_norm,
+                                           "timestep_grad_norms": np.array(
+                                               r.timestep_grad_norms)})
+        return Outputs(y=y, grads=grads,
+                       activation_grad_norms=np.array(r.activation_grad_norms),
+                       weight_grad_norms=np.array(r.weight_grad_norms))
 
 
 # --------------------------------------------------------------------------- PyTorch
@@ -595,39 +600,6 @@ class _NumpyMLP:
 # =============================================================================================
 
 
-class _GradchainRNN:
-    """``gc.RNN``: ``forward(x)`` + ``backward(grad_hs)`` (the report comes with backward;
-    ``report=False``: the gradients-only baseline)."""
-
-    def __init__(self, case: Case, report: bool = True) -> None:
-        import gradchain as gc
-
-        w = case.workload
-        assert isinstance(w, RNNWorkload)
-        gc.set_num_threads(case.threads)
-        self.model = _rnn_gc_model(w, seed=0)
-        self.model.load_state_dict(case.state)
-        self.x, self.ghs = case.x, case.grad_y
-        self.report = report
-        self._hs: np.ndarray | None = None
-        self._rep: Any = None
-
-    def step(self) -> None:
-        self._hs = self.model.forward(self.x)
-        self._rep = self.model.backward(self.ghs, report=self.report)
-
-    def outputs(self) -> Outputs:
-        assert self._hs is not None
-        grads = {k: np.array(g) for k, g in self.model.named_grads()}
-        if not self.report:
-            return Outputs(y=np.array(self._hs), grads=grads)
-        r = self._rep
-        return _rnn_outputs(np.array(self._hs), grads,
-                            {"weight_ih_grad_norm": r.weight_ih_grad_norm,
-                             "weight_hh_grad_norm": r.weight_hh_grad_norm,
-                             "timestep_grad_norms": np.array(r.timestep_grad_norms)})
-
-
 class _TorchRNN:
     """PyTorch eager on ``torch.nn.RNN``'s parameters (gradchain's state dict loads as is).
 
@@ -791,16 +763,16 @@ class _NumpyRNN:
 Builder = Callable[[Case], PeerInstance]
 BUILDERS: dict[str, dict[str, Builder]] = {
     "mlp": {
-        "gradchain": _GradchainMLP,
-        "gradchain-grads": lambda c: _GradchainMLP(c, report=False),
+        "gradchain": _Gradchain,
+        "gradchain-grads": lambda c: _Gradchain(c, report=False),
         "torch": lambda c: _TorchMLP(c, report=True),
         "torch-grads": lambda c: _TorchMLP(c, report=False),
         "jax": _JaxMLP,
         "numpy": _NumpyMLP,
     },
     "rnn": {
-        "gradchain": _GradchainRNN,
-        "gradchain-grads": lambda c: _GradchainRNN(c, report=False),
+        "gradchain": _Gradchain,
+        "gradchain-grads": lambda c: _Gradchain(c, report=False),
         "torch": lambda c: _TorchRNN(c, report=True),
         "torch-grads": lambda c: _TorchRNN(c, report=False),
         "jax": _JaxRNN,

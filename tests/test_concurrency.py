@@ -1,6 +1,7 @@
 """Python threads: the GIL is released during compute, so models run concurrently;
-results equal the sequential ones, and a model shared by threads is serialised by a
-lock in the core (never mixed state)."""
+results equal the sequential ones, and a model shared by threads is serialised (a lock
+in the core, and the model's lock around everything Python-side that reads or writes
+it: optimiser steps, state dicts, clipping), never mixed state."""
 
 from __future__ import annotations
 
@@ -78,3 +79,54 @@ def test_set_num_threads_during_runs(restore_threads):
         t.join()
     for r in results[1:]:
         assert np.array_equal(r, results[0])
+
+
+def test_optimiser_steps_and_snapshots_never_mix():
+    """One thread trains (loss_and_grad + Adam steps), another snapshots the state dict
+    and clips: every snapshot is one of the states between whole steps, never a
+    half-updated model (the model's lock covers forward, backward, step and state_dict)."""
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(64, 32)).astype(np.float32)
+        y = rng.normal(size=(64, 8)).astype(np.float32)
+
+        def run(m, steps, after_step=None):
+            opt = gc.optim.Adam(m, lr=1e-2)
+            for _ in range(steps):
+                m.loss_and_grad(x, y)
+                opt.step()
+                if after_step:
+                    after_step(m)
+
+        def flat(sd):
+            return np.concatenate([np.ravel(v) for v in sd.values()]).tobytes()
+
+        states = []
+        ref = gc.MLP([32] + [96] * 4 + [8], seed=1)
+        states.append(flat(ref.state_dict()))
+        run(ref, 30, lambda m: states.append(flat(m.state_dict())))
+        allowed = set(states)
+
+        m = gc.MLP([32] + [96] * 4 + [8], seed=1)
+        snaps, stop = [], threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                snaps.append(flat(m.state_dict()))
+                gc.grad_norm(m)
+
+        t = threading.Thread(target=watch)
+        t.start()
+        try:
+            run(m, 30)
+        finally:
+            stop.set()
+            t.join()
+        assert flat(m.state_dict()) == states[-1]
+        assert snaps and all(s in allowed for s in snaps)
+    finally:
+        sys.setswitchinterval(old)

@@ -34,13 +34,16 @@ def clip_grad_norm(
     nt = real(norm_type, "norm_type", allow_inf=True)
     if nt != 2.0:
         raise ValueError(f"norm_type: only 2.0 is supported, got {norm_type}")
-    return float(core.clip_grad_norm(mn, bool(error_if_nonfinite)))
+    with model._lock:
+        return float(core.clip_grad_norm(mn, bool(error_if_nonfinite)))
 
 
 def clip_grad_value(model: Any, clip_value: float) -> None:
     """Clamp every gradient element to ``[-clip_value, clip_value]`` (NaN stays NaN)."""
     core = _core_of(model)
-    core.clip_grad_value(real(clip_value, "clip_value", minimum=0.0, allow_inf=True))
+    v = real(clip_value, "clip_value", minimum=0.0, allow_inf=True)
+    with model._lock:
+        core.clip_grad_value(v)
 
 
 def clip_grad_norm_per_layer(model: Any, max_norm: float) -> dict[str, float]:
@@ -49,7 +52,8 @@ def clip_grad_norm_per_layer(model: Any, max_norm: float) -> dict[str, float]:
     clipping, by parameter name."""
     core = _core_of(model)
     mn = real(max_norm, "max_norm", minimum=0.0, allow_inf=True)
-    norms = core.clip_grad_norm_per_tensor(mn)
+    with model._lock:
+        norms = core.clip_grad_norm_per_tensor(mn)
     names = [name for name, _ in model.named_parameters()]
     return {n: float(v) for n, v in zip(names, norms, strict=True)}
 
@@ -59,5 +63,6 @@ def grad_norm(model: Any) -> float:
     core = _core_of(model)
     from ._core import combine_norms
 
-    v = combine_norms(list(core.grad_norms()))
+    with model._lock:
+        v = combine_norms(list(core.grad_norms()))
     return float(v) if not math.isnan(v) else math.nan

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple, overload
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple, TypeVar, cast, overload
 
 import numpy as np
 
@@ -59,15 +61,37 @@ def _check_seed(seed: Any) -> int | None:
     return positive_int(seed, "seed", minimum=0)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def locked(fn: _F) -> _F:
+    """Run a method under the model's lock (``model._lock``, re-entrant)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return cast(_F, wrapper)
+
+
 class _Chain:
     """What every gradchain model shares: NumPy views of the core's flat parameter,
-    gradient and buffer memory, and the state-dict protocol (PyTorch's names)."""
+    gradient and buffer memory, and the state-dict protocol (PyTorch's names).
+
+    Threads: every method that reads or writes the model's memory (forward, backward,
+    loss_and_grad, zero_grad, state_dict, load_state_dict, reset_parameters, train/eval)
+    holds the model's re-entrant lock, as do ``gc.optim`` steps and the ``gc.clip_*``
+    functions, so two threads sharing a model take turns instead of mixing state.
+    Direct writes into the NumPy views are the caller's to synchronise (``model._lock``).
+    """
 
     _core: Any
     dtype: np.dtype
     _num_batches_tracked: np.ndarray
 
     def _bind_views(self) -> None:
+        self._lock = threading.RLock()
         flat_p = self._core.param_array()
         flat_g = self._core.grad_array()
         flat_b = self._core.buffer_array() if hasattr(self._core, "buffer_array") else None
@@ -101,6 +125,7 @@ class _Chain:
         """Batch-norm running statistics (views)."""
         return list(self._buffers.items())
 
+    @locked
     def zero_grad(self) -> None:
         for g in self._grads.values():
             g[...] = 0.0
@@ -111,6 +136,7 @@ class _Chain:
     def _state_keys(self) -> list[str]:
         return list(self._params)
 
+    @locked
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Parameters and buffers under ``torch``'s names; the arrays are views of the
         model's memory (as PyTorch's state_dict shares storage)."""
@@ -123,6 +149,7 @@ class _Chain:
                 out[k] = self._params[k] if k in self._params else self._buffers[k]
         return out
 
+    @locked
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, allow_nonfinite: bool = False
     ) -> IncompatibleKeys:
@@ -276,6 +303,7 @@ class MLP(_Chain):
         """Number of hidden layers L."""
         return len(self.sizes) - 2
 
+    @locked
     def reset_parameters(self, seed: int | None = None) -> None:
         """Draw every weight and bias again from the init scheme (norm layers: gamma 1, beta 0)."""
         rng = np.random.default_rng(_check_seed(seed))
@@ -297,6 +325,7 @@ class MLP(_Chain):
     def training(self) -> bool:
         return bool(self._core.training)
 
+    @locked
     def train(self, mode: bool = True) -> MLP:
         """Training mode (batch statistics in batch norm); returns self."""
         if not isinstance(mode, (bool, np.bool_)):
@@ -309,6 +338,7 @@ class MLP(_Chain):
         return self.train(False)
 
     # ------------------------------------------------------------ compute
+    @locked
     def forward(self, x: Any) -> np.ndarray:
         """``x (B, in) -> y (B, out)``; keeps what ``backward`` needs."""
         xa = float_array(x, "x", self.dtype, (None, self.sizes[0]))
@@ -337,6 +367,7 @@ class MLP(_Chain):
     def backward(self, grad_output: Any, accumulate: bool = ..., *,
                  report: Literal[False]) -> None: ...
 
+    @locked
     def backward(self, grad_output: Any, accumulate: bool = False,
                  report: bool = True) -> GradReport | None:
         """Backpropagate ``grad_output = dL/dy (B, out)`` through the last forward pass.
@@ -359,6 +390,7 @@ class MLP(_Chain):
             return None
         return GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)])
 
+    @locked
     def loss_and_grad(
         self, x: Any, target: Any, loss: str = "mse", accumulate: bool = False
     ) -> tuple[float, GradReport]:
@@ -398,6 +430,7 @@ class MLP(_Chain):
                 keys += [f"{p}.running_mean", f"{p}.running_var", f"{p}.num_batches_tracked"]
         return keys
 
+    @locked
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Parameters and buffers under ``torch``'s names (``layers.{l}.weight``, ...,
         ``norms.{l}.running_mean``, ``norms.{l}.num_batches_tracked``): an equivalent

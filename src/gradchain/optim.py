@@ -147,8 +147,9 @@ class Optimizer:
     def zero_grad(self) -> None:
         """Set every parameter gradient of the model to 0 (the gradient buffers stay;
         gradchain cannot set them to None as PyTorch's ``set_to_none`` does)."""
-        for _, g in self._slabs:
-            g[...] = 0.0
+        with self.model._lock:
+            for _, g in self._slabs:
+                g[...] = 0.0
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter from the gradients of the last backward.
@@ -161,15 +162,19 @@ class Optimizer:
                 raise TypeError(f"closure: expected a callable, got {type(closure).__name__}")
             loss = closure()
         group = self.param_groups[0]
-        self._steps += 1
-        self._fresh = {k for k in self._STATE_KEYS if k not in self._state}
-        # as torch: overflow and NaN propagate silently into the parameters
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            for i, (p, g) in enumerate(self._slabs):
-                self._update(i, p, g, group)
-        # saved activations no longer belong to these parameters (as autograd refuses a
-        # backward through tensors modified in place)
-        self.model._core.invalidate()
+        # the model's lock: another thread's forward/backward on this model waits for the
+        # whole update (and this update for it) instead of seeing half-updated weights
+        with self.model._lock:
+            self._steps += 1
+            self._fresh = {k for k in self._STATE_KEYS if k not in self._state}
+            # as torch: overflow and NaN propagate silently into the parameters
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore",
+                             under="ignore"):
+                for i, (p, g) in enumerate(self._slabs):
+                    self._update(i, p, g, group)
+            # saved activations no longer belong to these parameters (as autograd refuses a
+            # backward through tensors modified in place)
+            self.model._core.invalidate()
         return loss
 
     def _update(self, i: int, p: np.ndarray, g: np.ndarray, group: Mapping[str, Any]) -> None:

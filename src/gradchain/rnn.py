@@ -21,7 +21,7 @@ from ._validate import (
     positive_int,
     shape_str,
 )
-from .models import StateError, _Chain, _check_seed
+from .models import StateError, _Chain, _check_seed, locked
 from .report import RNNGradReport
 
 __all__ = ["RNN"]
@@ -116,6 +116,7 @@ class RNN(_Chain):
         self._bind_views()
         self.reset_parameters(seed_)
 
+    @locked
     def reset_parameters(self, seed: int | None = None) -> None:
         """Draw every parameter again from the init schemes."""
         rng = np.random.default_rng(_check_seed(seed))
@@ -165,6 +166,7 @@ class RNN(_Chain):
         xa = float_array(a, "x", self.dtype, (None, None, self.input_size))
         return self._time_major(xa)
 
+    @locked
     def forward(self, x: Any, h0: Any = None) -> np.ndarray:
         """``x (T, B, I) -> hs (T, B, H)`` (batch-first layouts with ``batch_first``).
 
@@ -209,6 +211,7 @@ class RNN(_Chain):
     def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ..., *,
                  report: Literal[False]) -> None: ...
 
+    @locked
     def backward(self, grad_hs: Any = None, grad_ys: Any = None,
                  accumulate: bool = False, report: bool = True) -> RNNGradReport | None:
         """Backpropagation through time from ``grad_hs = dL/dh_t (T, B, H)`` and/or
@@ -242,6 +245,7 @@ class RNN(_Chain):
             return None
         return RNNGradReport._from_core(d, dh0)
 
+    @locked
     def loss_and_grad(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
                       h0: Any = None, accumulate: bool = False) -> tuple[float, RNNGradReport]:
         """Forward, loss and BPTT in one call; returns ``(loss, report)``.

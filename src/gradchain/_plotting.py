@@ -1,6 +1,7 @@
 """Shared matplotlib plumbing: headless-safe import and PNG saving.
 
-matplotlib is the optional extra ``plot`` (``pip install "gradchain[plot]"``).
+matplotlib is a dependency of gradchain (also the extra ``plot``), imported only here,
+when something is drawn, so ``import gradchain`` stays light.
 Without a display (no ``DISPLAY``/``WAYLAND_DISPLAY`` on Linux) the Agg backend is
 selected before pyplot is first imported, so plots work on servers and in CI.
 """

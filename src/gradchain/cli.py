@@ -372,7 +372,17 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="gradchain",
-        description="Deep MLP/RNN backprop chains with per-layer gradient reports.")
+        description="Deep MLP/RNN backprop chains with per-layer gradient reports.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  gradchain demo                       # tables + gradchain_demo.png\n"
+               "  gradchain probe --activation relu --init kaiming_normal --depth 64 "
+               "--png relu.png\n"
+               "  gradchain probe --model rnn --steps 200 --init orthogonal\n"
+               "  gradchain sweep --activation sigmoid tanh relu --depth 8 32 "
+               "--norm none batch --csv out.csv\n"
+               "  gradchain bench -w mlp-tanh rnn-mid  # vs PyTorch / JAX / NumPy\n"
+               "each subcommand has --help.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser(

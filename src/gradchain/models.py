@@ -489,19 +489,21 @@ def _custom_callback(act: _acts.Activation):  # noqa: ANN202
     return call
 
 
-def check_target(target: Any, loss: str, dtype: np.dtype, y_shape: tuple[int, ...]) -> np.ndarray:
-    """Validate a loss target against the output shape ``y_shape``."""
+def check_target(target: Any, loss: str, dtype: np.dtype, y_shape: tuple[int, ...],
+                 name: str = "target") -> np.ndarray:
+    """Validate a loss target (called ``name`` in errors) against the output shape
+    ``y_shape``: mse takes ``y_shape`` in the model's dtype, cross_entropy integer class
+    indices of shape ``y_shape[:-1]`` in ``[0, y_shape[-1])``."""
     if loss == "mse":
-        return float_array(target, "target", dtype, y_shape)
-    t = as_array(target, "target")
+        return float_array(target, name, dtype, y_shape)
+    t = as_array(target, name)
     if t.dtype.kind not in "iu":
-        raise TypeError(
-            f"target: cross_entropy takes integer class indices, got dtype {t.dtype}")
+        raise TypeError(f"{name}: cross_entropy takes integer class indices, got dtype {t.dtype}")
     want = y_shape[:-1]
     if t.shape != want:
-        raise ValueError(f"target: expected shape {shape_str(want)}, got {shape_str(t.shape)}")
+        raise ValueError(f"{name}: expected shape {shape_str(want)}, got {shape_str(t.shape)}")
     k = y_shape[-1]
     if t.size and (t.min() < 0 or t.max() >= k):
-        raise ValueError(f"target: class indices must be in [0, {k}), got range "
+        raise ValueError(f"{name}: class indices must be in [0, {k}), got range "
                          f"[{t.min()}, {t.max()}]")
     return np.ascontiguousarray(t, dtype=np.int64)

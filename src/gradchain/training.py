@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from . import reference as _ref
-from ._validate import as_array, check_bool, float_array, positive_int, real, shape_str
+from ._validate import check_bool, float_array, positive_int, real
 from .clip import clip_grad_norm
-from .models import MLP
+from .models import MLP, check_target
 from .optim import Optimizer
 from .rnn import RNN
 
@@ -241,19 +241,7 @@ def _check_data(data: Any, name: str, model: MLP | RNN, loss: str, on: str) -> _
 
 def _check_target(target: Any, name: str, loss: str, dtype: np.dtype,
                   y_shape: tuple[int, ...]) -> np.ndarray:
-    if loss == "mse":
-        return float_array(target, name, dtype, y_shape)
-    t = as_array(target, name)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"{name}: cross_entropy takes integer class indices, got dtype {t.dtype}")
-    want = y_shape[:-1]
-    if t.shape != want:
-        raise ValueError(f"{name}: expected shape {shape_str(want)}, got {shape_str(t.shape)}")
-    k = y_shape[-1]
-    if t.size and (t.min() < 0 or t.max() >= k):
-        raise ValueError(f"{name}: class indices must be in [0, {k}), got range "
-                         f"[{t.min()}, {t.max()}]")
-    return np.ascontiguousarray(t, dtype=np.int64)
+    return check_target(target, loss, dtype, y_shape, name)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -32,6 +32,18 @@ inline int64_t step_rows(int64_t B) { return B <= 16 ? 8 : 16; }
 // The per-step product C (rows x H) += A (rows x H) B (H x H): gradchain's register-tiled
 // kernel on narrow hidden sizes (no per-call packing or locking), OpenBLAS above.
 inline bool small_steps(int64_t H) { return H <= 128 && H % 64 == 0; }
+// Touch the next step's rows (rows x H values at p) ahead of time: the time loop walks
+// buffers of T*B*H values (far beyond the caches) one step (B*H apart) at a time, and
+// each step is too short for the hardware prefetcher to catch the stride alone.
+template <class T>
+inline void prefetch_rows(const T* p, int64_t n, bool write) {
+  for (int64_t i = 0; i < n; i += 64 / int64_t(sizeof(T))) {
+    if (write)
+      __builtin_prefetch(p + i, 1, 3);
+    else
+      __builtin_prefetch(p + i, 0, 3);
+  }
+}
 template <class T>
 inline void step_gemm(const KernelTable<T>& K, int64_t rows, int64_t H, const T* A, const T* B,
                       T* C) {
@@ -142,6 +154,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
   args.act = cfg_.act;
   args.bias = bias_;
   const int64_t sr = step_rows(B);
+  const bool pf = small_steps(H);  // prefetching pays on the narrow path only (measured)
   const int nt = threads_for(TB * H * 4);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
 
@@ -159,6 +172,10 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
       const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
       for (int64_t t = 1; t <= steps; ++t) {
         T* zt = HS_ + t * BH + r0 * H;
+        if (pf && t < steps) {  // z_{t+1} (read, then overwritten), act'(z_{t+1}) (written)
+          prefetch_rows(zt + BH, rows * H, true);
+          prefetch_rows(D_ + t * BH + r0 * H, rows * H, true);
+        }
         step_gemm(Kt, rows, H, HS_ + (t - 1) * BH + r0 * H, WT_, zt);
         blk_[size_t((t - 1) * nrb_ + rb)] =
             Kt.fwd_plain(args, zt, zt, D_ + (t - 1) * BH + r0 * H, rows, H);
@@ -209,6 +226,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   T* grads = grads_.data();
   const bool select = cfg_.act.kind == Act::Relu || cfg_.act.kind == Act::Hardtanh;
   const int64_t sr = step_rows(B);
+  const bool pf = small_steps(H);  // prefetching pays on the narrow path only (measured)
   const int nt = threads_for(TB * H * 4);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool readout = K > 0 && grad_ys != nullptr;
@@ -273,6 +291,11 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
       std::memset(db, 0, size_t(H) * sizeof(double));
       for (int64_t t = steps; t >= 1; --t) {
         T* dzt = DZ_ + (t - 1) * BH + r0 * H;
+        if (pf && t > 1) {  // step t-1's act' (read), dL/dh (updated) and dz (written)
+          prefetch_rows(D_ + (t - 2) * BH + r0 * H, rows * H, false);
+          prefetch_rows(G_ + (t - 1) * BH + r0 * H, rows * H, true);
+          prefetch_rows(dzt - BH, rows * H, true);
+        }
         blk_[size_t((t - 1) * nrb_ + rb)] = Kt.bwd_plain(
             G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1), select, report, dzt, db, rows,
             H);

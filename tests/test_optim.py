@@ -165,6 +165,16 @@ def torch_opt(torch, name, params, kw):
     return getattr(torch.optim, name)(params, **kw)
 
 
+def step_both(torch, model, opt, tp, topt, grads_seq):
+    """Give ours and torch's optimiser the same gradients, one step each per entry."""
+    for grads in grads_seq:
+        set_grads(model, grads)
+        for q, g in zip(tp, grads, strict=True):
+            q.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("name", "kw"), CASES, ids=CASE_IDS)
 def test_matches_torch(name, kw, dtype):
@@ -174,12 +184,7 @@ def test_matches_torch(name, kw, dtype):
     tp = torch_params(model, torch)
     topt = torch_opt(torch, name, tp, kw)
     opt = getattr(gc.optim, name)(model, **kw)
-    for grads in grads_seq:
-        set_grads(model, grads)
-        for q, g in zip(tp, grads, strict=True):
-            q.grad = torch.tensor(g)
-        opt.step()
-        topt.step()
+    step_both(torch, model, opt, tp, topt, grads_seq)
     for (pname, p), q in zip(model.named_parameters(), tp, strict=True):
         assert_close(f"{name} {kw} {pname}", p, q.detach().numpy(), TORCH_TOL[dtype],
                      floor=1e-3)
@@ -224,12 +229,7 @@ def test_nonfinite_gradient_propagates_as_torch(name):
     grads[1][2][3, 0] = np.inf
     tp = torch_params(model, torch)
     topt, opt = torch_opt(torch, name, tp, kw), getattr(gc.optim, name)(model, **kw)
-    for gs in grads:
-        set_grads(model, gs)
-        for q, g in zip(tp, gs, strict=True):
-            q.grad = torch.tensor(g)
-        opt.step()
-        topt.step()
+    step_both(torch, model, opt, tp, topt, grads)
     for (pname, p), q in zip(model.named_parameters(), tp, strict=True):
         theirs = q.detach().numpy()
         np.testing.assert_array_equal(np.isnan(p), np.isnan(theirs), err_msg=pname)
@@ -270,12 +270,7 @@ def test_torch_state_dict_loads_and_continues_identically():
                                zip(model.named_parameters(), tp, strict=True)})
         opt = getattr(gc.optim, name)(model, **kw)
         opt.load_state_dict(topt.state_dict())
-        for gs in grads_seq[3:]:
-            set_grads(model, gs)
-            for q, g in zip(tp, gs, strict=True):
-                q.grad = torch.tensor(g)
-            opt.step()
-            topt.step()
+        step_both(torch, model, opt, tp, topt, grads_seq[3:])
         for (pname, p), q in zip(model.named_parameters(), tp, strict=True):
             assert_close(f"{name} {pname}", p, q.detach().numpy(), 1e-12, floor=1e-3)
 

@@ -21,7 +21,7 @@ from ._validate import (
     positive_int,
     shape_str,
 )
-from .models import StateError, _Chain, _check_seed, locked
+from .models import StateError, _Chain, _check_seed, check_target, locked
 from .report import RNNGradReport
 
 __all__ = ["RNN"]
@@ -237,8 +237,8 @@ class RNN(_Chain):
                 raise ValueError("grad_ys: this RNN has no readout (output_size=None)")
             gy = self._time_major(float_array(grad_ys, "grad_ys", self.dtype,
                                               (*lead, self.output_size)))
-        want = _check_flag(report, "report")
-        d, dx, dh0 = self._core.backward(gh, gy, _check_flag(accumulate, "accumulate"), want)
+        want = check_bool(report, "report")
+        d, dx, dh0 = self._core.backward(gh, gy, check_bool(accumulate, "accumulate"), want)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         if not want:
@@ -266,11 +266,11 @@ class RNN(_Chain):
             t_shape: tuple[int, ...] = (B, F)
         else:
             t_shape = (B, T, F) if self.batch_first else (T, B, F)
-        t = _check_target(target, loss, self.dtype, t_shape)
+        t = check_target(target, loss, self.dtype, t_shape)
         if on == "all" and self.batch_first:
             t = np.ascontiguousarray(np.swapaxes(t, 0, 1))
         h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
-        acc = _check_flag(accumulate, "accumulate")
+        acc = check_bool(accumulate, "accumulate")
         hs, ys = self._core_forward(xa, h0a)
         self._outputs = ys
         outputs = ys if self.output_size else hs
@@ -315,14 +315,3 @@ class RNN(_Chain):
         ro = f", output_size={self.output_size}" if self.output_size else ""
         return (f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}{ro}, "
                 f"activation={self.activation!r}, init={self.init!r}, dtype={self.dtype.name})")
-
-
-def _check_flag(v: Any, name: str) -> bool:
-    """A bool flag: ``accumulate="no"`` must not silently mean True."""
-    return check_bool(v, name)
-
-
-def _check_target(target: Any, loss: str, dtype: np.dtype, y_shape: tuple[int, ...]) -> np.ndarray:
-    from .models import check_target
-
-    return check_target(target, loss, dtype, y_shape)

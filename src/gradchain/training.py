@@ -223,7 +223,7 @@ def _check_data(data: Any, name: str, model: MLP | RNN, loss: str, on: str) -> _
     if isinstance(model, MLP):
         x = float_array(data[0], f"{name}[0]", dt, ("N", model.sizes[0]))
         n = x.shape[0]
-        t = _check_target(data[1], f"{name}[1]", loss, dt, (n, model.sizes[-1]))
+        t = check_target(data[1], loss, dt, (n, model.sizes[-1]), f"{name}[1]")
         return _Data(x, t, 0, 0, n)
     bf = model.batch_first
     spec = ("N", "T", model.input_size) if bf else ("T", "N", model.input_size)
@@ -232,16 +232,12 @@ def _check_data(data: Any, name: str, model: MLP | RNN, loss: str, on: str) -> _
     n, T = x.shape[bx], x.shape[1 - bx]
     F = model.output_size or model.hidden_size
     if on == "last":
-        t = _check_target(data[1], f"{name}[1]", loss, dt, (n, F))
+        t = check_target(data[1], loss, dt, (n, F), f"{name}[1]")
         return _Data(x, t, bx, 0, n)
     shape = (n, T, F) if bf else (T, n, F)
-    t = _check_target(data[1], f"{name}[1]", loss, dt, shape)
+    t = check_target(data[1], loss, dt, shape, f"{name}[1]")
     return _Data(x, t, bx, bx, n)
 
-
-def _check_target(target: Any, name: str, loss: str, dtype: np.dtype,
-                  y_shape: tuple[int, ...]) -> np.ndarray:
-    return check_target(target, loss, dtype, y_shape, name)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import activations as _acts
 from . import init as _init
-from ._validate import positive_int, real
+from ._validate import check_bool, positive_int, real
 
 __all__ = [
     "OPTIONS", "SweepError", "configurations", "format_table", "load_config", "run_one",
@@ -73,10 +73,6 @@ def _describe(v: Any) -> str:
     return repr(v) if not isinstance(v, type) else v.__name__
 
 
-def _opt_int(v: Any, name: str, minimum: int = 1) -> int:
-    return positive_int(v, name, minimum)
-
-
 def _opt_float(v: Any, name: str, minimum: float | None = None) -> float:
     return real(v, name, minimum=minimum)
 
@@ -88,12 +84,6 @@ def _opt_choice(v: Any, name: str, choices: Sequence[Any]) -> Any:
     if v not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {v!r}")
     return v
-
-
-def _opt_bool(v: Any, name: str) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
-    return bool(v)
 
 
 def _opt_activation(v: Any, name: str) -> str | _acts.Activation:
@@ -155,7 +145,7 @@ def _opt_dtype(v: Any, name: str) -> str:
 
 
 def _opt_optional_int(v: Any, name: str) -> int | None:
-    return None if v is None else _opt_int(v, name)
+    return None if v is None else positive_int(v, name)
 
 
 _CHECKS: dict[str, Callable[[Any, str], Any]] = {
@@ -164,21 +154,21 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "input_init": _opt_init,
     "sigma_w": _opt_sigma,
     "sigma_b": _opt_sigma,
-    "depth": _opt_int,
-    "width": _opt_int,
+    "depth": positive_int,
+    "width": positive_int,
     "in_features": _opt_optional_int,
-    "out_features": _opt_int,
+    "out_features": positive_int,
     "norm": _opt_norm,
     "residual": _opt_residual,
     "residual_scale": _opt_float,
-    "bias": _opt_bool,
+    "bias": check_bool,
     "dtype": _opt_dtype,
-    "batch": _opt_int,
+    "batch": positive_int,
     "loss": lambda v, n: _opt_choice(v, n, ("mse", "cross_entropy")),
-    "hidden_size": _opt_int,
-    "input_size": _opt_int,
+    "hidden_size": positive_int,
+    "input_size": positive_int,
     "output_size": _opt_optional_int,
-    "steps": _opt_int,
+    "steps": positive_int,
     "on": lambda v, n: _opt_choice(v, n, ("last", "all")),
     "model": lambda v, n: _opt_choice(v, n, tuple(OPTIONS)),
 }
@@ -670,9 +660,9 @@ def sweep(
     >>> res[["activation", "depth", "ratio", "verdict"]]            # doctest: +SKIP
     """
     _check_executor(executor)
-    _opt_bool(progress, "progress")
+    check_bool(progress, "progress")
     if as_frame is not None:
-        _opt_bool(as_frame, "as_frame")
+        check_bool(as_frame, "as_frame")
     seed_ = positive_int(seed, "seed", minimum=0)
     workers = None if max_workers is None else positive_int(max_workers, "max_workers")
     threads_ = None if threads is None else positive_int(threads, "threads")

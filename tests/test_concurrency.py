@@ -83,8 +83,10 @@ def test_set_num_threads_during_runs(restore_threads):
 
 def test_optimiser_steps_and_snapshots_never_mix():
     """One thread trains (loss_and_grad + Adam steps), another snapshots the state dict
-    and clips: every snapshot is one of the states between whole steps, never a
-    half-updated model (the model's lock covers forward, backward, step and state_dict)."""
+    (``copy=True``: copied under the model's lock) and takes the gradient norm: every
+    snapshot is one of the states between whole steps, never a half-updated model (the
+    model's lock covers forward, backward, step and state_dict). A plain ``state_dict()``
+    returns views, as PyTorch's does, so copying those after the call may tear."""
     import sys
 
     old = sys.getswitchinterval()
@@ -116,7 +118,7 @@ def test_optimiser_steps_and_snapshots_never_mix():
 
         def watch():
             while not stop.is_set():
-                snaps.append(flat(m.state_dict()))
+                snaps.append(flat(m.state_dict(copy=True)))
                 gc.grad_norm(m)
 
         t = threading.Thread(target=watch)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -291,6 +292,44 @@ def test_state_dict_arrays_are_views(dtype):
     sd["norms.0.running_mean"][...] = 5.0  # eval mode reads the running statistics
     np.testing.assert_array_equal(buffers["norms.0.running_mean"], 5.0)
     assert not np.array_equal(m.forward(x), y1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_state_dict_copy_is_an_independent_snapshot(dtype):
+    m = build(ARCHS[1], dtype, seed=1)
+    warm_up(m)
+    views, snap = m.state_dict(), m.state_dict(copy=True)
+    assert list(snap) == list(views)
+    for k, v in snap.items():
+        assert not np.shares_memory(v, views[k]), k
+        assert v.dtype == views[k].dtype and v.shape == views[k].shape, k
+        np.testing.assert_array_equal(v, views[k])
+    before = {k: v.copy() for k, v in snap.items()}
+    m.load_state_dict(build(ARCHS[1], dtype, seed=2).state_dict())
+    for k, v in snap.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    assert not np.array_equal(snap["layers.0.weight"], views["layers.0.weight"])
+    m.load_state_dict(snap)  # a snapshot loads back
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    with pytest.raises(TypeError, match="copy: expected a bool"):
+        m.state_dict(copy=1)
+    r = gc.RNN(3, 5, output_size=2, seed=0)
+    rs, rv = r.state_dict(copy=True), r.state_dict()
+    assert list(rs) == list(rv)
+    assert all(not np.shares_memory(rs[k], rv[k]) for k in rs)
+
+
+def test_lock_is_the_models_reentrant_lock():
+    m = build(ARCHS[1], np.float32, seed=1)
+    done = threading.Event()
+    with m.lock:
+        with m.lock:  # re-entrant
+            t = threading.Thread(target=lambda: (m.state_dict(copy=True), done.set()))
+            t.start()
+            assert not done.wait(0.2), "state_dict ran while another thread held model.lock"
+    assert done.wait(30)
+    t.join()
 
 
 def test_load_state_dict_copies():

@@ -83,7 +83,10 @@ class _Chain:
     loss_and_grad, zero_grad, state_dict, load_state_dict, reset_parameters, train/eval)
     holds the model's re-entrant lock, as do ``gc.optim`` steps and the ``gc.clip_*``
     functions, so two threads sharing a model take turns instead of mixing state.
-    Direct writes into the NumPy views are the caller's to synchronise (``model._lock``).
+    The arrays that ``parameters()``, ``grads()`` and ``state_dict()`` return are views,
+    so reading them while another thread trains sees a step half-done: take a snapshot
+    with ``state_dict(copy=True)`` (copied under the lock), or hold ``model.lock`` (the
+    same re-entrant lock) around your own reads and writes of the views.
     """
 
     _core: Any
@@ -136,10 +139,20 @@ class _Chain:
     def _state_keys(self) -> list[str]:
         return list(self._params)
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The model's re-entrant lock: every gradchain call that touches the model holds
+        it; hold it yourself (``with model.lock:``) around direct reads or writes of the
+        parameter / gradient views while other threads use the model."""
+        return self._lock
+
     @locked
-    def state_dict(self) -> OrderedDict[str, np.ndarray]:
-        """Parameters and buffers under ``torch``'s names; the arrays are views of the
-        model's memory (as PyTorch's state_dict shares storage)."""
+    def state_dict(self, *, copy: bool = False) -> OrderedDict[str, np.ndarray]:
+        """Parameters and buffers under ``torch``'s names. The arrays are views of the
+        model's memory (as PyTorch's state_dict shares storage); ``copy=True`` returns
+        copies taken under the model's lock, a consistent snapshot even while another
+        thread is training the model."""
+        copy = check_bool(copy, "copy")
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         for k in self._state_keys():
             if k.endswith("num_batches_tracked"):  # a 0-d view, as torch's buffer
@@ -147,6 +160,9 @@ class _Chain:
                 out[k] = self._num_batches_tracked[layer:layer + 1].reshape(())
             else:
                 out[k] = self._params[k] if k in self._params else self._buffers[k]
+        if copy:
+            for k in out:
+                out[k] = out[k].copy()
         return out
 
     @locked
@@ -431,12 +447,13 @@ class MLP(_Chain):
         return keys
 
     @locked
-    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+    def state_dict(self, *, copy: bool = False) -> OrderedDict[str, np.ndarray]:
         """Parameters and buffers under ``torch``'s names (``layers.{l}.weight``, ...,
         ``norms.{l}.running_mean``, ``norms.{l}.num_batches_tracked``): an equivalent
         PyTorch module with ``layers`` / ``norms`` ModuleLists loads it. Arrays are
-        views of the model's memory (as PyTorch's state_dict shares storage)."""
-        return super().state_dict()
+        views of the model's memory (as PyTorch's state_dict shares storage), or copies
+        taken under the model's lock with ``copy=True``."""
+        return super().state_dict(copy=copy)
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments (JSON-ready), as ``gc.save`` stores them."""

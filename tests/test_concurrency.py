@@ -6,6 +6,7 @@ it: optimiser steps, state dicts, clipping), never mixed state."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -124,11 +125,12 @@ def test_optimiser_steps_and_snapshots_never_mix():
         t = threading.Thread(target=watch)
         t.start()
         try:
-            run(m, 30)
+            run(m, 30, lambda _: time.sleep(1e-4))  # let the watcher in between steps
         finally:
             stop.set()
             t.join()
         assert flat(m.state_dict()) == states[-1]
-        assert snaps and all(s in allowed for s in snaps)
+        assert all(s in allowed for s in snaps)
+        assert len(set(snaps)) >= 5, f"the watcher saw only {len(set(snaps))} distinct states"
     finally:
         sys.setswitchinterval(old)

@@ -73,11 +73,32 @@ py::array_t<T> view(T* ptr, int64_t n, py::handle owner) {
   return py::array_t<T>({py::ssize_t(n)}, {py::ssize_t(sizeof(T))}, ptr, owner);
 }
 
+// A custom activation's callback: fn(x: ndarray (rows, cols)) -> (f, df), validated by the
+// Python layer's wrapper; called with the GIL released (it takes it) and outside OpenMP regions.
+template <class T>
+CustomActFn<T> custom_activation(py::function fn) {
+  return [fn](const T* x, T* f, T* d, int64_t rows, int64_t cols) {
+    py::gil_scoped_acquire gil;
+    CArray<T> xa({py::ssize_t(rows), py::ssize_t(cols)});
+    std::memcpy(xa.mutable_data(), x, size_t(rows * cols) * sizeof(T));
+    py::tuple res = fn(xa);
+    if (res.size() != 2) throw std::invalid_argument("custom activation must return (f, df)");
+    auto fa = res[0].cast<CArray<T>>();
+    auto da = res[1].cast<CArray<T>>();
+    check_2d<T>(fa, "custom activation f(x)", cols, rows);
+    check_2d<T>(da, "custom activation df(x)", cols, rows);
+    std::memcpy(f, fa.data(), size_t(rows * cols) * sizeof(T));
+    std::memcpy(d, da.data(), size_t(rows * cols) * sizeof(T));
+  };
+}
+
 // What every chain class exposes the same way: named views of its flat buffers and
 // the clipping functions over its gradient spans (under the chain's lock).
 template <class C, class T>
 void bind_shared(py::class_<C>& cls) {
   cls.def("invalidate", &C::invalidate)
+      .def("set_custom_activation",
+           [](C& c, py::function fn) { c.set_custom_activation(custom_activation<T>(fn)); })
       .def("tensors",
            [](const C& c) {
              py::list out;
@@ -158,23 +179,6 @@ void bind_mlp(py::module_& m, const char* name) {
         C& c = self.cast<C&>();
         return view<T>(c.buffers(), c.num_buffers(), self);
       })
-      .def("set_custom_activation",
-           [](C& c, py::function fn) {
-             // fn(x: ndarray (rows, cols)) -> (f, d), validated by the Python layer's wrapper.
-             c.set_custom_activation([fn](const T* x, T* f, T* d, int64_t rows, int64_t cols) {
-               py::gil_scoped_acquire gil;
-               CArray<T> xa({py::ssize_t(rows), py::ssize_t(cols)});
-               std::memcpy(xa.mutable_data(), x, size_t(rows * cols) * sizeof(T));
-               py::tuple res = fn(xa);
-               if (res.size() != 2) throw std::invalid_argument("custom activation must return (f, df)");
-               auto fa = res[0].cast<CArray<T>>();
-               auto da = res[1].cast<CArray<T>>();
-               check_2d<T>(fa, "custom activation f(x)", cols, rows);
-               check_2d<T>(da, "custom activation df(x)", cols, rows);
-               std::memcpy(f, fa.data(), size_t(rows * cols) * sizeof(T));
-               std::memcpy(d, da.data(), size_t(rows * cols) * sizeof(T));
-             });
-           })
       .def(
           "forward",
           [](C& c, const CArray<T>& x) {

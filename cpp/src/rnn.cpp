@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -61,8 +62,6 @@ RnnChain<T>::RnnChain(RnnConfig cfg) : cfg_(cfg) {
   if (I < 1 || I > lim) throw std::invalid_argument("input_size must be in [1, 2^24]");
   if (H < 1 || H > lim) throw std::invalid_argument("hidden_size must be in [1, 2^24]");
   if (K < 0 || K > lim) throw std::invalid_argument("output_size must be in [0, 2^24]");
-  if (cfg_.act.kind == Act::Custom)
-    throw std::invalid_argument("custom activations are not supported by the RNN core");
   int64_t np = 0;
   auto add = [&](const char* name, std::vector<int64_t> shape) {
     int64_t numel = 1;
@@ -130,6 +129,55 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
 // ---------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------
+// y = h W_out^T + b_out over all T*B rows, with the bias pass's non-finite check per row
+// block in part_. Called by every thread of a region (orphaned work-sharing loops).
+template <class T>
+void RnnChain<T>::readout_forward(T* ys) {
+  const auto& Kt = kernels<T>();
+  const int64_t H = cfg_.hidden_size, K = cfg_.output_size, TB = T_ * B_;
+  const GemmSplit go = gemm_split(TB, K, H);
+#pragma omp for schedule(static)
+  for (int64_t blk = 0; blk < go.count; ++blk)
+    gemm_block(go, blk, false, true, TB, K, H, HS_ + B_ * H, H, params_.data() + w_out_, H, T(0),
+               ys, K);
+  const T* bo = b_out_ >= 0 ? params_.data() + b_out_ : nullptr;
+  const int64_t nrb_all = ceil_div(TB, kRowBlock);
+#pragma omp for schedule(static)
+  for (int64_t rb = 0; rb < nrb_all; ++rb)
+    part_.data()[rb] = Kt.add_bias(ys + rb * kRowBlock * K, bo, rows_in_block(rb, TB), K);
+}
+
+// The time loop with a custom activation (serial, outside any OpenMP region: the callback
+// takes the GIL and may throw). The recurrent products use the same row blocks and kernels
+// as the built-in loop, so z_t is bitwise the one the built-in path would see; then
+// h_t, act'(z_t) = callback(z_t + b), and the step's non-finite check.
+template <class T>
+void RnnChain<T>::custom_steps() {
+  if (!custom_) throw std::logic_error("custom activation has no callable");
+  const auto& Kt = kernels<T>();
+  const int64_t H = cfg_.hidden_size, B = B_, BH = B * H;
+  const int64_t sr = step_rows(B);
+  FwdArgs<T> args;  // identity + bias: z_t + b in place
+  args.act.kind = Act::Identity;
+  args.bias = bias_;
+  for (int64_t t = 1; t <= T_; ++t) {
+    T* zt = HS_ + t * BH;
+    T* dt = D_ + (t - 1) * BH;
+    for (int64_t rb = 0; rb < nrb_; ++rb) {
+      const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
+      step_gemm(Kt, rows, H, HS_ + (t - 1) * BH + r0 * H, WT_, zt + r0 * H);
+      Kt.fwd_plain(args, zt + r0 * H, zt + r0 * H, dt + r0 * H, rows, H);
+    }
+    custom_(zt, zt, dt, B, H);
+    for (int64_t rb = 0; rb < nrb_; ++rb) {
+      const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
+      bool bad = false;
+      for (int64_t i = r0 * H; i < (r0 + rows) * H; ++i) bad = bad || !std::isfinite(zt[i]);
+      blk_[size_t((t - 1) * nrb_ + rb)] = bad ? std::numeric_limits<double>::quiet_NaN() : 0.0;
+    }
+  }
+}
+
 template <class T>
 void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* hs, T* ys) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -157,6 +205,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
   const bool pf = small_steps(H);  // prefetching pays on the narrow path only (measured)
   const int nt = threads_for(TB * H * 4);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
+  const bool custom = cfg_.act.kind == Act::Custom;
 
 #pragma omp parallel num_threads(nt)
   {
@@ -167,8 +216,9 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
       gemm_block(gi, blk, false, true, TB, H, I, X_, I, W_ih, I, T(0), HS_ + BH, H);
 
     // the time loop, each thread on its own rows: z_t += h_{t-1} W_hh^T; h_t = act(z_t + b)
+    // (a custom activation runs its own loop below, outside the region: it calls Python)
 #pragma omp for schedule(static)
-    for (int64_t rb = 0; rb < nrb_; ++rb) {
+    for (int64_t rb = 0; rb < (custom ? 0 : nrb_); ++rb) {
       const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
       for (int64_t t = 1; t <= steps; ++t) {
         T* zt = HS_ + t * BH + r0 * H;
@@ -181,16 +231,13 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
             Kt.fwd_plain(args, zt, zt, D_ + (t - 1) * BH + r0 * H, rows, H);
       }
     }
-    if (K > 0) {  // y = h W_out^T + b_out over all T*B rows
-      const GemmSplit go = gemm_split(TB, K, H);
-#pragma omp for schedule(static)
-      for (int64_t blk = 0; blk < go.count; ++blk)
-        gemm_block(go, blk, false, true, TB, K, H, HS_ + BH, H, params_.data() + w_out_, H, T(0),
-                   ys, K);
-      const T* bo = b_out_ >= 0 ? params_.data() + b_out_ : nullptr;
-#pragma omp for schedule(static)
-      for (int64_t rb = 0; rb < nrb_all; ++rb)  // bias + non-finite check per row block
-        part_.data()[rb] = Kt.add_bias(ys + rb * kRowBlock * K, bo, rows_in_block(rb, TB), K);
+    if (K > 0 && !custom) readout_forward(ys);
+  }
+  if (custom) {
+    custom_steps();  // may throw (the callback's error): has_forward_ stays false
+    if (K > 0) {
+#pragma omp parallel num_threads(nt)
+      readout_forward(ys);
     }
   }
   fwd_nonfinite_ = -1;

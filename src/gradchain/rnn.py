@@ -21,7 +21,7 @@ from ._validate import (
     positive_int,
     shape_str,
 )
-from .models import StateError, _Chain, _check_seed, check_target, locked
+from .models import StateError, _Chain, _check_seed, _custom_callback, check_target, locked
 from .report import RNNGradReport
 
 __all__ = ["RNN"]
@@ -42,7 +42,9 @@ class RNN(_Chain):
     ----------
     input_size, hidden_size : int
     activation : str or Activation
-        Any built-in activation (tanh by default; relu for the IRNN).
+        Any built-in activation (tanh by default; relu for the IRNN), or
+        ``gc.Activation.custom(f, df)``: the slow path, one NumPy call per timestep on
+        ``z_t (B, H)`` (the GIL is taken and the time loop runs on one thread).
     init : str or gc.init.Init
         Scheme for ``W_hh``: ``"orthogonal"``, ``"identity"`` (IRNN),
         ``gc.init.normal(sigma_w, sigma_b)`` (mean-field; ``b_hh ~ N(0, sigma_b^2)``),
@@ -81,9 +83,6 @@ class RNN(_Chain):
         if H * H + H * I_ + H * K > 1 << 34:
             raise MemoryError(f"hidden_size: an RNN of size {H} cannot be allocated")
         act = _acts.resolve(activation)
-        if act.is_custom:
-            raise ValueError("activation: custom activations are supported by gc.MLP only; "
-                             "the RNN core runs the built-in ones")
         scheme = _init.resolve(init)
         in_scheme = _init.resolve(input_init)
         for name, v in (("bias", bias), ("batch_first", batch_first)):
@@ -102,6 +101,8 @@ class RNN(_Chain):
             raise MemoryError(
                 f"hidden_size: the parameters of an RNN with input_size={I_}, hidden_size={H}"
                 f", output_size={K or None} ({dt.name}) cannot be allocated") from None
+        if act.is_custom:
+            self._core.set_custom_activation(_custom_callback(act))
         self.input_size, self.hidden_size, self.output_size = I_, H, (K or None)
         self.activation = act
         self.init = scheme

@@ -59,15 +59,21 @@ class RnnChain {
   int64_t forward_batch() const { return B_; }
   void invalidate() { has_forward_ = false; }
   std::mutex& mutex() { return mu_; }
+  // The slow path for Act::Custom: called once per step with z_t (B, H), it writes
+  // act(z_t) and act'(z_t). Runs with the chain's mutex held, outside OpenMP regions.
+  void set_custom_activation(CustomActFn<T> fn) { custom_ = std::move(fn); }
 
  private:
   void plan(int64_t steps, int64_t B);
+  void readout_forward(T* ys);
+  void custom_steps();
 
   RnnConfig cfg_;
   std::vector<TensorInfo> tensors_;
   int64_t w_ih_, w_hh_, b_ih_ = -1, b_hh_ = -1, w_out_ = -1, b_out_ = -1;
   Buffer<T> params_, grads_;
   std::mutex mu_;
+  CustomActFn<T> custom_;
 
   // workspace (plan(T, B)); nothing is allocated inside the time loop
   int64_t T_ = 0, B_ = 0, nrb_ = 0;

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from . import reference as _ref
 from ._validate import check_bool, float_array, positive_int, real
 from .clip import clip_grad_norm
 from .models import MLP, check_target
@@ -254,19 +253,6 @@ def _loss_value(y: np.ndarray, t: np.ndarray, loss: str) -> float:
         return float(np.mean(lse - z[np.arange(len(tt)), tt]))
 
 
-def _mlp_loss_and_grad(model: MLP, x: np.ndarray, t: np.ndarray, loss: str
-                       ) -> tuple[float, Any]:
-    """``model.loss_and_grad`` (the same three calls), except that a non-finite
-    output returns ``(loss, None)`` instead of refusing to backpropagate it."""
-    y = model.forward(x)
-    value, dy = _ref.loss_forward_backward(y, t, loss)
-    if not math.isfinite(value):
-        return float(value), None
-    rep = model.backward(np.ascontiguousarray(dy, dtype=model.dtype))
-    rep.loss = float(value)
-    return float(value), rep
-
-
 def _outputs(model: MLP | RNN, x: np.ndarray, on: str) -> np.ndarray:
     """Forward only; outputs aligned with the target (MLP (B, K); RNN on="last"
     (B, K), on="all" in the user's layout)."""
@@ -426,11 +412,6 @@ def train(
 
     def record(step: int, rep: Any) -> None:
         rec_steps.append(step)
-        if rep is None:  # the forward output was already non-finite: no backward ran
-            gnorms.append(np.full(len(labels), np.nan))
-            wnorms.append(np.full(len(wlabels), np.nan))
-            globals_.append(math.nan)
-            return
         if is_mlp:
             gnorms.append(np.array(rep.activation_grad_norms, dtype=np.float64))
             wnorms.append(np.array(rep.weight_grad_norms, dtype=np.float64))
@@ -457,14 +438,14 @@ def train(
                 tb = np.take(d.t, idx, axis=d.t_axis)
                 with np.errstate(**_QUIET):
                     if is_mlp:
-                        value, rep = _mlp_loss_and_grad(model, xb, tb, loss)
+                        value, rep = model.loss_and_grad(xb, tb, loss=loss)
                     else:
                         value, rep = model.loss_and_grad(xb, tb, loss=loss, on=on)
                 losses.append(float(value))
                 epoch_of.append(epoch)
                 ep_sum += float(value) * len(idx)
                 ep_n += len(idx)
-                bad = rep is None or not (math.isfinite(value) and math.isfinite(rep.global_norm))
+                bad = not (math.isfinite(value) and math.isfinite(rep.global_norm))
                 if step % rec == 0 or bad:
                     record(step, rep)
                 if bad:

@@ -30,9 +30,12 @@ using detail::rows_in_block;
 namespace {
 // Rows per block of the time loops (a function of B only, never of the thread count).
 inline int64_t step_rows(int64_t B) { return B <= 16 ? 8 : 16; }
-// The per-step product C (rows x H) += A (rows x H) B (H x H): gradchain's register-tiled
-// kernel on narrow hidden sizes (no per-call packing or locking), OpenBLAS above.
-inline bool small_steps(int64_t H) { return H <= 128 && H % 64 == 0; }
+// The per-step products run on gradchain's panel kernel with the recurrent weight packed
+// once per pass (see KernelTable::gemm_panels) while the packed matrix stays cache-sized;
+// above that, OpenBLAS on the plain matrix.
+inline bool panel_steps(int64_t H) { return H <= 512; }
+// Prefetching the next step's rows pays on narrow hidden sizes only (measured).
+inline bool prefetch_pays(int64_t H) { return H <= 128 && H % 64 == 0; }
 // Touch the next step's rows (rows x H values at p) ahead of time: the time loop walks
 // buffers of T*B*H values (far beyond the caches) one step (B*H apart) at a time, and
 // each step is too short for the hardware prefetcher to catch the stride alone.
@@ -45,14 +48,17 @@ inline void prefetch_rows(const T* p, int64_t n, bool write) {
       __builtin_prefetch(p + i, 0, 3);
   }
 }
+// C (rows x H) += A (rows x H) op(W): Wp is op(W) packed (panel path) or plain (H x H).
 template <class T>
-inline void step_gemm(const KernelTable<T>& K, int64_t rows, int64_t H, const T* A, const T* B,
+inline void step_gemm(const KernelTable<T>& K, int64_t rows, int64_t H, const T* A, const T* Wp,
                       T* C) {
-  if (small_steps(H))
-    K.gemm_small_nn(rows, H, H, A, H, B, H, C, H);
+  if (panel_steps(H))
+    K.gemm_panels(rows, H, H, A, H, Wp, C, H);
   else
-    gemm(false, false, rows, H, H, T(1), A, H, B, H, T(1), C, H);
+    gemm(false, false, rows, H, H, T(1), A, H, Wp, H, T(1), C, H);
 }
+// The widest panel of any ISA's table (AVX-512: 2 x 64 bytes), for sizing the buffer.
+constexpr int64_t kMaxPanel = 128;
 }  // namespace
 
 template <class T>
@@ -104,7 +110,8 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   has_forward_ = false;
   T_ = B_ = 0;
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size;
-  const int64_t total = steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + H * H;
+  const int64_t wp = H * (ceil_div(H * int64_t(sizeof(T)), kMaxPanel) * kMaxPanel / int64_t(sizeof(T)));
+  const int64_t total = steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + wp;
   ws_ = Buffer<T>(total);
   T* p = ws_.data();
   auto take = [&](int64_t n) { T* q = p; p += n; return q; };
@@ -114,7 +121,7 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   G_ = take((steps + 1) * B * H);
   DZ_ = take(steps * B * H);
   bias_ = take(H);
-  WT_ = take(H * H);
+  WT_ = take(wp);
   const int64_t sr = step_rows(B);
   nrb_ = ceil_div(B, sr);
   const int64_t nrb_all = ceil_div(steps * B, kRowBlock);
@@ -196,13 +203,16 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
     std::memset(HS_, 0, size_t(BH) * sizeof(T));
   for (int64_t c = 0; c < H; ++c)
     bias_[c] = cfg_.bias ? T(params_.data()[b_ih_ + c] + params_.data()[b_hh_ + c]) : T(0);
-  for (int64_t i = 0; i < H; ++i)  // W_hh^T, so each step is a plain row-major product
-    for (int64_t j = 0; j < H; ++j) WT_[j * H + i] = W_hh[i * H + j];
+  if (panel_steps(H))  // op(B) = W_hh^T, packed once for all steps
+    Kt.pack_panels(H, H, W_hh, H, true, WT_);
+  else  // W_hh^T, so each step is a plain row-major product
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < H; ++j) WT_[j * H + i] = W_hh[i * H + j];
   FwdArgs<T> args;
   args.act = cfg_.act;
   args.bias = bias_;
   const int64_t sr = step_rows(B);
-  const bool pf = small_steps(H);  // prefetching pays on the narrow path only (measured)
+  const bool pf = prefetch_pays(H);
   const int nt = threads_for(TB * H * 4);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool custom = cfg_.act.kind == Act::Custom;
@@ -273,7 +283,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   T* grads = grads_.data();
   const bool select = cfg_.act.kind == Act::Relu || cfg_.act.kind == Act::Hardtanh;
   const int64_t sr = step_rows(B);
-  const bool pf = small_steps(H);  // prefetching pays on the narrow path only (measured)
+  const bool pf = prefetch_pays(H);
   const int nt = threads_for(TB * H * 4);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool readout = K > 0 && grad_ys != nullptr;
@@ -288,6 +298,13 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   else
     std::memset(G_ + BH, 0, size_t(TB * H) * sizeof(T));
   std::memset(G_, 0, size_t(BH) * sizeof(T));
+  // op(B) = W_hh for G_{t-1} += dz_t W_hh: packed once for all steps (the buffer held
+  // W_hh^T for the forward steps; the next forward packs it again)
+  const T* Wp = W_hh;
+  if (panel_steps(H)) {
+    Kt.pack_panels(H, H, W_hh, H, false, WT_);
+    Wp = WT_;
+  }
 
 #pragma omp parallel num_threads(nt)
   {
@@ -346,7 +363,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
         blk_[size_t((t - 1) * nrb_ + rb)] = Kt.bwd_plain(
             G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1), select, report, dzt, db, rows,
             H);
-        step_gemm(Kt, rows, H, dzt, W_hh, G_ + (t - 1) * BH + r0 * H);
+        step_gemm(Kt, rows, H, dzt, Wp, G_ + (t - 1) * BH + r0 * H);
       }
     }
 

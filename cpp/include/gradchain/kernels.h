@@ -80,13 +80,16 @@ struct KernelTable {
                           const T* row_istd, T scale, bool select, T* dz, double* dgamma_acc,
                           double* dbeta_acc, double* db_acc, int64_t rows, int64_t n);
 
-  // --- small GEMM --------------------------------------------------------------
-  // C (m x N) += A (m x K) B (K x N), row-major with leading dimensions: a register-
-  // tiled kernel for the RNN's per-step products on narrow shapes, where it matches
-  // OpenBLAS without its per-call overhead (packing, locks). Results per row do not
-  // depend on m, so row blocks give the same numbers for any thread count.
-  void (*gemm_small_nn)(int64_t m, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                        int64_t ldb, T* C, int64_t ldc);
+  // --- panel GEMM (the RNN's per-step products) ---------------------------------
+  // op(B) (K x N) is packed once per pass into panels of panel_width() columns
+  // (pack_panels, into K * round_up(N, panel_width()) values; trans: B is N x K),
+  // then each step runs C (m x N) += A (m x K) op(B), A row-major. Each C element
+  // is C + (the k-ordered sum), independent of m: row blocks give the same numbers
+  // for any thread count.
+  int64_t (*panel_width)();
+  void (*pack_panels)(int64_t K, int64_t N, const T* B, int64_t ldb, bool trans, T* out);
+  void (*gemm_panels)(int64_t m, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp,
+                      T* C, int64_t ldc);
 
   // --- reductions and gradient edits -----------------------------------------
   double (*sumsq)(const T* x, int64_t n);          // sum(x^2) in float64

@@ -85,7 +85,9 @@ class RnnChain {
   T* G_ = nullptr;     // (T+1, B, H): dL/dh_t (total), slot 0 = dL/dh_0
   T* DZ_ = nullptr;    // (T, B, H): dL/dz_t
   T* bias_ = nullptr;  // (H): b_ih + b_hh
-  T* WT_ = nullptr;    // (H, H): W_hh^T, refreshed by every forward
+  T* WT_ = nullptr;    // the recurrent weight of the time loop: W_hh^T (forward) or W_hh
+                       // (backward), packed in panels (or plain H x H above the panel
+                       // path), refreshed by every pass
   Buffer<double> part_;
   std::vector<double> blk_;  // per (step, row block): sums of squares / non-finite checks
   int fwd_nonfinite_ = -1;

@@ -442,3 +442,65 @@ def test_gradients_only_flag_is_checked():
     m.forward(np.ones((3, 4), np.float32))
     with pytest.raises(TypeError, match="report"):
         m.backward(np.ones((3, 2), np.float32), report="no")
+
+
+# --------------------------------------------------------------------------- panel GEMM
+@pytest.fixture
+def restore_panel():
+    on = gc._core._panel_gemm()
+    yield
+    gc._core._set_panel_gemm(on)
+
+
+def _run_once(m, x, g):
+    y = m.forward(x)
+    rep = m.backward(g)
+    return y, {k: v.copy() for k, v in m.named_grads()}, rep, m.input_grad.copy()
+
+
+@pytest.mark.parametrize("sizes,B,kw", [
+    ([96] + [256] * 4 + [32], 130, dict(activation="tanh")),       # 2 column blocks, 6-row tiles
+    ([37] + [100] * 3 + [5], 7, dict(activation="relu", norm="batch", residual=True)),
+    ([64] + [64] * 8 + [64], 64, dict(activation="relu", norm="batch", residual=True)),
+    ([3, 17, 1], 1, dict(activation="sigmoid", norm="layer")),      # 1-row tile, partial panels
+    ([1100, 40, 6], 9, dict(activation="tanh")),                   # K > 1024: OpenBLAS anyway
+    ([20] + [50] * 2 + [4], 1500, dict(activation="gelu")),        # dW's K = B > 1024
+])
+@pytest.mark.parametrize("isa", gc.available_isas())
+def test_panel_gemm_matches_openblas_and_reference(sizes, B, kw, isa, restore_panel, restore_isa):
+    """float32 layer products run on gradchain's panel GEMM where they fit (forward,
+    dL/dx and dW): the same numbers as OpenBLAS to float32 rounding, on every ISA, and
+    the reference's."""
+    gc.set_isa(isa)
+    m = gc.MLP(sizes, seed=3, **kw)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(B, sizes[0])).astype(np.float32)
+    g = rng.normal(size=(B, sizes[-1])).astype(np.float32)
+    gc._core._set_panel_gemm(True)
+    y1, g1, r1, dx1 = _run_once(m, x, g)
+    gc._core._set_panel_gemm(False)
+    y2, g2, r2, dx2 = _run_once(m, x, g)
+    assert_close("y", y1, y2, 1e-5)
+    assert_close("dx", dx1, dx2, 1e-4)
+    gscale = max(float(np.max(np.abs(v))) for v in g2.values())
+    for k in g1:
+        assert_close(k, g1[k], g2[k], 1e-4, floor=1e-3 * gscale)
+    np.testing.assert_allclose(r1.activation_grad_norms, r2.activation_grad_norms, rtol=1e-4)
+    np.testing.assert_allclose(r1.weight_grad_norms, r2.weight_grad_norms, rtol=1e-4)
+    # and the panel results against the float64 reference
+    y_ref, _ = ref.mlp_forward(ref_params(m), x.astype(np.float64), activation=kw["activation"],
+                               norm=kw.get("norm"), residual=list(m.residual))
+    assert_close("y vs reference", y1, y_ref, 1e-3)
+
+
+def test_panel_gemm_is_bitwise_across_threads(restore_panel, restore_threads):
+    gc._core._set_panel_gemm(True)
+    runs = []
+    for n in (1, 2, 3):
+        gc.set_num_threads(n)
+        runs.append(_run_big("batch", True))
+    for r in runs[1:]:
+        assert np.array_equal(r[0], runs[0][0]) and np.array_equal(r[3], runs[0][3])
+        for k in r[1]:
+            assert np.array_equal(r[1][k], runs[0][1][k]), k
+        assert np.array_equal(r[2].activation_grad_norms, runs[0][2].activation_grad_norms)

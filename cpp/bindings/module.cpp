@@ -359,6 +359,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("x").noconvert());
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("_panel_gemm", &panel_gemm, "Whether layer products may use the panel GEMM (benchmarks).");
+  m.def("_set_panel_gemm", &set_panel_gemm, py::arg("on"),
+        "Allow (True, the default) or forbid layer products on the panel GEMM (benchmarks).");
   m.def("get_isa", &current_isa);
   m.def("set_isa", &set_isa, py::arg("name"));
   m.def("available_isas", &available_isas);

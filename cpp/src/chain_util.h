@@ -4,6 +4,13 @@
 #include <cmath>
 #include <cstdint>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "gradchain/chain.h"
+#include "gradchain/dispatch.h"
+
 #include "gradchain/blas.h"
 #include "gradchain/kernels.h"
 #include "gradchain/parallel.h"
@@ -11,12 +18,71 @@
 namespace gradchain {
 namespace detail {
 
-// C (M x N) = op(A) op(B) + beta C, for block `blk` of the split `s`.
+// Per-thread memory for gradchain's panel GEMM: `slot` values for each thread of the
+// region (indexed by omp_get_thread_num()), planned with the chain's workspace.
+template <class T>
+struct PackScratch {
+  T* base = nullptr;
+  int64_t slot = 0;
+};
+
+// The panel GEMM takes a float32 block when its packed op(B) fits a slot and its inner
+// dimension is short enough to stream from cache. Measured in one process, alternating
+// with OpenBLAS (2 threads): mlp-tanh 1.13x, mlp-deep-narrow 1.07x, rnn-long-narrow
+// 1.07x faster (no per-call packing of A, no locks, no beta pass); float64 was 5% slower
+// on mlp-tanh-f64, so float64 layer products stay on OpenBLAS.
+constexpr int64_t kPanelMaxK = 1024;
+constexpr int64_t kPanelSlot = int64_t(1) << 16;  // values per thread, at most
+template <class T>
+constexpr int64_t panel_round(int64_t n) {  // n rounded up to the widest ISA's panel
+  return (n + 128 / int64_t(sizeof(T)) - 1) / (128 / int64_t(sizeof(T))) * (128 / int64_t(sizeof(T)));
+}
+// Values per thread for GEMMs with inner dimension up to maxk and packed widths up to maxn
+// (0 when none of them would take the panel path).
+template <class T>
+inline int64_t pack_slot(int64_t maxk, int64_t maxn) {
+  if (sizeof(T) != 4) return 0;
+  const int64_t k = maxk < kPanelMaxK ? maxk : kPanelMaxK;
+  const int64_t need = k * panel_round<T>(maxn);
+  return need < kPanelSlot ? need : kPanelSlot;
+}
+// Grow `buf` to `nt` slots (outside the chain loop: at the start of a pass).
+template <class T>
+inline PackScratch<T> pack_scratch(Buffer<T>& buf, int64_t slot, int nt) {
+  if (slot <= 0) return {};
+  if (buf.size() < slot * nt) buf = Buffer<T>(slot * nt);
+  return {buf.data(), slot};
+}
+
+inline int thread_num() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// C (M x N) = op(A) op(B) + beta C (beta 0 or 1), for block `blk` of the split `s`: on
+// gradchain's panel kernel when the block qualifies and `ps` has room, else OpenBLAS.
 template <class T>
 inline void gemm_block(const GemmSplit& s, int64_t blk, bool ta, bool tb, int64_t M, int64_t N,
                        int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
-                       int64_t ldc) {
+                       int64_t ldc, const PackScratch<T>& ps = {}) {
   const int64_t o = blk * s.block;
+  if (ps.base && K <= kPanelMaxK && panel_gemm()) {
+    const int64_t m = s.along_m ? ((o + s.block <= M) ? s.block : M - o) : M;
+    const int64_t n = s.along_m ? N : ((o + s.block <= N) ? s.block : N - o);
+    if (K * panel_round<T>(n) <= ps.slot) {
+      const T* Ab = s.along_m ? (ta ? A + o : A + o * lda) : A;
+      const T* Bb = s.along_m ? B : (tb ? B + o * ldb : B + o);
+      T* Cb = s.along_m ? C + o * ldc : C + o;
+      T* pk = ps.base + int64_t(thread_num()) * ps.slot;
+      const auto& Kt = kernels<T>();
+      Kt.pack_panels(K, n, Bb, ldb, tb, pk);
+      Kt.gemm_panels(m, n, K, Ab, ta ? 1 : lda, ta ? lda : 1, pk, Cb, ldc, beta != T(0));
+      return;
+    }
+  }
   if (s.along_m) {
     const int64_t m = (o + s.block <= M) ? s.block : M - o;
     gemm(ta, tb, m, N, K, T(1), ta ? A + o : A + o * lda, lda, B, ldb, beta, C + o * ldc, ldc);

@@ -143,6 +143,16 @@ int64_t gemm_blocks() {
   return n;
 }
 
+namespace {
+std::atomic<bool>& panel_setting() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+}  // namespace
+
+bool panel_gemm() { return panel_setting().load(std::memory_order_relaxed); }
+void set_panel_gemm(bool on) { panel_setting().store(on); }
+
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("number of threads must be >= 1");
   thread_setting().store(n);

@@ -25,6 +25,7 @@ namespace gradchain {
 
 using detail::block_args;
 using detail::gemm_block;
+using detail::PackScratch;
 using detail::gemm_block_sumsq;
 using detail::has_nonfinite;
 using detail::reduce_store;
@@ -174,6 +175,9 @@ void MlpChain<T>::plan(int64_t B) {
     if (cfg_.norm == NormKind::Layer) total += 2 * B;
   }
   total += 3 * B * maxw_ + 3 * maxw_;  // G0, G1, DZ; k/m1/m2 scratch
+  // panel GEMM slots: inner dimension in/out (layer products) or B (weight gradients),
+  // packed width at most maxw
+  pack_slot_ = detail::pack_slot<T>(B > maxw_ ? B : maxw_, maxw_);
   ws_ = Buffer<T>(total);
   T* p = ws_.data();
   auto take = [&](int64_t n) { T* q = p; p += n; return q; };
@@ -231,7 +235,8 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
   const GemmSplit gs = gemm_split(B, n, k);
 #pragma omp for schedule(static)  // z = a_l W^T, over fixed GEMM blocks
   for (int64_t blk = 0; blk < gs.count; ++blk)
-    gemm_block(gs, blk, false, true, B, n, k, in, k, W, k, T(0), out, n);
+    gemm_block(gs, blk, false, true, B, n, k, in, k, W, k, T(0), out, n,
+               PackScratch<T>{pack_base_, pack_slot_});
 
   double* fchk = fchk_.data() + l * nrb_;  // per-block non-finite checks of a_{l+1}
   FwdArgs<T> args;
@@ -350,7 +355,8 @@ void MlpChain<T>::output_forward(T* y) {
   const GemmSplit gs = gemm_split(B, n, k);
 #pragma omp for schedule(static)
   for (int64_t blk = 0; blk < gs.count; ++blk)
-    gemm_block(gs, blk, false, true, B, n, k, A_[size_t(L_)], k, W, k, T(0), y, n);
+    gemm_block(gs, blk, false, true, B, n, k, A_[size_t(L_)], k, W, k, T(0), y, n,
+               PackScratch<T>{pack_base_, pack_slot_});
   double* chk = fchk_.data() + L_ * nrb_;
 #pragma omp for schedule(static)
   for (int64_t rb = 0; rb < nrb_; ++rb)
@@ -371,6 +377,7 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   std::memcpy(A_[0], x, size_t(B * cfg_.sizes[0]) * sizeof(T));
   fwd_nonfinite_ = -1;
   const int nt = threads_for(B * maxw_ * 4);
+  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt).base;
   if (cfg_.act.kind == Act::Custom) {
     for (int64_t l = 0; l < L_; ++l) {
 #pragma omp parallel num_threads(nt)
@@ -581,10 +588,12 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
 #pragma omp for schedule(dynamic, 1)
   for (int64_t i = 0; i < sw.count + sa.count; ++i) {
     if (i < sw.count) {  // each dW block's sum of squares while it is in cache
-      gemm_block(sw, i, true, false, n, k, B, dz, n, a, k, accumulate ? T(1) : T(0), dW, k);
+      gemm_block(sw, i, true, false, n, k, B, dz, n, a, k, accumulate ? T(1) : T(0), dW, k,
+                 PackScratch<T>{pack_base_, pack_slot_});
       if (report_) chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
     } else {
-      gemm_block(sa, i - sw.count, false, false, B, k, n, dz, n, W, k, res ? T(1) : T(0), gout, k);
+      gemm_block(sa, i - sw.count, false, false, B, k, n, dz, n, W, k, res ? T(1) : T(0), gout, k,
+                 PackScratch<T>{pack_base_, pack_slot_});
     }
   }
 #pragma omp single nowait  // ||dW||: block partials in block order (nothing waits on it)
@@ -616,6 +625,7 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
   }
   rep.forward_first_nonfinite = fwd_nonfinite_;
   const int nt = threads_for(B * maxw_ * 4);
+  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt).base;
   T* grads = grads_.data();
   const int64_t in0 = cfg_.sizes[0];
 
@@ -649,10 +659,11 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
       for (int64_t i = 0; i < sw.count + sa.count; ++i) {
         if (i < sw.count) {
           gemm_block(sw, i, true, false, n, k, B, gy, n, A_[size_t(L_)], k,
-                     accumulate ? T(1) : T(0), dW, k);
+                     accumulate ? T(1) : T(0), dW, k, PackScratch<T>{pack_base_, pack_slot_});
           if (report_) chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
         } else {
-          gemm_block(sa, i - sw.count, false, false, B, k, n, gy, n, W, k, T(0), g, k);
+          gemm_block(sa, i - sw.count, false, false, B, k, n, gy, n, W, k, T(0), g, k,
+                     PackScratch<T>{pack_base_, pack_slot_});
         }
       }
 #pragma omp single nowait

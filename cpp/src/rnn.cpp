@@ -23,6 +23,7 @@
 namespace gradchain {
 
 using detail::gemm_block;
+using detail::PackScratch;
 using detail::has_nonfinite;
 using detail::reduce_store;
 using detail::rows_in_block;
@@ -53,7 +54,7 @@ template <class T>
 inline void step_gemm(const KernelTable<T>& K, int64_t rows, int64_t H, const T* A, const T* Wp,
                       T* C) {
   if (panel_steps(H))
-    K.gemm_panels(rows, H, H, A, H, Wp, C, H);
+    K.gemm_panels(rows, H, H, A, H, 1, Wp, C, H, true);
   else
     gemm(false, false, rows, H, H, T(1), A, H, Wp, H, T(1), C, H);
 }
@@ -129,6 +130,12 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   const int64_t w = H > K ? H : K;
   part_ = Buffer<double>((nrb_ > nrb_all ? nrb_ : nrb_all) * w);
   blk_.assign(size_t(steps * nrb_ > nrb_all ? steps * nrb_ : nrb_all), 0.0);
+  // panel GEMM slots: inner dimensions I, H, K (or T*B for the weight gradients), packed
+  // widths up to max(I, H, K)
+  int64_t maxk = I > H ? I : H, maxn = maxk;
+  if (K > maxk) maxk = maxn = K;
+  if (steps * B > maxk) maxk = steps * B;
+  pack_slot_ = detail::pack_slot<T>(maxk, maxn);
   T_ = steps;
   B_ = B;
 }
@@ -146,7 +153,7 @@ void RnnChain<T>::readout_forward(T* ys) {
 #pragma omp for schedule(static)
   for (int64_t blk = 0; blk < go.count; ++blk)
     gemm_block(go, blk, false, true, TB, K, H, HS_ + B_ * H, H, params_.data() + w_out_, H, T(0),
-               ys, K);
+               ys, K, PackScratch<T>{pack_base_, pack_slot_});
   const T* bo = b_out_ >= 0 ? params_.data() + b_out_ : nullptr;
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
 #pragma omp for schedule(static)
@@ -214,6 +221,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
   const int64_t sr = step_rows(B);
   const bool pf = prefetch_pays(H);
   const int nt = threads_for(TB * H * 4);
+  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt).base;
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool custom = cfg_.act.kind == Act::Custom;
 
@@ -223,7 +231,8 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
     const GemmSplit gi = gemm_split(TB, H, I);
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < gi.count; ++blk)
-      gemm_block(gi, blk, false, true, TB, H, I, X_, I, W_ih, I, T(0), HS_ + BH, H);
+      gemm_block(gi, blk, false, true, TB, H, I, X_, I, W_ih, I, T(0), HS_ + BH, H,
+                 PackScratch<T>{pack_base_, pack_slot_});
 
     // the time loop, each thread on its own rows: z_t += h_{t-1} W_hh^T; h_t = act(z_t + b)
     // (a custom activation runs its own loop below, outside the region: it calls Python)
@@ -285,6 +294,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   const int64_t sr = step_rows(B);
   const bool pf = prefetch_pays(H);
   const int nt = threads_for(TB * H * 4);
+  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt).base;
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool readout = K > 0 && grad_ys != nullptr;
   double* part = part_.data();
@@ -318,10 +328,11 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
         for (int64_t i = 0; i < sw.count + sg.count; ++i) {
           if (i < sw.count)
             gemm_block(sw, i, true, false, K, H, TB, grad_ys, K, HS_ + BH, H,
-                       accumulate ? T(1) : T(0), dWo, H);
+                       accumulate ? T(1) : T(0), dWo, H, PackScratch<T>{pack_base_, pack_slot_});
           else
             gemm_block(sg, i - sw.count, false, false, TB, H, K, grad_ys, K,
-                       params_.data() + w_out_, H, T(1), G_ + BH, H);
+                       params_.data() + w_out_, H, T(1), G_ + BH, H,
+                       PackScratch<T>{pack_base_, pack_slot_});
         }
         if (b_out_ >= 0) {
 #pragma omp for schedule(static)
@@ -375,13 +386,14 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < s1.count + s2.count + (dx ? s3.count : 0); ++i) {
       if (i < s1.count)
-        gemm_block(s1, i, true, false, H, I, TB, DZ_, H, X_, I, beta, grads + w_ih_, I);
+        gemm_block(s1, i, true, false, H, I, TB, DZ_, H, X_, I, beta, grads + w_ih_, I,
+                   PackScratch<T>{pack_base_, pack_slot_});
       else if (i < s1.count + s2.count)
         gemm_block(s2, i - s1.count, true, false, H, H, TB, DZ_, H, HS_, H, beta, grads + w_hh_,
-                   H);
+                   H, PackScratch<T>{pack_base_, pack_slot_});
       else
         gemm_block(s3, i - s1.count - s2.count, false, false, TB, I, H, DZ_, H, W_ih, I, T(0), dx,
-                   I);
+                   I, PackScratch<T>{pack_base_, pack_slot_});
     }
 #pragma omp sections
     {

@@ -132,6 +132,9 @@ class MlpChain {
   std::vector<double> colsum_[2];  // batch-norm backward: sum dn, sum dn * xhat
   std::vector<double> chunk_ss_;
   int fwd_nonfinite_ = -1;
+  Buffer<T> pack_;              // the panel GEMM's packed op(B): one slot per thread
+  int64_t pack_slot_ = 0;       // values per slot (plan(B)); 0: OpenBLAS for every product
+  T* pack_base_ = nullptr;      // set at the start of each pass, for its thread count
 };
 
 }  // namespace gradchain

@@ -29,4 +29,10 @@ void set_num_threads(int n);
 // Blocks a GEMM is split into: the machine's processor count, clamped to [2, 16].
 int64_t gemm_blocks();
 
+// Whether layer-sized products may run on gradchain's panel GEMM (default on; off sends
+// every product except the RNN's per-step ones to OpenBLAS). For benchmarking the two
+// side by side; results differ only by rounding.
+bool panel_gemm();
+void set_panel_gemm(bool on);
+
 }  // namespace gradchain

@@ -83,13 +83,14 @@ struct KernelTable {
   // --- panel GEMM (the RNN's per-step products) ---------------------------------
   // op(B) (K x N) is packed once per pass into panels of panel_width() columns
   // (pack_panels, into K * round_up(N, panel_width()) values; trans: B is N x K),
-  // then each step runs C (m x N) += A (m x K) op(B), A row-major. Each C element
+  // then C (m x N) += A (m x K) op(B) (or C = with accumulate false). Each C element
   // is C + (the k-ordered sum), independent of m: row blocks give the same numbers
   // for any thread count.
   int64_t (*panel_width)();
   void (*pack_panels)(int64_t K, int64_t N, const T* B, int64_t ldb, bool trans, T* out);
-  void (*gemm_panels)(int64_t m, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp,
-                      T* C, int64_t ldc);
+  // A[i, k] is A[i * ars + k * acs]; accumulate: C += ..., else C = ...
+  void (*gemm_panels)(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs,
+                      const T* Bp, T* C, int64_t ldc, bool accumulate);
 
   // --- reductions and gradient edits -----------------------------------------
   double (*sumsq)(const T* x, int64_t n);          // sum(x^2) in float64

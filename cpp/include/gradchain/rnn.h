@@ -91,6 +91,9 @@ class RnnChain {
   Buffer<double> part_;
   std::vector<double> blk_;  // per (step, row block): sums of squares / non-finite checks
   int fwd_nonfinite_ = -1;
+  Buffer<T> pack_;           // the panel GEMM's packed op(B): one slot per thread
+  int64_t pack_slot_ = 0;    // values per slot (plan); 0: OpenBLAS for every product
+  T* pack_base_ = nullptr;   // set at the start of each pass, for its thread count
 };
 
 }  // namespace gradchain

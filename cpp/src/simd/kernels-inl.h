@@ -767,8 +767,8 @@ static void pack_panels(int64_t K, int64_t N, const T* B, int64_t ldb, bool tran
 }
 
 template <class T, int MR>
-static inline void panel_tile(int64_t K, const T* A, int64_t lda, const T* bp, T* C,
-                              int64_t ldc, int64_t nr) {
+static inline void panel_tile(int64_t K, const T* A, int64_t ars, int64_t acs, const T* bp,
+                              T* C, int64_t ldc, int64_t nr, bool acc_c) {
   using VT = Vec<T>;
   using V = typename VT::V;
   constexpr int64_t W = VT::W, NR = 2 * W;
@@ -776,45 +776,50 @@ static inline void panel_tile(int64_t K, const T* A, int64_t lda, const T* bp, T
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V{};
   for (int64_t k = 0; k < K; ++k) {
     const V b0 = VT::load(bp + k * NR), b1 = VT::load(bp + k * NR + W);
+    const T* a = A + k * acs;
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
-      const V a = VT::splat(A[i * lda + k]);
-      acc[i][0] += a * b0;
-      acc[i][1] += a * b1;
+      const V av = VT::splat(a[i * ars]);
+      acc[i][0] += av * b0;
+      acc[i][1] += av * b1;
     }
   }
   for (int i = 0; i < MR; ++i) {
     T* c = C + i * ldc;
     if (nr == NR) {
-      VT::store(c, VT::load(c) + acc[i][0]);
-      VT::store(c + W, VT::load(c + W) + acc[i][1]);
+      VT::store(c, acc_c ? VT::load(c) + acc[i][0] : acc[i][0]);
+      VT::store(c + W, acc_c ? VT::load(c + W) + acc[i][1] : acc[i][1]);
     } else {  // the last, partial panel
       T tmp[NR];
       VT::store(tmp, acc[i][0]);
       VT::store(tmp + W, acc[i][1]);
-      for (int64_t j = 0; j < nr; ++j) c[j] += tmp[j];
+      for (int64_t j = 0; j < nr; ++j) c[j] = acc_c ? c[j] + tmp[j] : tmp[j];
     }
   }
 }
 
+// C (m x N) (+)= A op(B), A[i, k] at A[i * ars + k * acs] (row-major: ars = lda, acs = 1;
+// transposed: ars = 1, acs = lda); accumulate adds to C, else C is overwritten.
 template <class T>
-static void gemm_panels(int64_t m, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp,
-                        T* C, int64_t ldc) {
+static void gemm_panels(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs,
+                        const T* Bp, T* C, int64_t ldc, bool accumulate) {
   constexpr int64_t NR = 2 * Vec<T>::W;
   for (int64_t j0 = 0; j0 < N; j0 += NR) {
     const int64_t nr = (N - j0 < NR) ? N - j0 : NR;
     const T* bp = Bp + j0 * K;
+    T* c = C + j0;
     int64_t i = 0;
-    for (; i + 6 <= m; i += 6) panel_tile<T, 6>(K, A + i * lda, lda, bp, C + i * ldc + j0, ldc, nr);
+    for (; i + 6 <= m; i += 6)
+      panel_tile<T, 6>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
     if (i + 4 <= m) {
-      panel_tile<T, 4>(K, A + i * lda, lda, bp, C + i * ldc + j0, ldc, nr);
+      panel_tile<T, 4>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
       i += 4;
     }
     if (i + 2 <= m) {
-      panel_tile<T, 2>(K, A + i * lda, lda, bp, C + i * ldc + j0, ldc, nr);
+      panel_tile<T, 2>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
       i += 2;
     }
-    if (i < m) panel_tile<T, 1>(K, A + i * lda, lda, bp, C + i * ldc + j0, ldc, nr);
+    if (i < m) panel_tile<T, 1>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
   }
 }
 

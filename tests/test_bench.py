@@ -151,6 +151,25 @@ def test_rnn_quick_gradchain_numpy() -> None:
     assert "rnn-mid: RNN T 64" in text and "rnn-long-narrow" in text and "DISAGREE" not in text
 
 
+def test_panel_ab_prices_the_panel_gemm_on_one_model() -> None:
+    """--panel-ab N: gradchain's own model timed with the panel GEMM on and off, alternating,
+    N rounds; the switch is left on."""
+    from gradchain import _core
+
+    assert _core._panel_gemm()
+    res = _quick_run(workloads=["mlp-tanh", "rnn-long-narrow"], peers=["numpy"], panel_ab=4)
+    assert res["ok"] is True and _core._panel_gemm()
+    for w in res["workloads"]:
+        sp = w["panel_speedup"]
+        assert sp["rounds"] == 4 and len(sp["ratios"]) == 4
+        assert sp["paired_median"] > 0 and sp["iqr"][0] <= sp["iqr"][1]
+    text = bench.format_table(res)
+    assert text.count("gradchain's panel GEMM:") == 2
+    assert "panel_speedup" not in _quick_run(workloads=["mlp-tanh"], peers=[])["workloads"][0]
+    with pytest.raises(ValueError, match="panel_ab"):
+        _quick_run(panel_ab=-1)
+
+
 @pytest.mark.parametrize("peer", ["torch", "torch-grads", "jax"])
 def test_rnn_optional_peers_agree(peer: str) -> None:
     pytest.importorskip("jax" if peer == "jax" else "torch")

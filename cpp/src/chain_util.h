@@ -27,10 +27,11 @@ struct PackScratch {
 };
 
 // The panel GEMM takes a float32 block when its packed op(B) fits a slot and its inner
-// dimension is short enough to stream from cache. Measured in one process, alternating
-// with OpenBLAS (2 threads): mlp-tanh 1.13x, mlp-deep-narrow 1.07x, rnn-long-narrow
-// 1.07x faster (no per-call packing of A, no locks, no beta pass); float64 was 5% slower
-// on mlp-tanh-f64, so float64 layer products stay on OpenBLAS.
+// dimension is short enough to stream from cache. Measured on one model, alternating
+// with OpenBLAS (2 threads; gradchain bench --panel-ab): mlp-tanh 1.04-1.14x,
+// mlp-deep-narrow 1.06-1.07x, rnn-long-narrow 1.04-1.07x faster (no per-call packing of
+// A, no locks, no beta pass); float64 was 2-5% slower on mlp-tanh-f64, so float64 layer
+// products stay on OpenBLAS.
 constexpr int64_t kPanelMaxK = 1024;
 constexpr int64_t kPanelSlot = int64_t(1) << 16;  // values per thread, at most
 template <class T>

@@ -329,9 +329,11 @@ arbitrates the float32 checks)."""
 class _Gradchain:
     """``gc.MLP`` / ``gc.RNN``: ``forward(x)`` + ``backward(dL/dy or dL/dh_t)``, the
     report coming with backward; ``report=False`` is the gradients-only baseline (the
-    report's own passes skipped) that prices the report."""
+    report's own passes skipped) that prices the report; ``panel=False`` sends every
+    product the panel GEMM would take to OpenBLAS (the RNN's per-step products excepted),
+    which prices gradchain's own GEMM."""
 
-    def __init__(self, case: Case, report: bool = True) -> None:
+    def __init__(self, case: Case, report: bool = True, panel: bool = True) -> None:
         import gradchain as gc
 
         w = case.workload
@@ -341,12 +343,20 @@ class _Gradchain:
         self.model.load_state_dict(case.state)
         self.x, self.g = case.x, case.grad_y
         self.report = report
+        self.panel = panel
         self._y: np.ndarray | None = None
         self._rep: Any = None
 
     def step(self) -> None:
-        self._y = self.model.forward(self.x)
-        self._rep = self.model.backward(self.g, report=self.report)
+        from gradchain import _core
+
+        was = _core._panel_gemm()
+        _core._set_panel_gemm(self.panel)
+        try:
+            self._y = self.model.forward(self.x)
+            self._rep = self.model.backward(self.g, report=self.report)
+        finally:
+            _core._set_panel_gemm(was)
 
     def outputs(self) -> Outputs:
         assert self._y is not None
@@ -1220,6 +1230,7 @@ def run(
     seed: int = 0,
     settle: float = 0.0,
     ceiling: bool = True,
+    panel_ab: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; return the results (JSON-ready).
@@ -1230,13 +1241,14 @@ def run(
     ``gc.get_num_threads()``). ``settle``: seconds to sleep before each timed iteration;
     0 (default) waits until the process is idle instead (:func:`wait_idle`: the thread
     pools of the peer timed before stop spinning). ``ceiling=False`` skips the GEMM
-    ceiling measurement.
+    ceiling measurement. ``panel_ab=N``: after the timings, N rounds of gradchain with its
+    panel GEMM on and off, on the same model (:func:`_panel_ab`).
     """
     import gradchain as gc
 
     say = log or (lambda s: None)
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    if repeats < 1 or warmup < 0 or panel_ab < 0:
+        raise ValueError("repeats must be >= 1, warmup and panel_ab >= 0")
     threads = gc.get_num_threads() if threads is None else int(threads)
     gc.set_num_threads(threads)
     _limit_numpy_blas(threads)
@@ -1274,7 +1286,7 @@ def run(
     all_ok = True
     for w in wls:
         say(f"{w.name}: {w.describe()}")
-        res = _run_workload(w, names, repeats, warmup, threads, seed, settle, say)
+        res = _run_workload(w, names, repeats, warmup, threads, seed, settle, say, panel_ab)
         all_ok &= all(r["status"] in ("ok", "skipped", "reference")
                       for r in res["peers"].values())
         results["workloads"].append(res)
@@ -1294,7 +1306,8 @@ def run(
 
 
 def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, threads: int,
-                  seed: int, settle: float, say: Callable[[str], None]) -> dict[str, Any]:
+                  seed: int, settle: float, say: Callable[[str], None],
+                  panel_ab: int = 0) -> dict[str, Any]:
     flops = w.flops()
     out: dict[str, Any] = {"name": w.name, "kind": w.kind, "description": w.describe(),
                            "config": w.config(), "flops": flops, "peers": {}}
@@ -1397,10 +1410,33 @@ def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, thre
             "paired_median": float(np.median(paired) - 1.0),
             "of_medians": float(rows["gradchain"]["median_s"]
                                 / rows["gradchain-grads"]["median_s"] - 1.0)}
+    if panel_ab > 0:
+        out["panel_speedup"] = _panel_ab(instances["gradchain"], panel_ab, wait_idle)
     say("  " + ", ".join(f"{n} {rows[n]['median_s'] * 1e3:.2f} ms" for n in order))
     instances.clear()
     _pygc.collect()
     return out
+
+
+def _panel_ab(inst: _Gradchain, rounds: int, wait_idle: Callable[[], None]) -> dict[str, Any]:
+    """gradchain's panel GEMM against OpenBLAS on the same products, timed on one model
+    instance (two instances can differ by several per cent on their own, e.g. by where
+    their memory landed), alternating which goes first: the ratio OpenBLAS time / panel
+    time per round, its median and quartiles."""
+    ratios = []
+    for r in range(rounds):
+        t: dict[bool, float] = {}
+        for panel in ((True, False) if r % 2 else (False, True)):
+            inst.panel = panel
+            wait_idle()
+            t0 = time.perf_counter()
+            inst.step()
+            t[panel] = time.perf_counter() - t0
+        ratios.append(t[False] / t[True])
+    inst.panel = True
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return {"paired_median": float(np.median(ratios)), "iqr": [float(q1), float(q3)],
+            "rounds": rounds, "ratios": [float(x) for x in ratios]}
 
 
 # =============================================================================================
@@ -1586,6 +1622,12 @@ def format_table(results: Mapping[str, Any]) -> str:
             lines.append(f"  the report costs {100 * over['paired_median']:+.1f}% over "
                          "gradchain's gradients alone (median of the per-round ratios; "
                          f"ratio of the medians {100 * over['of_medians']:+.1f}%)")
+        sp = wr.get("panel_speedup")
+        if sp:
+            lines.append(f"  gradchain's panel GEMM: {sp['paired_median']:.3f}x the speed of "
+                         f"OpenBLAS for the same products (one model, {sp['rounds']} rounds "
+                         "alternating the two, median of the per-round ratios; IQR "
+                         f"{sp['iqr'][0]:.3f}-{sp['iqr'][1]:.3f})")
         if notes:
             lines.append("  * beyond tolerance but explained by the float64 reference as "
                          "float32 rounding at ReLU kinks:")
@@ -1640,6 +1682,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="sleep this long before each timed iteration (default: wait until "
                         "the other peers' thread pools stop spinning)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the GEMM ceiling")
+    p.add_argument("--panel-ab", type=int, default=0, metavar="ROUNDS",
+                   help="also time gradchain with its panel GEMM on and off, alternating on "
+                        "one model for ROUNDS rounds (its gain over OpenBLAS)")
     p.add_argument("--memory", action="store_true",
                    help="also measure peak RSS of each workload x peer in a subprocess")
     p.add_argument("--memory-only", action="store_true",
@@ -1708,7 +1753,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             results = run(_split(args.workloads), _split(args.peers), args.repeats,
                           args.warmup, threads, quick=args.quick, seed=args.seed,
-                          settle=args.settle, ceiling=not args.no_ceiling, log=log)
+                          settle=args.settle, ceiling=not args.no_ceiling,
+                          panel_ab=args.panel_ab, log=log)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -151,23 +151,29 @@ def test_rnn_quick_gradchain_numpy() -> None:
     assert "rnn-mid: RNN T 64" in text and "rnn-long-narrow" in text and "DISAGREE" not in text
 
 
-def test_panel_ab_prices_the_panel_gemm_on_one_model() -> None:
-    """--panel-ab N: gradchain's own model timed with the panel GEMM on and off, alternating,
-    N rounds; the switch is left on."""
+def test_ab_on_one_model_prices_the_panel_gemm_and_the_report() -> None:
+    """--panel-ab N / --report-ab N: gradchain's own model timed with the panel GEMM (the
+    report) on and off, alternating, N rounds; both are left on."""
     from gradchain import _core
 
     assert _core._panel_gemm()
-    res = _quick_run(workloads=["mlp-tanh", "rnn-long-narrow"], peers=["numpy"], panel_ab=4)
+    res = _quick_run(workloads=["mlp-tanh", "rnn-long-narrow"], peers=["numpy"], panel_ab=4,
+                     report_ab=3)
     assert res["ok"] is True and _core._panel_gemm()
     for w in res["workloads"]:
         sp = w["panel_speedup"]
         assert sp["rounds"] == 4 and len(sp["ratios"]) == 4
         assert sp["paired_median"] > 0 and sp["iqr"][0] <= sp["iqr"][1]
+        ro = w["report_overhead_one_model"]
+        assert ro["rounds"] == 3 and ro["paired_median"] > -1 and ro["iqr"][0] <= ro["iqr"][1]
     text = bench.format_table(res)
     assert text.count("gradchain's panel GEMM:") == 2
+    assert text.count("measured on one model") == 2
     assert "panel_speedup" not in _quick_run(workloads=["mlp-tanh"], peers=[])["workloads"][0]
     with pytest.raises(ValueError, match="panel_ab"):
         _quick_run(panel_ab=-1)
+    with pytest.raises(ValueError, match="report_ab"):
+        _quick_run(report_ab=-1)
 
 
 @pytest.mark.parametrize("peer", ["torch", "torch-grads", "jax"])

@@ -1231,6 +1231,7 @@ def run(
     settle: float = 0.0,
     ceiling: bool = True,
     panel_ab: int = 0,
+    report_ab: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; return the results (JSON-ready).
@@ -1242,13 +1243,14 @@ def run(
     0 (default) waits until the process is idle instead (:func:`wait_idle`: the thread
     pools of the peer timed before stop spinning). ``ceiling=False`` skips the GEMM
     ceiling measurement. ``panel_ab=N``: after the timings, N rounds of gradchain with its
-    panel GEMM on and off, on the same model (:func:`_panel_ab`).
+    panel GEMM on and off, on the same model; ``report_ab=N``: N rounds with and without
+    the report, on the same model (:func:`_ab`).
     """
     import gradchain as gc
 
     say = log or (lambda s: None)
-    if repeats < 1 or warmup < 0 or panel_ab < 0:
-        raise ValueError("repeats must be >= 1, warmup and panel_ab >= 0")
+    if repeats < 1 or warmup < 0 or panel_ab < 0 or report_ab < 0:
+        raise ValueError("repeats must be >= 1, warmup, panel_ab and report_ab >= 0")
     threads = gc.get_num_threads() if threads is None else int(threads)
     gc.set_num_threads(threads)
     _limit_numpy_blas(threads)
@@ -1286,7 +1288,8 @@ def run(
     all_ok = True
     for w in wls:
         say(f"{w.name}: {w.describe()}")
-        res = _run_workload(w, names, repeats, warmup, threads, seed, settle, say, panel_ab)
+        res = _run_workload(w, names, repeats, warmup, threads, seed, settle, say, panel_ab,
+                            report_ab)
         all_ok &= all(r["status"] in ("ok", "skipped", "reference")
                       for r in res["peers"].values())
         results["workloads"].append(res)
@@ -1307,7 +1310,7 @@ def run(
 
 def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, threads: int,
                   seed: int, settle: float, say: Callable[[str], None],
-                  panel_ab: int = 0) -> dict[str, Any]:
+                  panel_ab: int = 0, report_ab: int = 0) -> dict[str, Any]:
     flops = w.flops()
     out: dict[str, Any] = {"name": w.name, "kind": w.kind, "description": w.describe(),
                            "config": w.config(), "flops": flops, "peers": {}}
@@ -1410,30 +1413,36 @@ def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, thre
             "paired_median": float(np.median(paired) - 1.0),
             "of_medians": float(rows["gradchain"]["median_s"]
                                 / rows["gradchain-grads"]["median_s"] - 1.0)}
-    if panel_ab > 0:
-        out["panel_speedup"] = _panel_ab(instances["gradchain"], panel_ab, wait_idle)
+    if panel_ab > 0:  # OpenBLAS time / panel time
+        out["panel_speedup"] = _ab(instances["gradchain"], "panel", panel_ab)
+    if report_ab > 0:  # with the report / gradients only, minus 1
+        ab = _ab(instances["gradchain"], "report", report_ab)
+        out["report_overhead_one_model"] = {
+            "paired_median": 1.0 / ab["paired_median"] - 1.0,
+            "iqr": [1.0 / ab["iqr"][1] - 1.0, 1.0 / ab["iqr"][0] - 1.0], "rounds": report_ab}
     say("  " + ", ".join(f"{n} {rows[n]['median_s'] * 1e3:.2f} ms" for n in order))
     instances.clear()
     _pygc.collect()
     return out
 
 
-def _panel_ab(inst: _Gradchain, rounds: int, wait_idle: Callable[[], None]) -> dict[str, Any]:
-    """gradchain's panel GEMM against OpenBLAS on the same products, timed on one model
-    instance (two instances can differ by several per cent on their own, e.g. by where
-    their memory landed), alternating which goes first: the ratio OpenBLAS time / panel
-    time per round, its median and quartiles."""
+def _ab(inst: _Gradchain, flag: str, rounds: int) -> dict[str, Any]:
+    """Time gradchain's own model with ``inst.<flag>`` (``"panel"``: its panel GEMM;
+    ``"report"``: the report) False and True, alternating which goes first, on one model
+    instance (two instances of the same model can differ by several per cent on their
+    own, e.g. by where their memory landed): per round the ratio time(False) /
+    time(True), its median and quartiles. The flag is left True."""
     ratios = []
     for r in range(rounds):
         t: dict[bool, float] = {}
-        for panel in ((True, False) if r % 2 else (False, True)):
-            inst.panel = panel
+        for on in ((True, False) if r % 2 else (False, True)):
+            setattr(inst, flag, on)
             wait_idle()
             t0 = time.perf_counter()
             inst.step()
-            t[panel] = time.perf_counter() - t0
+            t[on] = time.perf_counter() - t0
         ratios.append(t[False] / t[True])
-    inst.panel = True
+    setattr(inst, flag, True)
     q1, q3 = np.percentile(ratios, [25, 75])
     return {"paired_median": float(np.median(ratios)), "iqr": [float(q1), float(q3)],
             "rounds": rounds, "ratios": [float(x) for x in ratios]}
@@ -1622,6 +1631,11 @@ def format_table(results: Mapping[str, Any]) -> str:
             lines.append(f"  the report costs {100 * over['paired_median']:+.1f}% over "
                          "gradchain's gradients alone (median of the per-round ratios; "
                          f"ratio of the medians {100 * over['of_medians']:+.1f}%)")
+        ro = wr.get("report_overhead_one_model")
+        if ro:
+            lines.append(f"  the report costs {100 * ro['paired_median']:+.1f}% measured on one "
+                         f"model ({ro['rounds']} rounds alternating with and without it; IQR "
+                         f"{100 * ro['iqr'][0]:+.1f}% to {100 * ro['iqr'][1]:+.1f}%)")
         sp = wr.get("panel_speedup")
         if sp:
             lines.append(f"  gradchain's panel GEMM: {sp['paired_median']:.3f}x the speed of "
@@ -1682,6 +1696,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="sleep this long before each timed iteration (default: wait until "
                         "the other peers' thread pools stop spinning)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the GEMM ceiling")
+    p.add_argument("--report-ab", type=int, default=0, metavar="ROUNDS",
+                   help="also time gradchain with and without its report, alternating on one "
+                        "model for ROUNDS rounds (the report's cost)")
     p.add_argument("--panel-ab", type=int, default=0, metavar="ROUNDS",
                    help="also time gradchain with its panel GEMM on and off, alternating on "
                         "one model for ROUNDS rounds (its gain over OpenBLAS)")
@@ -1754,7 +1771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = run(_split(args.workloads), _split(args.peers), args.repeats,
                           args.warmup, threads, quick=args.quick, seed=args.seed,
                           settle=args.settle, ceiling=not args.no_ceiling,
-                          panel_ab=args.panel_ab, log=log)
+                          panel_ab=args.panel_ab, report_ab=args.report_ab, log=log)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

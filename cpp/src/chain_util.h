@@ -47,12 +47,13 @@ inline int64_t pack_slot(int64_t maxk, int64_t maxn) {
   const int64_t need = k * panel_round<T>(maxn);
   return need < kPanelSlot ? need : kPanelSlot;
 }
-// Grow `buf` to `nt` slots (outside the chain loop: at the start of a pass).
+// Grow `buf` to `nt` slots (outside the chain loop: at the start of a pass); the base
+// of the slots, or null when no product takes the panel path.
 template <class T>
-inline PackScratch<T> pack_scratch(Buffer<T>& buf, int64_t slot, int nt) {
-  if (slot <= 0) return {};
+inline T* pack_scratch(Buffer<T>& buf, int64_t slot, int nt) {
+  if (slot <= 0) return nullptr;
   if (buf.size() < slot * nt) buf = Buffer<T>(slot * nt);
-  return {buf.data(), slot};
+  return buf.data();
 }
 
 inline int thread_num() {

@@ -377,7 +377,7 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   std::memcpy(A_[0], x, size_t(B * cfg_.sizes[0]) * sizeof(T));
   fwd_nonfinite_ = -1;
   const int nt = threads_for(B * maxw_ * 4);
-  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt).base;
+  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   if (cfg_.act.kind == Act::Custom) {
     for (int64_t l = 0; l < L_; ++l) {
 #pragma omp parallel num_threads(nt)
@@ -625,7 +625,7 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
   }
   rep.forward_first_nonfinite = fwd_nonfinite_;
   const int nt = threads_for(B * maxw_ * 4);
-  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt).base;
+  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   T* grads = grads_.data();
   const int64_t in0 = cfg_.sizes[0];
 

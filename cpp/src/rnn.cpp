@@ -58,8 +58,6 @@ inline void step_gemm(const KernelTable<T>& K, int64_t rows, int64_t H, const T*
   else
     gemm(false, false, rows, H, H, T(1), A, H, Wp, H, T(1), C, H);
 }
-// The widest panel of any ISA's table (AVX-512: 2 x 64 bytes), for sizing the buffer.
-constexpr int64_t kMaxPanel = 128;
 }  // namespace
 
 template <class T>
@@ -111,7 +109,7 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   has_forward_ = false;
   T_ = B_ = 0;
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size;
-  const int64_t wp = H * (ceil_div(H * int64_t(sizeof(T)), kMaxPanel) * kMaxPanel / int64_t(sizeof(T)));
+  const int64_t wp = H * detail::panel_round<T>(H);  // W_hh packed for any ISA's panels
   const int64_t total = steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + wp;
   ws_ = Buffer<T>(total);
   T* p = ws_.data();
@@ -221,7 +219,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
   const int64_t sr = step_rows(B);
   const bool pf = prefetch_pays(H);
   const int nt = threads_for(TB * H * 4);
-  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt).base;
+  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool custom = cfg_.act.kind == Act::Custom;
 
@@ -294,7 +292,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   const int64_t sr = step_rows(B);
   const bool pf = prefetch_pays(H);
   const int nt = threads_for(TB * H * 4);
-  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt).base;
+  pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool readout = K > 0 && grad_ys != nullptr;
   double* part = part_.data();

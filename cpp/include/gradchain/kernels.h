@@ -80,13 +80,12 @@ struct KernelTable {
                           const T* row_istd, T scale, bool select, T* dz, double* dgamma_acc,
                           double* dbeta_acc, double* db_acc, int64_t rows, int64_t n);
 
-  // --- panel GEMM (the RNN's per-step products) ---------------------------------
-  // op(B) (K x N) is packed once per pass into panels of panel_width() columns
-  // (pack_panels, into K * round_up(N, panel_width()) values; trans: B is N x K),
-  // then C (m x N) += A (m x K) op(B) (or C = with accumulate false). Each C element
+  // --- panel GEMM (the RNN's per-step products; float32 layer products) ----------
+  // op(B) (K x N) is packed into panels of two vector widths of columns (pack_panels,
+  // into K * N rounded up to the panel width; trans: B is N x K), then
+  // C (m x N) += A (m x K) op(B) (or C = with accumulate false). Each C element
   // is C + (the k-ordered sum), independent of m: row blocks give the same numbers
   // for any thread count.
-  int64_t (*panel_width)();
   void (*pack_panels)(int64_t K, int64_t N, const T* B, int64_t ldb, bool trans, T* out);
   // A[i, k] is A[i * ars + k * acs]; accumulate: C += ..., else C = ...
   void (*gemm_panels)(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs,

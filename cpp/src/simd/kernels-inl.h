@@ -695,11 +695,11 @@ static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamm
 }
 
 // ---------------------------------------------------------------------------
-// Panel GEMM for the RNN's per-step products, C (m x N) += A (m x K) op(B) (K x N),
-// with op(B) packed once per pass into panels of NR = 2 vectors of columns
-// (panel p: K rows of NR contiguous values, zero-padded past N), so each step
-// reads it contiguously (no per-call packing as OpenBLAS does, and no cache-set
-// conflicts from a row stride of a power of two). Register tile: MR = 6 rows x
+// Panel GEMM, C (m x N) += A (m x K) op(B) (K x N), with op(B) packed into panels of
+// NR = 2 vectors of columns (panel p: K rows of NR contiguous values, zero-padded past
+// N), read contiguously (no cache-set conflicts from a row stride of a power of two).
+// The RNN packs W_hh once per pass for all its steps (OpenBLAS would re-pack it on
+// every call); float32 layer products pack op(B) per block (chain_util.h). Register tile: MR = 6 rows x
 // 2 vectors (12 accumulators, 2 panel vectors, 1 broadcast: 15 of 16 registers
 // on SSE2/AVX2), then 4-, 2- and 1-row tiles. Each element of C is
 // C + sum_k A[i,k] op(B)[k,j] with the sum in k order, whatever m and the tile:
@@ -733,9 +733,6 @@ struct Vec {
 #endif
   }
 };
-
-template <class T>
-static int64_t panel_width() { return 2 * Vec<T>::W; }
 
 // op(B) (K x N) into panels: trans = false reads B[k * ldb + j], trans = true B[j * ldb + k].
 template <class T>
@@ -903,8 +900,8 @@ static const KernelTable<T>* make_table() {
   static const KernelTable<T> table = {
       GC_ISA_NAME,      &fwd_plain<T>,  &fwd_batchnorm<T>, &fwd_layernorm<T>,
       &col_sum<T>,      &col_moments<T>, &add_bias<T>, &bwd_plain<T>,
-      &bwd_bn1<T>,      &bwd_bn2<T>,    &bwd_layernorm<T>, &panel_width<T>, &pack_panels<T>,
-      &gemm_panels<T>,  &sumsq<T>,
+      &bwd_bn1<T>,      &bwd_bn2<T>,    &bwd_layernorm<T>, &pack_panels<T>, &gemm_panels<T>,
+      &sumsq<T>,
       &maxabs<T>,       &scale<T>,      &clamp<T>,         &act_apply<T>,
   };
   return &table;

@@ -1,0 +1,59 @@
+"""The gradchain peer: ``gc.MLP`` / ``gc.RNN`` themselves (the reference of the checks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..cases import Case, Outputs, _mlp_gc_model, _rnn_gc_model, _rnn_outputs
+from ..workloads import RNNWorkload
+
+
+class _Gradchain:
+    """``gc.MLP`` / ``gc.RNN``: ``forward(x)`` + ``backward(dL/dy or dL/dh_t)``, the
+    report coming with backward; ``report=False`` is the gradients-only baseline (the
+    report's own passes skipped) that prices the report; ``panel=False`` sends every
+    product the panel GEMM would take to OpenBLAS (the RNN's per-step products excepted),
+    which prices gradchain's own GEMM."""
+
+    def __init__(self, case: Case, report: bool = True, panel: bool = True) -> None:
+        import gradchain as gc
+
+        w = case.workload
+        gc.set_num_threads(case.threads)
+        self.rnn = isinstance(w, RNNWorkload)
+        self.model = _rnn_gc_model(w, seed=0) if self.rnn else _mlp_gc_model(w, seed=0)
+        self.model.load_state_dict(case.state)
+        self.x, self.g = case.x, case.grad_y
+        self.report = report
+        self.panel = panel
+        self._y: np.ndarray | None = None
+        self._rep: Any = None
+
+    def step(self) -> None:
+        from gradchain import _core
+
+        was = _core._panel_gemm()
+        _core._set_panel_gemm(self.panel)
+        try:
+            self._y = self.model.forward(self.x)
+            self._rep = self.model.backward(self.g, report=self.report)
+        finally:
+            _core._set_panel_gemm(was)
+
+    def outputs(self) -> Outputs:
+        assert self._y is not None
+        y = np.array(self._y)
+        grads = {k: np.array(g) for k, g in self.model.named_grads()}
+        r = self._rep
+        if not self.report:
+            return Outputs(y=y, grads=grads)
+        if self.rnn:
+            return _rnn_outputs(y, grads, {"weight_ih_grad_norm": r.weight_ih_grad_norm,
+                                           "weight_hh_grad_norm": r.weight_hh_grad_norm,
+                                           "timestep_grad_norms": np.array(
+                                               r.timestep_grad_norms)})
+        return Outputs(y=y, grads=grads,
+                       activation_grad_norms=np.array(r.activation_grad_norms),
+                       weight_grad_norms=np.array(r.weight_grad_norms))

@@ -1,0 +1,300 @@
+"""The run loop: set up every peer of each workload, check agreement, then time the peers
+round-robin (:func:`run`).
+"""
+
+from __future__ import annotations
+
+import gc as _pygc
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from . import machine
+from .agreement import arbitrate
+from .cases import CASE_MAKERS, REFERENCES, Outputs
+from .machine import CpuMeter, _limit_numpy_blas, _loadavg, gemm_ceiling, machine_info
+from .peers import BUILDERS, PEERS, PeerInstance
+from .peers.gradchain_peer import _Gradchain
+from .workloads import QUICK, WORKLOADS, Workload
+
+
+def wait_idle(quiet_s: float = 0.005, max_cpu_frac: float = 0.1, timeout_s: float = 0.5) -> float:
+    """Sleep until this process's threads are idle: until a ``quiet_s`` sleep costs less than
+    ``max_cpu_frac`` of it in process CPU time (all threads), at most ``timeout_s``.
+
+    Thread pools spin after their work: NumPy's OpenBLAS for about 0.1 s, OpenMP runtimes
+    (gradchain, PyTorch) for 10-20 ms. On a 2-core machine a spinning pool halves the
+    next peer's speed, so each timed iteration starts from an idle process. Returns the
+    time waited."""
+    t0 = time.perf_counter()
+    c = time.process_time()
+    while time.perf_counter() - t0 < timeout_s:
+        time.sleep(quiet_s)
+        c2 = time.process_time()
+        if c2 - c < max_cpu_frac * quiet_s:
+            break
+        c = c2
+    return time.perf_counter() - t0
+
+
+def _stats(times: Sequence[float]) -> dict[str, float]:
+    t = np.asarray(times, dtype=np.float64)
+    q1, med, q3 = np.percentile(t, [25, 50, 75])
+    return {"median_s": float(med), "min_s": float(t.min()), "iqr_s": float(q3 - q1),
+            "mean_s": float(t.mean())}
+
+
+def _peer_names(peers: Sequence[str] | None) -> list[str]:
+    names = list(PEERS) if peers is None else list(peers)
+    unknown = [p for p in names if p not in PEERS]
+    if unknown:
+        raise ValueError(f"unknown peer(s) {unknown}; known: {list(PEERS)}")
+    return ["gradchain"] + [p for p in dict.fromkeys(names) if p != "gradchain"]
+
+
+def _resolve_workloads(workloads: Sequence[str | Workload] | None, quick: bool) -> list[Workload]:
+    table = QUICK if quick else WORKLOADS
+    if workloads is None:
+        return list(table.values())
+    out: list[Workload] = []
+    for w in workloads:
+        if isinstance(w, str):
+            if w not in table:
+                raise ValueError(f"unknown workload {w!r}; known: {list(table)}")
+            out.append(table[w])
+        else:
+            out.append(w)
+    return out
+
+
+def run(
+    workloads: Sequence[str | Workload] | None = None,
+    peers: Sequence[str] | None = None,
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    settle: float = 0.0,
+    ceiling: bool = True,
+    panel_ab: int = 0,
+    report_ab: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; return the results (JSON-ready).
+
+    ``workloads``: names (of :data:`WORKLOADS`, or of :data:`QUICK` with ``quick=True``) or
+    workload objects; None for all. ``peers``: names of :data:`PEERS` (gradchain is always
+    added, first). ``threads``: for gradchain, PyTorch and NumPy's BLAS (default
+    ``gc.get_num_threads()``). ``settle``: seconds to sleep before each timed iteration;
+    0 (default) waits until the process is idle instead (:func:`wait_idle`: the thread
+    pools of the peer timed before stop spinning). ``ceiling=False`` skips the GEMM
+    ceiling measurement. ``panel_ab=N``: after the timings, N rounds of gradchain with its
+    panel GEMM on and off, on the same model; ``report_ab=N``: N rounds with and without
+    the report, on the same model (:func:`_ab`).
+    """
+    import gradchain as gc
+
+    say = log or (lambda s: None)
+    if repeats < 1 or warmup < 0 or panel_ab < 0 or report_ab < 0:
+        raise ValueError("repeats must be >= 1, warmup, panel_ab and report_ab >= 0")
+    threads = gc.get_num_threads() if threads is None else int(threads)
+    gc.set_num_threads(threads)
+    _limit_numpy_blas(threads)
+    wls = _resolve_workloads(workloads, quick)
+    names = _peer_names(peers)
+
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "config": {"repeats": repeats, "warmup": warmup, "threads": threads, "quick": quick,
+                   "seed": seed, "settle_s": settle, "peers": names,
+                   "numpy_blas": machine._numpy_blas_note,
+                   "jax_threads": ("1 (XLA_FLAGS)" if threads == 1 else
+                                   "XLA's own pool (all cores)")},
+        "ceiling": {},
+        "workloads": [],
+    }
+    dtypes = ["float32"] + (["float64"] if any(w.dtype == "float64" for w in wls) else [])
+
+    def measure_ceiling(when: str) -> None:
+        for dt in dtypes:
+            say(f"measuring the {'s' if dt == 'float32' else 'd'}gemm ceiling ({when}: NumPy "
+                f"{dt} matmul at 2048 and 4096)...")
+            wait_idle()
+            meter = CpuMeter()
+            c = gemm_ceiling(np.dtype(dt))
+            c_all = results["ceiling"].setdefault(dt, {"runs": []})
+            c_all["runs"].append({"when": when, **c, "machine_load": meter.stop()})
+            # the ceiling is what the machine can do: the best of the runs, per size
+            for k in c:
+                c_all[k] = max(r[k] for r in c_all["runs"])
+
+    if ceiling:
+        measure_ceiling("start")
+
+    all_ok = True
+    for w in wls:
+        say(f"{w.name}: {w.describe()}")
+        res = _run_workload(w, names, repeats, warmup, threads, seed, settle, say, panel_ab,
+                            report_ab)
+        all_ok &= all(r["status"] in ("ok", "skipped", "reference")
+                      for r in res["peers"].values())
+        results["workloads"].append(res)
+    if ceiling:
+        measure_ceiling("end")  # a busy moment at the start must not lower the ceiling
+    for res in results["workloads"]:
+        ceil = results["ceiling"].get(res["config"]["dtype"], {}).get("best")
+        for r in res["peers"].values():
+            if "gflops" in r and ceil:
+                r["fraction_of_ceiling"] = r["gflops"] / ceil
+        res["ceiling_gflops"] = ceil
+        res["gradchain_fraction_of_ceiling"] = res["peers"]["gradchain"].get(
+            "fraction_of_ceiling")
+    results["ok"] = bool(all_ok)
+    results["machine"]["loadavg_end"] = _loadavg()
+    return results
+
+
+def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, threads: int,
+                  seed: int, settle: float, say: Callable[[str], None],
+                  panel_ab: int = 0, report_ab: int = 0) -> dict[str, Any]:
+    flops = w.flops()
+    out: dict[str, Any] = {"name": w.name, "kind": w.kind, "description": w.describe(),
+                           "config": w.config(), "flops": flops, "peers": {}}
+    case = CASE_MAKERS[w.kind](w, seed, threads)
+    builders = BUILDERS[w.kind]
+    instances: dict[str, PeerInstance] = {}
+    rows: dict[str, dict[str, Any]] = out["peers"]
+    for name in names:
+        info = PEERS[name]
+        row: dict[str, Any] = {"label": info.label}
+        rows[name] = row
+        missing = info.missing()
+        if missing:
+            row.update(status="skipped", note=f"not installed: {', '.join(missing)}")
+            continue
+        if name not in builders:
+            row.update(status="skipped", note=f"no {w.kind} implementation")
+            continue
+        try:
+            t0 = time.perf_counter()
+            inst = builders[name](case)
+            inst.step()  # first call: compiles (JAX), allocates
+            row["first_call_s"] = time.perf_counter() - t0
+            instances[name] = inst
+        except Exception as e:  # a peer that fails is reported, not fatal
+            row.update(status="error", note=f"{type(e).__name__}: {e}")
+            if name == "gradchain":
+                raise
+    # ---- the agreement check (before any timing)
+    ref = instances["gradchain"].outputs()
+    outs: dict[str, Outputs] = {}
+    for name, inst in list(instances.items()):
+        if name == "gradchain":
+            continue
+        try:
+            outs[name] = inst.outputs()
+        except Exception as e:
+            rows[name].update(status="error", note=f"outputs: {type(e).__name__}: {e}")
+            del instances[name]
+    truth = None
+    if w.dtype == "float32" and w.kind in REFERENCES:
+        truth = REFERENCES[w.kind](case, np.float64)
+    del case  # each peer holds its own copy
+    agreements = arbitrate(ref, outs, w, truth=truth)
+    del truth, outs, ref
+    rows["gradchain"]["status"] = "reference"
+    for name, agr in agreements.items():
+        row = rows[name]
+        row["agreement"] = asdict(agr)
+        if name != "gradchain":
+            row["status"] = "ok" if agr.ok else "disagree"
+        elif not agr.ok:
+            row["status"] = "disagree"
+        if not agr.ok:
+            bad = ", ".join(f"{q} {agr.errors[q]:.2e}" for q in agr.failed[:5])
+            who = ("gradchain DISAGREES with the float64 reference" if name == "gradchain"
+                   else f"{PEERS[name].label} DISAGREES with gradchain")
+            msg = (f"!!! {w.name}: {who}: max rel err {agr.max_err:.3e} > tol "
+                   f"{agr.tolerance:g}; {len(agr.failed)} quantities fail, worst: {bad} "
+                   "-- timed anyway, row marked DISAGREE")
+            print(msg, file=sys.stderr)
+            row["note"] = msg
+
+    order = list(instances)
+    times: dict[str, list[float]] = {n: [] for n in order}
+    for n in order:
+        for _ in range(max(0, warmup - 1)):  # the first call above counts as one warm-up
+            instances[n].step()
+    _pygc.collect()
+    gc_was_enabled = _pygc.isenabled()
+    _pygc.disable()
+    rng = np.random.default_rng(seed)
+    meter = CpuMeter()
+    try:
+        for _ in range(repeats):
+            for i in rng.permutation(len(order)):  # each peer follows each other one alike
+                n = order[i]
+                if settle > 0:
+                    time.sleep(settle)
+                else:
+                    wait_idle()
+                t0 = time.perf_counter()
+                instances[n].step()
+                times[n].append(time.perf_counter() - t0)
+    finally:
+        if gc_was_enabled:
+            _pygc.enable()
+    out["machine_load"] = meter.stop()
+
+    t_gc = _stats(times["gradchain"])["median_s"]
+    for n in order:
+        st = _stats(times[n])
+        rows[n].update(st)
+        rows[n]["times_s"] = times[n]
+        rows[n]["gflops"] = flops / st["median_s"] / 1e9
+        rows[n]["ratio"] = st["median_s"] / t_gc
+    if "gradchain-grads" in times:  # the report's price: round r of one against round r
+        paired = np.array(times["gradchain"]) / np.array(times["gradchain-grads"])
+        out["report_overhead"] = {
+            "paired_median": float(np.median(paired) - 1.0),
+            "of_medians": float(rows["gradchain"]["median_s"]
+                                / rows["gradchain-grads"]["median_s"] - 1.0)}
+    if panel_ab > 0:  # OpenBLAS time / panel time
+        out["panel_speedup"] = _ab(instances["gradchain"], "panel", panel_ab)
+    if report_ab > 0:  # with the report / gradients only, minus 1
+        ab = _ab(instances["gradchain"], "report", report_ab)
+        out["report_overhead_one_model"] = {
+            "paired_median": 1.0 / ab["paired_median"] - 1.0,
+            "iqr": [1.0 / ab["iqr"][1] - 1.0, 1.0 / ab["iqr"][0] - 1.0], "rounds": report_ab}
+    say("  " + ", ".join(f"{n} {rows[n]['median_s'] * 1e3:.2f} ms" for n in order))
+    instances.clear()
+    _pygc.collect()
+    return out
+
+
+def _ab(inst: _Gradchain, flag: str, rounds: int) -> dict[str, Any]:
+    """Time gradchain's own model with ``inst.<flag>`` (``"panel"``: its panel GEMM;
+    ``"report"``: the report) False and True, alternating which goes first, on one model
+    instance (two instances of the same model can differ by several per cent on their
+    own, e.g. by where their memory landed): per round the ratio time(False) /
+    time(True), its median and quartiles. The flag is left True."""
+    ratios = []
+    for r in range(rounds):
+        t: dict[bool, float] = {}
+        for on in ((True, False) if r % 2 else (False, True)):
+            setattr(inst, flag, on)
+            wait_idle()
+            t0 = time.perf_counter()
+            inst.step()
+            t[on] = time.perf_counter() - t0
+        ratios.append(t[False] / t[True])
+    setattr(inst, flag, True)
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return {"paired_median": float(np.median(ratios)), "iqr": [float(q1), float(q3)],
+            "rounds": rounds, "ratios": [float(x) for x in ratios]}

@@ -1,0 +1,124 @@
+"""The standard workloads of ``docs/WORKLOADS.md``: one dataclass per kind (``"mlp"``:
+:class:`MLPWorkload`, ``"rnn"``: :class:`RNNWorkload`), the table :data:`WORKLOADS` and
+its scaled-down copy :data:`QUICK`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class MLPWorkload:
+    """An MLP chain: ``sizes = [in] + [width] * depth + [out]``, batch ``batch``."""
+
+    kind: ClassVar[str] = "mlp"
+    name: str
+    in_features: int
+    width: int
+    depth: int
+    out_features: int
+    batch: int
+    activation: str = "tanh"
+    norm: str | None = None
+    residual: bool = False
+    residual_scale: float = 1.0
+    init: str = "xavier_normal"
+    dtype: str = "float32"
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.in_features] + [self.width] * self.depth + [self.out_features]
+
+    def flops(self) -> float:
+        """WORKLOADS.md: ``6 * B * sum(in_l * out_l)`` (forward 2, backward 4)."""
+        s = self.sizes
+        return 6.0 * self.batch * sum(a * b for a, b in zip(s[:-1], s[1:], strict=True))
+
+    def quick(self) -> MLPWorkload:
+        """A scaled-down copy for smoke runs (widths / 4, depth / 8, batch / 4)."""
+        return replace(
+            self,
+            in_features=max(8, self.in_features // 4),
+            width=max(8, self.width // 4),
+            depth=max(2, self.depth // 8),
+            out_features=max(8, self.out_features // 4),
+            batch=max(8, self.batch // 4),
+        )
+
+    def describe(self) -> str:
+        opts = [self.activation]
+        if self.norm:
+            opts.append(f"{self.norm} norm")
+        if self.residual:
+            opts.append("residual")
+        opts += [f"init {self.init}", self.dtype]
+        return (f"MLP in {self.in_features}, width {self.width}, depth {self.depth}, "
+                f"out {self.out_features}, batch {self.batch}; " + ", ".join(opts))
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class RNNWorkload:
+    """A one-layer vanilla RNN (``torch.nn.RNN``): ``steps`` time steps of batch ``batch``,
+    ``input_size -> hidden_size``; the upstream gradient is ``dL/dh_t`` for every step."""
+
+    kind: ClassVar[str] = "rnn"
+    name: str
+    steps: int
+    batch: int
+    input_size: int
+    hidden_size: int
+    activation: str = "tanh"
+    init: str = "torch_default"  # W_hh (and b_hh): gc.RNN's default, as torch.nn.RNN
+    input_init: str = "xavier_uniform"  # W_ih: gc.RNN's default
+    dtype: str = "float32"
+
+    def flops(self) -> float:
+        """WORKLOADS.md: ``6 * T * B * (I*H + H*H)`` (forward 2, backward 4)."""
+        I_, H = self.input_size, self.hidden_size
+        return 6.0 * self.steps * self.batch * (I_ * H + H * H)
+
+    def quick(self) -> RNNWorkload:
+        """A scaled-down copy for smoke runs (T / 8, batch / 4, input and hidden / 4)."""
+        return replace(
+            self,
+            steps=max(8, self.steps // 8),
+            batch=max(4, self.batch // 4),
+            input_size=max(8, self.input_size // 4),
+            hidden_size=max(16, self.hidden_size // 4),
+        )
+
+    def describe(self) -> str:
+        return (f"RNN T {self.steps}, batch {self.batch}, input {self.input_size}, hidden "
+                f"{self.hidden_size}; {self.activation}, init W_hh {self.init}, W_ih "
+                f"{self.input_init}, {self.dtype}")
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+Workload = MLPWorkload | RNNWorkload
+
+_MLP_TANH = MLPWorkload("mlp-tanh", 256, 256, 64, 256, 128, activation="tanh",
+                        init="xavier_normal")
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        _MLP_TANH,
+        MLPWorkload("mlp-deep-narrow", 64, 64, 256, 64, 64, activation="relu", norm="batch",
+                    residual=True, init="kaiming_normal"),
+        MLPWorkload("mlp-wide", 2048, 2048, 16, 2048, 256, activation="relu",
+                    init="kaiming_normal"),
+        replace(_MLP_TANH, name="mlp-tanh-f64", dtype="float64"),
+        RNNWorkload("rnn-mid", 512, 32, 64, 256, activation="tanh"),
+        RNNWorkload("rnn-long-narrow", 4096, 16, 32, 64, activation="tanh"),
+    )
+}
+"""The standard workloads of WORKLOADS.md, by name."""
+
+QUICK: dict[str, Workload] = {name: w.quick() for name, w in WORKLOADS.items()}
+"""The same workloads scaled down (``--quick``)."""

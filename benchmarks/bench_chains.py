@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The gradchain benchmark suite: the standard workloads (WORKLOADS.md) against PyTorch,
+"""The gradchain benchmark suite: the standard workloads (docs/WORKLOADS.md) against PyTorch,
 JAX and NumPy, side by side in one run. Same flags as ``gradchain bench``; see
 benchmarks/README.md.
 

@@ -1,6 +1,6 @@
 """The order/chaos phase diagram of a tanh MLP, with measured points on top.
 
-Mean-field theory (CONVENTIONS.md, "Mean-field theory") predicts the per-layer factor
+Mean-field theory (docs/CONVENTIONS.md, "Mean-field theory") predicts the per-layer factor
 chi_1 of ||dL/da_l||^2 for W ~ N(0, sigma_w^2 / fan_in), b ~ N(0, sigma_b^2). This script
 draws log10 chi_1 over sigma_w in [0.5, 4], sigma_b in [0, 1], runs a depth-50, width-256
 gc.MLP at a few (sigma_w, sigma_b) points, fits each one's per-layer gradient factor, and

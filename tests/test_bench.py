@@ -116,7 +116,7 @@ def test_disagreement_is_caught(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
 
 
 def test_rnn_workloads() -> None:
-    """The RNN workloads of WORKLOADS.md, their FLOPs and their --quick variants."""
+    """The RNN workloads of docs/WORKLOADS.md, their FLOPs and their --quick variants."""
     mid, long_ = bench.WORKLOADS["rnn-mid"], bench.WORKLOADS["rnn-long-narrow"]
     assert isinstance(mid, bench.RNNWorkload) and mid.kind == "rnn"
     assert (mid.steps, mid.batch, mid.input_size, mid.hidden_size) == (512, 32, 64, 256)

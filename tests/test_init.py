@@ -1,4 +1,4 @@
-"""Initialisation schemes (CONVENTIONS.md, "Initialization"; names and gains as torch.nn.init).
+"""Initialisation schemes (docs/CONVENTIONS.md, "Initialization"; names and gains as torch.nn.init).
 
 Statistics are taken over a large layer. The tolerance on a variance is K standard errors
 of the estimator: for i.i.d. zero-mean samples, mean(w^2) estimates sigma^2 with relative
@@ -23,7 +23,7 @@ DTYPES = [np.float32, np.float64]
 BIG = [600, 400, 300]  # two linear layers: (400, 600) and (300, 400), 360k weights together
 RELU_GAIN = math.sqrt(2.0)
 
-# CONVENTIONS: identity->linear 1, sigmoid 1, tanh 5/3, relu sqrt2,
+# docs/CONVENTIONS.md: identity->linear 1, sigmoid 1, tanh 5/3, relu sqrt2,
 # leaky_relu sqrt(2/(1+slope^2)), selu 3/4, others sqrt2.
 GAINS = {
     ("identity", ()): 1.0,
@@ -91,7 +91,7 @@ def check_stats(w, *, std, family, label, bound=None, dtype=np.float64):
 
 
 def expected(scheme, fan_in, fan_out, gain):
-    """(family, std, bound) of the weights of a scheme, from CONVENTIONS / torch.nn.init."""
+    """(family, std, bound) of the weights of a scheme, from docs/CONVENTIONS.md / torch.nn.init."""
     if scheme == "xavier_uniform":
         a = gain * math.sqrt(6.0 / (fan_in + fan_out))
         return "uniform", a / math.sqrt(3.0), a

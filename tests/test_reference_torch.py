@@ -238,7 +238,7 @@ def test_layernorm_matches_torch(width):
 
 
 class TorchMLP(nn.Module):
-    """The MLP of CONVENTIONS.md in torch, with gradchain's state_dict names."""
+    """The MLP of docs/CONVENTIONS.md in torch, with gradchain's state_dict names."""
 
     def __init__(self, sizes, activation, act_params, norm, residual, residual_scale, bias):
         super().__init__()

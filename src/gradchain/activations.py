@@ -1,4 +1,4 @@
-"""Activation functions: names, parameters and gains (CONVENTIONS.md, "Activations").
+"""Activation functions: names, parameters and gains (docs/CONVENTIONS.md, "Activations").
 
 ``gc.Activation("leaky_relu", negative_slope=0.2)`` names a built-in activation
 that runs in the fast C++ kernels; ``gc.Activation.custom(f, df)`` wraps a pair

@@ -1,4 +1,4 @@
-"""Gradient clipping on a model's stored gradients (CONVENTIONS.md, "Gradient clipping"),
+"""Gradient clipping on a model's stored gradients (docs/CONVENTIONS.md, "Gradient clipping"),
 computed by the C++ core."""
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class DemoCase:
 
 
 def mlp_cases() -> list[DemoCase]:
-    """The classic problems and their fixes (names as in CONVENTIONS.md)."""
+    """The classic problems and their fixes (names as in docs/CONVENTIONS.md)."""
     return [
         DemoCase("sigmoid, standard init", "sigmoid", {"activation": "sigmoid",
                                                         "init": "torch_default"}, "problem"),

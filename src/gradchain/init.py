@@ -1,4 +1,4 @@
-"""Weight initialisation schemes (CONVENTIONS.md, "Initialization"; names and gains
+"""Weight initialisation schemes (docs/CONVENTIONS.md, "Initialization"; names and gains
 as ``torch.nn.init``).
 
 Every scheme is a callable returning an :class:`Init`: ``gc.init.xavier_uniform(gain=1.0)``,

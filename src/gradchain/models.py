@@ -232,7 +232,7 @@ class MLP(_Chain):
     ----------
     sizes : list of int
     activation : str or Activation
-        A name from CONVENTIONS.md, ``gc.Activation(name, **params)`` or
+        A name from docs/CONVENTIONS.md, ``gc.Activation(name, **params)`` or
         ``gc.Activation.custom(f, df)`` (slow path).
     init : str or gc.init.Init
         Scheme name or ``gc.init.<scheme>(...)``; default ``"torch_default"``

@@ -1,6 +1,6 @@
 """Optimisers over a gradchain model's parameters: :class:`SGD`, :class:`Adam`, :class:`AdamW`.
 
-Update formulas, defaults and argument checks are ``torch.optim``'s (CONVENTIONS.md,
+Update formulas, defaults and argument checks are ``torch.optim``'s (docs/CONVENTIONS.md,
 "Regularisation and optimisers"), computed in the model's dtype in the order PyTorch's
 CPU kernels use, so a float64 run matches ``torch.optim`` to rounding and a float32
 run to a few units in the last place. An optimiser updates the model's *flat*

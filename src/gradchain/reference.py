@@ -1,6 +1,6 @@
 """Plain NumPy reference implementation of gradchain's mathematical conventions.
 
-This module is the executable form of ``CONVENTIONS.md``: the C++ core and its tests are
+This module is the executable form of ``docs/CONVENTIONS.md``: the C++ core and its tests are
 compared against it.  It favours clarity over speed (though it is vectorised over the batch),
 imports only NumPy and the standard library, and never touches the compiled extension.
 
@@ -721,7 +721,7 @@ def mlp_forward(params: Mapping[str, Any], x: Any, *, activation: Any = "tanh",
                 act_params: Mapping[str, Any] | None = None, norm: str | None = None,
                 residual: Any = False, residual_scale: float = 1.0, training: bool = True,
                 bias: bool = True) -> tuple[np.ndarray, dict]:
-    """Forward pass of the MLP of CONVENTIONS.md.
+    """Forward pass of the MLP of docs/CONVENTIONS.md.
 
     Hidden layer l (0-based index l in the parameter names, 1-based l + 1 in the maths)::
 
@@ -731,7 +731,7 @@ def mlp_forward(params: Mapping[str, Any], x: Any, *, activation: Any = "tanh",
     and the output is ``y = a_L @ W_out.T + b_out`` (no norm, no activation).
 
     Args:
-        params: name -> ndarray, the state_dict names of API.md: "layers.{l}.weight" (out, in)
+        params: name -> ndarray, the state_dict names of docs/API.md: "layers.{l}.weight" (out, in)
             and "layers.{l}.bias" (out,) for l = 0..L (l = L is the output layer; no biases
             when bias=False); "norms.{l}.weight", "norms.{l}.bias" (h_{l+1},) for l = 0..L-1
             when norm is "batch" or "layer", plus "norms.{l}.running_mean",

@@ -2,7 +2,7 @@
 
 All norms are Frobenius/L2 norms over whole tensors (batch included), accumulated
 in float64 by the C++ backward pass, identical whatever the thread count
-(CONVENTIONS.md, "Gradient report").
+(docs/CONVENTIONS.md, "Gradient report").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Mean-field theory of signal and gradient propagation (CONVENTIONS.md, "Mean-field theory").
+"""Mean-field theory of signal and gradient propagation (docs/CONVENTIONS.md, "Mean-field theory").
 
 For an MLP without norm layers or residuals, with ``W ~ N(0, sigma_w^2 / fan_in)`` and
 ``b ~ N(0, sigma_b^2)`` (``gc.init.normal(sigma_w, sigma_b)``), in the infinitely wide limit
@@ -376,7 +376,7 @@ def fixed_point(activation: str | _acts.Activation, sigma_w: float, sigma_b: flo
     Parameters
     ----------
     activation : str or gc.Activation
-        A name from CONVENTIONS.md (with its parameters through ``gc.Activation``), or
+        A name from docs/CONVENTIONS.md (with its parameters through ``gc.Activation``), or
         ``gc.Activation.custom(f, df)`` (best effort: breakpoints only at 0, and F must be
         nondecreasing in q for the limit to be the nearest root).
     sigma_w, sigma_b : float

@@ -32,7 +32,7 @@ class MLPWorkload:
         return [self.in_features] + [self.width] * self.depth + [self.out_features]
 
     def flops(self) -> float:
-        """WORKLOADS.md: ``6 * B * sum(in_l * out_l)`` (forward 2, backward 4)."""
+        """docs/WORKLOADS.md: ``6 * B * sum(in_l * out_l)`` (forward 2, backward 4)."""
         s = self.sizes
         return 6.0 * self.batch * sum(a * b for a, b in zip(s[:-1], s[1:], strict=True))
 
@@ -78,7 +78,7 @@ class RNNWorkload:
     dtype: str = "float32"
 
     def flops(self) -> float:
-        """WORKLOADS.md: ``6 * T * B * (I*H + H*H)`` (forward 2, backward 4)."""
+        """docs/WORKLOADS.md: ``6 * T * B * (I*H + H*H)`` (forward 2, backward 4)."""
         I_, H = self.input_size, self.hidden_size
         return 6.0 * self.steps * self.batch * (I_ * H + H * H)
 
@@ -118,7 +118,7 @@ WORKLOADS: dict[str, Workload] = {
         RNNWorkload("rnn-long-narrow", 4096, 16, 32, 64, activation="tanh"),
     )
 }
-"""The standard workloads of WORKLOADS.md, by name."""
+"""The standard workloads of docs/WORKLOADS.md, by name."""
 
 QUICK: dict[str, Workload] = {name: w.quick() for name, w in WORKLOADS.items()}
 """The same workloads scaled down (``--quick``)."""

@@ -1,12 +1,17 @@
 """The mathematics, the workloads and the API live in the repository (docs/), every
-pointer to them resolves there, and they name what the code has."""
+pointer to them resolves there, they name what the code has, and the version is
+written once."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import inspect
 import re
+import sys
 from pathlib import Path
+
+import pytest
 
 import gradchain as gc
 from gradchain import bench
@@ -145,3 +150,29 @@ def test_workloads_doc_lists_every_workload_and_peer() -> None:
     for w in bench.WORKLOADS.values():  # the FLOP formulas of the table are the code's
         assert ("6 * B * sum(in_l * out_l)" if w.kind == "mlp"
                 else "6 * T * B * (I*H + H*H)") in text
+
+
+def _pyproject() -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        tomllib = pytest.importorskip("tomli")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def test_the_version_is_written_once() -> None:
+    """pyproject.toml reads the version from the package (scikit-build-core's regex
+    provider); the string itself is written only in the file it reads."""
+    cfg = _pyproject()
+    assert "version" not in cfg["project"], "pyproject.toml writes the version itself"
+    assert "version" in cfg["project"]["dynamic"]
+    provider = cfg["tool"]["scikit-build"]["metadata"]["version"]
+    assert provider["provider"] == "scikit_build_core.metadata.regex"
+    source = _read(ROOT / provider["input"])
+    written = re.findall(r'(?m)^__version__ *= *["\']([^"\']+)["\']', source)
+    assert written == [gc.__version__]
+
+
+def test_installed_metadata_version_is_the_package_version() -> None:
+    assert importlib.metadata.version("gradchain") == gc.__version__

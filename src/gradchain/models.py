@@ -179,7 +179,8 @@ class _Chain:
             raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
         expected = self._state_keys()
         missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
+        known = set(expected)  # a set: the list would make this quadratic in the layers
+        unexpected = [k for k in state_dict if k not in known]
         if strict and (missing or unexpected):
             raise ValueError(
                 f"Error(s) in loading state_dict for {type(self).__name__}: "

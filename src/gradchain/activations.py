@@ -165,7 +165,9 @@ class Activation:
         # explicit (a __slots__ class has no __dict__): pickle protocols 0 and 1 need it
         return {"name": self.name, "params": dict(self.params), "f": self.f, "df": self.df}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple):  # (None, slots) as pickled before __getstate__ existed
+            state = state[1]
         for k in self.__slots__:
             object.__setattr__(self, k, state[k])
 

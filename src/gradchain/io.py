@@ -511,6 +511,22 @@ class _Spec:
     kind: str
     dtype: np.dtype
     training: bool
+    bias: bool
+    activation: _acts.Activation
+    init: _init.Init
+    # MLP
+    sizes: list[int]
+    norm: str | None
+    residual: list[bool]
+    residual_scale: float
+    eps: float
+    momentum: float
+    # RNN
+    input_size: int
+    hidden_size: int
+    output_size: int | None
+    input_init: _init.Init
+    batch_first: bool
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], activation: Any, n_members: int) -> _Spec:

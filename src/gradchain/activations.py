@@ -161,6 +161,16 @@ class Activation:
             return {"name": self.name, "custom": True}
         return {"name": self.name, **self.params}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # explicit (a __slots__ class has no __dict__): pickle protocols 0 and 1 need it
+        return {"name": self.name, "params": dict(self.params), "f": self.f, "df": self.df}
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple):  # (None, slots) as pickled before __getstate__ existed
+            state = state[1]
+        for k in self.__slots__:
+            object.__setattr__(self, k, state[k])
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Activation):
             return NotImplemented

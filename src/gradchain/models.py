@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy as _copy
 import functools
+import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -87,6 +89,23 @@ class _Chain:
     so reading them while another thread trains sees a step half-done: take a snapshot
     with ``state_dict(copy=True)`` (copied under the lock), or hold ``model.lock`` (the
     same re-entrant lock) around your own reads and writes of the views.
+
+    Pickling and copies: ``pickle`` (protocols 0-5) and ``copy.deepcopy`` carry the
+    configuration and every observable piece of state - parameters, gradients,
+    batch-norm running statistics and ``num_batches_tracked``, train/eval mode,
+    ``input_grad`` / ``h0_grad`` / ``outputs`` of the last pass and public attributes
+    (``seed``, your own) - so the copy computes bit for bit what the original does and
+    trains independently of it. The saved activations of a forward pass are not
+    carried: run ``forward`` again before ``backward`` (as after ``load_state_dict``).
+    A custom activation pickles when its callables do (module-level functions);
+    otherwise pickling raises ``pickle.PicklingError`` naming it (``deepcopy`` shares
+    the callables, so it always works). ``copy.copy`` is *not* PyTorch's shallow copy
+    that shares parameter tensors: the model's memory is one block owned by its C++
+    core, together with the forward pass in flight, so a copy sharing it would let one
+    object's ``forward`` feed the other's ``backward``. ``copy.copy`` therefore copies the
+    core's memory too (a new, independent model) and shares only the attribute values
+    (activation, init scheme, lists) with the original; use ``copy.deepcopy`` to copy
+    those as well. A snapshot is taken under the model's lock.
     """
 
     _core: Any
@@ -179,7 +198,8 @@ class _Chain:
             raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
         expected = self._state_keys()
         missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
+        known = set(expected)  # a set: the list would make this quadratic in the layers
+        unexpected = [k for k in state_dict if k not in known]
         if strict and (missing or unexpected):
             raise ValueError(
                 f"Error(s) in loading state_dict for {type(self).__name__}: "
@@ -218,6 +238,92 @@ class _Chain:
                 target[...] = a
         self._core.invalidate()
         return IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------ pickling, copies
+    _PICKLE_VERSION = 1
+    #: private attributes that hold results of the last pass (copied as they are)
+    _LAST_PASS = ("_input_grad", "_h0_grad", "_outputs")
+
+    def _ctor_args(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this model's configuration (no seed)."""
+        raise NotImplementedError
+
+    def _rebuild(self, kwargs: dict[str, Any]) -> None:
+        """Run the model class's own ``__init__`` with ``kwargs``."""
+        raise NotImplementedError
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Everything a copy needs, the arrays copied, taken under the model's lock."""
+        with self._lock:
+            core = self._core
+            return {
+                "version": self._PICKLE_VERSION,
+                "ctor": self._ctor_args(),
+                "params": core.param_array().copy(),
+                "grads": core.grad_array().copy(),
+                "buffers": core.buffer_array().copy() if hasattr(core, "buffer_array")
+                else None,
+                "num_batches_tracked": self._num_batches_tracked.copy(),
+                "training": getattr(core, "training", None),
+                "last": {k: (None if getattr(self, k) is None else getattr(self, k).copy())
+                         for k in self._LAST_PASS if hasattr(self, k)},
+                "attrs": {k: v for k, v in vars(self).items() if not k.startswith("_")},
+            }
+
+    def __getstate__(self) -> dict[str, Any]:
+        act = getattr(self, "activation", None)
+        if act is not None and act.is_custom:
+            for what, fn in (("f", act.f), ("df", act.df)):
+                try:
+                    pickle.dumps(fn)
+                except Exception as e:  # noqa: BLE001  (PicklingError, AttributeError, ...)
+                    raise pickle.PicklingError(
+                        f"cannot pickle this {type(self).__name__}: its custom activation "
+                        f"{act.name!r} has {what}={fn!r}, which does not pickle ({e}). "
+                        "Define f and df as module-level functions (pickle stores them by "
+                        "name), or send gc.save's file and gc.load(path, activation=...) "
+                        "it where it is needed; copy.deepcopy works either way.") from None
+        return self._snapshot()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != self._PICKLE_VERSION:
+            raise ValueError(f"cannot unpickle {type(self).__name__}: unknown state format "
+                             f"{state.get('version') if isinstance(state, dict) else state!r}")
+        self._rebuild(dict(state["ctor"]))
+        core = self._core
+        dst = [("params", core.param_array()), ("grads", core.grad_array())]
+        if state["buffers"] is not None:
+            dst.append(("buffers", core.buffer_array()))
+        for key, target in dst:
+            src = np.asarray(state[key])
+            if src.shape != target.shape or src.dtype != target.dtype:
+                raise ValueError(
+                    f"cannot unpickle {type(self).__name__}: {key} of shape "
+                    f"{shape_str(src.shape)} {src.dtype} do not fit the configuration "
+                    f"({shape_str(target.shape)} {target.dtype})")
+            target[...] = src
+        self._num_batches_tracked[...] = state["num_batches_tracked"]
+        if state["training"] is not None:
+            core.training = bool(state["training"])
+        for k, v in state["last"].items():
+            setattr(self, k, v)
+        for k, v in state["attrs"].items():
+            setattr(self, k, v)
+        core.invalidate()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        state = self._snapshot()  # the arrays are fresh copies already
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state["ctor"] = _copy.deepcopy(state["ctor"], memo)
+        state["attrs"] = _copy.deepcopy(state["attrs"], memo)
+        new.__setstate__(state)
+        return new
+
+    def __copy__(self) -> Any:
+        new = type(self).__new__(type(self))
+        new.__setstate__(self._snapshot())
+        return new
 
 
 class MLP(_Chain):
@@ -454,6 +560,15 @@ class MLP(_Chain):
         views of the model's memory (as PyTorch's state_dict shares storage), or copies
         taken under the model's lock with ``copy=True``."""
         return super().state_dict(copy=copy)
+
+    def _ctor_args(self) -> dict[str, Any]:
+        return {"sizes": list(self.sizes), "activation": self.activation, "init": self.init,
+                "norm": self.norm, "residual": list(self.residual),
+                "residual_scale": self.residual_scale, "bias": self.bias,
+                "dtype": self.dtype, "eps": self.eps, "momentum": self.momentum}
+
+    def _rebuild(self, kwargs: dict[str, Any]) -> None:
+        MLP.__init__(self, **kwargs)
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments (JSON-ready), as ``gc.save`` stores them."""

@@ -85,6 +85,16 @@ class Optimizer:
         in PyTorch (schedules written against ``param_groups`` carry over).
     defaults : dict
         The constructor's hyperparameters.
+
+    Pickling and copies: an optimiser's parameters are views into its model's memory,
+    so it cannot be pickled apart from the model (as PyTorch pickles an optimiser with
+    the tensors it references). Pickling an optimiser pickles its model with it, and
+    ``pickle.loads`` gives a new optimiser bound to the new model; pickle them together
+    (``pickle.dumps((model, opt))``, or ``copy.deepcopy((model, opt))``) to keep the
+    pair: the loaded optimiser then steps the *loaded* model, with its state (momentum
+    buffers, Adam moments, step count, hyperparameters and any extra
+    ``param_groups[0]`` keys) bit for bit equal. To snapshot both consistently while
+    another thread trains the model, hold ``model.lock`` around the call.
     """
 
     #: names of the flat state buffers, in state_dict order
@@ -123,6 +133,36 @@ class Optimizer:
         self._state: dict[str, list[np.ndarray]] = {}
         self._fresh: set[str] = set()
         self._steps = 0
+
+    # ------------------------------------------------------------------ pickling
+    _PICKLE_VERSION = 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        with self.model._lock:
+            return {
+                "version": self._PICKLE_VERSION,
+                "model": self.model,
+                "defaults": dict(self.defaults),
+                "group": {k: v for k, v in self.param_groups[0].items() if k != "params"},
+                "state": {k: [b.copy() for b in bufs] for k, bufs in self._state.items()},
+                "steps": self._steps,
+                "fresh": set(self._fresh),
+            }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != self._PICKLE_VERSION:
+            raise ValueError(f"cannot unpickle {type(self).__name__}: unknown state format")
+        Optimizer.__init__(self, state["model"], state["defaults"])
+        self.param_groups[0].update(state["group"])
+        for key, bufs in state["state"].items():
+            if len(bufs) != len(self._slabs) or any(
+                    b.shape != p.shape or b.dtype != p.dtype
+                    for b, (p, _) in zip(bufs, self._slabs, strict=False)):
+                raise ValueError(f"cannot unpickle {type(self).__name__}: its {key!r} state "
+                                 "does not fit the model's parameters")
+        self._state = {k: list(v) for k, v in state["state"].items()}
+        self._steps = int(state["steps"])
+        self._fresh = set(state["fresh"])
 
     # ------------------------------------------------------------------ hyperparameters
     @property

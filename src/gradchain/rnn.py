@@ -298,6 +298,16 @@ class RNN(_Chain):
         """``dL/dh_0 (B, H)`` of the last backward."""
         return self._h0_grad
 
+    def _ctor_args(self) -> dict[str, Any]:
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "activation": self.activation, "init": self.init,
+                "input_init": self.input_init, "bias": self.bias,
+                "output_size": self.output_size, "dtype": self.dtype,
+                "batch_first": self.batch_first}
+
+    def _rebuild(self, kwargs: dict[str, Any]) -> None:
+        RNN.__init__(self, **kwargs)
+
     def config(self) -> dict[str, Any]:
         return {
             "kind": "RNN",

@@ -314,12 +314,14 @@ class Activation:
     Parameters
     ----------
     name:
-        One of ``identity, sigmoid, tanh, relu, leaky_relu, elu, selu, gelu,
-        gelu_tanh, softplus, silu (alias swish), hardtanh``.
+        A name of :data:`ACTIVATIONS` (the rows of :data:`SPECS`: ``identity, sigmoid,
+        tanh, relu, leaky_relu, elu, selu, gelu, gelu_tanh, softplus, silu, hardtanh``)
+        or a row's alias (``swish``, ``linear``).
     **params:
+        The row's parameters, with ``torch.nn``'s names and defaults:
         ``negative_slope`` (leaky_relu, default 0.01), ``alpha`` (elu, 1.0),
         ``beta`` and ``threshold`` (softplus, 1.0 and 20.0), ``min_val`` and
-        ``max_val`` (hardtanh, -1.0 and 1.0), as in ``torch.nn``.
+        ``max_val`` (hardtanh, -1.0 and 1.0).
     """
 
     __slots__ = ("name", "params", "f", "df")

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, settings
 
 import gradchain as gc
 from gradchain import reference as ref
+from gradchain.activations import SPECS
 
 # Reproducible property tests: CI replays the same examples every run.
 settings.register_profile(
@@ -19,7 +20,8 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("GRADCHAIN_HYPOTHESIS_PROFILE", "gradchain"))
 
-KINKED = {"relu": [0.0], "leaky_relu": [0.0], "selu": [0.0], "hardtanh": [-1.0, 1.0]}
+# where each activation's derivative jumps at PyTorch's default parameters (the table's kinks)
+KINKED = {n: s.kink_points() for n, s in SPECS.items() if s.kink_points()}
 
 
 def ref_params(model: gc.MLP) -> dict[str, np.ndarray]:
@@ -28,9 +30,11 @@ def ref_params(model: gc.MLP) -> dict[str, np.ndarray]:
             if not k.endswith("num_batches_tracked")}
 
 
-def kink_margin(cache: dict, activation: str) -> float:
-    """Smallest distance of any hidden pre-activation to a kink of `activation`."""
-    kinks = KINKED.get(activation)
+def kink_margin(cache: dict, activation: str, params: dict | None = None) -> float:
+    """Smallest distance of any hidden pre-activation to a kink of `activation` (with
+    `params`, else PyTorch's defaults)."""
+    kinks = (KINKED.get(activation) if params is None
+             else SPECS[activation].kink_points({**SPECS[activation].params, **params}))
     if not kinks:
         return np.inf
     m = np.inf

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import gradchain as gc
 from conftest import assert_close, ref
+from gradchain.activations import SPECS
 
 TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 2e-4}
 
@@ -51,15 +52,8 @@ NORM_OF = {"weight_ih_l0": "weight_ih_grad_norm", "weight_hh_l0": "weight_hh_gra
 def kinks(name: str, params: dict) -> list[float]:
     """Where the activation (or its derivative) jumps: a float32 pre-activation this
     close may take the other branch than the float64 reference."""
-    if name in ("relu", "leaky_relu", "selu"):
-        return [0.0]
-    if name == "elu":
-        return [0.0] if params.get("alpha", 1.0) != 1.0 else []
-    if name == "hardtanh":
-        return [params.get("min_val", -1.0), params.get("max_val", 1.0)]
-    if name == "softplus":
-        return [params.get("threshold", 20.0) / params.get("beta", 1.0)]
-    return []
+    spec = SPECS[name]
+    return spec.kink_points({**spec.params, **params})
 
 
 def kink_margin(cache: dict, name: str, params: dict) -> float:

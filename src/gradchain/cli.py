@@ -10,6 +10,9 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from .losses import LOSSES
+from .optim import OPTIMIZERS
+
 
 def _note(args: argparse.Namespace, msg: str) -> None:
     """A line that is not a table: stdout normally, stderr under --json, none under --quiet."""
@@ -195,7 +198,7 @@ _SWEEP_OPTIONS = (  # (flag, option, type, choices, help); each takes one or mor
     ("--bias", "bias", str, ("true", "false"), "biases (default true)"),
     ("--dtype", "dtype", str, ("float32", "float64"), "default float32"),
     ("--batch", "batch", int, None, "probe batch size (default 64; RNN 32)"),
-    ("--loss", "loss", str, ("mse", "cross_entropy"), "default mse"),
+    ("--loss", "loss", str, LOSSES, "default mse"),
     ("--hidden-size", "hidden_size", int, None, "RNN hidden size (default 64)"),
     ("--input-size", "input_size", int, None, "RNN inputs (default 8)"),
     ("--output-size", "output_size", int, None, "RNN readout size (default: none)"),
@@ -208,7 +211,8 @@ _SWEEP_TRAIN = (("--epochs", "epochs", int), ("--lr", "lr", float),
 
 _SWEEP_TRAIN_HELP = {
     "epochs": "train every model N epochs after its probe (gc.train; MLP only)",
-    "lr": "training learning rate (default 0.01)", "optimizer": "sgd (default) or adam",
+    "lr": "training learning rate (default 0.01)",
+    "optimizer": f"one of {', '.join(OPTIMIZERS)} (default sgd)",
     "data": "training data: teacher (default) or digits",
     "batch_size": "training batch size (default 32)",
 }
@@ -334,7 +338,7 @@ def _add_sweep_parser(sub: Any) -> None:
         s.add_argument(flag, dest=f"train_{key}", type=typ, default=None,
                        metavar=None if key in ("optimizer", "data") else
                        {int: "N", float: "X"}[typ],
-                       choices={"optimizer": ("sgd", "adam"),
+                       choices={"optimizer": tuple(OPTIMIZERS),
                                 "data": ("teacher", "digits")}.get(key),
                        help=_SWEEP_TRAIN_HELP[key])
     s.add_argument("--seed", type=int, default=None, help="the sweep seed (default 0)")

@@ -15,7 +15,7 @@ import numpy as np
 from . import _core
 from . import activations as _acts
 from . import init as _init
-from . import reference as _ref
+from . import losses as _losses
 from ._validate import (
     as_array,
     check_bool,
@@ -31,7 +31,6 @@ from .report import GradReport
 __all__ = ["MLP", "StateError", "IncompatibleKeys"]
 
 _NORMS = {None: 0, "none": 0, "batch": 1, "layer": 2}
-_LOSSES = ("mse", "cross_entropy")
 
 
 class StateError(RuntimeError, ValueError):
@@ -55,6 +54,36 @@ def _sizes(sizes: Any) -> list[int]:
     if n_params > 1 << 36:
         raise MemoryError(f"sizes: {n_params} weights cannot be allocated")
     return out
+
+
+def _residual_flags(sizes: list[int], residual: Any) -> list[bool]:
+    """One bool per hidden layer ``l`` (mapping ``sizes[l-1] -> sizes[l]``): whether it has
+    a skip connection (docs/CONVENTIONS.md, "MLP"). ``True``: every equal-width hidden
+    layer; an int ``k >= 1``: the k-th, 2k-th, ... of them; a list: as given."""
+    equal = [a == b for a, b in zip(sizes[:-2], sizes[1:-1], strict=True)]
+    if isinstance(residual, (bool, np.bool_)):
+        return list(equal) if residual else [False] * len(equal)
+    if isinstance(residual, (int, np.integer)):
+        k = int(residual)
+        if k < 1:
+            raise ValueError(f"residual: expected True/False, an int k >= 1 or a list of "
+                             f"bools, got {k}")
+        rank = np.cumsum(equal)  # the how-many-th equal-width layer each one is
+        return [bool(e and r % k == 0) for e, r in zip(equal, rank, strict=True)]
+    if isinstance(residual, (list, tuple, np.ndarray)):
+        flags = list(residual)
+        if not all(isinstance(f, (bool, np.bool_)) for f in flags):
+            raise TypeError("residual: a list must hold only bools")
+        if len(flags) != len(equal):
+            raise ValueError(f"residual: expected one bool per hidden layer ({len(equal)}), "
+                             f"got {len(flags)}")
+        for i, (flag, eq) in enumerate(zip(flags, equal, strict=True)):
+            if flag and not eq:
+                raise ValueError(f"residual on hidden layer {i + 1} needs equal widths, got "
+                                 f"{sizes[i]} -> {sizes[i + 1]}")
+        return [bool(f) for f in flags]
+    raise TypeError(f"residual: expected a bool, an int k >= 1 or a list of bools, "
+                    f"got {type(residual).__name__}")
 
 
 def _check_seed(seed: Any) -> int | None:
@@ -374,7 +403,7 @@ class MLP(_Chain):
         scheme = _init.resolve(init)
         if norm not in _NORMS or isinstance(norm, bool):
             raise ValueError(f"norm: expected None, 'batch' or 'layer', got {norm!r}")
-        flags = _ref.resolve_residual(sizes_, residual)
+        flags = _residual_flags(sizes_, residual)
         alpha = real(residual_scale, "residual_scale")
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"bias: expected a bool, got {type(bias).__name__}")
@@ -521,15 +550,14 @@ class MLP(_Chain):
         ``loss="mse"``: ``mean((y - target)^2)``, target ``(B, out)`` in the model's
         dtype; ``loss="cross_entropy"``: integer class targets ``(B,)``.
         """
-        if loss not in _LOSSES:
-            raise ValueError(f"loss: expected one of {', '.join(_LOSSES)}, got {loss!r}")
+        _losses.check_loss(loss)
         check_bool(accumulate, "accumulate")
         xa = float_array(x, "x", self.dtype, (None, self.sizes[0]))
         B = xa.shape[0]
         t = check_target(target, loss, self.dtype, (B, self.sizes[-1]))
         y = self.forward(xa)
         with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
-            value, dy = _ref.loss_forward_backward(y, t, loss)
+            value, dy = _losses.value_and_grad(y, t, loss)
         # straight to the core: a non-finite dL/dy is a result here (reported), not bad input
         d, dx = self._core.backward(np.ascontiguousarray(dy, dtype=self.dtype), accumulate, True)
         self._input_grad = dx

@@ -9,9 +9,12 @@ parameter buffer (one contiguous array holding every weight, bias and norm
 estimates) is kept as flat arrays of the same length. Batch-norm running statistics
 are buffers, not parameters: optimisers never touch them.
 
-    opt = gc.optim.Adam(mlp, lr=1e-3)
+    opt = gc.optim.Adam(mlp, lr=1e-3)      # or gc.optim.build("adam", mlp, lr=1e-3)
     loss, rep = mlp.loss_and_grad(x, target)
     opt.step()
+
+:data:`OPTIMIZERS` maps each name (what ``gc.sweep``'s ``train={"optimizer": ...}`` and the
+CLI's ``--optimizer`` take) to its class: adding an optimiser is one class and one row.
 
 Non-finite gradients are not checked: as in PyTorch, NaN/Inf propagate into the
 parameters (``gc.clip_grad_norm(..., error_if_nonfinite=True)`` or ``gc.train``'s
@@ -22,13 +25,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from ._validate import as_array, check_bool, real, shape_str
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "build"]
 
 
 def _core_model(model: Any) -> Any:
@@ -557,3 +561,22 @@ class AdamW(Adam):
         out = super()._check_hyper(group)
         out["decoupled_weight_decay"] = True        # as torch's AdamW.__setstate__
         return out
+
+
+OPTIMIZERS: Mapping[str, type[Optimizer]] = MappingProxyType({
+    "sgd": SGD,
+    "adam": Adam,
+    "adamw": AdamW,
+})
+"""Every optimiser by name: the one table ``build``, ``gc.sweep`` and the CLI read."""
+
+
+def build(name: str, model: Any, **hyper: Any) -> Optimizer:
+    """``OPTIMIZERS[name](model, **hyper)``: the optimiser called ``name`` (one of
+    :data:`OPTIMIZERS`) over ``model``'s parameters, e.g. ``build("adam", mlp, lr=1e-3)``."""
+    if not isinstance(name, str):
+        raise TypeError(f"optimizer: expected a name ({', '.join(OPTIMIZERS)}), got "
+                        f"{type(name).__name__}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    return OPTIMIZERS[name](model, **hyper)

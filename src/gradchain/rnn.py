@@ -11,7 +11,7 @@ import numpy as np
 from . import _core
 from . import activations as _acts
 from . import init as _init
-from . import reference as _ref
+from . import losses as _losses
 from ._validate import (
     as_array,
     check_bool,
@@ -25,8 +25,6 @@ from .models import StateError, _Chain, _check_seed, _custom_callback, check_tar
 from .report import RNNGradReport
 
 __all__ = ["RNN"]
-
-_LOSSES = ("mse", "cross_entropy")
 
 
 class RNN(_Chain):
@@ -256,8 +254,7 @@ class RNN(_Chain):
         class indices for cross_entropy); ``on="all"``: every step (``(T, B, F)`` /
         ``(T, B)``, batch-first layouts with ``batch_first``).
         """
-        if loss not in _LOSSES:
-            raise ValueError(f"loss: expected one of {', '.join(_LOSSES)}, got {loss!r}")
+        _losses.check_loss(loss)
         if on not in ("last", "all"):
             raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
         xa = self._check_x(x)
@@ -276,7 +273,7 @@ class RNN(_Chain):
         self._outputs = ys
         outputs = ys if self.output_size else hs
         with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
-            value, g = _ref.rnn_loss_grads(outputs, t, loss, on=on)
+            value, g = _losses.sequence_value_and_grad(outputs, t, loss, on)
         g = np.ascontiguousarray(g, dtype=self.dtype)
         if self.output_size:
             d, dx, dh0 = self._core.backward(None, g, acc)

@@ -28,7 +28,9 @@ import numpy as np
 
 from . import activations as _acts
 from . import init as _init
+from . import losses as _losses
 from ._validate import check_bool, positive_int, real
+from .optim import OPTIMIZERS
 
 __all__ = [
     "OPTIONS", "SweepError", "configurations", "format_table", "load_config", "run_one",
@@ -164,7 +166,7 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "bias": check_bool,
     "dtype": _opt_dtype,
     "batch": positive_int,
-    "loss": lambda v, n: _opt_choice(v, n, ("mse", "cross_entropy")),
+    "loss": lambda v, n: _opt_choice(v, n, _losses.LOSSES),
     "hidden_size": positive_int,
     "input_size": positive_int,
     "output_size": _opt_optional_int,
@@ -349,7 +351,7 @@ def _check_train(train: Any) -> dict[str, Any] | None:
         raise ValueError(f"train['lr']: expected a number > 0, got {t['lr']}")
     if t["clip"] is not None:
         t["clip"] = real(t["clip"], "train['clip']", minimum=0.0)
-    t["optimizer"] = _opt_choice(t["optimizer"], "train['optimizer']", ("sgd", "adam"))
+    t["optimizer"] = _opt_choice(t["optimizer"], "train['optimizer']", tuple(OPTIMIZERS))
     t["data"] = _opt_choice(t["data"], "train['data']", (None, "teacher", "digits", "adding"))
     return t
 
@@ -502,8 +504,7 @@ def _train(model: Any, cfg: Mapping[str, Any], seed: int,
                                seed=seed, dtype=dtype)
         if cfg["loss"] == "cross_entropy":  # the teacher's classes: its largest output
             y = np.argmax(y, axis=1).astype(np.int64)
-    opt_cls = optim.SGD if train["optimizer"] == "sgd" else optim.Adam
-    opt = opt_cls(model, lr=train["lr"])
+    opt = optim.build(train["optimizer"], model, lr=train["lr"])
     hist = gc_train(model, (x, y), opt, epochs=train["epochs"], batch_size=train["batch_size"],
                     loss=cfg["loss"], clip=train["clip"], val=val, seed=seed, progress=False)
 
@@ -597,8 +598,9 @@ def sweep(
     progress : bool
         A tqdm bar (on stderr) over finished runs.
     train : dict or None
-        ``dict(epochs=1, batch_size=32, lr=0.01, optimizer="sgd"|"adam", data=..., n=512,
-        clip=None)``: after the probe, train the model with ``gc.train`` on ``data``:
+        ``dict(epochs=1, batch_size=32, lr=0.01, optimizer="sgd", data=..., n=512,
+        clip=None)`` (``optimizer``: a name of ``gc.optim.OPTIMIZERS``): after the probe,
+        train the model with ``gc.train`` on ``data``:
         ``"teacher"`` (MLP default; ``gc.data.teacher(n, sizes=(in_features, 64,
         out_features))``, its argmax as the classes for cross_entropy), ``"digits"``
         (MLP with in_features=64, out_features=10, cross_entropy; the held-out split is

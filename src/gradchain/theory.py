@@ -221,16 +221,11 @@ class _ActInfo:
 def _info(activation: Any) -> _ActInfo:
     act = _acts.resolve(activation)  # TypeError / ValueError listing the valid names
     scale, kinks, bound = 1.0, [0.0], 1.0
-    p = act.params
-    if not act.is_custom:
-        if act.name == "softplus":
-            scale = 1.0 / abs(p["beta"])
-            kinks.append(p["threshold"] / p["beta"])
-        elif act.name == "hardtanh":
-            kinks += [p["min_val"], p["max_val"]]
-            bound = max(1.0, abs(p["min_val"]), abs(p["max_val"]))
-        elif act.name == "elu":
-            bound = max(1.0, abs(p["alpha"]))
+    spec, p = act.spec, act.params
+    if spec is not None:  # the table's scale, size and kinks; 0 is a breakpoint anyway
+        scale, bound = spec.scale(p), spec.bound(p)
+        kinks += [k.where(p) for k in spec.kinks
+                  if k.applies(p) and (k.moves or k.where(p) != 0.0)]
     f0 = float(_call(act, np.zeros((1, 1)))[0, 0])
     if not math.isfinite(f0):
         raise ValueError(f"activation: {act!r} is not finite at 0")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from . import losses as _losses
 from ._validate import check_bool, float_array, positive_int, real
 from .clip import clip_grad_norm
 from .models import MLP, check_target
@@ -19,7 +20,6 @@ from .rnn import RNN
 
 __all__ = ["History", "train"]
 
-_LOSSES = ("mse", "cross_entropy")
 _QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
@@ -240,19 +240,6 @@ def _check_data(data: Any, name: str, model: MLP | RNN, loss: str, on: str) -> _
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _loss_value(y: np.ndarray, t: np.ndarray, loss: str) -> float:
-    """Mean loss in float64 (as the models' loss_and_grad)."""
-    y = np.asarray(y, dtype=np.float64)
-    with np.errstate(**_QUIET):
-        if loss == "mse":
-            return float(np.mean((y - t) ** 2))
-        z = y.reshape(-1, y.shape[-1])
-        tt = t.reshape(-1)
-        m = z.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
-        return float(np.mean(lse - z[np.arange(len(tt)), tt]))
-
-
 def _outputs(model: MLP | RNN, x: np.ndarray, on: str) -> np.ndarray:
     """Forward only; outputs aligned with the target (MLP (B, K); RNN on="last"
     (B, K), on="all" in the user's layout)."""
@@ -276,7 +263,7 @@ def _evaluate(model: MLP | RNN, d: _Data, loss: str, on: str, chunk: int
         tb = np.take(d.t, idx, axis=d.t_axis)
         y = _outputs(model, xb, on)
         w = len(idx)
-        total += _loss_value(y, tb, loss) * w
+        total += _losses.value(y, tb, loss) * w
         if loss == "cross_entropy":
             with np.errstate(**_QUIET):
                 correct += int(np.sum(np.argmax(y, axis=-1) == tb))
@@ -359,8 +346,7 @@ def train(
     if optimizer.model is not model:
         raise ValueError("optimizer: it was built on another model; pass "
                          "gc.optim.<Name>(model, ...) for this one")
-    if not isinstance(loss, str) or loss not in _LOSSES:
-        raise ValueError(f"loss: expected one of {', '.join(_LOSSES)}, got {loss!r}")
+    _losses.check_loss(loss)
     if not isinstance(on, str) or on not in ("last", "all"):
         raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
     if isinstance(model, MLP) and on != "last":

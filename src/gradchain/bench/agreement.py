@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..activations import SPECS
 from .cases import Outputs
 from .workloads import MLPWorkload, Workload
 
@@ -128,7 +129,8 @@ def check_agreement(ref: Outputs, got: Outputs, workload: Workload,
     return _agreement(agreement_errors(ref, got, workload), tol, lambda q, e: None, "gradchain")
 
 
-KINKED_ACTIVATIONS = frozenset({"relu", "leaky_relu", "hardtanh", "selu", "elu"})
+# activations whose derivative jumps somewhere (for some parameters): the table's kinks
+KINKED_ACTIVATIONS = frozenset(n for n, spec in SPECS.items() if spec.kinks)
 KINK_RANK = 8  # rank-one terms a gradient's departure from float64 may consist of (<= B/8)
 KINK_MAX_ERR = 0.1  # and never more than this (relative to the largest magnitude)
 

@@ -9,14 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from ...activations import SPECS
 from ..cases import Case, Outputs
 from ..workloads import MLPWorkload, RNNWorkload
-
-_TORCH_ACTS = {
-    "tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "gelu": "gelu", "silu": "silu",
-    "elu": "elu", "selu": "selu", "softplus": "softplus", "hardtanh": "hardtanh",
-    "leaky_relu": "leaky_relu", "identity": None,
-}
 
 
 class _TorchMLP:
@@ -39,9 +34,8 @@ class _TorchMLP:
         L = w.depth
         flags = case.extra["residual_flags"]
         alpha = w.residual_scale
-        act_name = _TORCH_ACTS[w.activation]
-        act: Callable[[Any], Any] = (
-            (lambda t: t) if act_name is None else getattr(torch.nn.functional, act_name))
+        # the activation table's torch twin, with PyTorch's default parameters
+        act: Callable[[Any], Any] = SPECS[w.activation].torch_call(torch.nn.functional)
 
         class Net(nn.Module):
             def __init__(self) -> None:

@@ -129,6 +129,20 @@ def test_activation_values_and_derivatives_float64(name, custom):
           rtol=1e-14, atol=1e-14)
 
 
+def torch_self_consistent(fn, z: np.ndarray) -> np.ndarray:
+    """Mask of the points where torch's vectorised result equals its one-element result.
+
+    On AVX-512 CPUs torch's float32 gelu kernel gives NaN at +-inf where its scalar path
+    gives +inf / -0 (torch 2.13, seen on an AMD EPYC with AVX-512): at such points PyTorch
+    has no single answer, so only finite inputs and self-consistent non-finite ones count.
+    """
+    batched = to_numpy(fn(torch.tensor(z)))
+    single = np.array([to_numpy(fn(torch.tensor(z[i:i + 1])))[0] for i in range(z.size)],
+                      dtype=batched.dtype)
+    agree = (batched == single) | (np.isnan(batched) & np.isnan(single))
+    return np.isfinite(z) | agree
+
+
 @pytest.mark.parametrize("name", ref.ACTIVATIONS)
 def test_activation_values_and_derivatives_float32(name):
     z = activation_grid(name, {}).astype(np.float32)
@@ -138,7 +152,8 @@ def test_activation_values_and_derivatives_float32(name):
     forward, grad = ref.act_forward(name, z), ref.act_grad(name, z)
     assert forward.dtype == np.float32 and grad.dtype == np.float32
     # atol: in float32, saturating forms such as 1 + erf(z) cancel to ~1e-7 absolute
-    close(forward, out, f"{name} forward (float32)", rtol=2e-6, atol=1e-6)
+    same = torch_self_consistent(torch_activation(name), z)
+    close(forward[same], to_numpy(out)[same], f"{name} forward (float32)", rtol=2e-6, atol=1e-6)
     keep = derivative_comparable(name, z)
     close(grad[keep], zt.grad[keep], f"{name} derivative (float32)", rtol=2e-6, atol=1e-6)
 

@@ -192,14 +192,19 @@ def _make_cgroup(limit: int) -> tuple[str, list[str]] | None:
     for version, dirs in _memory._cgroup_chains():
         parent = dirs[0]
         if version == 2:
-            ctl = os.path.join(parent, "cgroup.subtree_control")
-            try:
-                with open(ctl) as f:
-                    enabled = f.read().split()
-            except OSError:
+            # v2 enables a controller for children only in a cgroup without processes of
+            # its own: our cgroup if it delegates memory, else a sibling of it
+            parent = ""
+            for cand in dirs[:2]:
+                try:
+                    with open(os.path.join(cand, "cgroup.subtree_control")) as f:
+                        if "memory" in f.read().split():
+                            parent = cand
+                            break
+                except OSError:
+                    continue
+            if not parent:
                 continue
-            if "memory" not in enabled:
-                continue  # enabling it would need the parent without processes
             knob = "memory.max"
         else:
             knob = "memory.limit_in_bytes"

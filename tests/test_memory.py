@@ -127,6 +127,13 @@ res = outcome(lambda: gc._core.MlpChainF32([20000, 20000], tanh, 0.0, 0.0, 0, Tr
         "MemoryError",
         ["gradchain: cannot allocate the parameters, gradients and buffers of an MLP with "
          "sizes [20000, 20000] (float32)", "bytes"]),
+    "core-message-through-the-model": (  # the model's own check switched off
+        '''import gradchain.models
+gradchain.models.require = lambda *a, **k: None
+res = outcome(lambda: gc.MLP([20000, 20000]))''',
+        "MemoryError",
+        ["sizes: the parameters of an MLP with sizes [20000, 20000] (float32) cannot be "
+         "allocated (gradchain: cannot allocate the parameters", "bytes"]),
     "core-mlp-workspace": (
         '''m = gc.MLP([256, 2048, 2048, 10], seed=0)
 x = np.ones((40000, 256), np.float32)

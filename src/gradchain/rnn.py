@@ -22,7 +22,15 @@ from ._validate import (
     positive_int,
     shape_str,
 )
-from .models import StateError, _Chain, _check_seed, _custom_callback, check_target, locked
+from .models import (
+    StateError,
+    _Chain,
+    _check_seed,
+    _core_message,
+    _custom_callback,
+    check_target,
+    locked,
+)
 from .report import RNNGradReport
 
 __all__ = ["RNN"]
@@ -101,10 +109,11 @@ class RNN(_Chain):
                         "and initialisation")
         try:
             self._core = cls(I_, H, K, aid, p0, p1, bool(bias))
-        except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
+        except MemoryError as e:  # the core names the buffer and the bytes
             raise MemoryError(
                 f"hidden_size: the parameters of an RNN with input_size={I_}, hidden_size={H}"
-                f", output_size={K or None} ({dt.name}) cannot be allocated") from None
+                f", output_size={K or None} ({dt.name}) cannot be allocated "
+                f"({_core_message(e)})") from None
         if act.is_custom:
             self._core.set_custom_activation(_custom_callback(act))
         self.input_size, self.hidden_size, self.output_size = I_, H, (K or None)

@@ -578,8 +578,8 @@ def test_optimizer_state_is_checked(monkeypatch):
     m = gc.MLP([1024, 1024, 2], seed=0)  # 4 MiB of float32 parameters
     m.loss_and_grad(np.ones((4, 1024), np.float32), np.ones((4, 2), np.float32))
     opt = gc.optim.Adam(m, lr=1e-3)
-    _tiny_limit(monkeypatch, 2 * MiB)
     before = m.state_dict(copy=True)
+    _tiny_limit(monkeypatch, 2 * MiB)
     with pytest.raises(MemoryError, match=r"Adam.step: its state \['exp_avg', 'exp_avg_sq'\]"
                                           r".*bytes.*test limit"):
         opt.step()
@@ -589,6 +589,14 @@ def test_optimizer_state_is_checked(monkeypatch):
     monkeypatch.undo()
     opt.step()
     assert opt.state_dict()["step_count"] == 1
+
+
+def test_state_dict_copy_is_checked(monkeypatch):
+    m = gc.RNN(8, 1024, seed=0)  # 4 MiB of float32 weight_hh_l0
+    _tiny_limit(monkeypatch, 2 * MiB)
+    with pytest.raises(MemoryError, match=r"state_dict\(copy=True\): .*hidden_size=1024.*bytes"):
+        m.state_dict(copy=True)
+    assert m.state_dict()["weight_hh_l0"].shape == (1024, 1024)  # views: nothing to check
 
 
 def test_contiguous_copy_is_checked(monkeypatch):

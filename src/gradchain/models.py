@@ -141,6 +141,10 @@ class _Chain:
     def _state_keys(self) -> list[str]:
         return list(self._params)
 
+    def _describe(self) -> str:
+        """The model in a few words, for messages (each model says more)."""
+        return type(self).__name__
+
     @property
     def lock(self) -> threading.RLock:
         """The model's re-entrant lock: every gradchain call that touches the model holds
@@ -163,6 +167,9 @@ class _Chain:
             else:
                 out[k] = self._params[k] if k in self._params else self._buffers[k]
         if copy:
+            require(sum(v.nbytes for v in out.values()),
+                    lambda: f"state_dict(copy=True): a copy of the {len(out)} tensors of "
+                            f"{self._describe()}")
             for k in out:
                 out[k] = out[k].copy()
         return out

@@ -427,8 +427,12 @@ gc.MLP([8, 8, 8], init="orthogonal")
 out = []
 for kind, kw in json.loads(sys.argv[1]):
     pygc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError as e:
+        print(json.dumps({"skip": f"cannot reset the peak RSS: {e}"}))
+        sys.exit(0)
     before = rss()
     m = gc.MLP(**kw) if kind == "mlp" else gc.RNN(**kw)
     peak = hwm() - before
@@ -467,7 +471,10 @@ def test_construction_estimate_bounds_the_measured_peak():
     p = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(CONFIGS)],
                        capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
-    for r in json.loads(p.stdout.strip().splitlines()[-1]):
+    results = json.loads(p.stdout.strip().splitlines()[-1])
+    if isinstance(results, dict):
+        pytest.skip(results["skip"])
+    for r in results:
         assert r["peak"] <= r["estimate"] + 2 * MiB, r  # 2 MiB: page tables, small objects
         assert r["estimate"] <= 2.5 * r["peak"] + 8 * MiB, r
 

@@ -219,7 +219,16 @@ inline int64_t mlp_double_values(int64_t B, int64_t L, int64_t maxw) {
   const int64_t nrb = ceil_div(B, kRowBlock);
   return 3 * nrb * maxw + nrb + (L + 1) * nrb + 2 * maxw;
 }
+constexpr int64_t kHugeBytes = int64_t(1) << 60;  // beyond any memory; sizes above overflow
 }  // namespace
+
+// Whether a workspace for B rows would pass kHugeBytes (its size in int64 could overflow).
+template <class T>
+bool MlpChain<T>::workspace_huge(int64_t B) const {
+  double per_row = double(cfg_.sizes[0]) + 3.0 * double(maxw_) + 3.0 * double(maxw_) / kRowBlock;
+  for (int64_t l = 0; l < L_; ++l) per_row += 3.0 * double(layers_[size_t(l)].out) + 2.0;
+  return double(B) * per_row * 8.0 + 16.0 * double(maxw_) > double(kHugeBytes);
+}
 
 template <class T>
 int64_t MlpChain<T>::held_workspace_bytes() const {
@@ -231,6 +240,7 @@ int64_t MlpChain<T>::held_workspace_bytes() const {
 template <class T>
 int64_t MlpChain<T>::pass_bytes(int64_t B) const {
   if (B < 1 || B > kBlasIntMax) return 0;  // refused by forward before anything is allocated
+  if (workspace_huge(B)) return kHugeBytes;
   const int64_t maxk = B > maxw_ ? B : maxw_;
   int64_t need = 0;
   if (B != B_) {
@@ -249,6 +259,9 @@ void MlpChain<T>::plan(int64_t B) {
   if (B > kBlasIntMax)  // the weight gradients' GEMMs take B as their inner dimension
     throw std::invalid_argument("batch size " + std::to_string(B) +
                                 " exceeds the BLAS's 32-bit limit (2^31-1)");
+  if (workspace_huge(B))
+    throw AllocError("gradchain: cannot allocate the workspace for a batch of " +
+                     std::to_string(B) + " rows of " + describe() + ": more than 2^60 bytes");
   has_forward_ = false;
   B_ = 0;
   // the old workspace goes first: the peak is the new one, not old + new

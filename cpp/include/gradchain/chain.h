@@ -107,6 +107,7 @@ class MlpChain {
   };
   void plan(int64_t B);
   int64_t workspace_values(int64_t B) const;  // T values in ws_ for batch B
+  bool workspace_huge(int64_t B) const;       // past 2^60 bytes (int64 sizes could overflow)
   int64_t held_workspace_bytes() const;
   std::string describe() const;  // "an MLP with sizes [...] (float32)", for messages
   void layer_forward(int64_t l, bool skip_act);

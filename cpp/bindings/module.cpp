@@ -175,6 +175,8 @@ void bind_mlp(py::module_& m, const char* name) {
       .def_readwrite("training", &C::training)
       .def_property_readonly("has_forward", &C::has_forward)
       .def_property_readonly("forward_batch", &C::forward_batch)
+      .def("pass_bytes", &C::pass_bytes, py::arg("batch"),
+           "Bytes a pass over `batch` rows would allocate now (workspace, packing scratch).")
       .def("buffer_array", [](py::object self) {
         C& c = self.cast<C&>();
         return view<T>(c.buffers(), c.num_buffers(), self);
@@ -256,6 +258,8 @@ void bind_rnn(py::module_& m, const char* name) {
       .def_property_readonly("has_forward", &C::has_forward)
       .def_property_readonly("forward_steps", &C::forward_steps)
       .def_property_readonly("forward_batch", &C::forward_batch)
+      .def("pass_bytes", &C::pass_bytes, py::arg("steps"), py::arg("batch"),
+           "Bytes a pass over (steps, batch) would allocate now (workspace, packing scratch).")
       .def(
           "forward",
           [](C& c, const CArray<T>& x, py::object h0) {

@@ -52,8 +52,16 @@ inline int64_t pack_slot(int64_t maxk, int64_t maxn) {
 template <class T>
 inline T* pack_scratch(Buffer<T>& buf, int64_t slot, int nt) {
   if (slot <= 0) return nullptr;
-  if (buf.size() < slot * nt) buf = Buffer<T>(slot * nt);
+  if (buf.size() < slot * nt) {
+    buf = Buffer<T>();  // released first: the peak is the new size, not old + new
+    buf = Buffer<T>(slot * nt, "the panel GEMM's per-thread packing scratch");
+  }
   return buf.data();
+}
+// Bytes pack_scratch(buf, slot, nt) would allocate (0 when buf is large enough).
+template <class T>
+inline int64_t pack_scratch_bytes(const Buffer<T>& buf, int64_t slot, int nt) {
+  return (slot > 0 && buf.size() < slot * nt) ? slot * nt * int64_t(sizeof(T)) : 0;
 }
 
 inline int thread_num() {

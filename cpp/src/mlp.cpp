@@ -35,13 +35,13 @@ using detail::rows_in_block;
 // Buffer
 // ---------------------------------------------------------------------------
 template <class T>
-Buffer<T>::Buffer(int64_t n) : n_(n) {
+Buffer<T>::Buffer(int64_t n, const char* what) : n_(n) {
   if (n <= 0) return;
   if (uint64_t(n) > uint64_t(std::numeric_limits<int64_t>::max()) / sizeof(T) / 2)
-    throw std::bad_alloc();
+    throw AllocError(alloc_message(what, double(n) * double(sizeof(T))));
   const size_t bytes = ((size_t(n) * sizeof(T) + 63) / 64) * 64;
   void* p = std::aligned_alloc(64, bytes);
-  if (!p) throw std::bad_alloc();
+  if (!p) throw AllocError(alloc_message(what, double(bytes)));
   ptr_.reset(static_cast<T*>(p));
 }
 
@@ -57,14 +57,41 @@ template class Buffer<double>;
 // ---------------------------------------------------------------------------
 // Construction: validate, lay out the flat buffers and their named views.
 // ---------------------------------------------------------------------------
+namespace {
+template <class T>
+const char* dtype_name() { return sizeof(T) == 4 ? "float32" : "float64"; }
+
+std::string sizes_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s.size() > 8 && i == 3) {  // long chains: the first three, "...", the last two
+      out += "..., ";
+      i = s.size() - 3;
+      continue;
+    }
+    out += (i ? ", " : "") + std::to_string(s[i]);
+  }
+  return out + "]";
+}
+}  // namespace
+
+template <class T>
+std::string MlpChain<T>::describe() const {
+  return "an MLP with sizes " + sizes_str(cfg_.sizes) + " (" + dtype_name<T>() + ")";
+}
+
 template <class T>
 MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
   const auto& s = cfg_.sizes;
   if (s.size() < 2) throw std::invalid_argument("sizes must have at least 2 entries (in, out)");
-  for (size_t i = 0; i < s.size(); ++i)
-    if (s[i] < 1 || s[i] > (int64_t(1) << 30))
-      throw std::invalid_argument("sizes[" + std::to_string(i) + "] must be in [1, 2^30], got " +
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] < 1)
+      throw std::invalid_argument("sizes[" + std::to_string(i) + "] must be >= 1, got " +
                                   std::to_string(s[i]));
+    if (s[i] > kBlasIntMax)  // a GEMM dimension and leading dimension of the layer products
+      throw std::invalid_argument("sizes[" + std::to_string(i) + "]=" + std::to_string(s[i]) +
+                                  " exceeds the BLAS's 32-bit limit (2^31-1)");
+  }
   L_ = int64_t(s.size()) - 2;
   if (int64_t(cfg_.residual.size()) != L_)
     throw std::invalid_argument("residual must have one flag per hidden layer");
@@ -78,7 +105,9 @@ MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
   auto add = [&](std::string name, std::vector<int64_t> shape, int kind) {
     int64_t numel = 1;
     for (int64_t d : shape) {
-      if (numel > (int64_t(1) << 40) / d) throw std::bad_alloc();
+      if (numel > (int64_t(1) << 40) / d)
+        throw AllocError("gradchain: cannot allocate the parameters of " + describe() +
+                         ": more than 2^40 values");
       numel *= d;
     }
     int64_t& cursor = kind == 0 ? np : nb;
@@ -113,9 +142,14 @@ MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
       }
     }
   }
-  params_ = Buffer<T>(np);
-  grads_ = Buffer<T>(np);
-  buffers_ = Buffer<T>(nb);
+  try {
+    params_ = Buffer<T>(np);
+    grads_ = Buffer<T>(np);
+    buffers_ = Buffer<T>(nb);
+  } catch (const std::bad_alloc&) {
+    throw AllocError(alloc_message("the parameters, gradients and buffers of " + describe(),
+                                   double(2 * np + nb) * double(sizeof(T))));
+  }
   std::memset(params_.data(), 0, size_t(np) * sizeof(T));
   std::memset(grads_.data(), 0, size_t(np) * sizeof(T));
   for (auto& ly : layers_) {
@@ -139,10 +173,15 @@ MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
     const int64_t nc = ceil_div(ly.out, rpc);
     max_chunks = nc > max_chunks ? nc : max_chunks;
   }
-  chunk_ss_.assign(size_t(max_chunks > kGemmBlocks ? max_chunks : kGemmBlocks), 0.0);
-  if (cfg_.norm == NormKind::Batch) {
-    bmean_.assign(size_t(L_ * maxw_), 0.0);
-    bvar_.assign(size_t(L_ * maxw_), 0.0);
+  try {
+    chunk_ss_.assign(size_t(max_chunks > kGemmBlocks ? max_chunks : kGemmBlocks), 0.0);
+    if (cfg_.norm == NormKind::Batch) {
+      bmean_.assign(size_t(L_ * maxw_), 0.0);
+      bvar_.assign(size_t(L_ * maxw_), 0.0);
+    }
+  } catch (const std::bad_alloc&) {
+    throw AllocError(alloc_message("the batch statistics of " + describe(),
+                                   double(2 * L_ * maxw_) * double(sizeof(double))));
   }
 }
 
@@ -162,10 +201,7 @@ std::vector<std::pair<T*, int64_t>> MlpChain<T>::grad_spans() {
 // Workspace: planned once per batch size; nothing is allocated in the chain loop.
 // ---------------------------------------------------------------------------
 template <class T>
-void MlpChain<T>::plan(int64_t B) {
-  if (B == B_) return;
-  has_forward_ = false;
-  B_ = 0;
+int64_t MlpChain<T>::workspace_values(int64_t B) const {
   const bool norm = cfg_.norm != NormKind::None;
   int64_t total = B * cfg_.sizes[0];
   for (int64_t l = 0; l < L_; ++l) {
@@ -174,11 +210,83 @@ void MlpChain<T>::plan(int64_t B) {
     if (cfg_.norm == NormKind::Batch) total += 2 * h;
     if (cfg_.norm == NormKind::Layer) total += 2 * B;
   }
-  total += 3 * B * maxw_ + 3 * maxw_;  // G0, G1, DZ; k/m1/m2 scratch
+  return total + 3 * B * maxw_ + 3 * maxw_;  // G0, G1, DZ; k/m1/m2 scratch
+}
+
+// The doubles plan(B) allocates besides ws_: part_, blk_, fchk_ and colsum_.
+namespace {
+inline int64_t mlp_double_values(int64_t B, int64_t L, int64_t maxw) {
+  const int64_t nrb = ceil_div(B, kRowBlock);
+  return 3 * nrb * maxw + nrb + (L + 1) * nrb + 2 * maxw;
+}
+constexpr int64_t kHugeBytes = int64_t(1) << 60;  // beyond any memory; sizes above overflow
+}  // namespace
+
+// Whether a workspace for B rows would pass kHugeBytes (its size in int64 could overflow).
+template <class T>
+bool MlpChain<T>::workspace_huge(int64_t B) const {
+  double per_row = double(cfg_.sizes[0]) + 3.0 * double(maxw_) + 3.0 * double(maxw_) / kRowBlock;
+  for (int64_t l = 0; l < L_; ++l) per_row += 3.0 * double(layers_[size_t(l)].out) + 2.0;
+  return double(B) * per_row * 8.0 + 16.0 * double(maxw_) > double(kHugeBytes);
+}
+
+template <class T>
+int64_t MlpChain<T>::held_workspace_bytes() const {
+  return ws_.size() * int64_t(sizeof(T)) + part_.size() * int64_t(sizeof(double)) +
+         int64_t(blk_.size() + fchk_.size() + colsum_[0].size() + colsum_[1].size()) *
+             int64_t(sizeof(double));
+}
+
+template <class T>
+int64_t MlpChain<T>::pass_bytes(int64_t B) const {
+  if (B < 1 || B > kBlasIntMax) return 0;  // refused by forward before anything is allocated
+  if (workspace_huge(B)) return kHugeBytes;
+  const int64_t maxk = B > maxw_ ? B : maxw_;
+  int64_t need = 0;
+  if (B != B_) {
+    const int64_t fresh = workspace_values(B) * int64_t(sizeof(T)) +
+                          mlp_double_values(B, L_, maxw_) * int64_t(sizeof(double));
+    const int64_t held = held_workspace_bytes();
+    need = fresh > held ? fresh - held : 0;
+  }
+  const int64_t slot = B == B_ ? pack_slot_ : detail::pack_slot<T>(maxk, maxw_);
+  return need + detail::pack_scratch_bytes(pack_, slot, threads_for(B * maxw_ * 4));
+}
+
+template <class T>
+void MlpChain<T>::plan(int64_t B) {
+  if (B == B_) return;
+  if (B > kBlasIntMax)  // the weight gradients' GEMMs take B as their inner dimension
+    throw std::invalid_argument("batch size " + std::to_string(B) +
+                                " exceeds the BLAS's 32-bit limit (2^31-1)");
+  if (workspace_huge(B))
+    throw AllocError("gradchain: cannot allocate the workspace for a batch of " +
+                     std::to_string(B) + " rows of " + describe() + ": more than 2^60 bytes");
+  has_forward_ = false;
+  B_ = 0;
+  // the old workspace goes first: the peak is the new one, not old + new
+  ws_ = Buffer<T>();
+  part_ = Buffer<double>();
+  const bool norm = cfg_.norm != NormKind::None;
+  const int64_t total = workspace_values(B);
   // panel GEMM slots: inner dimension in/out (layer products) or B (weight gradients),
   // packed width at most maxw
   pack_slot_ = detail::pack_slot<T>(B > maxw_ ? B : maxw_, maxw_);
-  ws_ = Buffer<T>(total);
+  try {
+    ws_ = Buffer<T>(total);
+    nrb_ = ceil_div(B, kRowBlock);
+    part_ = Buffer<double>(3 * nrb_ * maxw_);
+    blk_.assign(size_t(nrb_), 0.0);
+    fchk_.assign(size_t((L_ + 1) * nrb_), 0.0);
+    for (auto& c : colsum_) c.assign(size_t(maxw_), 0.0);
+  } catch (const std::bad_alloc&) {
+    ws_ = Buffer<T>();
+    part_ = Buffer<double>();
+    throw AllocError(alloc_message(
+        "the workspace for a batch of " + std::to_string(B) + " rows of " + describe(),
+        double(total) * double(sizeof(T)) +
+            double(mlp_double_values(B, L_, maxw_)) * double(sizeof(double))));
+  }
   T* p = ws_.data();
   auto take = [&](int64_t n) { T* q = p; p += n; return q; };
   A_.assign(size_t(L_ + 1), nullptr);
@@ -207,11 +315,6 @@ void MlpChain<T>::plan(int64_t B) {
   G1_ = take(B * maxw_);
   DZ_ = take(B * maxw_);
   scratch_ = take(3 * maxw_);
-  nrb_ = ceil_div(B, kRowBlock);
-  part_ = Buffer<double>(3 * nrb_ * maxw_);
-  blk_.assign(size_t(nrb_), 0.0);
-  fchk_.assign(size_t((L_ + 1) * nrb_), 0.0);
-  for (auto& c : colsum_) c.assign(size_t(maxw_), 0.0);
   B_ = B;
 }
 

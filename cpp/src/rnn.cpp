@@ -61,6 +61,14 @@ inline void step_gemm(const KernelTable<T>& K, int64_t rows, int64_t H, const T*
 }  // namespace
 
 template <class T>
+std::string RnnChain<T>::describe() const {
+  return "an RNN with input_size=" + std::to_string(cfg_.input_size) +
+         ", hidden_size=" + std::to_string(cfg_.hidden_size) +
+         ", output_size=" + std::to_string(cfg_.output_size) + " (" +
+         (sizeof(T) == 4 ? "float32" : "float64") + ")";
+}
+
+template <class T>
 RnnChain<T>::RnnChain(RnnConfig cfg) : cfg_(cfg) {
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
   const int64_t lim = int64_t(1) << 24;
@@ -86,8 +94,13 @@ RnnChain<T>::RnnChain(RnnConfig cfg) : cfg_(cfg) {
     w_out_ = add("readout.weight", {K, H});
     if (cfg_.bias) b_out_ = add("readout.bias", {K});
   }
-  params_ = Buffer<T>(np);
-  grads_ = Buffer<T>(np);
+  try {
+    params_ = Buffer<T>(np);
+    grads_ = Buffer<T>(np);
+  } catch (const std::bad_alloc&) {
+    throw AllocError(alloc_message("the parameters and gradients of " + describe(),
+                                   double(2 * np) * double(sizeof(T))));
+  }
   std::memset(params_.data(), 0, size_t(np) * sizeof(T));
   std::memset(grads_.data(), 0, size_t(np) * sizeof(T));
 }
@@ -104,14 +117,80 @@ std::vector<std::pair<T*, int64_t>> RnnChain<T>::grad_spans() {
 }
 
 template <class T>
+int64_t RnnChain<T>::workspace_values(int64_t steps, int64_t B) const {
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size;
+  const int64_t wp = H * detail::panel_round<T>(H);  // W_hh packed for any ISA's panels
+  return steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + wp;
+}
+
+template <class T>
+int64_t RnnChain<T>::part_values(int64_t steps, int64_t B) const {
+  const int64_t H = cfg_.hidden_size, K = cfg_.output_size;
+  const int64_t nrb = ceil_div(B, step_rows(B)), nrb_all = ceil_div(steps * B, kRowBlock);
+  return (nrb > nrb_all ? nrb : nrb_all) * (H > K ? H : K);
+}
+
+template <class T>
+int64_t RnnChain<T>::blk_values(int64_t steps, int64_t B) const {
+  const int64_t nrb = ceil_div(B, step_rows(B)), nrb_all = ceil_div(steps * B, kRowBlock);
+  return steps * nrb > nrb_all ? steps * nrb : nrb_all;
+}
+
+template <class T>
+int64_t RnnChain<T>::slot_values(int64_t steps, int64_t B) const {
+  // panel GEMM slots: inner dimensions I, H, K (or T*B for the weight gradients), packed
+  // widths up to max(I, H, K)
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
+  int64_t maxk = I > H ? I : H, maxn = maxk;
+  if (K > maxk) maxk = maxn = K;
+  if (steps * B > maxk) maxk = steps * B;
+  return detail::pack_slot<T>(maxk, maxn);
+}
+
+template <class T>
+int64_t RnnChain<T>::pass_bytes(int64_t steps, int64_t B) const {
+  if (steps < 1 || B < 1 || steps > kBlasIntMax / B) return 0;  // refused before allocating
+  int64_t need = 0;
+  if (steps != T_ || B != B_) {
+    const int64_t fresh = workspace_values(steps, B) * int64_t(sizeof(T)) +
+                          (part_values(steps, B) + blk_values(steps, B)) *
+                              int64_t(sizeof(double));
+    const int64_t held = ws_.size() * int64_t(sizeof(T)) +
+                         (part_.size() + int64_t(blk_.size())) * int64_t(sizeof(double));
+    need = fresh > held ? fresh - held : 0;
+  }
+  const int64_t H = cfg_.hidden_size;
+  return need + detail::pack_scratch_bytes(pack_, slot_values(steps, B),
+                                           threads_for(steps * B * H * 4));
+}
+
+template <class T>
 void RnnChain<T>::plan(int64_t steps, int64_t B) {
   if (steps == T_ && B == B_) return;
+  if (steps > kBlasIntMax / B)  // the merged GEMMs run over all T*B rows
+    throw std::invalid_argument("T*B = " + std::to_string(steps) + "*" + std::to_string(B) +
+                                " rows exceed the BLAS's 32-bit limit (2^31-1)");
   has_forward_ = false;
   T_ = B_ = 0;
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size;
-  const int64_t wp = H * detail::panel_round<T>(H);  // W_hh packed for any ISA's panels
-  const int64_t total = steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + wp;
-  ws_ = Buffer<T>(total);
+  const int64_t wp = H * detail::panel_round<T>(H);
+  const int64_t total = workspace_values(steps, B);
+  // the old workspace goes first: the peak is the new one, not old + new
+  ws_ = Buffer<T>();
+  part_ = Buffer<double>();
+  try {
+    ws_ = Buffer<T>(total);
+    part_ = Buffer<double>(part_values(steps, B));
+    blk_.assign(size_t(blk_values(steps, B)), 0.0);
+  } catch (const std::bad_alloc&) {
+    ws_ = Buffer<T>();
+    part_ = Buffer<double>();
+    throw AllocError(alloc_message(
+        "the workspace for a sequence of T=" + std::to_string(steps) + " steps, batch " +
+            std::to_string(B) + " of " + describe(),
+        double(total) * double(sizeof(T)) +
+            double(part_values(steps, B) + blk_values(steps, B)) * double(sizeof(double))));
+  }
   T* p = ws_.data();
   auto take = [&](int64_t n) { T* q = p; p += n; return q; };
   X_ = take(steps * B * I);
@@ -121,19 +200,8 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   DZ_ = take(steps * B * H);
   bias_ = take(H);
   WT_ = take(wp);
-  const int64_t sr = step_rows(B);
-  nrb_ = ceil_div(B, sr);
-  const int64_t nrb_all = ceil_div(steps * B, kRowBlock);
-  const int64_t K = cfg_.output_size;
-  const int64_t w = H > K ? H : K;
-  part_ = Buffer<double>((nrb_ > nrb_all ? nrb_ : nrb_all) * w);
-  blk_.assign(size_t(steps * nrb_ > nrb_all ? steps * nrb_ : nrb_all), 0.0);
-  // panel GEMM slots: inner dimensions I, H, K (or T*B for the weight gradients), packed
-  // widths up to max(I, H, K)
-  int64_t maxk = I > H ? I : H, maxn = maxk;
-  if (K > maxk) maxk = maxn = K;
-  if (steps * B > maxk) maxk = steps * B;
-  pack_slot_ = detail::pack_slot<T>(maxk, maxn);
+  nrb_ = ceil_div(B, step_rows(B));
+  pack_slot_ = slot_values(steps, B);
   T_ = steps;
   B_ = B;
 }

@@ -16,10 +16,12 @@ from . import _core
 from . import activations as _acts
 from . import init as _init
 from . import losses as _losses
+from ._memory import check_blas_dim, mlp_bytes, require
 from ._validate import (
     as_array,
     check_bool,
-    check_memory,
+    contiguous,
+    first_nonfinite,
     float_array,
     model_dtype,
     positive_int,
@@ -48,10 +50,10 @@ def _sizes(sizes: Any) -> list[int]:
     out = [positive_int(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
     if len(out) < 2:
         raise ValueError(f"sizes: expected at least [in, out], got {out}")
-    if max(out) > 1 << 30:
-        raise MemoryError(f"sizes: a width of {max(out)} cannot be allocated")
+    for i, s in enumerate(out):  # every width is a GEMM dimension
+        check_blas_dim(s, f"sizes[{i}]")
     n_params = sum(a * b for a, b in zip(out[:-1], out[1:], strict=False))
-    if n_params > 1 << 36:
+    if n_params > 1 << 40:  # the core's own bound (4 TiB of float32 weights)
         raise MemoryError(f"sizes: {n_params} weights cannot be allocated")
     return out
 
@@ -187,6 +189,10 @@ class _Chain:
     def _state_keys(self) -> list[str]:
         return list(self._params)
 
+    def _describe(self) -> str:
+        """The model in a few words, for messages (each model says more)."""
+        return type(self).__name__
+
     @property
     def lock(self) -> threading.RLock:
         """The model's re-entrant lock: every gradchain call that touches the model holds
@@ -209,6 +215,9 @@ class _Chain:
             else:
                 out[k] = self._params[k] if k in self._params else self._buffers[k]
         if copy:
+            require(sum(v.nbytes for v in out.values()),
+                    lambda: f"state_dict(copy=True): a copy of the {len(out)} tensors of "
+                            f"{self._describe()}")
             for k in out:
                 out[k] = out[k].copy()
         return out
@@ -255,7 +264,7 @@ class _Chain:
                 raise ValueError(
                     f"state_dict[{k!r}]: expected shape {shape_str(target.shape)}, "
                     f"got {shape_str(a.shape)}")
-            if not allow_nonfinite and not np.isfinite(a).all():
+            if not allow_nonfinite and first_nonfinite(a) is not None:
                 raise ValueError(f"state_dict[{k!r}] contains NaN or Inf (pass "
                                  "allow_nonfinite=True to load it anyway)")
             staged.append((k, a))
@@ -418,16 +427,19 @@ class MLP(_Chain):
 
         cls = _core.MlpChainF32 if dt == np.float32 else _core.MlpChainF64
         aid, p0, p1 = act._core_spec(_core.ACTIVATION_IDS)
-        n_params = sum(a * b + b for a, b in zip(sizes_[:-1], sizes_[1:], strict=False))
-        check_memory(2 * n_params * dt.itemsize,  # parameters + gradients, zero-filled at once
-                     f"sizes: an MLP with sizes {_short_sizes(sizes_)}")
+        # the flat buffers, zero-filled at once, then the initialisation's temporaries
+        require(mlp_bytes(sizes_, None if norm == "none" else norm, bool(bias), dt.itemsize,
+                          scheme.name),
+                lambda: f"gc.MLP(sizes={_short_sizes(sizes_)}, dtype={dt.name}, "
+                        f"init={scheme.name!r}, norm={norm!r}): its parameters, gradients "
+                        "and initialisation")
         try:
             self._core = cls(sizes_, aid, p0, p1, _NORMS[norm], bool(bias), list(flags), alpha,
                              eps_, mom)
-        except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
+        except MemoryError as e:  # the core names the buffer and the bytes
             raise MemoryError(
                 f"sizes: the parameters of an MLP with sizes {_short_sizes(sizes_)} "
-                f"({dt.name}) cannot be allocated") from None
+                f"({dt.name}) cannot be allocated ({_core_message(e)})") from None
         if act.is_custom:
             self._core.set_custom_activation(_custom_callback(act))
         self.sizes = sizes_
@@ -492,18 +504,21 @@ class MLP(_Chain):
     @locked
     def forward(self, x: Any) -> np.ndarray:
         """``x (B, in) -> y (B, out)``; keeps what ``backward`` needs."""
-        xa = float_array(x, "x", self.dtype, (None, self.sizes[0]))
+        xa = float_array(x, "x", self.dtype, (None, self.sizes[0]), copy=False)
         if self.norm == "batch" and self.training and xa.shape[0] == 1:
             raise ValueError(
                 "x: batch norm in training mode needs more than 1 sample per batch, got shape "
                 f"{shape_str(xa.shape)} (as torch.nn.BatchNorm1d; use model.eval())"
             )
         B = xa.shape[0]
-        hidden = sum(self.sizes[1:-1])
-        per_row = self.sizes[0] + (3 if self.norm else 2) * hidden + 3 * max(self.sizes)
-        check_memory(B * (per_row + self.sizes[-1]) * self.dtype.itemsize,
-                     f"x: the forward pass over shape {shape_str(xa.shape)}")
-        y = self._core.forward(xa)
+        check_blas_dim(B, "x: batch size")  # the weight gradients' inner GEMM dimension
+        # the workspace (planned once per batch size), y, and the contiguous copy of x
+        require(self._core.pass_bytes(B) + B * self.sizes[-1] * self.dtype.itemsize
+                + (0 if xa.flags.c_contiguous else xa.nbytes),
+                lambda: f"x: the forward pass of {self._describe()} over shape "
+                        f"{shape_str(xa.shape)}")
+        xa = contiguous(xa, "x")
+        y = self._core.forward(xa)  # an allocation failure there names itself (AllocError)
         if self.norm == "batch" and self.training:
             self._num_batches_tracked += 1
         return y
@@ -535,6 +550,9 @@ class MLP(_Chain):
         g = float_array(grad_output, "grad_output", self.dtype, (B, self.sizes[-1]))
         acc = check_bool(accumulate, "accumulate")
         rep = check_bool(report, "report")
+        require(B * self.sizes[0] * self.dtype.itemsize,  # dL/dx
+                lambda: f"grad_output: the backward pass of {self._describe()} over a "
+                        f"batch of {B}")
         d, dx = self._core.backward(g, acc, rep)
         self._input_grad = dx
         if not rep:
@@ -552,10 +570,14 @@ class MLP(_Chain):
         """
         _losses.check_loss(loss)
         check_bool(accumulate, "accumulate")
-        xa = float_array(x, "x", self.dtype, (None, self.sizes[0]))
+        xa = float_array(x, "x", self.dtype, (None, self.sizes[0]), copy=False)
         B = xa.shape[0]
         t = check_target(target, loss, self.dtype, (B, self.sizes[-1]))
         y = self.forward(xa)
+        # the loss's float64 temporaries, then dL/dx
+        require(6 * y.size * 8 + B * self.sizes[0] * self.dtype.itemsize,
+                lambda: f"x: the loss and backward pass of {self._describe()} over shape "
+                        f"{shape_str(xa.shape)}")
         with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
             value, dy = _losses.value_and_grad(y, t, loss)
         # straight to the core: a non-finite dL/dy is a result here (reported), not bad input
@@ -615,6 +637,10 @@ class MLP(_Chain):
             "training": self.training,
         }
 
+    def _describe(self) -> str:
+        """``gc.MLP(sizes=[...], dtype=float32)``, for messages."""
+        return f"gc.MLP(sizes={_short_sizes(self.sizes)}, dtype={self.dtype.name})"
+
     def __repr__(self) -> str:
         res = sum(self.residual)
         return (
@@ -622,6 +648,13 @@ class MLP(_Chain):
             f"init={self.init!r}, norm={self.norm!r}, residual={res}/{self.depth} layers, "
             f"dtype={self.dtype.name})"
         )
+
+
+def _core_message(e: BaseException) -> str:
+    """The core's allocation message (it names the buffer and the bytes); pybind11's
+    bare "std::bad_alloc" is said in words."""
+    text = str(e)
+    return "out of memory" if text in ("", "std::bad_alloc") else text
 
 
 def _short_sizes(sizes: list[int]) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ._memory import require
 from ._validate import as_array, check_bool, real, shape_str
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "build"]
@@ -209,6 +210,13 @@ class Optimizer:
         # the model's lock: another thread's forward/backward on this model waits for the
         # whole update (and this update for it) instead of seeing half-updated weights
         with self.model._lock:
+            # state created by this step, and the update's parameter-sized temporaries
+            # (Adam's: at most 5 alive at once): refused before anything is touched
+            new = [k for k in self._STATE_KEYS if k not in self._state and self._needs(k, group)]
+            total = sum(p.nbytes for p, _ in self._slabs)
+            require(len(new) * total + 5 * max((p.nbytes for p, _ in self._slabs), default=0),
+                    lambda: f"{type(self).__name__}.step: its state {new} and temporaries "
+                            f"for {sum(p.size for p, _ in self._slabs)} parameters")
             self._steps += 1
             self._fresh = {k for k in self._STATE_KEYS if k not in self._state}
             # as torch: overflow and NaN propagate silently into the parameters

@@ -12,16 +12,25 @@ from . import _core
 from . import activations as _acts
 from . import init as _init
 from . import losses as _losses
+from ._memory import BLAS_INT_MAX, require, rnn_bytes
 from ._validate import (
     as_array,
     check_bool,
-    check_memory,
+    contiguous,
     float_array,
     model_dtype,
     positive_int,
     shape_str,
 )
-from .models import StateError, _Chain, _check_seed, _custom_callback, check_target, locked
+from .models import (
+    StateError,
+    _Chain,
+    _check_seed,
+    _core_message,
+    _custom_callback,
+    check_target,
+    locked,
+)
 from .report import RNNGradReport
 
 __all__ = ["RNN"]
@@ -90,15 +99,19 @@ class RNN(_Chain):
         seed_ = _check_seed(seed)
         cls = _core.RnnChainF32 if dt == np.float32 else _core.RnnChainF64
         aid, p0, p1 = act._core_spec(_core.ACTIVATION_IDS)
-        # parameters and gradients, zero-filled at once: refuse what cannot fit
-        check_memory(2 * (H * (I_ + H + 2) + K * (H + 1)) * dt.itemsize,
-                     f"hidden_size: an RNN with input_size={I_}, hidden_size={H}")
+        # parameters and gradients, zero-filled at once, then the initialisation's
+        # temporaries: refuse what cannot fit
+        require(rnn_bytes(I_, H, K, bool(bias), dt.itemsize, scheme.name, in_scheme.name),
+                lambda: f"gc.RNN(input_size={I_}, hidden_size={H}, output_size={K or None}, "
+                        f"dtype={dt.name}, init={scheme.name!r}): its parameters, gradients "
+                        "and initialisation")
         try:
             self._core = cls(I_, H, K, aid, p0, p1, bool(bias))
-        except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
+        except MemoryError as e:  # the core names the buffer and the bytes
             raise MemoryError(
                 f"hidden_size: the parameters of an RNN with input_size={I_}, hidden_size={H}"
-                f", output_size={K or None} ({dt.name}) cannot be allocated") from None
+                f", output_size={K or None} ({dt.name}) cannot be allocated "
+                f"({_core_message(e)})") from None
         if act.is_custom:
             self._core.set_custom_activation(_custom_callback(act))
         self.input_size, self.hidden_size, self.output_size = I_, H, (K or None)
@@ -147,8 +160,9 @@ class RNN(_Chain):
         self._core.invalidate()
 
     # ------------------------------------------------------------------ compute
-    def _time_major(self, a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
+    def _time_major(self, a: np.ndarray, name: str = "x") -> np.ndarray:
+        """`a` time-major and C-contiguous (a checked copy when it is not already)."""
+        return contiguous(a.transpose(1, 0, 2) if self.batch_first else a, name)
 
     def _user_major(self, a: np.ndarray) -> np.ndarray:
         return a.transpose(1, 0, 2) if self.batch_first else a
@@ -162,7 +176,18 @@ class RNN(_Chain):
         if a.shape[0] == 0 or a.shape[1] == 0:
             raise ValueError(f"x: expected shape {want} with {lead[0]}, {lead[1]} >= 1, "
                              f"got {shape_str(a.shape)}")
-        xa = float_array(a, "x", self.dtype, (None, None, self.input_size))
+        xa = float_array(a, "x", self.dtype, (None, None, self.input_size), copy=False)
+        tm = xa.transpose(1, 0, 2) if self.batch_first else xa
+        T, B = tm.shape[0], tm.shape[1]
+        if T * B > BLAS_INT_MAX:  # the merged GEMMs run over all T*B rows
+            raise ValueError(f"x: T*B = {T}*{B} = {T * B} rows exceed the BLAS's 32-bit "
+                             f"limit (2**31-1 = {BLAS_INT_MAX})")
+        # the workspace (planned once per (T, B)), hs, the readout's ys, the copy of x
+        H, K = self.hidden_size, self.output_size or 0
+        require(self._core.pass_bytes(T, B) + T * B * (H + K) * self.dtype.itemsize
+                + (0 if tm.flags.c_contiguous else tm.nbytes),
+                lambda: f"x: the forward pass over shape {shape_str(tm.shape)} (time-major) "
+                        f"of {self._describe()}")
         return self._time_major(xa)
 
     @locked
@@ -180,13 +205,6 @@ class RNN(_Chain):
         return self._user_major(hs)
 
     def _core_forward(self, xa: np.ndarray, h0a: np.ndarray | None) -> tuple[Any, Any]:
-        T, B = xa.shape[0], xa.shape[1]
-        H, K = self.hidden_size, self.output_size or 0
-        # workspace (x, h, act', dL/dh, dL/dz) + outputs, planned once per (T, B)
-        check_memory((T * B * (2 * self.input_size + 6 * H + 2 * K) + 2 * B * H)
-                     * self.dtype.itemsize,
-                     f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) "
-                     f"with hidden_size={H}")
         try:
             return self._core.forward(xa, h0a)
         except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
@@ -230,13 +248,18 @@ class RNN(_Chain):
         gh = gy = None
         if grad_hs is not None:
             gh = self._time_major(float_array(grad_hs, "grad_hs", self.dtype,
-                                              (*lead, self.hidden_size)))
+                                              (*lead, self.hidden_size), copy=False),
+                                  "grad_hs")
         if grad_ys is not None:
             if not self.output_size:
                 raise ValueError("grad_ys: this RNN has no readout (output_size=None)")
             gy = self._time_major(float_array(grad_ys, "grad_ys", self.dtype,
-                                              (*lead, self.output_size)))
+                                              (*lead, self.output_size), copy=False),
+                                  "grad_ys")
         want = check_bool(report, "report")
+        require((T * B * self.input_size + B * self.hidden_size) * self.dtype.itemsize,
+                lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
+                        f"B={B}")
         d, dx, dh0 = self._core.backward(gh, gy, check_bool(accumulate, "accumulate"), want)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
@@ -272,6 +295,11 @@ class RNN(_Chain):
         hs, ys = self._core_forward(xa, h0a)
         self._outputs = ys
         outputs = ys if self.output_size else hs
+        # the loss's float64 temporaries and dL/d(outputs), then dL/dx and dL/dh0
+        require(6 * outputs.size * 8 + (T * B * self.input_size + B * self.hidden_size)
+                * self.dtype.itemsize,
+                lambda: f"x: the loss and backward pass over T={T}, B={B} of "
+                        f"{self._describe()}")
         with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
             value, g = _losses.sequence_value_and_grad(outputs, t, loss, on)
         g = np.ascontiguousarray(g, dtype=self.dtype)
@@ -318,6 +346,11 @@ class RNN(_Chain):
             "dtype": self.dtype.name,
             "batch_first": self.batch_first,
         }
+
+    def _describe(self) -> str:
+        """``gc.RNN(input_size=..., hidden_size=..., ...)``, for messages."""
+        return (f"gc.RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                f"output_size={self.output_size}, dtype={self.dtype.name})")
 
     def __repr__(self) -> str:
         ro = f", output_size={self.output_size}" if self.output_size else ""

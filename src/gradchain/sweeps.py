@@ -225,9 +225,9 @@ def _resolve(raw: dict[str, Any], where: str) -> dict[str, Any]:
 
         try:
             _sizes(_mlp_sizes(cfg))
-        except MemoryError as e:
-            raise MemoryError(f"{e} (width={cfg['width']}, depth={cfg['depth']}, in {where})"
-                              ) from None
+        except (MemoryError, ValueError) as e:  # ValueError: past the BLAS's 32-bit range
+            raise type(e)(f"{e} (width={cfg['width']}, depth={cfg['depth']}, in {where})"
+                          ) from None
     else:
         for k in ("hidden_size", "input_size", "output_size"):
             if cfg[k] is not None and cfg[k] > 1 << 24:

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gradchain/kernels.h"
+#include "gradchain/memory.h"
 #include "gradchain/report.h"
 
 namespace gradchain {
@@ -40,12 +41,13 @@ struct TensorInfo {
 template <class T>
 using CustomActFn = std::function<void(const T* x, T* f, T* d, int64_t rows, int64_t cols)>;
 
-// Owned, 64-byte aligned, uninitialised storage.
+// Owned, 64-byte aligned, uninitialised storage. A failed allocation throws
+// AllocError naming `what` and the bytes asked for.
 template <class T>
 class Buffer {
  public:
   Buffer() = default;
-  explicit Buffer(int64_t n);
+  explicit Buffer(int64_t n, const char* what = "a buffer");
   T* data() const { return ptr_.get(); }
   int64_t size() const { return n_; }
 
@@ -58,7 +60,9 @@ class Buffer {
 template <class T>
 class MlpChain {
  public:
-  explicit MlpChain(MlpConfig cfg);  // throws std::invalid_argument on a bad config
+  // Throws std::invalid_argument on a bad config (a size past the BLAS's 32-bit range
+  // included) and AllocError when the flat buffers cannot be allocated.
+  explicit MlpChain(MlpConfig cfg);
 
   const MlpConfig& config() const { return cfg_; }
   int64_t num_hidden() const { return L_; }
@@ -84,6 +88,10 @@ class MlpChain {
 
   bool has_forward() const { return has_forward_; }
   int64_t forward_batch() const { return fwd_B_; }
+  // Bytes a pass over a batch of B rows would allocate now, beyond what the chain holds
+  // (its workspace is replanned when B changes: the old one is released first), with
+  // the current thread setting. 0 when the workspace for B is in place.
+  int64_t pass_bytes(int64_t B) const;
   // Forget the saved forward pass (parameters were replaced).
   void invalidate() { has_forward_ = false; }
   std::mutex& mutex() { return mu_; }
@@ -98,6 +106,10 @@ class MlpChain {
     int64_t rmean, rvar;        // offsets into buffers_ (-1 when absent)
   };
   void plan(int64_t B);
+  int64_t workspace_values(int64_t B) const;  // T values in ws_ for batch B
+  bool workspace_huge(int64_t B) const;       // past 2^60 bytes (int64 sizes could overflow)
+  int64_t held_workspace_bytes() const;
+  std::string describe() const;  // "an MLP with sizes [...] (float32)", for messages
   void layer_forward(int64_t l, bool skip_act);
   void layer_forward_custom_tail(int64_t l);
   void output_forward(T* y);

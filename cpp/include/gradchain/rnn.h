@@ -37,6 +37,8 @@ struct RnnReport {
 template <class T>
 class RnnChain {
  public:
+  // Throws std::invalid_argument on a bad config and AllocError when the flat buffers
+  // cannot be allocated.
   explicit RnnChain(RnnConfig cfg);
 
   const RnnConfig& config() const { return cfg_; }
@@ -57,6 +59,9 @@ class RnnChain {
   bool has_forward() const { return has_forward_; }
   int64_t forward_steps() const { return T_; }
   int64_t forward_batch() const { return B_; }
+  // Bytes a pass over (steps, B) would allocate now beyond what the chain holds (the
+  // workspace is replanned when the shape changes, the old one released first).
+  int64_t pass_bytes(int64_t steps, int64_t B) const;
   void invalidate() { has_forward_ = false; }
   std::mutex& mutex() { return mu_; }
   // The slow path for Act::Custom: called once per step with z_t (B, H), it writes
@@ -65,6 +70,11 @@ class RnnChain {
 
  private:
   void plan(int64_t steps, int64_t B);
+  int64_t workspace_values(int64_t steps, int64_t B) const;  // T values in ws_
+  int64_t part_values(int64_t steps, int64_t B) const;       // doubles in part_
+  int64_t blk_values(int64_t steps, int64_t B) const;        // doubles in blk_
+  int64_t slot_values(int64_t steps, int64_t B) const;       // panel slot per thread
+  std::string describe() const;  // "an RNN with input_size=..., ... (float32)"
   void readout_forward(T* ys);
   void custom_steps();
 

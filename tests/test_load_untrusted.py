@@ -536,7 +536,7 @@ def test_check_memory_is_called_with_the_total_before_building(tmp_path, monkeyp
         raise MemoryError(f"{what} needs {nbytes} bytes")
 
     built = []
-    monkeypatch.setattr(gio, "_check_memory", refuse)
+    monkeypatch.setattr(gio, "require", refuse)
     monkeypatch.setattr(gc.MLP, "__init__", lambda *a, **k: built.append(1))
     with pytest.raises(MemoryError, match=re.escape("MLP with sizes [4, 30, 20, 3] (float64)")):
         gc.load(tmp_path / "m.npz")

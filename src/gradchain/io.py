@@ -36,6 +36,7 @@ import numpy as np
 
 from . import activations as _acts
 from . import init as _init
+from ._memory import require
 from ._validate import check_bool
 
 __all__ = ["save", "load"]
@@ -79,7 +80,8 @@ def save(model: Any, path: str | os.PathLike[str]) -> None:
     target, st = _resolve_target(name)
     cfg = model.config()
     cfg["format"] = _FORMAT
-    arrays = {k: np.array(v) for k, v in model.state_dict().items()}
+    # a consistent snapshot (copied under the model's lock, checked against the memory limit)
+    arrays = dict(model.state_dict(copy=True))
     arrays[_META] = np.frombuffer(json.dumps(cfg).encode(), dtype=np.uint8)
     _atomic_write(target, st, lambda f: np.savez(f, **arrays))
 
@@ -179,12 +181,6 @@ class _Bad(Exception):
     """A malformed file; ``load`` reports it as ValueError naming the file."""
 
 
-def _check_memory(nbytes: int, what: str) -> None:
-    """MemoryError when ``nbytes`` cannot be allocated (the container's limit included)."""
-    # TODO(merge): call _memory.require(nbytes, what)
-    del nbytes, what
-
-
 def load(
     path: str | os.PathLike[str] | BinaryIO, activation: Any = None,
     allow_nonfinite: bool = False
@@ -268,7 +264,7 @@ def _load_checked(f: BinaryIO, label: str, activation: Any, allow_nonfinite: boo
             raise _Bad(f"the arrays do not match the config ({'; '.join(parts)})")
         headers = {k: _read_header(zf, members[k], k, shape, spec.dtype)
                    for k, shape in names.items()}
-        _check_memory(spec.nbytes(names), f"gc.load: the {spec.describe()}")
+        require(spec.nbytes(names), f"gc.load: the {spec.describe()}")
         model = spec.build()
         _fill(model, zf, members, headers, allow_nonfinite)
     if spec.kind == "MLP":

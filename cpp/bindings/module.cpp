@@ -359,6 +359,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("x").noconvert());
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("max_num_threads", &max_threads, "The largest thread setting (set_num_threads).");
+  m.def("forked_single_threaded", &forked_single_threaded,
+        "Whether this process was forked after the core had started threads (then every "
+        "region runs on one thread).");
   m.def("_panel_gemm", &panel_gemm, "Whether layer products may use the panel GEMM (benchmarks).");
   m.def("_set_panel_gemm", &set_panel_gemm, py::arg("on"),
         "Allow (True, the default) or forbid layer products on the panel GEMM (benchmarks).");

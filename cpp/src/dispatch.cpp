@@ -160,7 +160,9 @@ const KernelTable<double>& kernels<double>() {
   }
 }
 
-int get_num_threads() { return g_forked.load(std::memory_order_relaxed) ? 1 : thread_setting().load(); }
+int get_num_threads() {
+  return g_forked.load(std::memory_order_relaxed) ? 1 : thread_setting().load();
+}
 
 int region_threads() {
   const int n = get_num_threads();

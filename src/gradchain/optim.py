@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._validate import as_array, check_bool, real, shape_str
+from .models import StateError, check_not_running
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -148,8 +149,10 @@ class Optimizer:
         """Set every parameter gradient of the model to 0 (the gradient buffers stay;
         gradchain cannot set them to None as PyTorch's ``set_to_none`` does)."""
         with self.model._lock:
+            check_not_running(self.model, f"{type(self).__name__}.zero_grad")
             for _, g in self._slabs:
                 g[...] = 0.0
+            self.model._grads_interrupted = False
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter from the gradients of the last backward.
@@ -165,6 +168,12 @@ class Optimizer:
         # the model's lock: another thread's forward/backward on this model waits for the
         # whole update (and this update for it) instead of seeing half-updated weights
         with self.model._lock:
+            check_not_running(self.model, f"{type(self).__name__}.step")
+            if getattr(self.model, "_grads_interrupted", False):
+                raise StateError(
+                    f"{type(self).__name__}.step: the last backward() was interrupted "
+                    "(KeyboardInterrupt), so the gradients are partial; run backward() again "
+                    "(after zero_grad() when accumulating)")
             self._steps += 1
             self._fresh = {k for k in self._STATE_KEYS if k not in self._state}
             # as torch: overflow and NaN propagate silently into the parameters

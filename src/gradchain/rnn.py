@@ -21,7 +21,7 @@ from ._validate import (
     positive_int,
     shape_str,
 )
-from .models import StateError, _Chain, _check_seed, _custom_callback, check_target, locked
+from .models import _Chain, _check_seed, _custom_callback, check_target, locked
 from .report import RNNGradReport
 
 __all__ = ["RNN"]
@@ -190,7 +190,7 @@ class RNN(_Chain):
                      f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) "
                      f"with hidden_size={H}")
         try:
-            return self._core.forward(xa, h0a)
+            return self._compute("forward", self._core.forward, xa, h0a)
         except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
             raise MemoryError(
                 f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) with "
@@ -221,10 +221,11 @@ class RNN(_Chain):
         Fills every parameter gradient (``accumulate=True`` adds), ``input_grad``
         ``dL/dx`` and ``h0_grad``; returns the :class:`RNNGradReport`. ``report=False``
         computes the gradients only (the report's sums of squares are skipped) and
-        returns None.
+        returns None. Ctrl-C stops a pass within a timestep, as :meth:`MLP.backward`
+        describes.
         """
         if not self._core.has_forward:
-            raise StateError("backward() called before forward(): run model.forward(x) first")
+            raise self._no_forward_error()
         T, B = self._core.forward_steps, self._core.forward_batch
         lead = (B, T) if self.batch_first else (T, B)
         if grad_hs is None and grad_ys is None:
@@ -239,7 +240,8 @@ class RNN(_Chain):
             gy = self._time_major(float_array(grad_ys, "grad_ys", self.dtype,
                                               (*lead, self.output_size)))
         want = check_bool(report, "report")
-        d, dx, dh0 = self._core.backward(gh, gy, check_bool(accumulate, "accumulate"), want)
+        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy,
+                                   check_bool(accumulate, "accumulate"), want)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         if not want:
@@ -279,9 +281,9 @@ class RNN(_Chain):
             value, g = _ref.rnn_loss_grads(outputs, t, loss, on=on)
         g = np.ascontiguousarray(g, dtype=self.dtype)
         if self.output_size:
-            d, dx, dh0 = self._core.backward(None, g, acc)
+            d, dx, dh0 = self._compute("backward", self._core.backward, None, g, acc)
         else:
-            d, dx, dh0 = self._core.backward(g, None, acc)
+            d, dx, dh0 = self._compute("backward", self._core.backward, g, None, acc)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         rep = RNNGradReport._from_core(d, dh0)

@@ -24,18 +24,23 @@ import pytest
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 LATENCY = 1.0  # s allowed from SIGINT to KeyboardInterrupt (about 0.2 s on an idle machine)
-DELAY = 0.3    # s between the child entering a call and the signal
+DELAY = 0.3    # s between the child entering a call and the signal (less for short calls)
 
 COMMON = textwrap.dedent("""
     import sys, time
     import numpy as np
     import gradchain as gc
 
-    def enter(what):
-        print("enter", what, flush=True)
+    def enter(what, expected):
+        print("enter", what, expected, flush=True)
 
-    def interrupted_call(what, fn):
-        enter(what)
+    def timed(fn):
+        t = time.monotonic()
+        fn()
+        return time.monotonic() - t
+
+    def interrupted_call(what, fn, expected=10.0):
+        enter(what, expected)  # expected: about how long the call would take
         t = time.monotonic()
         try:
             fn()
@@ -60,13 +65,14 @@ COMMON = textwrap.dedent("""
 
 MLP = COMMON + textwrap.dedent("""
     rng = np.random.default_rng(0)
-    W, B, DEPTH = 1024, 2048, 8  # forward about 3 s, backward 6 s on a loaded 2-core machine
+    W, B, DEPTH = 1024, 1024, 10  # forward about 2.5 s, backward 4 s on a loaded 2-core machine
     m = gc.MLP([W] * (DEPTH + 1) + [W], activation="tanh", norm="batch", dtype=np.float64,
                seed=0)
     opt = gc.optim.SGD(m, lr=0.1)
     x = rng.standard_normal((B, W))
     g = rng.standard_normal((B, W)) / B
     xs, gs = x[:64].copy(), g[:64].copy()
+    fwd = 8 * timed(lambda: m.forward(x[: B // 8]))  # (before the statistics are saved)
 
     def small_run():
         y = m.forward(xs)
@@ -76,7 +82,7 @@ MLP = COMMON + textwrap.dedent("""
     ref = small_run()
     stats = m.state_dict(copy=True)
 
-    interrupted_call("forward", lambda: m.forward(x))
+    interrupted_call("forward", lambda: m.forward(x), fwd)
     expect(gc.StateError, lambda: m.backward(g), "interrupted forward()")
     after = m.state_dict(copy=True)
     assert all(same(stats[k], after[k]) for k in stats), "running statistics were committed"
@@ -84,7 +90,7 @@ MLP = COMMON + textwrap.dedent("""
     assert all(same(a, b) for a, b in zip(ref, got)), "the model changed"
 
     m.forward(x)  # completes
-    interrupted_call("backward", lambda: m.backward(g))
+    interrupted_call("backward", lambda: m.backward(g), 2 * fwd)
     expect(gc.StateError, opt.step, "interrupted", "partial")
     got = small_run()
     assert all(same(a, b) for a, b in zip(ref, got)), "the model changed"
@@ -108,13 +114,14 @@ RNN = COMMON + textwrap.dedent("""
                 + [rep.timestep_grad_norms])
 
     ref = small_run()
-    interrupted_call("forward", lambda: m.forward(x))
+    fwd = 8 * timed(lambda: m.forward(x[: T // 8]))
+    interrupted_call("forward", lambda: m.forward(x), fwd)
     expect(gc.StateError, lambda: m.backward(gh), "interrupted forward()")
     got = small_run()
     assert all(same(a, b) for a, b in zip(ref, got)), "the model changed"
 
     m.forward(x)  # completes
-    interrupted_call("backward", lambda: m.backward(gh))
+    interrupted_call("backward", lambda: m.backward(gh), 1.5 * fwd)
     expect(gc.StateError, opt.step, "interrupted", "partial")
     got = small_run()
     assert all(same(a, b) for a, b in zip(ref, got)), "the model changed"
@@ -140,9 +147,9 @@ def drive(code: str) -> dict[str, float]:
             for line in p.stdout:
                 lines.append(line)
                 word, _, rest = line.strip().partition(" ")
-                if word == "enter":
-                    pending = rest
-                    time.sleep(DELAY)
+                if word == "enter":  # "enter <call> <expected seconds>"
+                    pending, expected = rest.split()
+                    time.sleep(min(DELAY, float(expected) / 4))  # a fast machine too
                     sent = time.monotonic()
                     os.kill(p.pid, signal.SIGINT)
                 elif word == "caught":

@@ -1,17 +1,25 @@
 // module.cpp — the only pybind11 file: exposes the core's chains as gradchain._core.
 // Arrays arrive already validated by the Python layer (dtype, shape, contiguity,
 // finiteness); the checks here only keep a direct caller of _core from crashing
-// the process. The GIL is released around every compute call.
+// the process. The GIL is released around every compute call, and forward/backward
+// can be interrupted with Ctrl-C (see InterruptScope).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "gradchain/blas.h"
+#include "gradchain/cancel.h"
 #include "gradchain/chain.h"
 #include "gradchain/dispatch.h"
 #include "gradchain/report.h"
@@ -73,6 +81,144 @@ py::array_t<T> view(T* ptr, int64_t n, py::handle owner) {
   return py::array_t<T>({py::ssize_t(n)}, {py::ssize_t(sizeof(T))}, ptr, owner);
 }
 
+// ---------------------------------------------------------------------------------------
+// Ctrl-C during a compute call. Python's own SIGINT handler only records the signal; the
+// interpreter acts on it once the call returns (seconds later for a big pass). For a call
+// from the main thread while SIGINT has Python's default handler (KeyboardInterrupt), a C
+// handler goes in front of Python's for the call's duration: it sets the core's cancel flag
+// (gradchain/cancel.h), then calls Python's handler, so the signal is recorded as usual. The
+// pass stops at its next layer / timestep / GEMM-block boundary and throws Cancelled; back
+// with the GIL, PyErr_CheckSignals() runs the Python handler, which raises
+// KeyboardInterrupt. Only the main thread installs (Python runs signal handlers there
+// only), so the depth count of nested calls (a custom activation calling another model)
+// needs no lock. Calls from other threads, or with a handler of the user's own, run to
+// their end as before; the user's handler then runs when the call returns.
+std::atomic<bool> g_sigint{false};   // the cancel flag of the main thread's calls
+struct sigaction g_prev_sigint;      // what on_sigint chains to (Python's handler)
+int g_sigint_depth = 0;              // main-thread calls in progress with on_sigint installed
+unsigned long g_main_thread = 0;     // PyThread_get_thread_ident() of the main thread
+
+void on_sigint(int sig, siginfo_t* info, void* ctx) {
+  g_sigint.store(true, std::memory_order_relaxed);
+  const struct sigaction& p = g_prev_sigint;
+  if (p.sa_flags & SA_SIGINFO)
+    p.sa_sigaction(sig, info, ctx);
+  else if (p.sa_handler != SIG_DFL && p.sa_handler != SIG_IGN)
+    p.sa_handler(sig);
+}
+
+bool on_sigint_installed() {
+  struct sigaction cur;
+  return sigaction(SIGINT, nullptr, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
+         cur.sa_sigaction == on_sigint;
+}
+
+// The child of a fork: its only thread is the forking one, now Python's main thread, and
+// none of the parent's calls is in progress in it.
+void sigint_after_fork_child() {
+  g_main_thread = PyThread_get_thread_ident();
+  if (g_sigint_depth > 0 && on_sigint_installed()) sigaction(SIGINT, &g_prev_sigint, nullptr);
+  g_sigint_depth = 0;
+  g_sigint.store(false);
+}
+
+bool python_default_sigint() {
+  // _signal's own getsignal (signal.getsignal wraps it in enums: ten times slower)
+  static py::handle getsignal =
+      py::object(py::module_::import("_signal").attr("getsignal")).release();
+  static py::handle dflt =
+      py::object(py::module_::import("_signal").attr("default_int_handler")).release();
+  return getsignal(py::int_(SIGINT)).is(dflt);
+}
+
+// Around one compute call; constructed and destroyed with the GIL held.
+class InterruptScope {
+ public:
+  InterruptScope() {
+    if (PyThread_get_thread_ident() != g_main_thread || !python_default_sigint()) return;
+    if (g_sigint_depth == 0) {
+      struct sigaction cur;
+      if (sigaction(SIGINT, nullptr, &cur) != 0) return;
+      if (!(cur.sa_flags & SA_SIGINFO) && (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN))
+        return;  // not Python's handler at the C level: leave it alone
+      g_prev_sigint = cur;
+      g_sigint.store(false);
+      struct sigaction ours = cur;
+      ours.sa_sigaction = on_sigint;
+      ours.sa_flags = cur.sa_flags | SA_SIGINFO;
+      if (sigaction(SIGINT, &ours, nullptr) != 0) return;
+    }
+    ++g_sigint_depth;
+    active_ = true;
+    // a Ctrl-C that came just before the handler went in: raise now, before any work
+    if (PyErr_CheckSignals() != 0) {
+      leave();  // (no destructor after a throwing constructor)
+      throw py::error_already_set();
+    }
+  }
+  ~InterruptScope() { leave(); }
+  InterruptScope(const InterruptScope&) = delete;
+  InterruptScope& operator=(const InterruptScope&) = delete;
+
+  const std::atomic<bool>* flag() const { return active_ ? &g_sigint : nullptr; }
+
+  // After the core threw Cancelled (GIL held): the Python handler's exception.
+  [[noreturn]] static void raise() {
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    PyErr_SetNone(PyExc_KeyboardInterrupt);  // the signal was taken elsewhere: still raise
+    throw py::error_already_set();
+  }
+
+ private:
+  void leave() {
+    if (!active_) return;
+    active_ = false;
+    if (--g_sigint_depth > 0) return;
+    if (on_sigint_installed()) sigaction(SIGINT, &g_prev_sigint, nullptr);  // else: replaced
+  }
+
+  bool active_ = false;
+};
+
+// Chains whose forward/backward is running on this thread. A custom activation's callback
+// runs on that thread in the middle of the pass, with the chain's mutex held: a call back
+// into the same chain would wait for ever on it, so it is refused at once.
+thread_local std::vector<const void*> t_running;
+
+void check_not_running(const void* chain, const char* what) {
+  if (std::find(t_running.begin(), t_running.end(), chain) != t_running.end())
+    throw std::runtime_error(std::string(what) +
+                             ": a pass of this model is running on this thread (a call from "
+                             "its own custom activation); call it after the pass returns");
+}
+
+// Passes of fewer multiply-adds finish within milliseconds (the interpreter then raises
+// KeyboardInterrupt itself): they skip the handler's few microseconds of set-up.
+constexpr double kInterruptibleWork = double(1 << 24);
+
+// Runs f() (the core's pass on `chain`, about `work` multiply-adds) with the GIL released,
+// interruptible by Ctrl-C.
+template <class F>
+auto run_pass(const void* chain, const char* what, double work, F&& f) {
+  check_not_running(chain, what);
+  t_running.push_back(chain);
+  struct Pop {
+    ~Pop() { t_running.pop_back(); }
+  } pop;
+  if (work < kInterruptibleWork) {
+    py::gil_scoped_release nogil;
+    return f();
+  }
+  InterruptScope irq;
+  try {
+    py::gil_scoped_release nogil;
+    CancelScope cancel(irq.flag());
+    return f();
+  } catch (const Cancelled&) {
+    InterruptScope::raise();
+  }
+}
+
 // A custom activation's callback: fn(x: ndarray (rows, cols)) -> (f, df), validated by the
 // Python layer's wrapper; called with the GIL released (it takes it) and outside OpenMP regions.
 template <class T>
@@ -116,18 +262,21 @@ void bind_shared(py::class_<C>& cls) {
       })
       .def("clip_grad_norm",
            [](C& c, double max_norm, bool error_if_nonfinite) {
+             check_not_running(&c, "clip_grad_norm");
              py::gil_scoped_release nogil;
              std::lock_guard<std::mutex> lock(c.mutex());
              return clip_grad_norm<T>(c.grad_spans(), max_norm, error_if_nonfinite);
            })
       .def("clip_grad_value",
            [](C& c, double v) {
+             check_not_running(&c, "clip_grad_value");
              py::gil_scoped_release nogil;
              std::lock_guard<std::mutex> lock(c.mutex());
              clip_grad_value<T>(c.grad_spans(), v);
            })
       .def("clip_grad_norm_per_tensor",
            [](C& c, double max_norm) {
+             check_not_running(&c, "clip_grad_norm_per_tensor");
              std::vector<double> norms;
              {
                py::gil_scoped_release nogil;
@@ -137,6 +286,7 @@ void bind_shared(py::class_<C>& cls) {
              return vec(norms);
            })
       .def("grad_norms", [](C& c) {
+        check_not_running(&c, "grad_norms");
         std::vector<double> norms;
         {
           py::gil_scoped_release nogil;
@@ -177,6 +327,7 @@ void bind_mlp(py::module_& m, const char* name) {
       .def_property_readonly("forward_batch", &C::forward_batch)
       .def("pass_bytes", &C::pass_bytes, py::arg("batch"),
            "Bytes a pass over `batch` rows would allocate now (workspace, packing scratch).")
+      .def_property_readonly("forward_count", &C::forward_count)
       .def("buffer_array", [](py::object self) {
         C& c = self.cast<C&>();
         return view<T>(c.buffers(), c.num_buffers(), self);
@@ -189,10 +340,8 @@ void bind_mlp(py::module_& m, const char* name) {
             CArray<T> y({py::ssize_t(B), py::ssize_t(c.config().sizes.back())});
             const T* xp = x.data();
             T* yp = y.mutable_data();
-            {
-              py::gil_scoped_release nogil;
-              c.forward(xp, B, yp);
-            }
+            run_pass(&c, "forward", double(B) * double(c.num_params()),
+                     [&] { c.forward(xp, B, yp); });
             return y;
           },
           py::arg("x").noconvert())
@@ -204,11 +353,9 @@ void bind_mlp(py::module_& m, const char* name) {
             CArray<T> dx({py::ssize_t(c.forward_batch()), py::ssize_t(c.config().sizes.front())});
             const T* gp = gy.data();
             T* dp = dx.mutable_data();
-            MlpReport rep;
-            {
-              py::gil_scoped_release nogil;
-              rep = c.backward(gp, dp, accumulate, report);
-            }
+            const double work = 2.0 * double(c.forward_batch()) * double(c.num_params());
+            MlpReport rep = run_pass(&c, "backward", work,
+                                     [&] { return c.backward(gp, dp, accumulate, report); });
             return py::make_tuple(report_dict(rep), dx);
           },
           py::arg("grad_output").noconvert(), py::arg("accumulate") = false,
@@ -286,10 +433,8 @@ void bind_rnn(py::module_& m, const char* name) {
             }
             const T* xp = x.data();
             T* hp = hs.mutable_data();
-            {
-              py::gil_scoped_release nogil;
-              c.forward(xp, h0p, steps, B, hp, yp);
-            }
+            run_pass(&c, "forward", double(steps) * double(B) * double(c.num_params()),
+                     [&] { c.forward(xp, h0p, steps, B, hp, yp); });
             return py::make_tuple(hs, ys);
           },
           py::arg("x").noconvert(), py::arg("h0") = py::none())
@@ -317,11 +462,9 @@ void bind_rnn(py::module_& m, const char* name) {
             CArray<T> dh0({py::ssize_t(B), py::ssize_t(cfg.hidden_size)});
             T* dxp = dx.mutable_data();
             T* dhp = dh0.mutable_data();
-            RnnReport rep;
-            {
-              py::gil_scoped_release nogil;
-              rep = c.backward(ghp, gyp, dxp, dhp, accumulate, report);
-            }
+            RnnReport rep = run_pass(
+                &c, "backward", 2.0 * double(steps) * double(B) * double(c.num_params()),
+                [&] { return c.backward(ghp, gyp, dxp, dhp, accumulate, report); });
             return py::make_tuple(rnn_report_dict(rep), dx, dh0);
           },
           py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
@@ -350,6 +493,9 @@ py::tuple act_eval(int act, double p0, double p1, const CArray<T>& x) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "gradchain's compiled core (internal; use the gradchain package).";
   blas_init();
+  g_main_thread =
+      py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  pthread_atfork(nullptr, nullptr, sigint_after_fork_child);
   py::register_exception<NonFiniteError>(m, "NonFiniteError", PyExc_RuntimeError);
 
   bind_mlp<float>(m, "MlpChainF32");
@@ -363,6 +509,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("x").noconvert());
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("max_num_threads", &max_threads, "The largest thread setting (set_num_threads).");
+  m.def("forked_single_threaded", &forked_single_threaded,
+        "Whether this process was forked after the core had started threads (then every "
+        "region runs on one thread).");
   m.def("_panel_gemm", &panel_gemm, "Whether layer products may use the panel GEMM (benchmarks).");
   m.def("_set_panel_gemm", &set_panel_gemm, py::arg("on"),
         "Allow (True, the default) or forbid layer products on the panel GEMM (benchmarks).");

@@ -12,6 +12,7 @@
 #include "gradchain/dispatch.h"
 
 #include "gradchain/blas.h"
+#include "gradchain/cancel.h"
 #include "gradchain/kernels.h"
 #include "gradchain/parallel.h"
 
@@ -70,6 +71,16 @@ inline int thread_num() {
 #else
   return 0;
 #endif
+}
+
+// A stop decision every thread of a region takes alike (cancel.h): at the start of step s
+// the master samples the flag into at[s + 1], and every thread acts on at[s], which the
+// master wrote before a barrier all threads have crossed since (every step has one). So all
+// threads leave a loop of steps at the same step, and none is left waiting at a barrier.
+// at[0] is sampled before the region.
+inline bool stop_at(unsigned char* at, int64_t s, const std::atomic<bool>* flag) {
+  if (thread_num() == 0) at[s + 1] = is_set(flag) ? 1 : 0;
+  return at[s] != 0;
 }
 
 // C (M x N) = op(A) op(B) + beta C (beta 0 or 1), for block `blk` of the split `s`: on

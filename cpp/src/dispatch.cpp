@@ -1,9 +1,12 @@
 // dispatch.cpp — CPU detection, the GRADCHAIN_ISA override and the thread setting.
 #include "gradchain/dispatch.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -80,10 +83,22 @@ std::atomic<int>& active_isa() {
   return isa;
 }
 
+int processors() {
+#ifdef _OPENMP
+  const int p = omp_get_num_procs();  // the CPUs this process may run on (affinity mask)
+  return p > 0 ? p : 1;
+#else
+  return 1;
+#endif
+}
+
+// OMP_NUM_THREADS (through omp_get_max_threads), or all processors when it asks for more
+// than max_threads() (the Python layer warns).
 int initial_threads() {
 #ifdef _OPENMP
-  int n = omp_get_max_threads();
-  return n > 0 ? n : 1;
+  const int n = omp_get_max_threads();  // below 1 when a huge value overflowed its int
+  if (n >= 1 && n <= max_threads()) return n;
+  return processors() < max_threads() ? processors() : max_threads();
 #else
   return 1;
 #endif
@@ -93,6 +108,22 @@ std::atomic<int>& thread_setting() {
   static std::atomic<int> n{initial_threads()};
   return n;
 }
+
+// fork: libgomp's thread pool does not survive it. The child inherits a pool that
+// believes its threads exist, so its first region with more than one thread waits for
+// ever at the first barrier. A region with num_threads(1) does not use the pool (measured
+// with gcc 12's libgomp: a forked child runs such regions normally), so a child forked
+// after the core had started threads runs every region on one thread.
+std::atomic<bool> g_pool_started{false};  // a region with more than one thread has run
+std::atomic<bool> g_forked{false};        // this process was forked after that
+
+void after_fork_child() {
+  if (g_pool_started.load(std::memory_order_relaxed)) g_forked.store(true);
+}
+
+[[maybe_unused]] const bool g_atfork_registered = [] {
+  return pthread_atfork(nullptr, nullptr, after_fork_child) == 0;
+}();
 
 }  // namespace
 
@@ -129,7 +160,25 @@ const KernelTable<double>& kernels<double>() {
   }
 }
 
-int get_num_threads() { return thread_setting().load(); }
+int get_num_threads() {
+  return g_forked.load(std::memory_order_relaxed) ? 1 : thread_setting().load();
+}
+
+int region_threads() {
+  const int n = get_num_threads();
+  if (n > 1 && !g_pool_started.load(std::memory_order_relaxed)) g_pool_started.store(true);
+  return n;
+}
+
+bool forked_single_threaded() { return g_forked.load(); }
+
+int max_threads() {
+  static const int n = [] {
+    const int p = processors();
+    return p > kMinThreadCap / kThreadsPerProcessor ? kThreadsPerProcessor * p : kMinThreadCap;
+  }();
+  return n;
+}
 
 int64_t gemm_blocks() {
   static const int64_t n = [] {
@@ -154,7 +203,9 @@ bool panel_gemm() { return panel_setting().load(std::memory_order_relaxed); }
 void set_panel_gemm(bool on) { panel_setting().store(on); }
 
 void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("number of threads must be >= 1");
+  if (n < 1 || n > max_threads())
+    throw std::invalid_argument("number of threads must be in [1, " +
+                                std::to_string(max_threads()) + "], got " + std::to_string(n));
   thread_setting().store(n);
 }
 

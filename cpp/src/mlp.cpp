@@ -338,8 +338,9 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
   const GemmSplit gs = gemm_split(B, n, k);
 #pragma omp for schedule(static)  // z = a_l W^T, over fixed GEMM blocks
   for (int64_t blk = 0; blk < gs.count; ++blk)
-    gemm_block(gs, blk, false, true, B, n, k, in, k, W, k, T(0), out, n,
-               PackScratch<T>{pack_base_, pack_slot_});
+    if (!stopping())  // cancelled: skip the rest (the pass will be thrown away)
+      gemm_block(gs, blk, false, true, B, n, k, in, k, W, k, T(0), out, n,
+                 PackScratch<T>{pack_base_, pack_slot_});
 
   double* fchk = fchk_.data() + l * nrb_;  // per-block non-finite checks of a_{l+1}
   FwdArgs<T> args;
@@ -458,8 +459,9 @@ void MlpChain<T>::output_forward(T* y) {
   const GemmSplit gs = gemm_split(B, n, k);
 #pragma omp for schedule(static)
   for (int64_t blk = 0; blk < gs.count; ++blk)
-    gemm_block(gs, blk, false, true, B, n, k, A_[size_t(L_)], k, W, k, T(0), y, n,
-               PackScratch<T>{pack_base_, pack_slot_});
+    if (!stopping())
+      gemm_block(gs, blk, false, true, B, n, k, A_[size_t(L_)], k, W, k, T(0), y, n,
+                 PackScratch<T>{pack_base_, pack_slot_});
   double* chk = fchk_.data() + L_ * nrb_;
 #pragma omp for schedule(static)
   for (int64_t rb = 0; rb < nrb_; ++rb)
@@ -481,21 +483,28 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   fwd_nonfinite_ = -1;
   const int nt = threads_for(B * maxw_ * 4);
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
+  stop_ = cancel_flag();
   if (cfg_.act.kind == Act::Custom) {
     for (int64_t l = 0; l < L_; ++l) {
 #pragma omp parallel num_threads(nt)
       layer_forward(l, true);
+      if (stopping()) throw Cancelled();
       layer_forward_custom_tail(l);  // may throw: running statistics are not yet touched
     }
 #pragma omp parallel num_threads(nt)
     output_forward(y);
   } else {
+    std::vector<unsigned char> at(size_t(L_ + 2), 0);  // stop decisions per layer (stop_at)
+    at[0] = stopping() ? 1 : 0;
 #pragma omp parallel num_threads(nt)  // all layers inside one region; threads step through them together
     {
-      for (int64_t l = 0; l < L_; ++l) layer_forward(l, false);
-      output_forward(y);
+      bool stopped = false;  // cancelled: every thread leaves at the same layer
+      for (int64_t l = 0; l < L_ && !stopped; ++l)
+        if (!(stopped = detail::stop_at(at.data(), l, stop_))) layer_forward(l, false);
+      if (!stopped && !detail::stop_at(at.data(), L_, stop_)) output_forward(y);
     }
   }
+  if (stopping()) throw Cancelled();  // before anything is committed
   for (int64_t l = 0; l <= L_ && fwd_nonfinite_ < 0; ++l)  // first a_l (l = L+1: y) with NaN/Inf
     for (int64_t rb = 0; rb < nrb_; ++rb)
       if (std::isnan(fchk_[size_t(l * nrb_ + rb)])) {
@@ -522,6 +531,7 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   }
   has_forward_ = true;
   fwd_B_ = B;
+  ++forwards_;
 }
 
 // ---------------------------------------------------------------------------
@@ -690,6 +700,7 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
   const GemmSplit sa = gemm_split(B, k, n);
 #pragma omp for schedule(dynamic, 1)
   for (int64_t i = 0; i < sw.count + sa.count; ++i) {
+    if (stopping()) continue;  // cancelled: skip the rest
     if (i < sw.count) {  // each dW block's sum of squares while it is in cache
       gemm_block(sw, i, true, false, n, k, B, dz, n, a, k, accumulate ? T(1) : T(0), dW, k,
                  PackScratch<T>{pack_base_, pack_slot_});
@@ -731,11 +742,16 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   T* grads = grads_.data();
   const int64_t in0 = cfg_.sizes[0];
+  stop_ = cancel_flag();
+  if (stopping()) throw Cancelled();
+  // stop decisions per step (stop_at): 0 the output layer, L - l hidden layer l, L + 1 dL/dx
+  std::vector<unsigned char> at(size_t(L_ + 3), 0);
 
 #pragma omp parallel num_threads(nt)
   {
     T* g = G0_;
     T* g_other = G1_;
+    bool stopped = detail::stop_at(at.data(), 0, stop_);  // false (checked above)
     // Output layer: db = sum_b gy, dW = gy^T a_L, dL/da_L = gy W.
     {
       const Layer& ly = layers_[size_t(L_)];
@@ -760,6 +776,7 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
       const GemmSplit sa = gemm_split(B, k, n);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < sw.count + sa.count; ++i) {
+        if (stopping()) continue;  // cancelled: skip the rest
         if (i < sw.count) {
           gemm_block(sw, i, true, false, n, k, B, gy, n, A_[size_t(L_)], k,
                      accumulate ? T(1) : T(0), dW, k, PackScratch<T>{pack_base_, pack_slot_});
@@ -776,25 +793,30 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
         rep.weight[size_t(L_)] = norm_from_sumsq(dW, n * k, ss);
       }
     }
-    for (int64_t l = L_ - 1; l >= 0; --l) layer_backward(l, accumulate, g, g_other, rep);
+    for (int64_t l = L_ - 1; l >= 0 && !stopped; --l)
+      if (!(stopped = detail::stop_at(at.data(), L_ - l, stop_)))
+        layer_backward(l, accumulate, g, g_other, rep);
     // dL/dx: its norm, then out.
-    if (report_) {
-#pragma omp for schedule(static)
-      for (int64_t rb = 0; rb < nrb_; ++rb)
-        blk_[size_t(rb)] = K.sumsq(g + rb * kRowBlock * in0, rows_in_block(rb, B) * in0);
-    }
-#pragma omp single
-    {
+    if (!stopped && !detail::stop_at(at.data(), L_ + 1, stop_)) {
       if (report_) {
-        double ss = 0.0;
-        for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t(rb)];
-        const double nrm = norm_from_sumsq(g, B * in0, ss);
-        rep.activation[0] = nrm;
-        if (has_nonfinite(ss, nrm) && rep.first_nonfinite < 0) rep.first_nonfinite = 0;
+#pragma omp for schedule(static)
+        for (int64_t rb = 0; rb < nrb_; ++rb)
+          blk_[size_t(rb)] = K.sumsq(g + rb * kRowBlock * in0, rows_in_block(rb, B) * in0);
       }
-      if (dx) std::memcpy(dx, g, size_t(B * in0) * sizeof(T));
+#pragma omp single
+      {
+        if (report_) {
+          double ss = 0.0;
+          for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t(rb)];
+          const double nrm = norm_from_sumsq(g, B * in0, ss);
+          rep.activation[0] = nrm;
+          if (has_nonfinite(ss, nrm) && rep.first_nonfinite < 0) rep.first_nonfinite = 0;
+        }
+        if (dx) std::memcpy(dx, g, size_t(B * in0) * sizeof(T));
+      }
     }
   }
+  if (stopping()) throw Cancelled();
   std::vector<double> all(rep.weight);
   if (cfg_.bias) all.insert(all.end(), rep.bias.begin(), rep.bias.end());
   all.insert(all.end(), rep.norm_weight.begin(), rep.norm_weight.end());

@@ -218,8 +218,9 @@ void RnnChain<T>::readout_forward(T* ys) {
   const GemmSplit go = gemm_split(TB, K, H);
 #pragma omp for schedule(static)
   for (int64_t blk = 0; blk < go.count; ++blk)
-    gemm_block(go, blk, false, true, TB, K, H, HS_ + B_ * H, H, params_.data() + w_out_, H, T(0),
-               ys, K, PackScratch<T>{pack_base_, pack_slot_});
+    if (!stopping())  // cancelled: skip the rest (the pass will be thrown away)
+      gemm_block(go, blk, false, true, TB, K, H, HS_ + B_ * H, H, params_.data() + w_out_, H,
+                 T(0), ys, K, PackScratch<T>{pack_base_, pack_slot_});
   const T* bo = b_out_ >= 0 ? params_.data() + b_out_ : nullptr;
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
 #pragma omp for schedule(static)
@@ -241,6 +242,7 @@ void RnnChain<T>::custom_steps() {
   args.act.kind = Act::Identity;
   args.bias = bias_;
   for (int64_t t = 1; t <= T_; ++t) {
+    if (stopping()) throw Cancelled();
     T* zt = HS_ + t * BH;
     T* dt = D_ + (t - 1) * BH;
     for (int64_t rb = 0; rb < nrb_; ++rb) {
@@ -290,6 +292,9 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool custom = cfg_.act.kind == Act::Custom;
+  // Cancelled (cancel.h): each thread skips its remaining GEMM blocks and time steps (no
+  // loop below has a barrier inside), and the pass throws after the region.
+  stop_ = cancel_flag();
 
 #pragma omp parallel num_threads(nt)
   {
@@ -297,15 +302,16 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
     const GemmSplit gi = gemm_split(TB, H, I);
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < gi.count; ++blk)
-      gemm_block(gi, blk, false, true, TB, H, I, X_, I, W_ih, I, T(0), HS_ + BH, H,
-                 PackScratch<T>{pack_base_, pack_slot_});
+      if (!stopping())
+        gemm_block(gi, blk, false, true, TB, H, I, X_, I, W_ih, I, T(0), HS_ + BH, H,
+                   PackScratch<T>{pack_base_, pack_slot_});
 
     // the time loop, each thread on its own rows: z_t += h_{t-1} W_hh^T; h_t = act(z_t + b)
     // (a custom activation runs its own loop below, outside the region: it calls Python)
 #pragma omp for schedule(static)
     for (int64_t rb = 0; rb < (custom ? 0 : nrb_); ++rb) {
       const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
-      for (int64_t t = 1; t <= steps; ++t) {
+      for (int64_t t = 1; t <= steps && !stopping(); ++t) {
         T* zt = HS_ + t * BH + r0 * H;
         if (pf && t < steps) {  // z_{t+1} (read, then overwritten), act'(z_{t+1}) (written)
           prefetch_rows(zt + BH, rows * H, true);
@@ -325,6 +331,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
       readout_forward(ys);
     }
   }
+  if (stopping()) throw Cancelled();  // has_forward_ stays false
   fwd_nonfinite_ = -1;
   for (int64_t t = 1; t <= steps && fwd_nonfinite_ < 0; ++t)
     for (int64_t rb = 0; rb < nrb_; ++rb)
@@ -364,6 +371,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool readout = K > 0 && grad_ys != nullptr;
   double* part = part_.data();
+  stop_ = cancel_flag();  // cancelled: as in forward, then the report is not computed
   RnnReport rep;
   rep.timestep.assign(size_t(steps), 0.0);
   double ss_w_ih = 0, ss_w_hh = 0, ss_w_out = 0, ss_b = 0, ss_b_out = 0;
@@ -392,6 +400,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
         const GemmSplit sg = gemm_split(TB, H, K);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < sw.count + sg.count; ++i) {
+          if (stopping()) continue;
           if (i < sw.count)
             gemm_block(sw, i, true, false, K, H, TB, grad_ys, K, HS_ + BH, H,
                        accumulate ? T(1) : T(0), dWo, H, PackScratch<T>{pack_base_, pack_slot_});
@@ -430,7 +439,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
       const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
       double* db = part + rb * H;
       std::memset(db, 0, size_t(H) * sizeof(double));
-      for (int64_t t = steps; t >= 1; --t) {
+      for (int64_t t = steps; t >= 1 && !stopping(); --t) {
         T* dzt = DZ_ + (t - 1) * BH + r0 * H;
         if (pf && t > 1) {  // step t-1's act' (read), dL/dh (updated) and dz (written)
           prefetch_rows(D_ + (t - 2) * BH + r0 * H, rows * H, false);
@@ -451,6 +460,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
     const T beta = accumulate ? T(1) : T(0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < s1.count + s2.count + (dx ? s3.count : 0); ++i) {
+      if (stopping()) continue;
       if (i < s1.count)
         gemm_block(s1, i, true, false, H, I, TB, DZ_, H, X_, I, beta, grads + w_ih_, I,
                    PackScratch<T>{pack_base_, pack_slot_});
@@ -485,6 +495,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
     }
   }
 
+  if (stopping()) throw Cancelled();
   rep.forward_first_nonfinite = fwd_nonfinite_;
   if (!report) {  // gradients only: the report's norms stay 0
     if (dh0) std::memcpy(dh0, G_, size_t(BH) * sizeof(T));

@@ -369,7 +369,10 @@ class Activation:
         ``f(x)`` and ``df(x)`` receive the pre-activations of one layer as an
         array of shape ``(B, width)`` in the model's dtype and must return
         arrays of the same shape (``df`` is the elementwise derivative). This is
-        the slow path: each layer calls back into Python.
+        the slow path: each layer calls back into Python. The callbacks run in the
+        middle of the model's pass: they may use other models, but a call on the model
+        they belong to (``forward``, ``gc.grad_norm``, an optimiser step, ...) raises
+        RuntimeError.
         """
         if not callable(f) or not callable(df):
             raise TypeError("Activation.custom: f and df must be callables")

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from ._validate import real
+from .models import check_not_running
 
 __all__ = ["clip_grad_norm", "clip_grad_value", "clip_grad_norm_per_layer"]
 
@@ -35,6 +36,7 @@ def clip_grad_norm(
     if nt != 2.0:
         raise ValueError(f"norm_type: only 2.0 is supported, got {norm_type}")
     with model._lock:
+        check_not_running(model, "gc.clip_grad_norm")
         return float(core.clip_grad_norm(mn, bool(error_if_nonfinite)))
 
 
@@ -43,6 +45,7 @@ def clip_grad_value(model: Any, clip_value: float) -> None:
     core = _core_of(model)
     v = real(clip_value, "clip_value", minimum=0.0, allow_inf=True)
     with model._lock:
+        check_not_running(model, "gc.clip_grad_value")
         core.clip_grad_value(v)
 
 
@@ -53,6 +56,7 @@ def clip_grad_norm_per_layer(model: Any, max_norm: float) -> dict[str, float]:
     core = _core_of(model)
     mn = real(max_norm, "max_norm", minimum=0.0, allow_inf=True)
     with model._lock:
+        check_not_running(model, "gc.clip_grad_norm_per_layer")
         norms = core.clip_grad_norm_per_tensor(mn)
     names = [name for name, _ in model.named_parameters()]
     return {n: float(v) for n, v in zip(names, norms, strict=True)}
@@ -64,5 +68,6 @@ def grad_norm(model: Any) -> float:
     from ._core import combine_norms
 
     with model._lock:
+        check_not_running(model, "gc.grad_norm")
         v = combine_norms(list(core.grad_norms()))
     return float(v) if not math.isnan(v) else math.nan

@@ -98,14 +98,29 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def locked(fn: _F) -> _F:
-    """Run a method under the model's lock (``model._lock``, re-entrant)."""
+    """Run a method under the model's lock (``model._lock``, re-entrant), refusing a call
+    from the model's own custom activation (:func:`check_not_running`)."""
 
     @functools.wraps(fn)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
+            if getattr(self, "_running", None) is not None:
+                check_not_running(self, f"{type(self).__name__}.{fn.__name__}")
             return fn(self, *args, **kwargs)
 
     return cast(_F, wrapper)
+
+
+def check_not_running(model: Any, what: str) -> None:
+    """Raise RuntimeError when one of ``model``'s passes is running: call with the model's
+    lock held. The lock is re-entrant and only the thread running the pass can hold it, so
+    this is a call back into the model from its own custom activation, which runs in the
+    middle of the pass (with the core's lock on the model held: the call would wait for it
+    for ever)."""
+    running = getattr(model, "_running", None)
+    if running is not None:
+        raise RuntimeError(f"{type(model).__name__}.{running} is running on this model; a "
+                           f"custom activation may not call {what} on the model it belongs to")
 
 
 class _Chain:
@@ -145,6 +160,9 @@ class _Chain:
 
     def _bind_views(self) -> None:
         self._lock = threading.RLock()
+        self._running: str | None = None  # the pass in progress ("forward"), see _compute
+        self._forward_interrupted = False  # the last forward was stopped by Ctrl-C
+        self._grads_interrupted = False    # the last backward was: the gradients are partial
         flat_p = self._core.param_array()
         flat_g = self._core.grad_array()
         flat_b = self._core.buffer_array() if hasattr(self._core, "buffer_array") else None
@@ -182,6 +200,43 @@ class _Chain:
     def zero_grad(self) -> None:
         for g in self._grads.values():
             g[...] = 0.0
+        self._grads_interrupted = False
+
+    def _compute(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run the core's pass ``fn(*args)`` (``what``: "forward" or "backward"), with the
+        model's lock held by the caller.
+
+        While it runs the model is marked busy (:func:`check_not_running`). Ctrl-C stops the
+        pass within a layer or timestep (the core's KeyboardInterrupt): an interrupted
+        forward keeps nothing (``backward`` then says so; running statistics are committed
+        only by a complete forward), an interrupted backward keeps the forward but leaves
+        the gradients partial, which ``gc.optim`` steps refuse until a backward completes or
+        ``zero_grad()`` runs. (A KeyboardInterrupt raised just after a complete pass finds
+        the forward saved, or marks complete gradients partial: the safe side.)
+        """
+        self._running = what
+        try:
+            out = fn(*args)
+            if what == "forward":
+                self._forward_interrupted = False
+            else:
+                self._grads_interrupted = False
+            return out
+        except KeyboardInterrupt:
+            if what == "forward":  # a forward the core stopped has nothing saved
+                self._forward_interrupted = not self._core.has_forward
+            else:
+                self._grads_interrupted = True
+            raise
+        finally:
+            self._running = None
+
+    def _no_forward_error(self) -> StateError:
+        if self._forward_interrupted:
+            return StateError("backward() after an interrupted forward(): the forward pass was "
+                              "stopped (KeyboardInterrupt) and kept nothing; run "
+                              "model.forward(x) again")
+        return StateError("backward() called before forward(): run model.forward(x) first")
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self._params.values()))
@@ -518,9 +573,14 @@ class MLP(_Chain):
                 lambda: f"x: the forward pass of {self._describe()} over shape "
                         f"{shape_str(xa.shape)}")
         xa = contiguous(xa, "x")
-        y = self._core.forward(xa)  # an allocation failure there names itself (AllocError)
-        if self.norm == "batch" and self.training:
-            self._num_batches_tracked += 1
+        track = self.norm == "batch" and self.training
+        done = self._core.forward_count
+        try:
+            y = self._compute("forward", self._core.forward, xa)
+        finally:  # counted when the core committed the running statistics (even if a
+            # KeyboardInterrupt came right after)
+            if track and self._core.forward_count != done:
+                self._num_batches_tracked += 1
         return y
 
     __call__ = forward
@@ -543,9 +603,15 @@ class MLP(_Chain):
         stored gradients). ``report=False`` computes the gradients only (the
         report's sums of squares are skipped) and returns None: the baseline the
         benchmark measures the report's cost against.
+
+        Ctrl-C stops a forward or backward pass within a layer (KeyboardInterrupt). An
+        interrupted forward keeps nothing (backward says so; batch-norm statistics are
+        updated only by a complete forward); an interrupted backward keeps the forward
+        but leaves the gradients partial: ``gc.optim`` steps refuse them until a
+        backward completes or ``zero_grad()`` runs.
         """
         if not self._core.has_forward:
-            raise StateError("backward() called before forward(): run model.forward(x) first")
+            raise self._no_forward_error()
         B = self._core.forward_batch
         g = float_array(grad_output, "grad_output", self.dtype, (B, self.sizes[-1]))
         acc = check_bool(accumulate, "accumulate")
@@ -553,7 +619,7 @@ class MLP(_Chain):
         require(B * self.sizes[0] * self.dtype.itemsize,  # dL/dx
                 lambda: f"grad_output: the backward pass of {self._describe()} over a "
                         f"batch of {B}")
-        d, dx = self._core.backward(g, acc, rep)
+        d, dx = self._compute("backward", self._core.backward, g, acc, rep)
         self._input_grad = dx
         if not rep:
             return None
@@ -581,7 +647,8 @@ class MLP(_Chain):
         with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
             value, dy = _losses.value_and_grad(y, t, loss)
         # straight to the core: a non-finite dL/dy is a result here (reported), not bad input
-        d, dx = self._core.backward(np.ascontiguousarray(dy, dtype=self.dtype), accumulate, True)
+        d, dx = self._compute("backward", self._core.backward,
+                              np.ascontiguousarray(dy, dtype=self.dtype), accumulate, True)
         self._input_grad = dx
         rep = GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)])
         rep.loss = float(value)

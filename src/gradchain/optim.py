@@ -32,6 +32,7 @@ import numpy as np
 
 from ._memory import require
 from ._validate import as_array, check_bool, real, shape_str
+from .models import StateError, check_not_running
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "build"]
 
@@ -193,8 +194,10 @@ class Optimizer:
         """Set every parameter gradient of the model to 0 (the gradient buffers stay;
         gradchain cannot set them to None as PyTorch's ``set_to_none`` does)."""
         with self.model._lock:
+            check_not_running(self.model, f"{type(self).__name__}.zero_grad")
             for _, g in self._slabs:
                 g[...] = 0.0
+            self.model._grads_interrupted = False
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter from the gradients of the last backward.
@@ -210,6 +213,12 @@ class Optimizer:
         # the model's lock: another thread's forward/backward on this model waits for the
         # whole update (and this update for it) instead of seeing half-updated weights
         with self.model._lock:
+            check_not_running(self.model, f"{type(self).__name__}.step")
+            if getattr(self.model, "_grads_interrupted", False):
+                raise StateError(
+                    f"{type(self).__name__}.step: the last backward() was interrupted "
+                    "(KeyboardInterrupt), so the gradients are partial; run backward() again "
+                    "(after zero_grad() when accumulating)")
             # state created by this step, and the update's parameter-sized temporaries
             # (Adam's: at most 5 alive at once): refused before anything is touched
             new = [k for k in self._STATE_KEYS if k not in self._state and self._needs(k, group)]

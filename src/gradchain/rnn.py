@@ -23,7 +23,6 @@ from ._validate import (
     shape_str,
 )
 from .models import (
-    StateError,
     _Chain,
     _check_seed,
     _core_message,
@@ -206,7 +205,7 @@ class RNN(_Chain):
 
     def _core_forward(self, xa: np.ndarray, h0a: np.ndarray | None) -> tuple[Any, Any]:
         try:
-            return self._core.forward(xa, h0a)
+            return self._compute("forward", self._core.forward, xa, h0a)
         except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
             raise MemoryError(
                 f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) with "
@@ -237,10 +236,11 @@ class RNN(_Chain):
         Fills every parameter gradient (``accumulate=True`` adds), ``input_grad``
         ``dL/dx`` and ``h0_grad``; returns the :class:`RNNGradReport`. ``report=False``
         computes the gradients only (the report's sums of squares are skipped) and
-        returns None.
+        returns None. Ctrl-C stops a pass within a timestep, as :meth:`MLP.backward`
+        describes.
         """
         if not self._core.has_forward:
-            raise StateError("backward() called before forward(): run model.forward(x) first")
+            raise self._no_forward_error()
         T, B = self._core.forward_steps, self._core.forward_batch
         lead = (B, T) if self.batch_first else (T, B)
         if grad_hs is None and grad_ys is None:
@@ -260,7 +260,8 @@ class RNN(_Chain):
         require((T * B * self.input_size + B * self.hidden_size) * self.dtype.itemsize,
                 lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
                         f"B={B}")
-        d, dx, dh0 = self._core.backward(gh, gy, check_bool(accumulate, "accumulate"), want)
+        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy,
+                                   check_bool(accumulate, "accumulate"), want)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         if not want:
@@ -304,9 +305,9 @@ class RNN(_Chain):
             value, g = _losses.sequence_value_and_grad(outputs, t, loss, on)
         g = np.ascontiguousarray(g, dtype=self.dtype)
         if self.output_size:
-            d, dx, dh0 = self._core.backward(None, g, acc)
+            d, dx, dh0 = self._compute("backward", self._core.backward, None, g, acc)
         else:
-            d, dx, dh0 = self._core.backward(g, None, acc)
+            d, dx, dh0 = self._compute("backward", self._core.backward, g, None, acc)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         rep = RNNGradReport._from_core(d, dh0)

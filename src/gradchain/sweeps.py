@@ -702,6 +702,7 @@ def _execute(configs: list[dict[str, Any]], seed: int, train: dict[str, Any] | N
     own: cf.Executor | None = None
     saved = get_num_threads()
     in_process = executor in ("serial", "threads")
+    interrupted = False
     try:
         if in_process and threads is not None:
             set_num_threads(threads)
@@ -733,9 +734,12 @@ def _execute(configs: list[dict[str, Any]], seed: int, train: dict[str, Any] | N
             finally:
                 for fut in futures:
                     fut.cancel()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        if own is not None:
-            own.shutdown(wait=True, cancel_futures=True)
+        if own is not None:  # Ctrl-C: return now; the runs in progress end on their own
+            own.shutdown(wait=not interrupted, cancel_futures=True)
         if in_process and threads is not None:
             set_num_threads(saved)
         bar.close()

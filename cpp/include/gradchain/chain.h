@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "gradchain/cancel.h"
 #include "gradchain/kernels.h"
 #include "gradchain/memory.h"
 #include "gradchain/report.h"
@@ -78,7 +79,8 @@ class MlpChain {
   void set_custom_activation(CustomActFn<T> fn) { custom_ = std::move(fn); }
 
   // x (B, in) -> y (B, out). Keeps what backward needs. Running statistics are
-  // updated only once the whole pass has succeeded.
+  // updated only once the whole pass has succeeded. Both passes poll the calling
+  // thread's cancel flag (cancel.h) and throw Cancelled once it is set.
   void forward(const T* x, int64_t B, T* y);
   // gy (B, out) = dL/dy -> fills (or, with accumulate, adds to) every parameter
   // gradient; writes dL/dx (B, in) to dx when it is not null.
@@ -92,6 +94,8 @@ class MlpChain {
   // (its workspace is replanned when B changes: the old one is released first), with
   // the current thread setting. 0 when the workspace for B is in place.
   int64_t pass_bytes(int64_t B) const;
+  // Forward passes completed (running statistics committed) since construction.
+  int64_t forward_count() const { return forwards_; }
   // Forget the saved forward pass (parameters were replaced).
   void invalidate() { has_forward_ = false; }
   std::mutex& mutex() { return mu_; }
@@ -126,6 +130,7 @@ class MlpChain {
   // workspace (plan(B))
   int64_t B_ = 0;
   bool has_forward_ = false;
+  int64_t forwards_ = 0;
   bool report_ = true;  // the current backward computes the report (set per call)
   int64_t fwd_B_ = 0;
   int64_t maxw_ = 0;
@@ -147,6 +152,8 @@ class MlpChain {
   Buffer<T> pack_;              // the panel GEMM's packed op(B): one slot per thread
   int64_t pack_slot_ = 0;       // values per slot (plan(B)); 0: OpenBLAS for every product
   T* pack_base_ = nullptr;      // set at the start of each pass, for its thread count
+  const std::atomic<bool>* stop_ = nullptr;  // the pass's cancel flag (set at its start)
+  bool stopping() const { return is_set(stop_); }
 };
 
 }  // namespace gradchain

@@ -21,10 +21,25 @@ void set_isa(const std::string& name);
 template <class T>
 const KernelTable<T>& kernels();
 
-// Threads: the core's own setting (OpenMP regions use num_threads(get_num_threads())).
-// Starts from omp_get_max_threads(), which honours OMP_NUM_THREADS.
+// Threads: the core's own setting (OpenMP regions use num_threads(region_threads())).
+// Starts from omp_get_max_threads(), which honours OMP_NUM_THREADS (all processors when
+// that is above max_threads()). In a process forked after a region had run on more than
+// one thread, every region runs on one thread (libgomp's pool does not survive fork):
+// get_num_threads() then reports 1 and set_num_threads() only records its value.
 int get_num_threads();
-void set_num_threads(int n);
+void set_num_threads(int n);  // throws std::invalid_argument outside [1, max_threads()]
+// The thread count for the next region (the caller then runs one): get_num_threads(),
+// remembering when it is above 1 that libgomp's pool has started.
+int region_threads();
+// Whether this process was forked after the core had started threads (then single-threaded).
+bool forked_single_threaded();
+// The largest thread setting: kThreadsPerProcessor x the processors this process may run
+// on, at least kMinThreadCap. More threads than processors never speeds up a pass (every
+// region is compute-bound and a GEMM splits into at most 16 blocks), and each thread costs
+// a stack and a packing slot, so a larger count is a mistake to report, not to attempt.
+constexpr int kThreadsPerProcessor = 4;
+constexpr int kMinThreadCap = 16;
+int max_threads();
 
 // Blocks a GEMM is split into: the machine's processor count, clamped to [2, 16].
 int64_t gemm_blocks();

@@ -17,7 +17,7 @@ constexpr int64_t kNormChunk = 16384;   // elements per chunk of a flat norm
 
 // Threads for a job of `work` elements: 1 below a size where a fork costs more than it saves.
 inline int threads_for(int64_t work) {
-  return work < 8192 ? 1 : get_num_threads();
+  return work < 8192 ? 1 : region_threads();
 }
 
 // How a GEMM C (M x N) is split into independent blocks: along M (rows of C)

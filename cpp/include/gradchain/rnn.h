@@ -49,6 +49,8 @@ class RnnChain {
   std::vector<std::pair<T*, int64_t>> grad_spans();
 
   // x (T, B, I), h0 (B, H) or null -> hs (T, B, H) and, with a readout, ys (T, B, K).
+  // Both passes poll the calling thread's cancel flag (cancel.h) and throw Cancelled once
+  // it is set.
   void forward(const T* x, const T* h0, int64_t steps, int64_t B, T* hs, T* ys);
   // grad_hs (T, B, H) and/or grad_ys (T, B, K) (null = zeros) -> parameter gradients
   // (assigned, or added with accumulate), dx (T, B, I) and dh0 (B, H) when not null.
@@ -104,6 +106,8 @@ class RnnChain {
   Buffer<T> pack_;           // the panel GEMM's packed op(B): one slot per thread
   int64_t pack_slot_ = 0;    // values per slot (plan); 0: OpenBLAS for every product
   T* pack_base_ = nullptr;   // set at the start of each pass, for its thread count
+  const std::atomic<bool>* stop_ = nullptr;  // the pass's cancel flag (cancel.h)
+  bool stopping() const { return is_set(stop_); }
 };
 
 }  // namespace gradchain

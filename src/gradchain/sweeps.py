@@ -221,6 +221,12 @@ def _resolve(raw: dict[str, Any], where: str) -> dict[str, Any]:
                              f"{cfg['batch']} (in {where})")
         from .models import _sizes
 
+        # counted before the size list is built (depth=10**9 would exhaust memory there)
+        w, d = cfg["width"], cfg["depth"]
+        n_weights = cfg["in_features"] * w + (d - 1) * w * w + w * cfg["out_features"]
+        if n_weights > 1 << 36:
+            raise MemoryError(f"sizes: {n_weights} weights cannot be allocated (width={w}, "
+                              f"depth={d}, in {where})")
         try:
             _sizes(_mlp_sizes(cfg))
         except MemoryError as e:

@@ -18,6 +18,11 @@ from . import reference as _ref
 
 __all__ = ["Activation", "ACTIVATIONS"]
 
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 ACTIVATIONS: tuple[str, ...] = (
     "identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu",
     "gelu", "gelu_tanh", "softplus", "silu", "hardtanh",

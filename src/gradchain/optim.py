@@ -31,6 +31,10 @@ from ._validate import as_array, check_bool, real, shape_str
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 def _core_model(model: Any) -> Any:
     core = getattr(model, "_core", None)
     if (core is None or not hasattr(core, "param_array") or not hasattr(core, "grad_array")

@@ -11,6 +11,7 @@ import numpy as np
 from . import _core
 from . import activations as _acts
 from . import init as _init
+from . import models as _models
 from . import reference as _ref
 from ._validate import (
     as_array,
@@ -25,6 +26,11 @@ from .models import StateError, _Chain, _check_seed, _custom_callback, check_tar
 from .report import RNNGradReport
 
 __all__ = ["RNN"]
+
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
 
 _LOSSES = ("mse", "cross_entropy")
 
@@ -168,6 +174,7 @@ class RNN(_Chain):
         return self._time_major(xa)
 
     @locked
+    @_models.tracks_forward
     def forward(self, x: Any, h0: Any = None) -> np.ndarray:
         """``x (T, B, I) -> hs (T, B, H)`` (batch-first layouts with ``batch_first``).
 
@@ -181,6 +188,7 @@ class RNN(_Chain):
         self._outputs = ys
         return self._user_major(hs)
 
+    @_models.tracks_forward
     def _core_forward(self, xa: np.ndarray, h0a: np.ndarray | None) -> tuple[Any, Any]:
         T, B = xa.shape[0], xa.shape[1]
         H, K = self.hidden_size, self.output_size or 0
@@ -191,7 +199,10 @@ class RNN(_Chain):
                      f"with hidden_size={H}")
         try:
             return self._core.forward(xa, h0a)
-        except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
+        except MemoryError as e:
+            if str(e) != "std::bad_alloc":  # a custom activation's own: let it through
+                raise
+            # the core's std::bad_alloc says only "std::bad_alloc"
             raise MemoryError(
                 f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) with "
                 f"hidden_size={self.hidden_size} ({self.dtype.name}) cannot be allocated"
@@ -224,7 +235,7 @@ class RNN(_Chain):
         returns None.
         """
         if not self._core.has_forward:
-            raise StateError("backward() called before forward(): run model.forward(x) first")
+            raise StateError(_models.no_forward_message(self))
         T, B = self._core.forward_steps, self._core.forward_batch
         lead = (B, T) if self.batch_first else (T, B)
         if grad_hs is None and grad_ys is None:

@@ -35,6 +35,11 @@ __all__ = [
     "run_seed", "sweep", "write_csv",
 ]
 
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 # Every option of each model with its default, in the order records list them.
 # ``in_features=None`` means ``width``; ``sigma_w`` / ``sigma_b`` select gc.init.normal.
 _MLP_DEFAULTS: dict[str, Any] = {

@@ -13,6 +13,7 @@ sweep, in any order, on any worker; :func:`run_one` is a single run.
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
 import difflib
 import hashlib
@@ -553,6 +554,75 @@ def _pool_context() -> Any:
     return mp.get_context(method)
 
 
+def _start_method(executor: Any) -> str | None:
+    """The start method of the worker processes the sweep would start (None: no new
+    processes, or an executor that is not a local process pool)."""
+    import multiprocessing as mp
+
+    if executor is None or executor == "processes":
+        return str(_pool_context().get_start_method())
+    if isinstance(executor, cf.ProcessPoolExecutor):
+        ctx = getattr(executor, "_mp_context", None)
+        return str(ctx.get_start_method() if ctx is not None else mp.get_start_method())
+    return None
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (either operand order)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    t = node.test
+    if len(t.ops) != 1 or not isinstance(t.ops[0], ast.Eq):
+        return False
+    sides = [t.left, t.comparators[0]]
+    names = [x.id for x in sides if isinstance(x, ast.Name)]
+    consts = [x.value for x in sides if isinstance(x, ast.Constant)]
+    return names == ["__name__"] and consts == ["__main__"]
+
+
+def _unguarded_main_line() -> tuple[str, int] | None:
+    """``(script, line)`` when this call comes from top-level code of the ``__main__``
+    script that is not under ``if __name__ == "__main__":``; None otherwise (a guarded
+    call, an interactive session, a script whose source cannot be read)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not isinstance(path, str):
+        return None
+    g = vars(main)
+    f = sys._getframe(1)
+    while f is not None and not (f.f_globals is g and f.f_code.co_name == "<module>"):
+        f = f.f_back
+    if f is None:
+        return None
+    try:
+        with open(f.f_code.co_filename, "rb") as src:
+            tree = ast.parse(src.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    line = f.f_lineno
+    for node in tree.body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            return None if _is_main_guard(node) else (path, line)
+    return None
+
+
+def _check_main_guard(executor: Any) -> None:
+    """RuntimeError, before any process starts, when worker processes would re-import
+    the caller's script and run this sweep again (spawn / forkserver re-run the main
+    module's top-level code in every worker)."""
+    method = _start_method(executor)
+    if method is None or method == "fork":
+        return
+    where = _unguarded_main_line()
+    if where is None:
+        return
+    raise RuntimeError(
+        f"gc.sweep: the worker processes ({method!r} start method) re-import the script "
+        f"{where[0]}, whose line {where[1]} would run this sweep again in each of them: put "
+        "the script's code under `if __name__ == \"__main__\":` (as the multiprocessing "
+        "docs ask), or pass executor=\"serial\" or \"threads\"")
+
+
 def _check_executor(executor: Any) -> None:
     if executor is None or isinstance(executor, cf.Executor):
         return
@@ -652,6 +722,9 @@ def sweep(
     SweepError
         A run raised; the pending runs are cancelled. ``err.config`` is its
         configuration, the worker's exception the ``__cause__``.
+    RuntimeError
+        A process pool that re-imports the caller's script (``spawn`` / ``forkserver``)
+        called from the script's top-level code outside ``if __name__ == "__main__":``.
 
     Notes
     -----
@@ -662,7 +735,9 @@ def sweep(
     NaN/Inf norms and a ``"non-finite: ..."`` verdict (NumPy's overflow warnings are
     silenced inside runs). As with any process pool started by ``spawn`` or
     ``forkserver``, a script calling ``gc.sweep`` with the default executor needs the
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard: the workers re-import the script. A call from
+    a script's unguarded top-level code is a RuntimeError that says so, before any
+    process starts.
 
     Examples
     --------
@@ -679,6 +754,7 @@ def sweep(
     threads_ = None if threads is None else positive_int(threads, "threads")
     train_ = _check_train(train)
     configs = configurations(grid, train=train_, **fixed)
+    _check_main_guard(executor)
     pd = _pandas(as_frame)
     records = _execute(configs, seed_, train_, executor, progress, workers, threads_)
     return pd.DataFrame.from_records(records) if pd is not None else records

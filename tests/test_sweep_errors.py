@@ -86,3 +86,48 @@ def test_in_process_executors_need_no_guard(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "script body runs\ndone 2\n"
+
+
+# -------------------------------------------- what the training data implies (item 12)
+def test_digits_imply_64_inputs_10_classes_and_cross_entropy():
+    (cfg,) = sweeps.configurations({}, train={"data": "digits"}, depth=2, width=16)
+    assert (cfg["in_features"], cfg["out_features"], cfg["loss"]) == (64, 10, "cross_entropy")
+    assert cfg["width"] == 16  # the hidden width is the user's
+    (same,) = sweeps.configurations({}, train={"data": "digits"}, depth=2, width=16,
+                                    in_features=64, out_features=10, loss="cross_entropy")
+    assert same == cfg  # explicit agreeing values: the same configuration
+    # without training nothing is implied
+    (probe,) = sweeps.configurations({}, depth=2, width=16)
+    assert (probe["in_features"], probe["loss"]) == (16, "mse")
+
+
+@pytest.mark.parametrize("explicit, word", [
+    ({"in_features": 32}, "in_features=32"),
+    ({"out_features": 5}, "out_features=5"),
+    ({"loss": "mse"}, "loss='mse'"),
+])
+def test_digits_with_a_contradicting_explicit_value_is_an_error(explicit, word):
+    with pytest.raises(ValueError, match=r"data='digits' needs in_features=64.*implied") as e:
+        sweeps.configurations({}, train={"data": "digits"}, **explicit)
+    assert word in str(e.value)
+
+
+def test_the_adding_problem_implies_two_inputs_and_one_output():
+    (cfg,) = sweeps.configurations({}, model="rnn", train={}, hidden_size=8)
+    assert (cfg["input_size"], cfg["output_size"]) == (2, 1)
+    with pytest.raises(ValueError, match="input_size=2"):
+        sweeps.configurations({}, model="rnn", train={}, input_size=3)
+
+
+def test_sweep_trains_on_digits_without_the_implied_flags(capsys):
+    pytest.importorskip("sklearn")
+    from gradchain import cli
+
+    assert cli.main(["sweep", "--data", "digits", "--epochs", "1", "--optimizer", "adam",
+                     "--lr", "0.01", "--depth", "2", "--width", "16", "--batch", "8",
+                     "--executor", "serial", "--json", "--quiet"]) == 0
+    import json
+
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert (rec["in_features"], rec["out_features"], rec["loss"]) == (64, 10, "cross_entropy")
+    assert rec["train_data"] == "digits" and rec["val_accuracy"] > 0.5

@@ -198,9 +198,28 @@ def _unknown(option: Any, model: str, where: str) -> ValueError:
                       f"expected one of {', '.join(known)}")
 
 
-def _resolve(raw: dict[str, Any], where: str) -> dict[str, Any]:
+# What a training data set implies for the options not given (an explicit other value
+# is a ValueError): the digits are 64 pixels and 10 classes, the adding problem has two
+# inputs (value, marker) and one output.
+_IMPLIED_BY_DATA: dict[tuple[str, str], dict[str, Any]] = {
+    ("mlp", "digits"): {"in_features": 64, "out_features": 10, "loss": "cross_entropy"},
+    ("rnn", "adding"): {"input_size": 2, "output_size": 1},
+}
+
+
+def _implied(train: Mapping[str, Any] | None, raw: Mapping[str, Any]) -> dict[str, Any]:
+    if train is None:
+        return {}
+    model = raw.get("model", "mlp")
+    data = train["data"] or ("teacher" if model == "mlp" else "adding")
+    return _IMPLIED_BY_DATA.get((model, data), {})
+
+
+def _resolve(raw: dict[str, Any], where: str,
+             implied: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A full, normalised configuration from the given options: every option of the model
-    in the documented order, defaults filled in, the cross-option rules checked."""
+    in the documented order, defaults filled in (``implied`` over the defaults: what the
+    training data implies), the cross-option rules checked."""
     model = raw.get("model", "mlp")
     defaults = OPTIONS[model]
     for k in raw:
@@ -208,6 +227,7 @@ def _resolve(raw: dict[str, Any], where: str) -> dict[str, Any]:
             raise _unknown(k, model, where)
     cfg: dict[str, Any] = {"model": model}
     cfg.update(defaults)
+    cfg.update(implied or {})
     cfg.update({k: v for k, v in raw.items() if k != "model"})
 
     sigma = cfg["sigma_w"] is not None or cfg["sigma_b"] is not None
@@ -277,8 +297,10 @@ def configurations(grid: Mapping[str, Any], *, train: Mapping[str, Any] | None =
     The order is ``itertools.product`` over the grid's axes in the order the grid lists
     them: the last axis varies fastest (as nested for-loops, the first axis outermost).
     Each configuration holds every option of its model, defaults filled in
-    (``in_features`` becomes ``width``; ``sigma_w``/``sigma_b`` set ``init="normal"``),
-    ``norm="none"`` becomes None and dtypes become ``"float32"``/``"float64"``.
+    (``in_features`` becomes ``width``; ``sigma_w``/``sigma_b`` set ``init="normal"``;
+    ``train`` data ``"digits"`` sets ``in_features=64, out_features=10,
+    loss="cross_entropy"`` and ``"adding"`` ``input_size=2, output_size=1`` where not
+    given), ``norm="none"`` becomes None and dtypes become ``"float32"``/``"float64"``.
 
     Raises ValueError (TypeError for a wrong type) naming the option, before anything runs.
     """
@@ -300,14 +322,14 @@ def configurations(grid: Mapping[str, Any], *, train: Mapping[str, Any] | None =
         if option not in _CHECKS:
             raise _unknown(option, _fixed_model(fixed), "the keyword options")
         fixed_n[option] = _check_value(option, v, f"{option}={v!r}")
+    train_ = _check_train(train)
     out = []
     for combo in itertools.product(*(vals for _, vals in axes)):
         raw = dict(fixed_n)
         raw.update({name: v for (name, _), v in zip(axes, combo, strict=True)})
         where = "configuration " + ", ".join(f"{k}={v!r}" for k, v in raw.items()) if raw \
             else "the default configuration"
-        out.append(_resolve(raw, where))
-    train_ = _check_train(train)
+        out.append(_resolve(raw, where, _implied(train_, raw)))
     if train_ is not None:
         for i, cfg in enumerate(out):
             _check_train_config(train_, cfg, f"configuration {i}")
@@ -378,7 +400,8 @@ def _check_train_config(train: Mapping[str, Any], cfg: Mapping[str, Any], where:
         if cfg["input_size"] != 2 or cfg["output_size"] != 1 or cfg["loss"] != "mse" \
                 or cfg["on"] != "last":
             raise ValueError(
-                "train: data='adding' needs input_size=2, output_size=1, loss='mse' and "
+                "train: data='adding' needs input_size=2, output_size=1 (implied when not "
+                "given), loss='mse' and "
                 f"on='last', got input_size={cfg['input_size']}, "
                 f"output_size={cfg['output_size']}, loss={cfg['loss']!r}, on={cfg['on']!r} "
                 f"(in {where})")
@@ -391,7 +414,8 @@ def _check_train_config(train: Mapping[str, Any], cfg: Mapping[str, Any], where:
         if cfg["in_features"] != 64 or cfg["out_features"] != 10 or cfg["loss"] != "cross_entropy":
             raise ValueError(
                 "train: data='digits' needs in_features=64, out_features=10 and "
-                f"loss='cross_entropy', got in_features={cfg['in_features']}, "
+                "loss='cross_entropy' (implied when not given; the digits are 64 pixels, "
+                f"10 classes), got in_features={cfg['in_features']}, "
                 f"out_features={cfg['out_features']}, loss={cfg['loss']!r} (in {where})")
         import importlib.util
 
@@ -682,9 +706,11 @@ def sweep(
         clip=None)``: after the probe, train the model with ``gc.train`` on ``data``:
         ``"teacher"`` (MLP default; ``gc.data.teacher(n, sizes=(in_features, 64,
         out_features))``, its argmax as the classes for cross_entropy), ``"digits"``
-        (MLP with in_features=64, out_features=10, cross_entropy; the held-out split is
-        the validation set) or ``"adding"`` (RNN default; ``gc.data.adding(steps, n)``,
-        input_size=2, output_size=1, mse). The data and the shuffling derive from
+        (MLP; implies ``in_features=64``, ``out_features=10`` and
+        ``loss="cross_entropy"`` where they are not given, an explicit other value is a
+        ValueError; the held-out split is the validation set) or ``"adding"`` (RNN
+        default; ``gc.data.adding(steps, n)``; implies ``input_size=2`` and
+        ``output_size=1``; needs mse). The data and the shuffling derive from
         ``seed`` alone, so every configuration learns the same task. Records get
         ``train_data``, ``final_loss`` (mean loss of the last epoch), ``accuracy`` and
         ``val_accuracy`` (None where they do not apply) and ``diverged``.

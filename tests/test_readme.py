@@ -45,3 +45,21 @@ def test_the_readme_api_example_runs_as_a_script(tmp_path):
     assert int(m[0][0]) == 3 * 3 * 2 * 2
     assert float(m[0][1]) > 50
     assert out.stdout.count("||dL/dh_t||") == 1  # the RNN table, printed once
+
+
+def test_the_readme_says_why_the_second_install_compiles_again():
+    """README: the second install recompiles because scikit-build-core clears its build
+    folder when the isolated build environment changes. If a scikit-build-core release
+    stops doing so, this fails: then the build can be reused and the README must say so."""
+    text = README.read_text(encoding="utf-8")
+    top = text[:text.index("## ")]
+    assert "The second command compiles the core again" in top
+    assert 'pip install ".[test]" && gradchain demo && python -m pytest' in top
+    assert 'pip install --no-build-isolation ".[test]"' in top
+    cmake = pytest.importorskip("scikit_build_core.cmake")
+    import inspect
+
+    src = inspect.getsource(cmake)
+    # the stale-build check that empties CMakeCache.txt and CMakeFiles/ per isolated env
+    assert '"skbuild_path"' in src and "New isolated environment" in src
+    assert 'joinpath("CMakeFiles")' in src

@@ -34,7 +34,8 @@ CASES = [  # (label, short, activation, batch, residual)
 ]
 
 
-def main(png: str) -> None:
+def results() -> dict[str, gc.GradReport]:
+    """One cross-entropy backward pass per case on (the first rows of) the same data."""
     rng = np.random.default_rng(SEED)
     x_all = rng.normal(size=(128, WIDTH)).astype(np.float32)
     labels_all = rng.integers(0, CLASSES, size=128)
@@ -44,7 +45,19 @@ def main(png: str) -> None:
                        init="kaiming_normal", norm="batch", residual=residual, seed=SEED)
         _, reports[label] = model.loss_and_grad(x_all[:batch], labels_all[:batch],
                                                 loss="cross_entropy")
+    return reports
 
+
+def fitted(rep: gc.GradReport) -> float:
+    """Growth per layer of ||dL/da_l|| towards the input (least squares on log10, layers
+    0..L-1)."""
+    hidden = rep.activation_grad_norms[:-1]
+    back = np.arange(len(hidden))[::-1]
+    return float(10 ** np.polyfit(back, np.log10(hidden), 1)[0])
+
+
+def main(png: str) -> None:
+    reports = results()
     print(f"Yang et al. 2019: batch-norm MLP (Linear -> BatchNorm -> act), {DEPTH} hidden "
           f"layers of width {WIDTH}, training-mode batch statistics, softmax cross-entropy, "
           "float32\n")
@@ -59,10 +72,8 @@ def main(png: str) -> None:
     print(f"  {'':<22}{'||.||':>9}{'||.||^2':>10}{'a_0/a_L':>11}{'a_0/a_(L-1)':>13}")
     for label, *_ in CASES:
         a = reports[label].activation_grad_norms
-        hidden = a[:-1]
-        back = np.arange(len(hidden))[::-1]
-        slope = float(np.polyfit(back, np.log10(hidden), 1)[0])
-        print(f"  {label:<22}{10 ** slope:>9.4f}{10 ** (2 * slope):>10.4f}"
+        f = fitted(reports[label])
+        print(f"  {label:<22}{f:>9.4f}{f ** 2:>10.4f}"
               f"{reports[label].ratio:>11.2e}{a[0] / a[-2]:>13.2e}")
     print(f"\n(reference: pi/(pi-1) = {math.pi / (math.pi - 1):.4f}, the large-batch ReLU rate "
           "of the squared norm in Yang et al.)")

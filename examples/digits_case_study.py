@@ -53,6 +53,23 @@ def run(label: str, kwargs: dict, optimiser: str, data: tuple) -> tuple[gc.Histo
     return hist, float(hist.val_accuracy[-1])
 
 
+HEAD = f"{'configuration':36s} {'test acc':>8s} {'grad ratio a0/aL':>17s} {'(last step)':>12s}"
+
+
+def row(label: str, hist: gc.History, acc: float) -> tuple[tuple[str, float, float, float], str]:
+    """(label, test accuracy, first-step ratio, last-step ratio) and its table line."""
+    r = hist.grad_norms[:, 0] / hist.grad_norms[:, -1]
+    return (label, acc, float(r[0]), float(r[-1])), f"{label:36s} {acc:8.1%} {r[0]:17.1e} " \
+        f"{r[-1]:12.1e}"
+
+
+def results() -> list[tuple[str, gc.History, float]]:
+    """(label, History, test accuracy) of every case."""
+    gc.set_num_threads(1)
+    data = gc.data.digits(seed=0)
+    return [(label, *run(label, kwargs, optimiser, data)) for label, kwargs, optimiser in CASES]
+
+
 def main(path: str = "digits_case_study.png") -> list[tuple[str, float, float, float]]:
     # tiny matrices: one thread avoids OpenMP synchronisation costs (results are identical)
     gc.set_num_threads(1)
@@ -60,17 +77,16 @@ def main(path: str = "digits_case_study.png") -> list[tuple[str, float, float, f
     print(f"digits: {len(data[0])} train / {len(data[2])} test images; MLP 64 -> {DEPTH} x "
           f"{WIDTH} -> 10, {EPOCHS} epochs, batch {BATCH}; SGD(lr=0.01, momentum=0.9) or "
           "Adam(lr=1e-3)\n")
-    head = f"{'configuration':36s} {'test acc':>8s} {'grad ratio a0/aL':>17s} {'(last step)':>12s}"
-    print(head)
-    print("-" * len(head))
+    print(HEAD)
+    print("-" * len(HEAD))
     rows, hists = [], []
     t0 = time.perf_counter()
     for label, kwargs, optimiser in CASES:
         hist, acc = run(label, kwargs, optimiser, data)
-        r = hist.grad_norms[:, 0] / hist.grad_norms[:, -1]
-        rows.append((label, acc, float(r[0]), float(r[-1])))
+        values, line = row(label, hist, acc)
+        rows.append(values)
         hists.append(hist)
-        print(f"{label:36s} {acc:8.1%} {r[0]:17.1e} {r[-1]:12.1e}")
+        print(line)
     print(f"\n(chance is 10%; grad ratio = ||dL/da_0|| / ||dL/da_L||, the gradient at the "
           f"input over the one at the output layer; {time.perf_counter() - t0:.0f} s)")
     plot(hists, path)

@@ -30,7 +30,8 @@ CASES = [  # (label, init, sigma_w^2 = n Var[W] on these square layers)
 ]
 
 
-def main(png: str) -> None:
+def results() -> dict[str, gc.GradReport]:
+    """One cross-entropy backward pass per case on the same random data."""
     rng = np.random.default_rng(SEED)
     x = rng.normal(size=(BATCH, WIDTH)).astype(np.float32)
     labels = rng.integers(0, CLASSES, size=BATCH)
@@ -39,7 +40,18 @@ def main(png: str) -> None:
         model = gc.MLP([WIDTH] + [WIDTH] * DEPTH + [CLASSES], activation="relu", init=init,
                        seed=SEED)
         _, reports[label] = model.loss_and_grad(x, labels, loss="cross_entropy")
+    return reports
 
+
+def fitted(rep: gc.GradReport) -> float:
+    """Factor per layer of ||dL/da_l|| going down (least squares on log10, layers 0..L-1)."""
+    a = rep.activation_grad_norms[:-1]  # the hidden layers' inputs
+    back = np.arange(len(a))[::-1]
+    return float(10 ** np.polyfit(back, np.log10(a), 1)[0])
+
+
+def main(png: str) -> None:
+    reports = results()
     print(f"He et al. 2015: ReLU MLP, {DEPTH} hidden layers of width {WIDTH}, batch {BATCH}, "
           f"softmax cross-entropy, float32, zero biases\n")
     print("||dL/da_l||, the gradient entering layer l (l = 0 is the input)")
@@ -53,10 +65,8 @@ def main(png: str) -> None:
           "layers 0..L-1):")
     print(f"  {'':<20}{'||.||':>9}{'||.||^2':>10}{'theory ^2':>11}{'a_0/a_L':>11}")
     for label, _, s2 in CASES:
-        a = reports[label].activation_grad_norms[:-1]  # the hidden layers' inputs
-        back = np.arange(len(a))[::-1]
-        slope = float(np.polyfit(back, np.log10(a), 1)[0])
-        print(f"  {label:<20}{10 ** slope:>9.4f}{10 ** (2 * slope):>10.4f}{s2 / 2:>11.4f}"
+        f = fitted(reports[label])
+        print(f"  {label:<20}{f:>9.4f}{f ** 2:>10.4f}{s2 / 2:>11.4f}"
               f"{reports[label].ratio:>11.2e}")
 
     from matplotlib import pyplot as plt

@@ -36,23 +36,28 @@ def measure(sigma_w: float, sigma_b: float, seed: int) -> gc.theory.Comparison:
     return gc.theory.compare(report, model=model)
 
 
+def results() -> list[gc.theory.Comparison]:
+    """The measured points, each compared with the theory."""
+    return [measure(sw, sb, seed) for seed, (sw, sb) in enumerate(POINTS)]
+
+
 def main(path: str = "phase_diagram_tanh.png") -> None:
     t0 = time.perf_counter()
     diagram = gc.theory.phase_diagram("tanh", np.linspace(0.5, 4.0, 40),
                                       np.linspace(0.0, 1.0, 41))
     t_theory = time.perf_counter() - t0
-    results = [measure(sw, sb, seed) for seed, (sw, sb) in enumerate(POINTS)]
-    diagram.plot(path=path, measured=results)
+    results_ = results()
+    diagram.plot(path=path, measured=results_)
 
     print(f"tanh MLP, depth {DEPTH}, width {WIDTH}, batch {BATCH}, float64; "
-          f"fit over layers {results[0].layers[1]}..{results[0].layers[0]}")
+          f"fit over layers {results_[0].layers[1]}..{results_[0].layers[0]}")
     print(f"{'sigma_w':>7} {'sigma_b':>7} {'q*':>8} {'chi1':>8} {'measured':>9} {'err':>7} "
           f"{'xi':>8} {'xi meas':>8}")
-    for r in results:
+    for r in results_:
         print(f"{r.sigma_w:7.2f} {r.sigma_b:7.2f} {r.q_star:8.4f} {r.chi1:8.4f} "
               f"{r.chi1_measured:9.4f} {100 * r.relative_error:+6.1f}% "
               f"{r.depth_scale:8.2f} {r.depth_scale_measured:8.2f}")
-    errs = np.abs([r.relative_error for r in results])
+    errs = np.abs([r.relative_error for r in results_])
     print(f"median |error| {100 * np.median(errs):.1f}%, max {100 * errs.max():.1f}%; "
           f"theory grid 40x41 in {t_theory:.2f} s, total {time.perf_counter() - t0:.1f} s")
     print(f"wrote {path}")

@@ -27,10 +27,28 @@ T, HIDDEN, EPOCHS, BATCH, LR = 30, 32, 40, 32, 0.01
 CLIPS = [None, 10.0, 1.0]
 
 
+def train(clip: float | None, data: tuple) -> gc.History:
+    """The relu RNN trained with clipping threshold ``clip`` (None: no clipping)."""
+    x, y, xv, yv = data
+    rnn = gc.RNN(2, HIDDEN, activation="relu", init="identity", output_size=1, seed=0)
+    return gc.train(rnn, (x, y), gc.optim.SGD(rnn, lr=LR, momentum=0.9), epochs=EPOCHS,
+                    batch_size=BATCH, clip=clip, val=(xv, yv), seed=0, progress=False)
+
+
+def data() -> tuple:
+    return (*gc.data.adding(T=T, n=2048, seed=0), *gc.data.adding(T=T, n=1000, seed=1))
+
+
+def results() -> dict:
+    """``{clip: History}`` for every threshold of CLIPS."""
+    gc.set_num_threads(1)  # tiny matrices: one thread avoids OpenMP synchronisation costs
+    d = data()
+    return {clip: train(clip, d) for clip in CLIPS}
+
+
 def main(path: str = "rnn_clipping_pascanu.png") -> dict:
     gc.set_num_threads(1)  # tiny matrices: one thread avoids OpenMP synchronisation costs
-    x, y = gc.data.adding(T=T, n=2048, seed=0)
-    xv, yv = gc.data.adding(T=T, n=1000, seed=1)
+    d = data()
     print(f"adding problem, T={T}: relu RNN(hidden={HIDDEN}, W_hh=identity), SGD(lr={LR}, "
           f"momentum=0.9), {EPOCHS} epochs of batch {BATCH}; baseline MSE "
           f"{gc.data.ADDING_BASELINE_MSE:.3f}\n")
@@ -41,9 +59,7 @@ def main(path: str = "rnn_clipping_pascanu.png") -> dict:
     out = {}
     t0 = time.perf_counter()
     for clip in CLIPS:
-        rnn = gc.RNN(2, HIDDEN, activation="relu", init="identity", output_size=1, seed=0)
-        hist = gc.train(rnn, (x, y), gc.optim.SGD(rnn, lr=LR, momentum=0.9), epochs=EPOCHS,
-                        batch_size=BATCH, clip=clip, val=(xv, yv), seed=0, progress=False)
+        hist = train(clip, d)
         out[clip] = hist
         print(f"{str(clip):>8s} {np.nanmax(hist.global_norm):13.1e} {np.nanmax(hist.loss):10.1e} "
               f"{hist.clipped.mean():14.1%} {hist.val_loss[-1]:9.4f}  {hist.diverged}")

@@ -280,7 +280,7 @@ def test_probe_bad_flags_exit_2(args):
 def test_probe_png_without_matplotlib(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     png = tmp_path / "x.png"
-    assert cli.main(["probe", "--depth", "2", "--width", "4", "--png", str(png)]) == 1
+    assert cli.main(["probe", "--depth", "2", "--width", "4", "--png", str(png)]) == 2
     err = capsys.readouterr().err
     assert "--png needs matplotlib" in err and err.strip().count("\n") == 0
     assert not png.exists()

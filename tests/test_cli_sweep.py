@@ -194,7 +194,7 @@ def test_dask_missing_exits_2(monkeypatch, capsys):
     (["--workers", "0"], "workers"),
     (["--config", "/nonexistent/grid.toml"], "grid.toml"),
     (["--csv", "/nonexistent/dir/out.csv"], "--csv"),
-    (["--epochs", "1", "--data", "digits"], "digits"),
+    (["--epochs", "1", "--data", "digits", "--loss", "mse"], "digits"),
     (["--lr", "-1"], "lr"),
 ])
 def test_bad_values_exit_2_with_one_line(args, word, capsys, monkeypatch):

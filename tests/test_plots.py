@@ -210,13 +210,13 @@ def test_demo_figure(tmp_path):
     lines = data_lines(ax_mlp)
     assert len(lines) == len(demo.mlp_cases())
     for (case, rep), line in zip(mlp, lines, strict=True):
-        assert line.get_linestyle() == ("-" if case.kind == "fix" else "--")
+        assert line.get_linestyle() == demo.line_style(case.kind, rep.verdict())
         np.testing.assert_array_equal(line.get_ydata(), logged(rep.activation_grad_norms))
         assert line.get_label().startswith(case.label)
     rlines = data_lines(ax_rnn)
     assert len(rlines) == len(demo.rnn_cases())
     for r, line in zip(rnn, rlines, strict=True):
-        assert line.get_linestyle() == ("-" if r.kind == "fix" else "--")
+        assert line.get_linestyle() == demo.line_style(r.kind, r.report.verdict())
         np.testing.assert_array_equal(line.get_ydata(), logged(r.report.timestep_grad_norms))
     assert ax_mlp.get_legend() is not None and ax_rnn.get_legend() is not None
 

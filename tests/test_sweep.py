@@ -324,9 +324,10 @@ BAD = [
     (({},), {"progress": None}, TypeError, "progress"),
     (({},), {"train": {"epoch": 1}}, ValueError, "train.*epoch"),
     (({},), {"train": {"lr": 0.0}}, ValueError, "lr"),
-    (({},), {"train": {"data": "digits"}}, ValueError, "digits.*in_features=64"),
+    (({},), {"train": {"data": "digits"}, "in_features": 32}, ValueError,
+     "digits.*in_features=64"),
     (({},), {"train": {"data": "adding"}}, ValueError, "adding"),
-    (({},), {"train": {}, "model": "rnn"}, ValueError, "adding.*input_size=2"),
+    (({},), {"train": {}, "model": "rnn", "input_size": 3}, ValueError, "adding.*input_size=2"),
     (({},), {"train": [1]}, TypeError, "train"),
 ]
 

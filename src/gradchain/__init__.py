@@ -45,6 +45,14 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """The public names: ``__all__``, ``__version__`` and the public submodules (not
+    what the package imports for itself, such as ``annotations``)."""
+    subs = [k for k, v in globals().items() if not k.startswith("_")
+            and getattr(v, "__name__", None) == f"{__name__}.{k}"]
+    return sorted({*__all__, "__version__", *subs})
+
+
 def set_num_threads(n: int) -> None:
     """Threads used by the core's OpenMP regions (default: ``OMP_NUM_THREADS``, else every
     processor this process may run on). Results are bitwise identical for any count.

@@ -27,6 +27,11 @@ __all__ = ["Activation", "ACTIVATIONS", "ActivationSpec", "Kink", "SPECS"]
 
 Params = Mapping[str, float]
 
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 # torch.nn.SELU's constants.
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946

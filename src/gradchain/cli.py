@@ -3,15 +3,109 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
 
+from . import __version__
+from ._memory import require
 from .losses import LOSSES
 from .optim import OPTIMIZERS
+
+# The command line's upper bounds (documented in each subcommand's --help): far above any
+# sensible probe, far below sizes whose arithmetic alone would exhaust memory. The lower
+# bounds are the models' own (steps >= 2 for the adding problem).
+LIMITS: dict[str, tuple[int, int]] = {
+    "depth": (1, 10_000), "width": (1, 65_536), "out": (1, 65_536), "hidden": (1, 65_536),
+    "in_features": (1, 65_536), "out_features": (1, 65_536), "hidden_size": (1, 65_536),
+    "input_size": (1, 65_536), "output_size": (1, 65_536), "batch": (1, 1_000_000),
+    "steps": (2, 1_000_000), "residual": (1, 10_000), "seed": (0, 2**63 - 1),
+    "workers": (1, 1024), "threads": (1, 1024), "epochs": (1, 100_000),
+    "batch_size": (1, 1_000_000),
+}
+_LIMITS_HELP = ("sizes up to 65536, depth up to 10000, batch up to 1000000, steps up to "
+                "1000000; a run whose memory estimate exceeds the machine's memory is refused "
+                "before it starts")
+
+EXIT_BAD_INPUT = 2  # a bad flag or value, a missing optional dependency: nothing ran
+EXIT_FAILED = 1  # the run itself failed (a message, no traceback unless --debug)
+EXIT_BROKEN_PIPE = 128 + 13  # the reader of stdout went away, as for `git log | head -1`
+EXIT_INTERRUPTED = 128 + 2  # Ctrl-C, as a shell reports SIGINT
+_DEBUG_ENV = "GRADCHAIN_DEBUG"
+
+
+class _BadValue(ValueError):
+    """A flag's value outside what the command line accepts (exit 2)."""
+
+
+def _int_arg(text: str) -> int:
+    """argparse type for the int flags: digits only, with a message for ``1e9``."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        pass
+    hint = ""
+    try:
+        f = float(text)
+        if math.isfinite(f) and f == int(f):
+            hint = f" (write it with digits: {int(f)})"
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected an int, got {text!r}{hint}")
+
+
+_int_arg.__name__ = "int"
+
+
+def _check_int(flag: str, value: Any, key: str | None = None) -> None:
+    """``_BadValue`` unless each of ``value`` (an int or a list of ints) lies in
+    ``LIMITS[key]`` (key defaults to the flag's name)."""
+    lo, hi = LIMITS[key or flag.lstrip("-").replace("-", "_")]
+    for v in value if isinstance(value, list) else [value]:
+        if v is None:
+            continue
+        if v < lo:
+            raise _BadValue(f"{flag}: expected an int >= {lo}, got {v}")
+        if v > hi:
+            raise _BadValue(f"{flag}: expected an int <= {hi} (the command line's limit), "
+                            f"got {v}")
+
+
+def _check_memory(nbytes: int, what: str) -> None:
+    """MemoryError (exit 2) before any work when a run's estimated peak memory exceeds
+    what this process may use (the container's limit included: gradchain._memory)."""
+    require(nbytes, f"{what} (estimated peak; use smaller sizes)")
+
+
+def run_bytes(cfg: Mapping[str, Any], batch: int) -> int:
+    """A generous estimate of the peak bytes of one probe: building the model
+    (parameters, gradients, the init's float64 temporaries), one forward/backward pass
+    over ``batch`` rows (sequences) and the probe's data. ``cfg`` holds a configuration
+    as :func:`gradchain.sweeps.configurations` returns it."""
+    s = np.dtype(cfg.get("dtype", "float32")).itemsize
+    B = batch
+    if cfg.get("model", "mlp") == "mlp":
+        i, w, L, o = cfg["in_features"] or cfg["width"], cfg["width"], cfg["depth"], \
+            cfg["out_features"]
+        widest = max(i, w, o)
+        n = i * w + (L - 1) * w * w + w * o + (L * w + o) + (2 * L * w if cfg["norm"] else 0)
+        params = 2 * n * s + 5 * widest * w * 8  # the init draws in float64 (QR: 5 copies)
+        hidden = L * w
+        work = B * (i + (3 if cfg["norm"] else 2) * hidden + 5 * widest + o + i) * s
+        data = B * (i + o) * (8 + s)
+        return params + work + data
+    I_, H, K, T = cfg["input_size"], cfg["hidden_size"], cfg["output_size"] or 0, cfg["steps"]
+    n = H * (I_ + H + 2) + K * (H + 1)
+    params = 2 * n * s + 5 * H * H * 8
+    work = (T * B * (3 * I_ + 6 * H + 2 * K) + 3 * B * H) * s
+    data = T * B * (I_ + max(K, H)) * (8 + s)
+    return params + work + data
 
 
 def _note(args: argparse.Namespace, msg: str) -> None:
@@ -21,10 +115,17 @@ def _note(args: argparse.Namespace, msg: str) -> None:
 
 
 def _out_path(value: str | None, flag: str) -> str | None:
-    """Check an output file's folder before any work is done (ValueError -> exit 2)."""
+    """Check an output file's folder (exists, is a folder, writable) before any work is
+    done (ValueError -> exit 2)."""
     from ._plotting import check_path
 
-    check_path(value, flag)
+    p = check_path(value, flag)
+    if p is not None:
+        folder = p.parent
+        if not folder.is_dir():
+            raise ValueError(f"{flag}: {str(folder)!r} is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag}: folder {str(folder)!r} is not writable")
     return value
 
 
@@ -46,10 +147,19 @@ def _demo(args: argparse.Namespace) -> int:
     # the figure: --no-png none; --png PATH; else gradchain_demo.png (not with --json)
     png = None if args.no_png else args.png if args.png is not None else (
         None if args.json else "gradchain_demo.png")
+    for name in ("depth", "width", "batch", "steps"):
+        _check_int(f"--{name}", getattr(args, name))  # steps >= 2: two marked steps
+    _check_int("--seed", args.seed)
     _out_path(png, "--png")
-    if args.steps < 2:  # the adding problem needs two marked steps
-        raise ValueError(f"--steps: expected an int >= 2, got {args.steps}")
     hidden = args.width // 2 or 1
+    mlp_cfg = {"model": "mlp", "in_features": args.width, "width": args.width,
+               "depth": args.depth, "out_features": 10, "norm": "batch"}
+    rnn_cfg = {"model": "rnn", "input_size": 2, "hidden_size": hidden, "output_size": 1,
+               "steps": args.steps}
+    # the runs follow one another; the data and the previous model may still be alive
+    _check_memory(2 * max(run_bytes(mlp_cfg, args.batch), run_bytes(rnn_cfg, args.batch)),
+                  f"the demo (depth {args.depth}, width {args.width}, batch "
+                  f"{args.batch}, steps {args.steps})")
     n_runs = len(demo.mlp_cases()) + len(demo.rnn_cases())
     with tqdm(total=n_runs, desc="gradchain demo", unit="run", file=sys.stderr,
               disable=args.quiet, leave=False) as bar:
@@ -112,12 +222,21 @@ def _probe_sizes(args: argparse.Namespace) -> None:
     for name, default in mine.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-    minimum = {"depth": 1, "width": 1, "out": 1, "residual": 1, "steps": 2, "hidden": 1,
-               "batch": 1}
-    for name, lo in minimum.items():
-        v = getattr(args, name, None)
-        if v is not None and v < lo:
-            raise ValueError(f"--{name}: expected an int >= {lo}, got {v}")
+    for name in ("depth", "width", "out", "residual", "steps", "hidden", "batch", "seed"):
+        _check_int(f"--{name}", getattr(args, name, None))
+
+
+def _probe_what(args: argparse.Namespace) -> str:
+    """The probed configuration in words (memory messages, figure titles)."""
+    init = (f"normal(sigma_w={args.sigma_w:g}, sigma_b={args.sigma_b:g})"
+            if args.sigma_w is not None else args.init)
+    if args.model == "mlp":
+        extra = "".join([f", {args.norm} norm" if args.norm != "none" else "",
+                         f", residual every {args.residual}" if args.residual else ""])
+        return (f"MLP {args.activation} + {init}, {args.depth} hidden layers of width "
+                f"{args.width}{extra}, batch {args.batch}, {args.dtype}")
+    return (f"RNN {args.activation} + {init} W_hh, hidden {args.hidden}, T = {args.steps}, "
+            f"batch {args.batch}, {args.dtype}")
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -131,7 +250,13 @@ def _probe(args: argparse.Namespace) -> int:
     if args.png is not None and not _have_matplotlib():
         print('gradchain probe: error: --png needs matplotlib (pip install "gradchain[plot]")',
               file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
+    cfg = ({"model": "mlp", "in_features": args.width, "width": args.width,
+            "depth": args.depth, "out_features": args.out, "norm": args.norm != "none",
+            "dtype": args.dtype} if args.model == "mlp" else
+           {"model": "rnn", "input_size": 2, "hidden_size": args.hidden, "output_size": 1,
+            "steps": args.steps, "dtype": args.dtype})
+    _check_memory(run_bytes(cfg, args.batch), f"the probe ({_probe_what(args)})")
     init = args.init
     if args.sigma_w is not None:
         init = gc_init.normal(sigma_w=args.sigma_w, sigma_b=args.sigma_b)
@@ -169,9 +294,12 @@ def _probe(args: argparse.Namespace) -> int:
                 json.dump(data, f, indent=1)
             _note(args, f"report written to {args.json_out}")
         if args.png is not None:
-            from ._plotting import pyplot
+            from ._plotting import pyplot, save
 
-            fig, _ = rep.plot(path=args.png)
+            fig, ax = rep.plot()
+            # the configuration on top, the verdict (the report's own title) below it
+            ax.set_title(f"{_probe_what(args)}\n{rep.verdict()}", fontsize=9)
+            save(fig, args.png)
             pyplot().close(fig)
             _note(args, f"figure written to {args.png}")
     except OSError as e:
@@ -213,7 +341,8 @@ _SWEEP_TRAIN_HELP = {
     "epochs": "train every model N epochs after its probe (gc.train; MLP only)",
     "lr": "training learning rate (default 0.01)",
     "optimizer": f"one of {', '.join(OPTIMIZERS)} (default sgd)",
-    "data": "training data: teacher (default) or digits",
+    "data": "training data: teacher (default) or digits (implies --in-features 64 "
+            "--out-features 10 --loss cross_entropy; RNN: the adding problem)",
     "batch_size": "training batch size (default 32)",
 }
 
@@ -241,6 +370,31 @@ def _sweep_value(option: str, v: Any) -> Any:
     if option == "residual" and v == 0:
         return False
     return v
+
+
+def _check_sweep_memory(configs: list[dict[str, Any]], train: Mapping[str, Any] | None,
+                        args: argparse.Namespace) -> None:
+    """MemoryError before any run when the runs that go at once would not fit."""
+    from .sweeps import _TRAIN_DEFAULTS
+
+    if not configs:
+        return
+    t = dict(_TRAIN_DEFAULTS)
+    t.update(train or {})
+
+    def need(cfg: dict[str, Any]) -> int:
+        b = run_bytes(cfg, cfg["batch"])
+        if train is not None:  # the optimiser's state and the training batches
+            b += run_bytes(cfg, t["batch_size"]) + 2 * b
+        return b
+
+    per_run = max(configs, key=need)
+    at_once = 1 if args.executor == "serial" else min(
+        len(configs), args.workers or os.cpu_count() or 1)
+    shown = ", ".join(f"{k}={v!r}" for k, v in per_run.items()
+                      if k in ("model", "depth", "width", "hidden_size", "steps", "batch"))
+    _check_memory(at_once * need(per_run),
+                  f"the sweep ({at_once} run(s) at once, the largest {shown})")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -274,12 +428,31 @@ def _sweep(args: argparse.Namespace) -> int:
             train[key] = getattr(args, f"train_{key}")
     if args.seed is not None:
         seed = args.seed
+    for flag, option, typ, _choices, _help in _SWEEP_OPTIONS:
+        values = getattr(args, option)
+        if typ is int and values is not None:
+            if option == "residual":  # 0: no skip connections
+                values = [v for v in values if v != 0]
+            _check_int(flag, values, option)
+    for flag, key, typ in _SWEEP_TRAIN:
+        if typ is int:
+            _check_int(flag, getattr(args, f"train_{key}"), key)
+    for flag, value in (("--seed", args.seed), ("--workers", args.workers),
+                        ("--threads", args.threads)):
+        _check_int(flag, value)
     if args.csv is not None:
         _out_path(args.csv, "--csv")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers: expected an int >= 1, got {args.workers}")
+    data = (train or {}).get("data")
+    if data == "digits":
+        import importlib.util
+
+        if importlib.util.find_spec("sklearn") is None:
+            print("gradchain sweep: error: --data digits needs scikit-learn "
+                  '(pip install "gradchain[data]")', file=sys.stderr)
+            return EXIT_BAD_INPUT
     # everything is checked before a pool or a cluster starts
-    sweeps.configurations(grid, train=train, **fixed)
+    configs = sweeps.configurations(grid, train=train, **fixed)
+    _check_sweep_memory(configs, train, args)
 
     executor: Any = None if args.executor == "processes" else args.executor
     close: list[Any] = []
@@ -322,26 +495,29 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_sweep_parser(sub: Any) -> None:
+def _add_sweep_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
-        "sweep", help="a grid of MLP/RNN configurations: one gradient probe each, as a table",
+        "sweep", parents=[common],
+        help="a grid of MLP/RNN configurations: one gradient probe each, as a table",
         description="Runs one forward/backward probe (gc.sweep) for every configuration of a "
         "grid, in parallel, and prints one row per run: the grid options, "
         "||dL/da_0||/||dL/da_L||, the log10 slope per layer and the verdict. A progress bar "
-        "runs on stderr.",
+        "runs on stderr. Limits: " + _LIMITS_HELP + " (all runs that go at once together).",
         epilog=_SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, option, typ, choices, text in _SWEEP_OPTIONS:
-        s.add_argument(flag, dest=option, nargs="+", type=typ, choices=choices, default=None,
+        s.add_argument(flag, dest=option, nargs="+", type=_int_arg if typ is int else typ,
+                       choices=choices, default=None,
                        metavar=None if choices else {int: "N", float: "X"}.get(typ, "NAME"),
                        help=text)
     for flag, key, typ in _SWEEP_TRAIN:
-        s.add_argument(flag, dest=f"train_{key}", type=typ, default=None,
+        s.add_argument(flag, dest=f"train_{key}", type=_int_arg if typ is int else typ,
+                       default=None,
                        metavar=None if key in ("optimizer", "data") else
                        {int: "N", float: "X"}[typ],
                        choices={"optimizer": tuple(OPTIMIZERS),
                                 "data": ("teacher", "digits")}.get(key),
                        help=_SWEEP_TRAIN_HELP[key])
-    s.add_argument("--seed", type=int, default=None, help="the sweep seed (default 0)")
+    s.add_argument("--seed", type=_int_arg, default=None, help="the sweep seed (default 0)")
     s.add_argument("--config", metavar="TOML", default=None,
                    help="a grid file: [grid], [fixed], [train] tables and seed")
     s.add_argument("--csv", metavar="PATH", default=None,
@@ -354,9 +530,9 @@ def _add_sweep_parser(sub: Any) -> None:
                    default="processes",
                    help="local processes (default), in-process, threads, or a Dask "
                         "LocalCluster")
-    s.add_argument("--workers", type=int, default=None, metavar="N",
+    s.add_argument("--workers", type=_int_arg, default=None, metavar="N",
                    help="pool size / Dask worker processes (default: the CPU count)")
-    s.add_argument("--threads", type=int, default=None, metavar="N",
+    s.add_argument("--threads", type=_int_arg, default=None, metavar="N",
                    help="core threads per run (default 1 in worker processes)")
 
 
@@ -386,19 +562,32 @@ def build_parser() -> argparse.ArgumentParser:
                "  gradchain sweep --activation sigmoid tanh relu --depth 8 32 "
                "--norm none batch --csv out.csv\n"
                "  gradchain bench -w mlp-tanh rnn-mid  # vs PyTorch / JAX / NumPy\n"
-               "each subcommand has --help.")
+               "each subcommand has --help.\n\n"
+               "exit codes: 0 done; 2 a bad flag or value, or a missing optional dependency "
+               "(one line on stderr, nothing ran); 1 the run failed (one line; --debug or "
+               f"{_DEBUG_ENV}=1 for the traceback); {EXIT_BROKEN_PIPE} stdout closed early "
+               f"(gradchain ... | head); {EXIT_INTERRUPTED} Ctrl-C.")
+    p.add_argument("--version", action="version", version=f"gradchain {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the traceback of an unexpected error (also {_DEBUG_ENV}=1)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser(
-        "demo", help="vanishing gradients in deep MLPs and RNNs, and the fixes (tables + PNG)",
+        "demo", parents=[common],
+        help="vanishing gradients in deep MLPs and RNNs, and the fixes (tables + PNG)",
         description="Runs deep sigmoid/tanh MLPs and a long tanh RNN next to the fixes, "
         "prints the per-layer / per-step gradient tables and writes one PNG figure "
-        "(both panels, log scale). A progress bar runs on stderr meanwhile.")
-    d.add_argument("--depth", type=int, default=50, help="hidden layers (default 50)")
-    d.add_argument("--width", type=int, default=256, help="layer width (default 256)")
-    d.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
-    d.add_argument("--steps", type=int, default=200, help="RNN sequence length (default 200)")
-    d.add_argument("--seed", type=int, default=0)
+        "(both panels, log scale). A progress bar runs on stderr meanwhile. Limits: "
+        + _LIMITS_HELP + ".")
+    d.add_argument("--depth", type=_int_arg, default=50, help="hidden layers (default 50)")
+    d.add_argument("--width", type=_int_arg, default=256, help="layer width (default 256)")
+    d.add_argument("--batch", type=_int_arg, default=128, help="batch size (default 128)")
+    d.add_argument("--steps", type=_int_arg, default=200,
+                   help="RNN sequence length (default 200)")
+    d.add_argument("--seed", type=_int_arg, default=0)
     d.add_argument("--json", action="store_true",
                    help="print the reports as JSON instead of the tables (no figure unless "
                         "--png is given; notes go to stderr)")
@@ -413,19 +602,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "if matplotlib is missing, that one-line note goes to stderr)")
 
     q = sub.add_parser(
-        "probe", help="one MLP or RNN configuration: its gradient table, JSON and plot",
+        "probe", parents=[common],
+        help="one MLP or RNN configuration: its gradient table, JSON and plot",
         description="One forward/backward pass of one configuration: the per-layer "
         "(MLP: random normal data, MSE) or per-timestep (RNN: the adding problem, 2 inputs, "
         "1 output, MSE on the last step) gradient norms as a table, JSON or PNG plot. Bad "
-        "values exit with code 2 and a one-line message.")
+        "values exit with code 2 and a one-line message. Limits: " + _LIMITS_HELP + ".")
     q.add_argument("--model", choices=["mlp", "rnn"], default="mlp",
                    help="mlp (default) or rnn (a one-layer vanilla RNN)")
-    q.add_argument("--depth", type=int, default=None, help="MLP hidden layers (default 32)")
-    q.add_argument("--width", type=int, default=None, help="MLP layer width (default 128)")
-    q.add_argument("--out", type=int, default=None, help="MLP outputs (default 10)")
-    q.add_argument("--steps", type=int, default=None, help="RNN sequence length T (default 100)")
-    q.add_argument("--hidden", type=int, default=None, help="RNN hidden size (default 128)")
-    q.add_argument("--batch", type=int, default=64)
+    q.add_argument("--depth", type=_int_arg, default=None,
+                   help="MLP hidden layers (default 32)")
+    q.add_argument("--width", type=_int_arg, default=None, help="MLP layer width (default 128)")
+    q.add_argument("--out", type=_int_arg, default=None, help="MLP outputs (default 10)")
+    q.add_argument("--steps", type=_int_arg, default=None,
+                   help="RNN sequence length T (default 100)")
+    q.add_argument("--hidden", type=_int_arg, default=None,
+                   help="RNN hidden size (default 128)")
+    q.add_argument("--batch", type=_int_arg, default=64)
     q.add_argument("--activation", default="tanh")
     q.add_argument("--init", default="torch_default",
                    help="init scheme name (for the RNN: of W_hh; W_ih is xavier_uniform)")
@@ -434,10 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sigma-b", type=float, default=0.0)
     q.add_argument("--norm", choices=["none", "batch", "layer"], default=None,
                    help="MLP norm layers (default none)")
-    q.add_argument("--residual", type=int, default=None, metavar="K",
+    q.add_argument("--residual", type=_int_arg, default=None, metavar="K",
                    help="MLP: residual on every K-th layer")
     q.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=_int_arg, default=0)
     q.add_argument("--json", action="store_true",
                    help="print the model config and report as JSON instead of the table")
     q.add_argument("--json-out", metavar="PATH", default=None,
@@ -447,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", "-q", action="store_true",
                    help="print the table (or the JSON) only: no model line, no notes")
 
-    _add_sweep_parser(sub)
+    _add_sweep_parser(sub, common)
 
     sub.add_parser("bench", help="the standard workloads against installed peers",
                    add_help=False)
@@ -455,6 +648,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see ``gradchain --help``)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `gradchain probe ... | head -1`: stop quietly, as git and coreutils do. Point
+        # stdout at devnull so that the interpreter's final flush cannot fail again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _debug(args: argparse.Namespace | None = None) -> bool:
+    env = os.environ.get(_DEBUG_ENV, "")
+    return bool(getattr(args, "debug", False)) or env not in ("", "0")
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
@@ -465,6 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = subs.choices[args.command]
     if extra:
         sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    prog = f"gradchain {args.command}"
     try:
         if args.command == "demo":
             for name in ("depth", "width", "batch", "steps"):
@@ -475,8 +689,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep(args)
         return _probe(args)
     except (ValueError, TypeError) as e:
-        print(f"gradchain {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as e:  # sizes that cannot fit: a bad value too
+        print(f"{prog}: error: {_one_line(e) or 'out of memory'}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ImportError as e:  # an optional dependency; the message names the extra
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise
+    except Exception as e:
+        if _debug(args):
+            raise
+        print(f"{prog}: error: {type(e).__name__}: {_one_line(e)} (run with --debug or "
+              f"{_DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 if __name__ == "__main__":

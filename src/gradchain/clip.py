@@ -9,7 +9,11 @@ from typing import Any
 from ._validate import real
 from .models import check_not_running
 
-__all__ = ["clip_grad_norm", "clip_grad_value", "clip_grad_norm_per_layer"]
+__all__ = ["clip_grad_norm", "clip_grad_value", "clip_grad_norm_per_layer", "grad_norm"]
+
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
 
 
 def _core_of(model: Any) -> Any:

@@ -17,6 +17,10 @@ from .tasks import adding_problem
 __all__ = ["digits", "teacher", "adding", "ADDING_BASELINE_MSE"]
 
 
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 def _seed(seed: Any) -> int | None:
     return None if seed is None else positive_int(seed, "seed", minimum=0)
 

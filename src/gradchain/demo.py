@@ -168,12 +168,28 @@ def rnn_table(results: list[RnnDemoResult], rows: int = 9) -> str:
     return "\n".join(lines)
 
 
+def line_style(kind: str, verdict: str) -> str:
+    """The figure's line style of one case: solid where the measured verdict is healthy,
+    dash-dot for a fix that is not healthy here, dashed for a problem."""
+    if verdict.startswith("healthy"):
+        return "-"
+    return "-." if kind == "fix" else "--"
+
+
+def _style_key(styles: list[str]) -> str:
+    words = {"-": "solid: healthy", "--": "dashed: vanishing or exploding",
+             "-.": "dash-dot: a fix that falls short here"}
+    return ", ".join(words[k] for k in ("--", "-.", "-") if k in styles)
+
+
 def figure(mlp: list[tuple[DemoCase, GradReport]], rnn: list[RnnDemoResult],
            path: str | os.PathLike[str] | None = None, axes: Any = None,
            title: str | None = None) -> tuple[Any, Any]:
     """The demo's figure: two log-scale panels, the MLP cases' ``||dL/da_l||`` per layer
-    ``l = 0..L`` and the RNN cases' ``||dL/dh_t||`` per step ``t = 1..T``; problems
-    dashed, fixes solid, one legend per panel (needs matplotlib).
+    ``l = 0..L`` and the RNN cases' ``||dL/dh_t||`` per step ``t = 1..T``; each legend
+    entry ends with its measured verdict and the line style agrees with it
+    (:func:`line_style`: healthy solid, vanishing / exploding dashed, a fix that falls
+    short dash-dot), one legend per panel (needs matplotlib).
 
     Parameters
     ----------
@@ -213,20 +229,27 @@ def figure(mlp: list[tuple[DemoCase, GradReport]], rnn: list[RnnDemoResult],
             raise TypeError("axes: expected two matplotlib Axes or None")
         fig = axes[0].get_figure()
     ax_mlp, ax_rnn = axes[0], axes[1]
+    # the line style follows the measured verdict that the legend shows, so that a fix
+    # that falls short at this depth / length (tanh + orthogonal W_hh over 200 steps
+    # still vanishes, only more slowly) is not drawn as working
+    styles = []
     for case, rep in mlp:
+        styles.append(line_style(case.kind, rep.verdict()))
         rep.plot(ax=ax_mlp, which="activation", label=case.label, marker=None,
-                 linestyle="-" if case.kind == "fix" else "--", linewidth=1.8)
+                 linestyle=styles[-1], linewidth=1.8)
+    mlp_styles, styles = styles, []
     for r in rnn:
-        r.report.plot(ax=ax_rnn, label=r.label, marker=None,
-                      linestyle="-" if r.kind == "fix" else "--", linewidth=1.8)
+        styles.append(line_style(r.kind, r.report.verdict()))
+        r.report.plot(ax=ax_rnn, label=r.label, marker=None, linestyle=styles[-1],
+                      linewidth=1.8)
     if mlp:
         L = mlp[0][1].depth
         ax_mlp.set_title(f"deep MLP, {L} hidden layers: gradient entering layer l\n"
-                         "(dashed: problem, solid: fix)", fontsize=10)
+                         f"({_style_key(mlp_styles)})", fontsize=10)
     if rnn:
         T = rnn[0].report.steps
         ax_rnn.set_title(f"vanilla RNN, T = {T} steps: gradient reaching step t\n"
-                         "(dashed: problem, solid: fix)", fontsize=10)
+                         f"({_style_key(styles)})", fontsize=10)
     fig.suptitle(title if title is not None else
                  "gradchain demo: vanishing and exploding gradients, and their fixes",
                  fontsize=12)

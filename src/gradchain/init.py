@@ -24,6 +24,10 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 @dataclass(frozen=True)
 class Init:
     """An initialisation scheme with its parameters.

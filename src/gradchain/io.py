@@ -41,6 +41,11 @@ from ._validate import check_bool
 
 __all__ = ["save", "load"]
 
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 _META = "__gradchain_config__"
 _FORMAT = 1
 

@@ -32,6 +32,11 @@ from .report import GradReport
 
 __all__ = ["MLP", "StateError", "IncompatibleKeys"]
 
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 _NORMS = {None: 0, "none": 0, "batch": 1, "layer": 2}
 
 
@@ -121,6 +126,34 @@ def check_not_running(model: Any, what: str) -> None:
     if running is not None:
         raise RuntimeError(f"{type(model).__name__}.{running} is running on this model; a "
                            f"custom activation may not call {what} on the model it belongs to")
+
+
+def tracks_forward(fn: _F) -> _F:
+    """Remember why a forward pass failed or was rejected (``model._forward_error``), so
+    that a later ``backward`` can say so instead of "called before forward()"."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            out = fn(self, *args, **kwargs)
+        except BaseException as e:
+            text = " ".join(str(e).split())
+            text = text if len(text) <= 200 else text[:197] + "..."
+            self._forward_error = f"{type(e).__name__}: {text}" if text else type(e).__name__
+            raise
+        self._forward_error = None
+        return out
+
+    return cast(_F, wrapper)
+
+
+def no_forward_message(model: Any) -> str:
+    """What a backward with no forward pass to go back through says."""
+    failed = getattr(model, "_forward_error", None)
+    if failed is not None:
+        return (f"backward(): the last forward() failed or was rejected ({failed}), so there "
+                "is no forward pass to backpropagate through; run model.forward(x) again")
+    return "backward() called before forward(): run model.forward(x) first"
 
 
 class _Chain:
@@ -236,7 +269,7 @@ class _Chain:
             return StateError("backward() after an interrupted forward(): the forward pass was "
                               "stopped (KeyboardInterrupt) and kept nothing; run "
                               "model.forward(x) again")
-        return StateError("backward() called before forward(): run model.forward(x) first")
+        return StateError(no_forward_message(self))
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self._params.values()))
@@ -557,6 +590,7 @@ class MLP(_Chain):
 
     # ------------------------------------------------------------ compute
     @locked
+    @tracks_forward
     def forward(self, x: Any) -> np.ndarray:
         """``x (B, in) -> y (B, out)``; keeps what ``backward`` needs."""
         xa = float_array(x, "x", self.dtype, (None, self.sizes[0]), copy=False)

@@ -37,6 +37,10 @@ from .models import StateError, check_not_running
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "build"]
 
 
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 def _core_model(model: Any) -> Any:
     core = getattr(model, "_core", None)
     if (core is None or not hasattr(core, "param_array") or not hasattr(core, "grad_array")

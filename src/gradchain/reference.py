@@ -55,6 +55,11 @@ __all__ = [
     "rnn_loss_grads",
 ]
 
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 ACTIVATIONS: tuple[str, ...] = (
     "identity",
     "sigmoid",

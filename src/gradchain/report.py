@@ -19,6 +19,11 @@ from ._plotting import axes, check_path
 
 __all__ = ["GradReport", "RNNGradReport"]
 
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 # ---------------------------------------------------------------------------- plotting helpers
 # Each plotted quantity: (attribute, legend text, marker, line style).
 _QUANTITIES = {

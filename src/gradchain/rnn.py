@@ -12,6 +12,7 @@ from . import _core
 from . import activations as _acts
 from . import init as _init
 from . import losses as _losses
+from . import models as _models
 from ._memory import BLAS_INT_MAX, require, rnn_bytes
 from ._validate import (
     as_array,
@@ -33,6 +34,11 @@ from .models import (
 from .report import RNNGradReport
 
 __all__ = ["RNN"]
+
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
 
 
 class RNN(_Chain):
@@ -190,6 +196,7 @@ class RNN(_Chain):
         return self._time_major(xa)
 
     @locked
+    @_models.tracks_forward
     def forward(self, x: Any, h0: Any = None) -> np.ndarray:
         """``x (T, B, I) -> hs (T, B, H)`` (batch-first layouts with ``batch_first``).
 
@@ -203,10 +210,14 @@ class RNN(_Chain):
         self._outputs = ys
         return self._user_major(hs)
 
+    @_models.tracks_forward
     def _core_forward(self, xa: np.ndarray, h0a: np.ndarray | None) -> tuple[Any, Any]:
         try:
             return self._compute("forward", self._core.forward, xa, h0a)
-        except MemoryError:  # the core's std::bad_alloc says only "std::bad_alloc"
+        except MemoryError as e:
+            if str(e) != "std::bad_alloc":  # a custom activation's own: let it through
+                raise
+            # the core's std::bad_alloc says only "std::bad_alloc"
             raise MemoryError(
                 f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) with "
                 f"hidden_size={self.hidden_size} ({self.dtype.name}) cannot be allocated"

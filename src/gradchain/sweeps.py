@@ -13,6 +13,7 @@ sweep, in any order, on any worker; :func:`run_one` is a single run.
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
 import difflib
 import hashlib
@@ -36,6 +37,11 @@ __all__ = [
     "OPTIONS", "SweepError", "configurations", "format_table", "load_config", "run_one",
     "run_seed", "sweep", "write_csv",
 ]
+
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
 
 # Every option of each model with its default, in the order records list them.
 # ``in_features=None`` means ``width``; ``sigma_w`` / ``sigma_b`` select gc.init.normal.
@@ -194,9 +200,28 @@ def _unknown(option: Any, model: str, where: str) -> ValueError:
                       f"expected one of {', '.join(known)}")
 
 
-def _resolve(raw: dict[str, Any], where: str) -> dict[str, Any]:
+# What a training data set implies for the options not given (an explicit other value
+# is a ValueError): the digits are 64 pixels and 10 classes, the adding problem has two
+# inputs (value, marker) and one output.
+_IMPLIED_BY_DATA: dict[tuple[str, str], dict[str, Any]] = {
+    ("mlp", "digits"): {"in_features": 64, "out_features": 10, "loss": "cross_entropy"},
+    ("rnn", "adding"): {"input_size": 2, "output_size": 1},
+}
+
+
+def _implied(train: Mapping[str, Any] | None, raw: Mapping[str, Any]) -> dict[str, Any]:
+    if train is None:
+        return {}
+    model = raw.get("model", "mlp")
+    data = train["data"] or ("teacher" if model == "mlp" else "adding")
+    return _IMPLIED_BY_DATA.get((model, data), {})
+
+
+def _resolve(raw: dict[str, Any], where: str,
+             implied: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A full, normalised configuration from the given options: every option of the model
-    in the documented order, defaults filled in, the cross-option rules checked."""
+    in the documented order, defaults filled in (``implied`` over the defaults: what the
+    training data implies), the cross-option rules checked."""
     model = raw.get("model", "mlp")
     defaults = OPTIONS[model]
     for k in raw:
@@ -204,6 +229,7 @@ def _resolve(raw: dict[str, Any], where: str) -> dict[str, Any]:
             raise _unknown(k, model, where)
     cfg: dict[str, Any] = {"model": model}
     cfg.update(defaults)
+    cfg.update(implied or {})
     cfg.update({k: v for k, v in raw.items() if k != "model"})
 
     sigma = cfg["sigma_w"] is not None or cfg["sigma_b"] is not None
@@ -223,6 +249,12 @@ def _resolve(raw: dict[str, Any], where: str) -> dict[str, Any]:
                              f"{cfg['batch']} (in {where})")
         from .models import _sizes
 
+        # counted before the size list is built (depth=10**9 would exhaust memory there)
+        w, d = cfg["width"], cfg["depth"]
+        n_weights = cfg["in_features"] * w + (d - 1) * w * w + w * cfg["out_features"]
+        if n_weights > 1 << 36:
+            raise MemoryError(f"sizes: {n_weights} weights cannot be allocated (width={w}, "
+                              f"depth={d}, in {where})")
         try:
             _sizes(_mlp_sizes(cfg))
         except (MemoryError, ValueError) as e:  # ValueError: past the BLAS's 32-bit range
@@ -267,8 +299,10 @@ def configurations(grid: Mapping[str, Any], *, train: Mapping[str, Any] | None =
     The order is ``itertools.product`` over the grid's axes in the order the grid lists
     them: the last axis varies fastest (as nested for-loops, the first axis outermost).
     Each configuration holds every option of its model, defaults filled in
-    (``in_features`` becomes ``width``; ``sigma_w``/``sigma_b`` set ``init="normal"``),
-    ``norm="none"`` becomes None and dtypes become ``"float32"``/``"float64"``.
+    (``in_features`` becomes ``width``; ``sigma_w``/``sigma_b`` set ``init="normal"``;
+    ``train`` data ``"digits"`` sets ``in_features=64, out_features=10,
+    loss="cross_entropy"`` and ``"adding"`` ``input_size=2, output_size=1`` where not
+    given), ``norm="none"`` becomes None and dtypes become ``"float32"``/``"float64"``.
 
     Raises ValueError (TypeError for a wrong type) naming the option, before anything runs.
     """
@@ -290,14 +324,14 @@ def configurations(grid: Mapping[str, Any], *, train: Mapping[str, Any] | None =
         if option not in _CHECKS:
             raise _unknown(option, _fixed_model(fixed), "the keyword options")
         fixed_n[option] = _check_value(option, v, f"{option}={v!r}")
+    train_ = _check_train(train)
     out = []
     for combo in itertools.product(*(vals for _, vals in axes)):
         raw = dict(fixed_n)
         raw.update({name: v for (name, _), v in zip(axes, combo, strict=True)})
         where = "configuration " + ", ".join(f"{k}={v!r}" for k, v in raw.items()) if raw \
             else "the default configuration"
-        out.append(_resolve(raw, where))
-    train_ = _check_train(train)
+        out.append(_resolve(raw, where, _implied(train_, raw)))
     if train_ is not None:
         for i, cfg in enumerate(out):
             _check_train_config(train_, cfg, f"configuration {i}")
@@ -368,7 +402,8 @@ def _check_train_config(train: Mapping[str, Any], cfg: Mapping[str, Any], where:
         if cfg["input_size"] != 2 or cfg["output_size"] != 1 or cfg["loss"] != "mse" \
                 or cfg["on"] != "last":
             raise ValueError(
-                "train: data='adding' needs input_size=2, output_size=1, loss='mse' and "
+                "train: data='adding' needs input_size=2, output_size=1 (implied when not "
+                "given), loss='mse' and "
                 f"on='last', got input_size={cfg['input_size']}, "
                 f"output_size={cfg['output_size']}, loss={cfg['loss']!r}, on={cfg['on']!r} "
                 f"(in {where})")
@@ -381,7 +416,8 @@ def _check_train_config(train: Mapping[str, Any], cfg: Mapping[str, Any], where:
         if cfg["in_features"] != 64 or cfg["out_features"] != 10 or cfg["loss"] != "cross_entropy":
             raise ValueError(
                 "train: data='digits' needs in_features=64, out_features=10 and "
-                f"loss='cross_entropy', got in_features={cfg['in_features']}, "
+                "loss='cross_entropy' (implied when not given; the digits are 64 pixels, "
+                f"10 classes), got in_features={cfg['in_features']}, "
                 f"out_features={cfg['out_features']}, loss={cfg['loss']!r} (in {where})")
         import importlib.util
 
@@ -543,6 +579,75 @@ def _pool_context() -> Any:
     return mp.get_context(method)
 
 
+def _start_method(executor: Any) -> str | None:
+    """The start method of the worker processes the sweep would start (None: no new
+    processes, or an executor that is not a local process pool)."""
+    import multiprocessing as mp
+
+    if executor is None or executor == "processes":
+        return str(_pool_context().get_start_method())
+    if isinstance(executor, cf.ProcessPoolExecutor):
+        ctx = getattr(executor, "_mp_context", None)
+        return str(ctx.get_start_method() if ctx is not None else mp.get_start_method())
+    return None
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (either operand order)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    t = node.test
+    if len(t.ops) != 1 or not isinstance(t.ops[0], ast.Eq):
+        return False
+    sides = [t.left, t.comparators[0]]
+    names = [x.id for x in sides if isinstance(x, ast.Name)]
+    consts = [x.value for x in sides if isinstance(x, ast.Constant)]
+    return names == ["__name__"] and consts == ["__main__"]
+
+
+def _unguarded_main_line() -> tuple[str, int] | None:
+    """``(script, line)`` when this call comes from top-level code of the ``__main__``
+    script that is not under ``if __name__ == "__main__":``; None otherwise (a guarded
+    call, an interactive session, a script whose source cannot be read)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not isinstance(path, str):
+        return None
+    g = vars(main)
+    f = sys._getframe(1)
+    while f is not None and not (f.f_globals is g and f.f_code.co_name == "<module>"):
+        f = f.f_back
+    if f is None:
+        return None
+    try:
+        with open(f.f_code.co_filename, "rb") as src:
+            tree = ast.parse(src.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    line = f.f_lineno
+    for node in tree.body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            return None if _is_main_guard(node) else (path, line)
+    return None
+
+
+def _check_main_guard(executor: Any) -> None:
+    """RuntimeError, before any process starts, when worker processes would re-import
+    the caller's script and run this sweep again (spawn / forkserver re-run the main
+    module's top-level code in every worker)."""
+    method = _start_method(executor)
+    if method is None or method == "fork":
+        return
+    where = _unguarded_main_line()
+    if where is None:
+        return
+    raise RuntimeError(
+        f"gc.sweep: the worker processes ({method!r} start method) re-import the script "
+        f"{where[0]}, whose line {where[1]} would run this sweep again in each of them: put "
+        "the script's code under `if __name__ == \"__main__\":` (as the multiprocessing "
+        "docs ask), or pass executor=\"serial\" or \"threads\"")
+
+
 def _check_executor(executor: Any) -> None:
     if executor is None or isinstance(executor, cf.Executor):
         return
@@ -603,9 +708,11 @@ def sweep(
         train the model with ``gc.train`` on ``data``:
         ``"teacher"`` (MLP default; ``gc.data.teacher(n, sizes=(in_features, 64,
         out_features))``, its argmax as the classes for cross_entropy), ``"digits"``
-        (MLP with in_features=64, out_features=10, cross_entropy; the held-out split is
-        the validation set) or ``"adding"`` (RNN default; ``gc.data.adding(steps, n)``,
-        input_size=2, output_size=1, mse). The data and the shuffling derive from
+        (MLP; implies ``in_features=64``, ``out_features=10`` and
+        ``loss="cross_entropy"`` where they are not given, an explicit other value is a
+        ValueError; the held-out split is the validation set) or ``"adding"`` (RNN
+        default; ``gc.data.adding(steps, n)``; implies ``input_size=2`` and
+        ``output_size=1``; needs mse). The data and the shuffling derive from
         ``seed`` alone, so every configuration learns the same task. Records get
         ``train_data``, ``final_loss`` (mean loss of the last epoch), ``accuracy`` and
         ``val_accuracy`` (None where they do not apply) and ``diverged``.
@@ -643,6 +750,9 @@ def sweep(
     SweepError
         A run raised; the pending runs are cancelled. ``err.config`` is its
         configuration, the worker's exception the ``__cause__``.
+    RuntimeError
+        A process pool that re-imports the caller's script (``spawn`` / ``forkserver``)
+        called from the script's top-level code outside ``if __name__ == "__main__":``.
 
     Notes
     -----
@@ -653,7 +763,9 @@ def sweep(
     NaN/Inf norms and a ``"non-finite: ..."`` verdict (NumPy's overflow warnings are
     silenced inside runs). As with any process pool started by ``spawn`` or
     ``forkserver``, a script calling ``gc.sweep`` with the default executor needs the
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard: the workers re-import the script. A call from
+    a script's unguarded top-level code is a RuntimeError that says so, before any
+    process starts.
 
     Examples
     --------
@@ -670,6 +782,7 @@ def sweep(
     threads_ = None if threads is None else positive_int(threads, "threads")
     train_ = _check_train(train)
     configs = configurations(grid, train=train_, **fixed)
+    _check_main_guard(executor)
     pd = _pandas(as_frame)
     records = _execute(configs, seed_, train_, executor, progress, workers, threads_)
     return pd.DataFrame.from_records(records) if pd is not None else records

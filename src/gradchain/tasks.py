@@ -11,6 +11,10 @@ from ._validate import model_dtype, positive_int
 __all__ = ["adding_problem"]
 
 
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 def adding_problem(T: int, n: int, seed: int | None = None,
                    dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """The adding problem (Hochreiter & Schmidhuber 1997; the IRNN benchmark of Le et al.).

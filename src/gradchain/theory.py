@@ -47,6 +47,11 @@ __all__ = [
     "gaussian_expectation", "phase_diagram",
 ]
 
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 # ------------------------------------------------------------------------------- quadrature
 # E[h(sqrt(q) u)] is integrated in x = sqrt(q) u against the N(0, q) density, piece by piece
 # with 16-point Gauss-Legendre. The pieces end at the union of

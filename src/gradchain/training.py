@@ -20,6 +20,11 @@ from .rnn import RNN
 
 __all__ = ["History", "train"]
 
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
 _QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 

@@ -6,7 +6,6 @@ quietly; an unexpected error is one line and exit 1 (``--debug`` shows the trace
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -19,15 +18,19 @@ from gradchain import cli
 AS_LIMIT = 3 << 30  # address space of the subprocesses: a run that allocated would fail
 
 
-def _limit_memory() -> None:  # runs in the child before exec
-    resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+# The limit is set by the child itself (no preexec_fn: a fork in a process that imported
+# JAX or other threaded libraries warns, and the warning is an error under pytest here).
+_LIMITED = ("import resource, runpy, sys; "
+            f"resource.setrlimit(resource.RLIMIT_AS, ({AS_LIMIT}, {AS_LIMIT})); "
+            "sys.argv[0] = 'gradchain'; "
+            "runpy.run_module('gradchain', run_name='__main__', alter_sys=True)")
 
 
 def run(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("GRADCHAIN_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "gradchain", *args], capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=_limit_memory, env=env, **kw)
+    return subprocess.run([sys.executable, "-c", _LIMITED, *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, **kw)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -91,10 +94,17 @@ def test_the_memory_estimate_covers_a_measured_peak():
         cli._probe_sizes(a)
         cfg = dict(model="mlp", in_features=a.width, width=a.width, depth=a.depth,
                    out_features=a.out, norm=a.norm != "none", dtype=a.dtype)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        def hwm():  # peak RSS of this process since the last reset, in bytes
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        # ru_maxrss would carry the forking parent's peak across exec: reset the mark instead
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = hwm()
         with contextlib.redirect_stdout(io.StringIO()):
             assert cli.main(sys.argv[1:]) == 0
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        after = hwm()
         print(after - before, cli.run_bytes(cfg, a.batch))
     """
     args = ["probe", "--quiet", "--depth", "6", "--width", "1024", "--batch", "2048",

@@ -247,8 +247,11 @@ def _resolve(raw: dict[str, Any], where: str,
         if cfg["norm"] == "batch" and cfg["batch"] < 2:
             raise ValueError(f"batch: batch norm in training mode needs batch >= 2, got "
                              f"{cfg['batch']} (in {where})")
+        from ._memory import check_blas_dim
         from .models import _sizes
 
+        for key in ("in_features", "width", "out_features"):  # past the BLAS: a ValueError
+            check_blas_dim(cfg[key], f"{key} (in {where})")
         # counted before the size list is built (depth=10**9 would exhaust memory there)
         w, d = cfg["width"], cfg["depth"]
         n_weights = cfg["in_features"] * w + (d - 1) * w * w + w * cfg["out_features"]

@@ -37,7 +37,7 @@ import numpy as np
 from . import activations as _acts
 from . import init as _init
 from ._memory import require
-from ._validate import check_bool
+from ._validate import check_bool, first_nonfinite
 
 __all__ = ["save", "load"]
 
@@ -763,6 +763,6 @@ def _fill(model: Any, zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo],
             if h.fortran:
                 staged = staged.reshape(h.shape[::-1]).T
             target[...] = staged
-        if not allow_nonfinite and not np.isfinite(target).all():
+        if not allow_nonfinite and first_nonfinite(target) is not None:
             raise _Bad(f"state_dict[{key!r}] contains NaN or Inf (pass allow_nonfinite=True "
                        "to load it anyway)")

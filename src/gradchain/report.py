@@ -3,6 +3,10 @@
 All norms are Frobenius/L2 norms over whole tensors (batch included), accumulated
 in float64 by the C++ backward pass, identical whatever the thread count
 (docs/CONVENTIONS.md, "Gradient report").
+
+This module is the numbers only: ``plot()`` is a thin delegate to the lab's
+:mod:`gradchain.plots`, imported when something is drawn, so nothing here imports
+matplotlib code.
 """
 
 from __future__ import annotations
@@ -15,126 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ._plotting import axes, check_path
-
 __all__ = ["GradReport", "RNNGradReport"]
 
 
 def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
     return sorted(__all__)
-
-
-# ---------------------------------------------------------------------------- plotting helpers
-# Each plotted quantity: (attribute, legend text, marker, line style).
-_QUANTITIES = {
-    "activation": ("activation_grad_norms", "||dL/da_l||", "o", "-"),
-    "weight": ("weight_grad_norms", "||dL/dW_l||", "s", "--"),
-    "bias": ("bias_grad_norms", "||dL/db_l||", "^", ":"),
-}
-
-
-def _check_label(label: Any) -> str | None:
-    if label is not None and not isinstance(label, str):
-        raise TypeError(f"label: expected a str or None, got {type(label).__name__}")
-    return label
-
-
-def _check_which(which: Any) -> tuple[str, ...]:
-    if isinstance(which, str):
-        which = (which,)
-    if not isinstance(which, Sequence) or not all(isinstance(w, str) for w in which):
-        raise TypeError(f"which: expected a str or a sequence of str, got {which!r}")
-    bad = [w for w in which if w not in _QUANTITIES]
-    if bad or not which:
-        raise ValueError(f"which: expected one or more of {tuple(_QUANTITIES)}, got {which!r}")
-    return tuple(dict.fromkeys(which))  # unique, in order
-
-
-def _log_series(ax: Any, x: np.ndarray, v: np.ndarray, **style: Any) -> Any:
-    """Plot ``v`` against ``x`` on a log scale with gaps at zero / non-finite entries,
-    which are marked at the bottom of the axes instead (0: a ``v`` in the line's colour,
-    NaN/Inf: a red ``x``; one legend key each per axes). Returns the Line2D."""
-    v = np.asarray(v, dtype=np.float64)
-    ok = np.isfinite(v) & (v > 0)
-    ax.set_yscale("log")  # before the data: an all-gap series then keeps valid log limits
-    # NaN makes matplotlib break the line: a gap, never a log of 0 (which would warn)
-    (line,) = ax.plot(x, np.where(ok, v, np.nan), **style)
-    bottom = ax.get_xaxis_transform()  # x in data, y in axes coordinates
-    zero = v == 0
-    bad = ~np.isfinite(v)
-    if zero.any():
-        ax.plot(x[zero], np.full(int(zero.sum()), 0.02), linestyle="none", marker="v",
-                color=line.get_color(), alpha=0.6, transform=bottom)
-        _legend_key(ax, "v", "grey", _ZERO_KEY)
-    if bad.any():
-        ax.plot(x[bad], np.full(int(bad.sum()), 0.02), linestyle="none", marker="x",
-                color="red", transform=bottom)
-        _legend_key(ax, "x", "red", _BAD_KEY)
-    return line
-
-
-_ZERO_KEY = "norm = 0 (gap)"
-_BAD_KEY = "NaN/Inf (gap)"
-
-
-def _legend_key(ax: Any, marker: str, color: str, text: str) -> None:
-    """One empty (data-free) line per axes that puts ``text`` in the legend."""
-    if not any(ln.get_label() == text for ln in ax.lines):
-        ax.plot([], [], linestyle="none", marker=marker, color=color, label=text)
-
-
-def _finish(ax: Any, xlabel: str, ylabel: str, title: str | None, has_label: bool) -> None:
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="major", alpha=0.3)
-    if title is not None:
-        ax.set_title(title, fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()
-    if has_label or len(handles) > 1:
-        # the gap keys last, whatever order the series were drawn in
-        keys = [i for i, t in enumerate(labels) if t in (_ZERO_KEY, _BAD_KEY)]
-        order = [i for i in range(len(labels)) if i not in keys] + keys
-        ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8)
-
-
-def _integer_ticks(ax: Any, names: dict[int, str], last: int | None = None) -> None:
-    """Integer x ticks; with ``last``, ticks 0 and ``last`` are always there (named by
-    ``names``) and the automatic ones too close to ``last`` are dropped."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
-
-    auto = MaxNLocator(integer=True, nbins=10)
-    if last is None:
-        ax.xaxis.set_major_locator(auto)
-    else:
-        ticks = [int(t) for t in auto.tick_values(0, last) if 0 <= t <= last - last / 12]
-        ax.xaxis.set_major_locator(FixedLocator(sorted({0, last, *ticks})))
-    ax.xaxis.set_major_formatter(FuncFormatter(
-        lambda v, _pos: names.get(int(round(v)), str(int(round(v))))
-        if abs(v - round(v)) < 1e-9 else ""))
-
-
-def _check_line_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    """The keywords with matplotlib's aliases resolved (``lw`` -> ``linewidth``);
-    TypeError for one that is not a Line2D property. Runs before anything is drawn."""
-    from ._plotting import pyplot
-
-    pyplot()  # ImportError with the install command when matplotlib is missing
-    from matplotlib.cbook import normalize_kwargs
-    from matplotlib.lines import Line2D
-
-    for k in kw:
-        if k in ("label", "transform", "data") or not callable(
-                getattr(Line2D, f"set_{k}", None)):
-            raise TypeError(f"line_kwargs: {k!r} is not a line property Axes.plot takes here")
-    try:
-        return dict(normalize_kwargs(kw, Line2D))
-    except TypeError as e:  # the same property twice under two aliases
-        raise TypeError(f"line_kwargs: {e}") from None
-
-
-def _short_verdict(verdict: str) -> str:
-    return verdict.split(":")[0]
 
 
 def _fmt(v: float) -> str:
@@ -314,38 +203,9 @@ class GradReport:
         ImportError
             matplotlib is not installed.
         """
-        qs = _check_which(which)
-        label = _check_label(label)
-        p = check_path(path)
-        line_kwargs = _check_line_kwargs(line_kwargs)
-        fig, ax = axes(ax)
-        L = self.depth
-        x = np.arange(L + 1)
-        verdict = self.verdict()
-        color = line_kwargs.pop("color", None)
-        for q in qs:
-            attr, text, marker, ls = _QUANTITIES[q]
-            # the verdict reads ||dL/da_l||: appended to the legend only where it is drawn
-            tag = f" ({_short_verdict(verdict)})" if q == "activation" else ""
-            name = text if label is None else (
-                f"{label}{tag}" if len(qs) == 1 else f"{label}: {text}{tag}")
-            style = {"marker": marker, "markersize": 3, "linestyle": ls, "label": name,
-                     **line_kwargs}
-            if color is not None:
-                style["color"] = color
-            line = _log_series(ax, x, getattr(self, attr), **style)
-            color = line.get_color()  # one colour per report, one style per quantity
-        if self.first_nonfinite is not None:
-            ax.axvline(self.first_nonfinite, color="red", linestyle=":", lw=1)
-        _integer_ticks(ax, {0: "input", L: "out"}, last=L)
-        ylabel = _QUANTITIES[qs[0]][1] if len(qs) == 1 else "gradient norm"
-        _finish(ax, "layer l", ylabel, verdict if label is None else None,
-                label is not None or len(qs) > 1)
-        if p is not None:
-            from ._plotting import save
+        from .plots import grad_report  # the drawing lives in the lab (needs matplotlib)
 
-            save(fig, p)
-        return fig, ax
+        return grad_report(self, ax, path, which, label, line_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types (lists, floats, ints, None): JSON-ready."""
@@ -492,26 +352,9 @@ class RNNGradReport:
         TypeError, ValueError, ImportError
             As :meth:`GradReport.plot`.
         """
-        label = _check_label(label)
-        p = check_path(path)
-        line_kwargs = _check_line_kwargs(line_kwargs)
-        fig, ax = axes(ax)
-        T = self.steps
-        verdict = self.verdict()
-        style = {"marker": "o" if T <= 60 else None, "markersize": 3, "linestyle": "-",
-                 "label": "||dL/dh_t||" if label is None
-                 else f"{label} ({_short_verdict(verdict)})", **line_kwargs}
-        _log_series(ax, np.arange(1, T + 1), self.timestep_grad_norms, **style)
-        if self.first_nonfinite is not None:
-            ax.axvline(self.first_nonfinite, color="red", linestyle=":", lw=1)
-        _integer_ticks(ax, {})
-        _finish(ax, "timestep t", "||dL/dh_t||", verdict if label is None else None,
-                label is not None)
-        if p is not None:
-            from ._plotting import save
+        from .plots import rnn_grad_report  # the drawing lives in the lab (needs matplotlib)
 
-            save(fig, p)
-        return fig, ax
+        return rnn_grad_report(self, ax, path, label, line_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types (JSON-ready); ``h0_grad`` is left out (use the attribute)."""

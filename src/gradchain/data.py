@@ -12,7 +12,6 @@ import numpy as np
 
 from . import activations as _acts
 from ._validate import check_bool, model_dtype, positive_int, real
-from .tasks import adding_problem
 
 __all__ = ["digits", "teacher", "adding", "ADDING_BASELINE_MSE"]
 
@@ -125,12 +124,43 @@ def teacher(n: int = 1024, sizes: Sequence[int] = (32, 64, 1),
 
 def adding(T: int, n: int, seed: int | None = 0,
            dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """The adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015's IRNN task):
-    ``x (T, n, 2)`` (a ``U(0, 1)`` value and a marker that is 1 at one step of each
-    half), target ``(n, 1)`` the sum of the two marked values. Train an
-    ``gc.RNN(2, H, output_size=1)`` with ``loss="mse"``, ``on="last"``; predicting 1
-    scores about ``1/6 ~ 0.167``. See :func:`gradchain.tasks.adding_problem`."""
-    return adding_problem(T, n, seed=_seed(seed), dtype=dtype)
+    """The adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015's IRNN task),
+    the package's one door to it (``gc.tasks.adding_problem`` is the same task under
+    its older name, with ``seed=None`` by default).
+
+    Each of the ``n`` sequences has ``T`` steps of 2 features: a value drawn from
+    ``U(0, 1)`` and a marker that is 1 at exactly two steps (one in the first half,
+    one in the second) and 0 elsewhere. The target is the sum of the two marked
+    values, so the answer depends on inputs up to ``T`` steps back.
+
+    Returns ``x (T, n, 2)`` (time-major, as ``gc.RNN`` takes it) and the mse target
+    ``(n, 1)``: train an ``gc.RNN(2, H, output_size=1)`` with ``loss="mse"``,
+    ``on="last"``. Predicting the mean (1.0) scores about ``1/6 ~ 0.167``
+    (:data:`ADDING_BASELINE_MSE`): that is the baseline to beat. ``seed=None`` draws
+    afresh."""
+    return _adding(T, n, _seed(seed), dtype)
+
+
+def _adding(T: Any, n: Any, seed: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`adding` itself (also ``gc.tasks.adding_problem``'s): T, n, dtype and seed
+    checked in that order."""
+    T_ = positive_int(T, "T", minimum=2)
+    n_ = positive_int(n, "n")
+    dt = model_dtype(dtype)
+    if seed is not None:
+        seed = positive_int(seed, "seed", minimum=0)
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(0.0, 1.0, size=(T_, n_))
+    markers = np.zeros((T_, n_))
+    half = T_ // 2
+    first = rng.integers(0, half, size=n_)
+    second = rng.integers(half, T_, size=n_)
+    cols = np.arange(n_)
+    markers[first, cols] = 1.0
+    markers[second, cols] = 1.0
+    x = np.stack([values, markers], axis=2).astype(dt)
+    y = (values[first, cols] + values[second, cols]).reshape(n_, 1).astype(dt)
+    return x, y
 
 
 #: MSE of always predicting 1 on the adding problem: Var(U1 + U2) = 2/12

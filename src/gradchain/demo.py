@@ -126,7 +126,7 @@ def run_rnn(T: int = 200, batch: int = 32, hidden: int = 128, seed: int = 0,
     gradient clipping taming an exploding configuration (:func:`rnn_cases`);
     ``progress(label)`` is called after each."""
     from .clip import clip_grad_norm
-    from .rnn import RNN
+    from .models import RNN
     from .tasks import adding_problem
 
     x, y = adding_problem(T, batch, seed=seed, dtype=dtype)

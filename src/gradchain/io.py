@@ -478,10 +478,10 @@ class _Spec:
             raise _Bad(f"unsupported gradchain file format {_short(cfg.get('format'))} "
                        f"(this version reads format {_FORMAT})")
         kind = cfg.get("kind")
-        model_cls = next((c for c in _models.MODELS.values()
-                          if isinstance(kind, str) and c.config_kind == kind), None)
+        by_kind = _models.config_kinds()
+        model_cls = by_kind.get(kind) if isinstance(kind, str) else None
         if model_cls is None:
-            known = " or ".join(repr(c.config_kind) for c in _models.MODELS.values())
+            known = " or ".join(map(repr, by_kind))
             raise _Bad(f"config: unknown model kind {_short(kind)} (expected {known})")
         s.cls = model_cls
         s.kwargs = model_cls.read_config(cfg, _READER, activation, n_members)

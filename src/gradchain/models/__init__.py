@@ -37,6 +37,7 @@ from .base import (
     ReportAxis,
     StateError,
     check_not_running,
+    config_kinds,
     describe_kinds,
     from_config,
     get,
@@ -59,8 +60,8 @@ from .rnn import RNN
 __all__ = [
     "DEFAULT_KIND", "ConfigReader", "DataSet", "GradKernels", "IncompatibleKeys", "Lab", "MLP",
     "MODELS", "Model", "NORMS", "ProbeFlag", "ProbeShapes", "RNN", "ReportAxis", "StateError",
-    "check_not_running", "check_target", "describe_kinds", "from_config", "get", "locked",
-    "no_forward_message", "register", "tracks_forward",
+    "check_not_running", "check_target", "config_kinds", "describe_kinds", "from_config",
+    "get", "locked", "no_forward_message", "register", "tracks_forward",
 ]
 
 # every other module of this folder: a model kind that registers itself

@@ -37,8 +37,8 @@ from .._validate import as_array, check_bool, positive_int, shape_str
 
 __all__ = [
     "MODELS", "DEFAULT_KIND", "ConfigReader", "DataSet", "GradKernels", "IncompatibleKeys",
-    "Lab", "Model", "ProbeFlag", "ProbeShapes", "ReportAxis", "StateError", "describe_kinds",
-    "from_config", "get", "register",
+    "Lab", "Model", "ProbeFlag", "ProbeShapes", "ReportAxis", "StateError", "config_kinds",
+    "describe_kinds", "from_config", "get", "register",
 ]
 
 
@@ -921,6 +921,12 @@ def get(kind: Any) -> type[Model]:
             if cls.config_kind == kind:
                 return cls
     raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODELS)}")
+
+
+def config_kinds() -> dict[str, type[Model]]:
+    """The registered classes by their config's ``"kind"`` (``{"MLP": MLP, "RNN": RNN}``):
+    what a saved file names."""
+    return {cls.config_kind: cls for cls in MODELS.values()}
 
 
 def from_config(config: Mapping[str, Any], activation: Any = None,

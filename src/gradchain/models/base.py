@@ -17,7 +17,6 @@ every module in its folder).
 
 from __future__ import annotations
 
-import contextlib
 import copy as _copy
 import functools
 import math
@@ -25,7 +24,7 @@ import pickle
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, cast
 
@@ -321,6 +320,29 @@ class ConfigReader:
             raise self.fail(f"config: {e}") from None
 
 
+class _Exclusive:
+    """What :meth:`Model.exclusive` returns (a plain class: it runs on every optimiser
+    step and clipping call, where a generator-based context manager costs more)."""
+
+    __slots__ = ("_model", "_what")
+
+    def __init__(self, model: Model, what: str) -> None:
+        self._model, self._what = model, what
+
+    def __enter__(self) -> GradKernels:
+        lock = self._model._lock
+        lock.acquire()
+        try:
+            check_not_running(self._model, self._what)
+        except BaseException:
+            lock.release()
+            raise
+        return cast(GradKernels, self._model._core)
+
+    def __exit__(self, *exc: object) -> None:
+        self._model._lock.release()
+
+
 #: the config keys every model kind has (its own come from ``Model.config_keys``)
 _COMMON_KEYS = frozenset({"kind", "activation", "init", "bias", "dtype"})
 
@@ -591,15 +613,12 @@ class Model:
         raise NotImplementedError
 
     # ------------------------------------------------------- buffers, lock, kernels
-    @contextlib.contextmanager
-    def exclusive(self, what: str) -> Iterator[GradKernels]:
-        """Hold the model's lock for the operation ``what`` (named in the error when the
-        model's own custom activation calls it during a pass) and hand out the core's
-        gradient kernels (:class:`GradKernels`): how ``gc.clip_*`` and ``gc.optim`` work
-        on the model's memory."""
-        with self._lock:
-            check_not_running(self, what)
-            yield cast(GradKernels, self._core)
+    def exclusive(self, what: str) -> _Exclusive:
+        """A context manager: hold the model's lock for the operation ``what`` (named in
+        the error when the model's own custom activation calls it during a pass) and hand
+        out the core's gradient kernels (:class:`GradKernels`): how ``gc.clip_*`` and
+        ``gc.optim`` work on the model's memory. ``with model.exclusive("...") as k:``."""
+        return _Exclusive(self, what)
 
     def flat_parameters(self) -> np.ndarray:
         """The core's flat parameter buffer (a writable view): every tensor of

@@ -40,8 +40,11 @@ FLOORS = {**{m: "core" for m in CORE}, **{m: "lab" for m in LAB},
 # NumPy peer and as the float64 truth of its agreement checks
 REFERENCE_IMPORTERS = {"gradchain.bench.cases", "gradchain.bench.peers.numpy_peer"}
 # the only run-time (function-level) imports from the core into the lab: the reports'
-# plot() methods, thin delegates to the lab's drawing code
-CORE_TO_LAB_DELEGATES = {("gradchain.report", "gradchain.plots")}
+# plot() methods, thin delegates to the lab's drawing code, and each model kind's lab
+# hooks (``Model.lab``: the data sets a sweep trains on or a CLI probe runs on)
+CORE_TO_LAB_DELEGATES = {("gradchain.report", "gradchain.plots"),
+                         ("gradchain.models.mlp", "gradchain.data"),
+                         ("gradchain.models.rnn", "gradchain.data")}
 
 
 def _module_name(path: Path) -> str:

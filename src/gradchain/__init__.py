@@ -48,7 +48,7 @@ _LAZY: dict[str, str] = {
     **{m: m for m in (*_SUBMODULES, *_PRIVATE)},
     # core: models, activations, report, clipping, io, runtime settings
     "MLP": "models", "IncompatibleKeys": "models", "StateError": "models",
-    "RNN": "rnn",
+    "RNN": "models",
     "ACTIVATIONS": "activations", "Activation": "activations",
     "GradReport": "report", "RNNGradReport": "report",
     "NonFiniteError": "_core",
@@ -97,7 +97,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at r
     from .models import StateError as StateError
     from .report import GradReport as GradReport
     from .report import RNNGradReport as RNNGradReport
-    from .rnn import RNN as RNN
+    from .models import RNN as RNN
     from .runtime import available_isas as available_isas
     from .runtime import get_isa as get_isa
     from .runtime import get_num_threads as get_num_threads

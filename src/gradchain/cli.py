@@ -14,8 +14,11 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__
+from . import models as _models
 from ._memory import require
 from .losses import LOSSES
+from .models.mlp import NORMS
+from .models.rnn import ON
 from .optim import OPTIMIZERS
 
 # The command line's upper bounds (documented in each subcommand's --help): far above any
@@ -63,10 +66,12 @@ def _int_arg(text: str) -> int:
 _int_arg.__name__ = "int"
 
 
-def _check_int(flag: str, value: Any, key: str | None = None) -> None:
+def _check_int(flag: str, value: Any, key: str | None = None,
+               limits: tuple[int, int] | None = None) -> None:
     """``_BadValue`` unless each of ``value`` (an int or a list of ints) lies in
-    ``LIMITS[key]`` (key defaults to the flag's name)."""
-    lo, hi = LIMITS[key or flag.lstrip("-").replace("-", "_")]
+    ``LIMITS[key]`` (key defaults to the flag's name; ``limits`` where LIMITS has none)."""
+    name = key or flag.lstrip("-").replace("-", "_")
+    lo, hi = LIMITS[name] if name in LIMITS or limits is None else limits
     for v in value if isinstance(value, list) else [value]:
         if v is None:
             continue
@@ -88,24 +93,7 @@ def run_bytes(cfg: Mapping[str, Any], batch: int) -> int:
     (parameters, gradients, the init's float64 temporaries), one forward/backward pass
     over ``batch`` rows (sequences) and the probe's data. ``cfg`` holds a configuration
     as :func:`gradchain.sweeps.configurations` returns it."""
-    s = np.dtype(cfg.get("dtype", "float32")).itemsize
-    B = batch
-    if cfg.get("model", "mlp") == "mlp":
-        i, w, L, o = cfg["in_features"] or cfg["width"], cfg["width"], cfg["depth"], \
-            cfg["out_features"]
-        widest = max(i, w, o)
-        n = i * w + (L - 1) * w * w + w * o + (L * w + o) + (2 * L * w if cfg["norm"] else 0)
-        params = 2 * n * s + 5 * widest * w * 8  # the init draws in float64 (QR: 5 copies)
-        hidden = L * w
-        work = B * (i + (3 if cfg["norm"] else 2) * hidden + 5 * widest + o + i) * s
-        data = B * (i + o) * (8 + s)
-        return params + work + data
-    I_, H, K, T = cfg["input_size"], cfg["hidden_size"], cfg["output_size"] or 0, cfg["steps"]
-    n = H * (I_ + H + 2) + K * (H + 1)
-    params = 2 * n * s + 5 * H * H * 8
-    work = (T * B * (3 * I_ + 6 * H + 2 * K) + 3 * B * H) * s
-    data = T * B * (I_ + max(K, H)) * (8 + s)
-    return params + work + data
+    return _models.get(cfg.get("model", _models.DEFAULT_KIND)).lab.run_bytes(cfg, batch)
 
 
 def _note(args: argparse.Namespace, msg: str) -> None:
@@ -209,40 +197,46 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_flags() -> dict[str, tuple[Any, list[str]]]:
+    """Every model kind's probe flag: name -> (its ProbeFlag, the kinds that take it)."""
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for kind, cls in _models.MODELS.items():
+        for f in cls.lab.probe_flags:
+            out.setdefault(f.name, (f, []))[1].append(kind)
+    return out
+
+
 def _probe_sizes(args: argparse.Namespace) -> None:
     """Fill the model-specific defaults; ValueError for a flag of the other model or a
     size out of range (before anything is built)."""
-    mlp_only = {"depth": 32, "width": 128, "out": 10, "norm": "none", "residual": None}
-    rnn_only = {"steps": 100, "hidden": 128}
-    mine, other = (mlp_only, rnn_only) if args.model == "mlp" else (rnn_only, mlp_only)
-    for name in other:
-        if getattr(args, name) is not None:
-            raise ValueError(f"--{name} applies to --model "
-                             f"{'rnn' if args.model == 'mlp' else 'mlp'} only")
-    for name, default in mine.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    for name in ("depth", "width", "out", "residual", "steps", "hidden", "batch", "seed"):
+    flags = _probe_flags()
+    for name, (_, kinds) in flags.items():
+        if args.model not in kinds and getattr(args, name, None) is not None:
+            raise ValueError(f"--{name} applies to --model {' or '.join(kinds)} only")
+    for f in _models.get(args.model).lab.probe_flags:
+        if getattr(args, f.name) is None:
+            setattr(args, f.name, f.default)
+    for name, (f, _) in flags.items():
+        if f.type is int:
+            _check_int(f"--{name}", getattr(args, name, None), limits=f.limits)
+    for name in ("batch", "seed"):
         _check_int(f"--{name}", getattr(args, name, None))
+
+
+def _probe_init_text(args: argparse.Namespace) -> str:
+    return (f"normal(sigma_w={args.sigma_w:g}, sigma_b={args.sigma_b:g})"
+            if args.sigma_w is not None else args.init)
 
 
 def _probe_what(args: argparse.Namespace) -> str:
     """The probed configuration in words (memory messages, figure titles)."""
-    init = (f"normal(sigma_w={args.sigma_w:g}, sigma_b={args.sigma_b:g})"
-            if args.sigma_w is not None else args.init)
-    if args.model == "mlp":
-        extra = "".join([f", {args.norm} norm" if args.norm != "none" else "",
-                         f", residual every {args.residual}" if args.residual else ""])
-        return (f"MLP {args.activation} + {init}, {args.depth} hidden layers of width "
-                f"{args.width}{extra}, batch {args.batch}, {args.dtype}")
-    return (f"RNN {args.activation} + {init} W_hh, hidden {args.hidden}, T = {args.steps}, "
-            f"batch {args.batch}, {args.dtype}")
+    return _models.get(args.model).lab.probe_what(args, _probe_init_text(args))
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from . import MLP, RNN
+    import gradchain
+
     from . import init as gc_init
-    from .tasks import adding_problem
 
     _probe_sizes(args)
     _out_path(args.png, "--png")
@@ -251,37 +245,22 @@ def _probe(args: argparse.Namespace) -> int:
         print('gradchain probe: error: --png needs matplotlib (pip install "gradchain[plot]")',
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    cfg = ({"model": "mlp", "in_features": args.width, "width": args.width,
-            "depth": args.depth, "out_features": args.out, "norm": args.norm != "none",
-            "dtype": args.dtype} if args.model == "mlp" else
-           {"model": "rnn", "input_size": 2, "hidden_size": args.hidden, "output_size": 1,
-            "steps": args.steps, "dtype": args.dtype})
-    _check_memory(run_bytes(cfg, args.batch), f"the probe ({_probe_what(args)})")
+    lab = _models.get(args.model).lab
+    _check_memory(run_bytes(lab.probe_config(args), args.batch),
+                  f"the probe ({_probe_what(args)})")
     init = args.init
     if args.sigma_w is not None:
         init = gc_init.normal(sigma_w=args.sigma_w, sigma_b=args.sigma_b)
     dtype = np.float64 if args.dtype == "float64" else np.float32
-    model: MLP | RNN
+    # the class as the package exports it (gc.MLP, ...): replaceable there
+    cls = getattr(gradchain, lab.model.__name__, lab.model)
+    pos, kw = lab.probe_model(args, init, dtype)
     try:
-        if args.model == "mlp":
-            residual: bool | int = args.residual if args.residual is not None else False
-            model = MLP([args.width] * (args.depth + 1) + [args.out],
-                        activation=args.activation, init=init,
-                        norm=None if args.norm == "none" else args.norm, residual=residual,
-                        dtype=dtype, seed=args.seed)
-        else:
-            model = RNN(2, args.hidden, activation=args.activation, init=init, output_size=1,
-                        dtype=dtype, seed=args.seed)
+        model = cls(*pos, **kw)
     except MemoryError as e:  # a size that cannot be allocated is a bad value here
         raise ValueError(str(e)) from None
-    if args.model == "mlp":
-        rng = np.random.default_rng(args.seed)
-        x = rng.normal(size=(args.batch, args.width)).astype(dtype)
-        t = rng.normal(size=(args.batch, args.out)).astype(dtype)
-        _, rep = model.loss_and_grad(x, t, loss="mse")
-    else:
-        xs, ys = adding_problem(args.steps, args.batch, seed=args.seed, dtype=dtype)
-        _, rep = model.loss_and_grad(xs, ys, loss="mse", on="last")
+    x, t, loss_kw = lab.probe_batch(args, dtype)
+    _, rep = model.loss_and_grad(x, t, loss="mse", **loss_kw)
     data = {"model": model.config(), "report": rep.to_dict()}
     if args.json:
         print(json.dumps(data, indent=1))
@@ -309,8 +288,14 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------- sweep
+def _kinds_help() -> str:
+    """``mlp (default) or rnn``: the registered kinds, the default first."""
+    others = [k for k in _models.MODELS if k != _models.DEFAULT_KIND]
+    return " or ".join([f"{_models.DEFAULT_KIND} (default)", *others])
+
+
 _SWEEP_OPTIONS = (  # (flag, option, type, choices, help); each takes one or more values
-    ("--model", "model", str, ("mlp", "rnn"), "mlp (default) or rnn"),
+    ("--model", "model", str, tuple(_models.MODELS), _kinds_help()),
     ("--activation", "activation", str, None, "activation names (default tanh)"),
     ("--init", "init", str, None, "init scheme names (default torch_default; RNN: W_hh's)"),
     ("--input-init", "input_init", str, None, "RNN: W_ih's init (default xavier_uniform)"),
@@ -320,7 +305,8 @@ _SWEEP_OPTIONS = (  # (flag, option, type, choices, help); each takes one or mor
     ("--width", "width", int, None, "MLP layer width (default 128)"),
     ("--in-features", "in_features", int, None, "MLP inputs (default: the width)"),
     ("--out-features", "out_features", int, None, "MLP outputs (default 10)"),
-    ("--norm", "norm", str, ("none", "batch", "layer"), "MLP norm layers (default none)"),
+    ("--norm", "norm", str, tuple("none" if n is None else n for n in NORMS),
+     "MLP norm layers (default none)"),
     ("--residual", "residual", int, None, "MLP: 0 none (default), K every K-th layer"),
     ("--residual-scale", "residual_scale", float, None, "MLP skip scale (default 1)"),
     ("--bias", "bias", str, ("true", "false"), "biases (default true)"),
@@ -331,8 +317,29 @@ _SWEEP_OPTIONS = (  # (flag, option, type, choices, help); each takes one or mor
     ("--input-size", "input_size", int, None, "RNN inputs (default 8)"),
     ("--output-size", "output_size", int, None, "RNN readout size (default: none)"),
     ("--steps", "steps", int, None, "RNN sequence length T (default 100)"),
-    ("--on", "on", str, ("last", "all"), "RNN loss on the last step (default) or all"),
+    ("--on", "on", str, ON, "RNN loss on the last step (default) or all"),
 )
+
+
+def _sweep_options() -> tuple[tuple[str, str, Any, Any, str], ...]:
+    """``_SWEEP_OPTIONS``, then a flag for every sweep option of a registered kind that
+    the table does not name (``--num-layers`` for ``num_layers``; its type from the
+    default), so that a new kind's options reach the command line."""
+    rows = [(flag, opt, typ, tuple(_models.MODELS), _kinds_help()) if opt == "model"
+            else (flag, opt, typ, choices, text)  # the kinds registered by now
+            for flag, opt, typ, choices, text in _SWEEP_OPTIONS]
+    known = {opt for _, opt, _, _, _ in rows}
+    extra: list[tuple[str, str, Any, Any, str]] = []
+    for kind, cls in _models.MODELS.items():
+        for opt, default in cls.lab.sweep_defaults.items():
+            if opt in known:
+                continue
+            known.add(opt)
+            typ = type(default) if isinstance(default, (int, float)) and not isinstance(
+                default, bool) else str
+            extra.append((f"--{opt.replace('_', '-')}", opt, typ, None,
+                          f"{kind}: {opt} (default {default})"))
+    return (*rows, *extra)
 _SWEEP_TRAIN = (("--epochs", "epochs", int), ("--lr", "lr", float),
                 ("--optimizer", "optimizer", str), ("--data", "data", str),
                 ("--train-batch-size", "batch_size", int))
@@ -411,7 +418,7 @@ def _sweep(args: argparse.Namespace) -> int:
         cfg = sweeps.load_config(args.config)
         grid, fixed, train = cfg["grid"], cfg["fixed"], cfg["train"]
         seed = 0 if cfg["seed"] is None else cfg["seed"]
-    for _flag, option, _type, _choices, _help in _SWEEP_OPTIONS:
+    for _flag, option, _type, _choices, _help in _sweep_options():
         values = getattr(args, option)
         if values is None:
             continue
@@ -428,7 +435,7 @@ def _sweep(args: argparse.Namespace) -> int:
             train[key] = getattr(args, f"train_{key}")
     if args.seed is not None:
         seed = args.seed
-    for flag, option, typ, _choices, _help in _SWEEP_OPTIONS:
+    for flag, option, typ, _choices, _help in _sweep_options():
         values = getattr(args, option)
         if typ is int and values is not None:
             if option == "residual":  # 0: no skip connections
@@ -504,7 +511,7 @@ def _add_sweep_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "||dL/da_0||/||dL/da_L||, the log10 slope per layer and the verdict. A progress bar "
         "runs on stderr. Limits: " + _LIMITS_HELP + " (all runs that go at once together).",
         epilog=_SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flag, option, typ, choices, text in _SWEEP_OPTIONS:
+    for flag, option, typ, choices, text in _sweep_options():
         s.add_argument(flag, dest=option, nargs="+", type=_int_arg if typ is int else typ,
                        choices=choices, default=None,
                        metavar=None if choices else {int: "N", float: "X"}.get(typ, "NAME"),
@@ -608,16 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(MLP: random normal data, MSE) or per-timestep (RNN: the adding problem, 2 inputs, "
         "1 output, MSE on the last step) gradient norms as a table, JSON or PNG plot. Bad "
         "values exit with code 2 and a one-line message. Limits: " + _LIMITS_HELP + ".")
-    q.add_argument("--model", choices=["mlp", "rnn"], default="mlp",
-                   help="mlp (default) or rnn (a one-layer vanilla RNN)")
-    q.add_argument("--depth", type=_int_arg, default=None,
-                   help="MLP hidden layers (default 32)")
-    q.add_argument("--width", type=_int_arg, default=None, help="MLP layer width (default 128)")
-    q.add_argument("--out", type=_int_arg, default=None, help="MLP outputs (default 10)")
-    q.add_argument("--steps", type=_int_arg, default=None,
-                   help="RNN sequence length T (default 100)")
-    q.add_argument("--hidden", type=_int_arg, default=None,
-                   help="RNN hidden size (default 128)")
+    q.add_argument("--model", choices=list(_models.MODELS), default=_models.DEFAULT_KIND,
+                   help=_kinds_help())
+    for name, (f, _) in _probe_flags().items():  # each kind's own flags
+        q.add_argument(f"--{name}", type=_int_arg if f.type is int else f.type, default=None,
+                       choices=f.choices, metavar=f.metavar, help=f.help)
     q.add_argument("--batch", type=_int_arg, default=64)
     q.add_argument("--activation", default="tanh")
     q.add_argument("--init", default="torch_default",
@@ -625,10 +627,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sigma-w", type=float, default=None,
                    help="mean-field init N(0, sigma_w^2/fan_in) (overrides --init)")
     q.add_argument("--sigma-b", type=float, default=0.0)
-    q.add_argument("--norm", choices=["none", "batch", "layer"], default=None,
-                   help="MLP norm layers (default none)")
-    q.add_argument("--residual", type=_int_arg, default=None, metavar="K",
-                   help="MLP: residual on every K-th layer")
     q.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     q.add_argument("--seed", type=_int_arg, default=0)
     q.add_argument("--json", action="store_true",

@@ -126,10 +126,10 @@ def run_rnn(T: int = 200, batch: int = 32, hidden: int = 128, seed: int = 0,
     gradient clipping taming an exploding configuration (:func:`rnn_cases`);
     ``progress(label)`` is called after each."""
     from .clip import clip_grad_norm
-    from .rnn import RNN
-    from .tasks import adding_problem
+    from .models import RNN
+    from .data import adding
 
-    x, y = adding_problem(T, batch, seed=seed, dtype=dtype)
+    x, y = adding(T, batch, seed=seed, dtype=dtype)
     out = []
     for case in rnn_cases():
         label, short, kind, kw = case.label, case.short, case.kind, case.kwargs

@@ -34,10 +34,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import activations as _acts
-from . import init as _init
+from . import models as _models
 from ._memory import require
 from ._validate import check_bool, first_nonfinite
+from .models import ConfigReader, Model
 
 __all__ = ["save", "load"]
 
@@ -54,7 +54,6 @@ _MAX_CONFIG_BYTES = 16 << 20
 _MAX_DEPTH = 4              # the config nests objects and lists 3 deep
 _MAX_STR = 4096             # longest string in a config (an activation's name)
 _MAX_HEADER = 10_000        # longest .npy header (NumPy's own limit)
-_MAX_WIDTH = 1 << 31        # a layer width / RNN size past this is not a model
 # np.savez stores members uncompressed; a deflated archive (np.savez_compressed) is
 # accepted when it expands at most this much overall (plus a small allowance): float
 # weights barely compress, so more than that is a zip bomb, not a model.
@@ -260,7 +259,7 @@ def _load_checked(f: BinaryIO, label: str, activation: Any, allow_nonfinite: boo
                        f"{_META!r}; members {_first(list(members))})")
         cfg = _read_config(zf, meta, n_members=len(members))
         spec = _Spec.from_config(cfg, activation, n_members=len(members))
-        names = spec.tensors()
+        names = spec.tensors
         missing = [k for k in names if k not in members]
         unexpected = [k for k in members if k not in names]
         if missing or unexpected:
@@ -272,16 +271,10 @@ def _load_checked(f: BinaryIO, label: str, activation: Any, allow_nonfinite: boo
         require(spec.nbytes(names), f"gc.load: the {spec.describe()}")
         model = spec.build()
         _fill(model, zf, members, headers, allow_nonfinite)
-    if spec.kind == "MLP":
+    if spec.cls.has_modes:
         model.train(spec.training)
-    model._core.invalidate()
+    model.invalidate()
     return model
-
-
-def _first(names: list[str], n: int = 5) -> str:
-    """The first n names, and how many there are in all when that is more."""
-    shown = ", ".join(repr(k[:100]) for k in names[:n])
-    return f"[{shown}]" if len(names) <= n else f"[{shown}, ...] ({len(names)} in all)"
 
 
 def _check_archive(zf: zipfile.ZipFile, file_size: int) -> dict[str, zipfile.ZipInfo]:
@@ -460,74 +453,23 @@ def _check_strings(v: Any) -> None:
 
 
 # --------------------------------------------------------------------- config checks
-def _int(v: Any, name: str, lo: int = 1, hi: int = _MAX_WIDTH) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _Bad(f"config: {name} must be an int, got {_json_type(v)}")
-    if not lo <= v <= hi:
-        raise _Bad(f"config: {name} must be in [{lo}, {hi}], got {_short(v)}")
-    return v
-
-
-def _num(v: Any, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _Bad(f"config: {name} must be a number, got {_json_type(v)}")
-    try:
-        f = float(v)
-    except OverflowError:
-        f = math.inf
-    if not math.isfinite(f):
-        raise _Bad(f"config: {name} must be finite, got {_short(v)}")
-    return f
-
-
-def _bool(v: Any, name: str) -> bool:
-    if not isinstance(v, bool):
-        raise _Bad(f"config: {name} must be true or false, got {_json_type(v)}")
-    return v
-
-
-def _json_type(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a bool",
-            int: "an int", float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def _short(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-_COMMON = {"kind", "format", "activation", "init", "bias", "dtype"}
-_KEYS = {
-    "MLP": (_COMMON | {"sizes", "norm", "residual", "residual_scale", "eps", "momentum"},
-            {"training"}),
-    "RNN": (_COMMON | {"input_size", "hidden_size", "output_size", "input_init",
-                       "batch_first"}, set()),
-}
-_INIT_KEYS = {"normal": {"name", "gain", "sigma_w", "sigma_b"}}
+_READER = ConfigReader(error=_Bad)  # the models' config checks, raising _Bad
+_short = _READER.short
+_first = _READER.first
 
 
 class _Spec:
-    """A validated config: the constructor arguments and the tensors they imply."""
+    """A validated config: the model class, its constructor arguments and the tensors
+    they imply (the class checks its own keys: ``Model.read_config``)."""
 
-    kind: str
-    dtype: np.dtype
+    cls: type[Model]
+    kwargs: dict[str, Any]
     training: bool
-    bias: bool
-    activation: _acts.Activation
-    init: _init.Init
-    # MLP
-    sizes: list[int]
-    norm: str | None
-    residual: list[bool]
-    residual_scale: float
-    eps: float
-    momentum: float
-    # RNN
-    input_size: int
-    hidden_size: int
-    output_size: int | None
-    input_init: _init.Init
-    batch_first: bool
+    tensors: dict[str, tuple[int, ...]]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.kwargs["dtype"])
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], activation: Any, n_members: int) -> _Spec:
@@ -536,111 +478,16 @@ class _Spec:
             raise _Bad(f"unsupported gradchain file format {_short(cfg.get('format'))} "
                        f"(this version reads format {_FORMAT})")
         kind = cfg.get("kind")
-        if kind not in _KEYS:
-            raise _Bad(f"config: unknown model kind {_short(kind)} (expected 'MLP' or 'RNN')")
-        required, optional = _KEYS[kind]
-        missing = sorted(required - set(cfg))
-        unknown = sorted(set(cfg) - required - optional)
-        if missing or unknown:
-            raise _Bad("malformed gradchain config ("
-                       + "; ".join(([f"missing keys {missing}"] if missing else [])
-                                   + ([f"unknown keys {_first(unknown)}"] if unknown else []))
-                       + ")")
-        s.kind = kind
-        s.bias = _bool(cfg["bias"], "bias")
-        if cfg["dtype"] not in ("float32", "float64"):
-            raise _Bad(f"config: dtype must be 'float32' or 'float64', got {_short(cfg['dtype'])}")
-        s.dtype = np.dtype(cfg["dtype"])
-        s.activation = s._activation(cfg["activation"], activation)
-        s.init = _init_from(cfg["init"], "init")
-        s.training = True
-        if kind == "MLP":
-            sizes = cfg["sizes"]
-            if not isinstance(sizes, list) or len(sizes) < 2:
-                raise _Bad(f"config: sizes must be a list of at least 2 ints, got "
-                           f"{_json_type(sizes)}" + (f" of {len(sizes)}" if isinstance(
-                               sizes, list) else ""))
-            if len(sizes) - 1 > n_members:  # one weight per layer at least: before any loop
-                raise _Bad(f"config: sizes describes {len(sizes) - 1} layers, but the "
-                           f"archive holds {n_members} arrays")
-            s.sizes = [_int(v, f"sizes[{i}]") for i, v in enumerate(sizes)]
-            L = len(sizes) - 2
-            norm = cfg["norm"]
-            if norm not in (None, "batch", "layer"):
-                raise _Bad(f"config: norm must be null, 'batch' or 'layer', got {_short(norm)}")
-            s.norm = norm
-            res = cfg["residual"]
-            if not isinstance(res, list) or len(res) != L:
-                raise _Bad(f"config: residual must be a list of {L} bools (one per hidden "
-                           f"layer), got {_json_type(res)}"
-                           + (f" of {len(res)}" if isinstance(res, list) else ""))
-            s.residual = [_bool(v, f"residual[{i}]") for i, v in enumerate(res)]
-            s.residual_scale = _num(cfg["residual_scale"], "residual_scale")
-            s.eps = _num(cfg["eps"], "eps")
-            if s.eps <= 0:
-                raise _Bad(f"config: eps must be > 0, got {s.eps}")
-            s.momentum = _num(cfg["momentum"], "momentum")
-            if not 0 <= s.momentum <= 1:
-                raise _Bad(f"config: momentum must be in [0, 1], got {s.momentum}")
-            s.training = _bool(cfg.get("training", True), "training")
-        else:
-            s.input_size = _int(cfg["input_size"], "input_size", hi=1 << 24)
-            s.hidden_size = _int(cfg["hidden_size"], "hidden_size", hi=1 << 24)
-            out = cfg["output_size"]
-            s.output_size = None if out is None else _int(out, "output_size", hi=1 << 24)
-            s.input_init = _init_from(cfg["input_init"], "input_init")
-            s.batch_first = _bool(cfg["batch_first"], "batch_first")
+        by_kind = _models.config_kinds()
+        model_cls = by_kind.get(kind) if isinstance(kind, str) else None
+        if model_cls is None:
+            known = " or ".join(map(repr, by_kind))
+            raise _Bad(f"config: unknown model kind {_short(kind)} (expected {known})")
+        s.cls = model_cls
+        s.kwargs = model_cls.read_config(cfg, _READER, activation, n_members)
+        s.training = _READER.flag(cfg.get("training", True), "training")
+        s.tensors = model_cls.tensor_shapes(s.kwargs)
         return s
-
-    @staticmethod
-    def _activation(a: Any, override: Any) -> _acts.Activation:
-        if not isinstance(a, dict) or not isinstance(a.get("name"), str):
-            raise _Bad(f"config: activation must be an object with a name, got {_short(a)}")
-        custom = a.get("custom", False)
-        if custom is not False and (custom is not True or set(a) != {"name", "custom"}):
-            raise _Bad(f"config: bad custom activation entry {_short(a)}")
-        if override is not None:
-            return _acts.resolve(override)  # the caller's own errors stay TypeError etc.
-        if custom:
-            raise _Bad(f"the model was saved with the custom activation {a['name']!r}; "
-                       "pass it again: gc.load(path, activation=gc.Activation.custom(f, df))")
-        params = {k: v for k, v in a.items() if k != "name"}
-        for k, v in params.items():
-            _num(v, f"activation.{k}")
-        try:
-            return _acts.Activation(a["name"], **params)
-        except (TypeError, ValueError) as e:
-            raise _Bad(f"config: {e}") from None
-
-    # ------------------------------------------------------------------ tensors
-    def tensors(self) -> dict[str, tuple[int, ...]]:
-        """State-dict name -> shape, in the model's order."""
-        out: dict[str, tuple[int, ...]] = {}
-        if self.kind == "MLP":
-            sz = self.sizes
-            for i, (a, b) in enumerate(zip(sz[:-1], sz[1:], strict=False)):
-                out[f"layers.{i}.weight"] = (b, a)
-                if self.bias:
-                    out[f"layers.{i}.bias"] = (b,)
-            if self.norm:
-                for i, h in enumerate(sz[1:-1]):
-                    names = ["weight", "bias"] + (
-                        ["running_mean", "running_var", "num_batches_tracked"]
-                        if self.norm == "batch" else [])
-                    for n in names:
-                        out[f"norms.{i}.{n}"] = () if n == "num_batches_tracked" else (h,)
-        else:
-            H, I_, K = self.hidden_size, self.input_size, self.output_size
-            out["weight_ih_l0"] = (H, I_)
-            out["weight_hh_l0"] = (H, H)
-            if self.bias:
-                out["bias_ih_l0"] = (H,)
-                out["bias_hh_l0"] = (H,)
-            if K:
-                out["readout.weight"] = (K, H)
-                if self.bias:
-                    out["readout.bias"] = (K,)
-        return out
 
     def nbytes(self, names: dict[str, tuple[int, ...]]) -> int:
         """What loading allocates: parameters + gradients + buffers in the model's dtype,
@@ -651,47 +498,13 @@ class _Spec:
         return (2 * sum(sizes) * self.dtype.itemsize + biggest * (3 * 8 + self.dtype.itemsize))
 
     def describe(self) -> str:
-        if self.kind == "MLP":
-            from .models import _short_sizes
-            return f"MLP with sizes {_short_sizes(self.sizes)} ({self.dtype.name})"
-        return (f"RNN with input_size={self.input_size}, hidden_size={self.hidden_size}, "
-                f"output_size={self.output_size} ({self.dtype.name})")
+        return self.cls.describe_config(self.kwargs)
 
     def build(self) -> Any:
-        from .models import MLP
-        from .rnn import RNN
-
         try:
-            if self.kind == "MLP":
-                return MLP(self.sizes, activation=self.activation, init=self.init,
-                           norm=self.norm, residual=self.residual,
-                           residual_scale=self.residual_scale, bias=self.bias,
-                           dtype=self.dtype, eps=self.eps, momentum=self.momentum)
-            return RNN(self.input_size, self.hidden_size, activation=self.activation,
-                       init=self.init, input_init=self.input_init, bias=self.bias,
-                       output_size=self.output_size, dtype=self.dtype,
-                       batch_first=self.batch_first)
+            return self.cls(**self.kwargs)
         except (TypeError, ValueError) as e:
             raise _Bad(f"malformed gradchain config ({e})") from None
-
-
-def _init_from(v: Any, name: str) -> _init.Init:
-    if not isinstance(v, dict) or not isinstance(v.get("name"), str):
-        raise _Bad(f"config: {name} must be an object with a name, got {_short(v)}")
-    scheme = v["name"]
-    if scheme not in _init.SCHEMES:
-        raise _Bad(f"config: {name}: unknown scheme {_short(scheme)}")
-    allowed = _INIT_KEYS.get(scheme, {"name", "gain"})
-    unknown = sorted(set(v) - allowed)
-    if unknown:
-        raise _Bad(f"config: {name}: unknown keys {_first(unknown)} for {scheme!r}")
-    for k, x in v.items():
-        if k != "name" and not (k == "gain" and x is None):
-            _num(x, f"{name}.{k}")
-    try:
-        return _init.from_config(v)
-    except (TypeError, ValueError) as e:
-        raise _Bad(f"config: {name}: {e}") from None
 
 
 # ------------------------------------------------------------------ array headers, data
@@ -732,15 +545,16 @@ def _shape(s: tuple[int, ...]) -> str:
 
 def _fill(model: Any, zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo],
           headers: dict[str, _Header], allow_nonfinite: bool) -> None:
-    """Read every array into the new model's memory, checking CRCs and finiteness."""
-    params, buffers = model._params, model._buffers
+    """Read every array into the new model's memory (its state dict's views), checking
+    CRCs and finiteness."""
+    views = model.state_dict()
     for key, h in headers.items():
         what = f"array {key!r}"
         try:
             with _open(zf, members[key]) as m:
                 _read_member(m, h.hlen, what)
                 counter = key.endswith("num_batches_tracked")
-                target = None if counter else (params[key] if key in params else buffers[key])
+                target = None if counter else views[key]
                 direct = target is not None and h.dtype == target.dtype and not (
                     h.fortran and len(h.shape) > 1)
                 staged = None if direct else np.empty(h.shape, h.dtype)
@@ -756,7 +570,7 @@ def _fill(model: Any, zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo],
             v = int(staged.reshape(-1)[0])
             if not 0 <= v < 1 << 63:
                 raise _Bad(f"{what}: counter {v} out of range")
-            model._num_batches_tracked[int(key.split(".")[1])] = v
+            views[key][...] = v  # the counter's 0-d view
             continue
         if not direct:
             assert staged is not None and target is not None

@@ -8,7 +8,7 @@ models' ``loss_and_grad``); :func:`value` casts to float64 first (gc.train's eva
 Shapes: ``y (..., K)``; an mse target has ``y``'s shape, a cross_entropy target holds the
 class indices of shape ``y.shape[:-1]`` (MLP ``(B, K)`` / ``(B,)``; RNN ``on="all"``
 ``(T, B, K)`` / ``(T, B)``, averaged over the ``T * B`` samples). Targets are checked by the
-callers (``models.check_target``); here they are trusted.
+callers with :func:`check_target`; the functions below trust them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LOSSES", "check_loss", "value", "value_and_grad", "sequence_value_and_grad"]
+from ._validate import as_array, float_array, shape_str
+
+__all__ = ["LOSSES", "check_loss", "check_target", "value", "value_and_grad",
+           "sequence_value_and_grad"]
 
 LOSSES: tuple[str, ...] = ("mse", "cross_entropy")
 """The loss names every ``loss=`` argument takes."""
@@ -28,6 +31,26 @@ def check_loss(loss: Any, name: str = "loss") -> str:
     if not isinstance(loss, str) or loss not in LOSSES:
         raise ValueError(f"{name}: expected one of {', '.join(LOSSES)}, got {loss!r}")
     return loss
+
+
+def check_target(target: Any, loss: str, dtype: np.dtype, y_shape: tuple[int, ...],
+                 name: str = "target") -> np.ndarray:
+    """Validate a loss target (called ``name`` in errors) against the output shape
+    ``y_shape``: mse takes ``y_shape`` in the model's dtype, cross_entropy integer class
+    indices of shape ``y_shape[:-1]`` in ``[0, y_shape[-1])``."""
+    if loss == "mse":
+        return float_array(target, name, dtype, y_shape)
+    t = as_array(target, name)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{name}: cross_entropy takes integer class indices, got dtype {t.dtype}")
+    want = y_shape[:-1]
+    if t.shape != want:
+        raise ValueError(f"{name}: expected shape {shape_str(want)}, got {shape_str(t.shape)}")
+    k = y_shape[-1]
+    if t.size and (t.min() < 0 or t.max() >= k):
+        raise ValueError(f"{name}: class indices must be in [0, {k}), got range "
+                         f"[{t.min()}, {t.max()}]")
+    return np.ascontiguousarray(t, dtype=np.int64)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

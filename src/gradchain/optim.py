@@ -32,7 +32,7 @@ import numpy as np
 
 from ._memory import require
 from ._validate import as_array, check_bool, real, shape_str
-from .models import StateError, check_not_running
+from .models import Model, StateError, describe_kinds
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "build"]
 
@@ -41,13 +41,11 @@ def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
     return sorted(__all__)
 
 
-def _core_model(model: Any) -> Any:
-    core = getattr(model, "_core", None)
-    if (core is None or not hasattr(core, "param_array") or not hasattr(core, "grad_array")
-            or not hasattr(model, "named_parameters")):
-        raise TypeError(
-            f"model: expected a gradchain model (gc.MLP or gc.RNN), got {type(model).__name__}")
-    return core
+def _check_model(model: Any) -> Model:
+    if not isinstance(model, Model):
+        raise TypeError(f"model: expected a gradchain model ({describe_kinds('gc.')}), got "
+                        f"{type(model).__name__}")
+    return model
 
 
 def _nonneg(v: Any, name: str, torch_word: str) -> float:
@@ -113,14 +111,14 @@ class Optimizer:
     _STEP_IN_STATE = False
 
     def __init__(self, model: Any, defaults: dict[str, Any]) -> None:
-        core = _core_model(model)
-        named = list(model.named_parameters())
+        m = _check_model(model)
+        named = list(m.named_parameters())
         self.model = model
         self._names = [n for n, _ in named]
         self._shapes = [p.shape for _, p in named]
         self._sizes = [int(p.size) for _, p in named]
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)]).astype(int).tolist()
-        flat_p, flat_g = core.param_array(), core.grad_array()
+        flat_p, flat_g = m.flat_parameters(), m.flat_grads()
         n = self._offsets[-1]
         # The views of named_parameters() tile the flat buffer in order (models.py binds
         # them so); if that ever stops holding, fall back to one slab per tensor.
@@ -148,7 +146,7 @@ class Optimizer:
     _PICKLE_VERSION = 1
 
     def __getstate__(self) -> dict[str, Any]:
-        with self.model._lock:
+        with self.model.lock:
             return {
                 "version": self._PICKLE_VERSION,
                 "model": self.model,
@@ -197,11 +195,8 @@ class Optimizer:
     def zero_grad(self) -> None:
         """Set every parameter gradient of the model to 0 (the gradient buffers stay;
         gradchain cannot set them to None as PyTorch's ``set_to_none`` does)."""
-        with self.model._lock:
-            check_not_running(self.model, f"{type(self).__name__}.zero_grad")
-            for _, g in self._slabs:
-                g[...] = 0.0
-            self.model._grads_interrupted = False
+        with self.model.exclusive(f"{type(self).__name__}.zero_grad"):
+            self.model.zero_grad()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter from the gradients of the last backward.
@@ -216,9 +211,8 @@ class Optimizer:
         group = self.param_groups[0]
         # the model's lock: another thread's forward/backward on this model waits for the
         # whole update (and this update for it) instead of seeing half-updated weights
-        with self.model._lock:
-            check_not_running(self.model, f"{type(self).__name__}.step")
-            if getattr(self.model, "_grads_interrupted", False):
+        with self.model.exclusive(f"{type(self).__name__}.step"):
+            if self.model.grads_partial:
                 raise StateError(
                     f"{type(self).__name__}.step: the last backward() was interrupted "
                     "(KeyboardInterrupt), so the gradients are partial; run backward() again "
@@ -239,7 +233,7 @@ class Optimizer:
                     self._update(i, p, g, group)
             # saved activations no longer belong to these parameters (as autograd refuses a
             # backward through tensors modified in place)
-            self.model._core.invalidate()
+            self.model.invalidate()
         return loss
 
     def _update(self, i: int, p: np.ndarray, g: np.ndarray, group: Mapping[str, Any]) -> None:
@@ -418,7 +412,7 @@ class SGD(Optimizer):
     def __init__(self, model: Any, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
                  maximize: bool = False) -> None:
-        _core_model(model)
+        _check_model(model)
         hyper = self._check_hyper({"lr": lr, "momentum": momentum, "dampening": dampening,
                                    "weight_decay": weight_decay, "nesterov": nesterov,
                                    "maximize": maximize})
@@ -489,7 +483,7 @@ class Adam(Optimizer):
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
                  maximize: bool = False, *, decoupled_weight_decay: bool = False) -> None:
-        _core_model(model)
+        _check_model(model)
         hyper = self._check_hyper({"lr": lr, "betas": betas, "eps": eps,
                                    "weight_decay": weight_decay, "amsgrad": amsgrad,
                                    "maximize": maximize,

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ import numpy as np
 from . import activations as _acts
 from . import init as _init
 from . import losses as _losses
+from . import models as _models
 from ._validate import check_bool, positive_int, real
 from .optim import OPTIMIZERS
 
@@ -43,21 +44,28 @@ def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
     return sorted(__all__)
 
 
+class _Options(Mapping[str, Mapping[str, Any]]):
+    """The options of each registered model kind (``Model.lab.sweep_defaults``), read from
+    the registry when asked (a kind registered later is there too)."""
+
+    def __getitem__(self, kind: str) -> Mapping[str, Any]:
+        return _models.MODELS[kind].lab.sweep_defaults
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_models.MODELS)
+
+    def __len__(self) -> int:
+        return len(_models.MODELS)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
 # Every option of each model with its default, in the order records list them.
 # ``in_features=None`` means ``width``; ``sigma_w`` / ``sigma_b`` select gc.init.normal.
-_MLP_DEFAULTS: dict[str, Any] = {
-    "activation": "tanh", "init": "torch_default", "sigma_w": None, "sigma_b": None,
-    "depth": 32, "width": 128, "in_features": None, "out_features": 10, "norm": None,
-    "residual": False, "residual_scale": 1.0, "bias": True, "dtype": "float32", "batch": 64,
-    "loss": "mse",
-}
-_RNN_DEFAULTS: dict[str, Any] = {
-    "activation": "tanh", "init": "torch_default", "input_init": "xavier_uniform",
-    "sigma_w": None, "sigma_b": None, "hidden_size": 64, "input_size": 8, "output_size": None,
-    "steps": 100, "batch": 32, "on": "last", "bias": True, "dtype": "float32", "loss": "mse",
-}
-OPTIONS: dict[str, dict[str, Any]] = {"mlp": _MLP_DEFAULTS, "rnn": _RNN_DEFAULTS}
-"""``{"mlp": {option: default}, "rnn": {...}}``: what a grid may set, for each model."""
+OPTIONS: Mapping[str, Mapping[str, Any]] = _Options()
+"""``{"mlp": {option: default}, "rnn": {...}}``: what a grid may set, for each model
+(each kind's ``lab.sweep_defaults``)."""
 
 _TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "sgd", "data": None, "n": 512,
@@ -182,10 +190,24 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
+def _checker(option: Any) -> Callable[[Any, str], Any] | None:
+    """The check of a sweep option: this module's table, or a model kind's own."""
+    if not isinstance(option, str):
+        return None
+    if option in _CHECKS:
+        return _CHECKS[option]
+    for cls in _models.MODELS.values():
+        if option in cls.lab.sweep_checks:
+            return cls.lab.sweep_checks[option]
+    return None
+
+
 def _check_value(option: str, value: Any, where: str) -> Any:
     """The normalised value, or the checker's TypeError/ValueError with ``where`` added."""
+    check = _checker(option)
+    assert check is not None
     try:
-        return _CHECKS[option](value, option)
+        return check(value, option)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{e} (in {where})") from None
 
@@ -201,20 +223,14 @@ def _unknown(option: Any, model: str, where: str) -> ValueError:
 
 
 # What a training data set implies for the options not given (an explicit other value
-# is a ValueError): the digits are 64 pixels and 10 classes, the adding problem has two
-# inputs (value, marker) and one output.
-_IMPLIED_BY_DATA: dict[tuple[str, str], dict[str, Any]] = {
-    ("mlp", "digits"): {"in_features": 64, "out_features": 10, "loss": "cross_entropy"},
-    ("rnn", "adding"): {"input_size": 2, "output_size": 1},
-}
-
-
+# is a ValueError): each kind's ``lab.data_implies`` (the digits are 64 pixels and 10
+# classes, the adding problem has two inputs (value, marker) and one output).
 def _implied(train: Mapping[str, Any] | None, raw: Mapping[str, Any]) -> dict[str, Any]:
     if train is None:
         return {}
-    model = raw.get("model", "mlp")
-    data = train["data"] or ("teacher" if model == "mlp" else "adding")
-    return _IMPLIED_BY_DATA.get((model, data), {})
+    lab = _models.get(raw.get("model", _models.DEFAULT_KIND)).lab
+    data = train["data"] or lab.train_data[0]
+    return dict(lab.data_implies.get(data, {}))
 
 
 def _resolve(raw: dict[str, Any], where: str,
@@ -222,7 +238,7 @@ def _resolve(raw: dict[str, Any], where: str,
     """A full, normalised configuration from the given options: every option of the model
     in the documented order, defaults filled in (``implied`` over the defaults: what the
     training data implies), the cross-option rules checked."""
-    model = raw.get("model", "mlp")
+    model = raw.get("model", _models.DEFAULT_KIND)
     defaults = OPTIONS[model]
     for k in raw:
         if k != "model" and k not in defaults:
@@ -241,42 +257,13 @@ def _resolve(raw: dict[str, Any], where: str,
         cfg["sigma_w"] = 1.0 if cfg["sigma_w"] is None else cfg["sigma_w"]
         cfg["sigma_b"] = 0.0 if cfg["sigma_b"] is None else cfg["sigma_b"]
 
-    if model == "mlp":
-        if cfg["in_features"] is None:
-            cfg["in_features"] = cfg["width"]
-        if cfg["norm"] == "batch" and cfg["batch"] < 2:
-            raise ValueError(f"batch: batch norm in training mode needs batch >= 2, got "
-                             f"{cfg['batch']} (in {where})")
-        from ._memory import check_blas_dim
-        from .models import _sizes
-
-        for key in ("in_features", "width", "out_features"):  # past the BLAS: a ValueError
-            check_blas_dim(cfg[key], f"{key} (in {where})")
-        # counted before the size list is built (depth=10**9 would exhaust memory there)
-        w, d = cfg["width"], cfg["depth"]
-        n_weights = cfg["in_features"] * w + (d - 1) * w * w + w * cfg["out_features"]
-        if n_weights > 1 << 36:
-            raise MemoryError(f"sizes: {n_weights} weights cannot be allocated (width={w}, "
-                              f"depth={d}, in {where})")
-        try:
-            _sizes(_mlp_sizes(cfg))
-        except (MemoryError, ValueError) as e:  # ValueError: past the BLAS's 32-bit range
-            raise type(e)(f"{e} (width={cfg['width']}, depth={cfg['depth']}, in {where})"
-                          ) from None
-    else:
-        for k in ("hidden_size", "input_size", "output_size"):
-            if cfg[k] is not None and cfg[k] > 1 << 24:
-                raise MemoryError(f"{k}: {cfg[k]} cannot be allocated (in {where})")
+    _models.get(model).lab.resolve(cfg, where)
     return cfg
-
-
-def _mlp_sizes(cfg: Mapping[str, Any]) -> list[int]:
-    return [cfg["in_features"]] + [cfg["width"]] * cfg["depth"] + [cfg["out_features"]]
 
 
 def _fixed_model(fixed: Mapping[str, Any]) -> str:
     m = fixed.get("model")
-    return m if isinstance(m, str) and m in OPTIONS else "mlp"
+    return m if isinstance(m, str) and m in OPTIONS else _models.DEFAULT_KIND
 
 
 def _values(axis: Any, option: str) -> list[Any]:
@@ -317,14 +304,14 @@ def configurations(grid: Mapping[str, Any], *, train: Mapping[str, Any] | None =
         raise ValueError(f"option(s) {both} given both in the grid and as keyword options")
     axes: list[tuple[str, list[Any]]] = []
     for option, axis in grid.items():
-        if option not in _CHECKS:
+        if _checker(option) is None:
             raise _unknown(option, _fixed_model(fixed), "the grid")
         values = _values(axis, option)
         axes.append((option, [_check_value(option, v, f"grid[{option!r}][{i}]")
                               for i, v in enumerate(values)]))
     fixed_n: dict[str, Any] = {}
     for option, v in fixed.items():
-        if option not in _CHECKS:
+        if _checker(option) is None:
             raise _unknown(option, _fixed_model(fixed), "the keyword options")
         fixed_n[option] = _check_value(option, v, f"{option}={v!r}")
     train_ = _check_train(train)
@@ -389,47 +376,24 @@ def _check_train(train: Any) -> dict[str, Any] | None:
     if t["clip"] is not None:
         t["clip"] = real(t["clip"], "train['clip']", minimum=0.0)
     t["optimizer"] = _opt_choice(t["optimizer"], "train['optimizer']", tuple(OPTIMIZERS))
-    t["data"] = _opt_choice(t["data"], "train['data']", (None, "teacher", "digits", "adding"))
+    t["data"] = _opt_choice(t["data"], "train['data']", (None, *_train_data()))
     return t
 
 
+def _train_data() -> list[str]:
+    """Every training data set of the registered kinds, in registry order."""
+    names: list[str] = []
+    for cls in _models.MODELS.values():
+        names += [d for d in cls.lab.train_data if d not in names]
+    return names
+
+
 def _train_data_name(train: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
-    return train["data"] or ("teacher" if cfg["model"] == "mlp" else "adding")
+    return train["data"] or _models.get(cfg["model"]).lab.train_data[0]
 
 
 def _check_train_config(train: Mapping[str, Any], cfg: Mapping[str, Any], where: str) -> None:
-    data = _train_data_name(train, cfg)
-    if cfg["model"] == "rnn":
-        if data != "adding":
-            raise ValueError(f"train['data']: an RNN trains on 'adding', got {data!r} (in {where})")
-        if cfg["input_size"] != 2 or cfg["output_size"] != 1 or cfg["loss"] != "mse" \
-                or cfg["on"] != "last":
-            raise ValueError(
-                "train: data='adding' needs input_size=2, output_size=1 (implied when not "
-                "given), loss='mse' and "
-                f"on='last', got input_size={cfg['input_size']}, "
-                f"output_size={cfg['output_size']}, loss={cfg['loss']!r}, on={cfg['on']!r} "
-                f"(in {where})")
-        if cfg["steps"] < 2:
-            raise ValueError(f"train: data='adding' needs steps >= 2, got {cfg['steps']} "
-                             f"(in {where})")
-    elif data == "adding":
-        raise ValueError(f"train['data']: 'adding' is an RNN task, got model='mlp' (in {where})")
-    elif data == "digits":
-        if cfg["in_features"] != 64 or cfg["out_features"] != 10 or cfg["loss"] != "cross_entropy":
-            raise ValueError(
-                "train: data='digits' needs in_features=64, out_features=10 and "
-                "loss='cross_entropy' (implied when not given; the digits are 64 pixels, "
-                f"10 classes), got in_features={cfg['in_features']}, "
-                f"out_features={cfg['out_features']}, loss={cfg['loss']!r} (in {where})")
-        import importlib.util
-
-        if importlib.util.find_spec("sklearn") is None:
-            raise ImportError("train: data='digits' needs scikit-learn "
-                              '(pip install "gradchain[data]")')
-    elif cfg["loss"] == "cross_entropy" and cfg["out_features"] < 2:
-        raise ValueError(f"train: data='teacher' with cross_entropy needs out_features >= 2, "
-                         f"got {cfg['out_features']} (in {where})")
+    _models.get(cfg["model"]).lab.check_training(_train_data_name(train, cfg), cfg, where)
 
 
 def _build(cfg: Mapping[str, Any], model_seed: int) -> Any:
@@ -437,17 +401,7 @@ def _build(cfg: Mapping[str, Any], model_seed: int) -> Any:
     init = cfg["init"]
     if init == "normal" and isinstance(init, str):
         init = _init.normal(sigma_w=cfg["sigma_w"], sigma_b=cfg["sigma_b"])
-    if cfg["model"] == "mlp":
-        from .models import MLP
-
-        return MLP(_mlp_sizes(cfg), activation=cfg["activation"], init=init, norm=cfg["norm"],
-                   residual=cfg["residual"], residual_scale=cfg["residual_scale"],
-                   bias=cfg["bias"], dtype=dtype, seed=model_seed)
-    from .rnn import RNN
-
-    return RNN(cfg["input_size"], cfg["hidden_size"], activation=cfg["activation"], init=init,
-               input_init=cfg["input_init"], bias=cfg["bias"], output_size=cfg["output_size"],
-               dtype=dtype, seed=model_seed)
+    return _models.get(cfg["model"]).lab.build(cfg, init, dtype, model_seed)
 
 
 def _probe_data(cfg: Mapping[str, Any], model_seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -455,21 +409,12 @@ def _probe_data(cfg: Mapping[str, Any], model_seed: int) -> tuple[np.ndarray, np
     drawn in float64 from ``np.random.default_rng([model_seed, 1])`` then cast."""
     rng = np.random.default_rng([model_seed, 1])
     dtype = np.dtype(cfg["dtype"])
-    B = cfg["batch"]
-    if cfg["model"] == "mlp":
-        x_shape: tuple[int, ...] = (B, cfg["in_features"])
-        lead: tuple[int, ...] = (B,)
-        k = cfg["out_features"]
-    else:
-        T = cfg["steps"]
-        x_shape = (T, B, cfg["input_size"])
-        lead = (B,) if cfg["on"] == "last" else (T, B)
-        k = cfg["output_size"] or cfg["hidden_size"]
-    x = rng.standard_normal(x_shape).astype(dtype)
+    shapes = _models.get(cfg["model"]).lab.probe_shapes(cfg)
+    x = rng.standard_normal(shapes.x).astype(dtype)
     if cfg["loss"] == "mse":
-        t = rng.standard_normal((*lead, k)).astype(dtype)
+        t = rng.standard_normal((*shapes.lead, shapes.classes)).astype(dtype)
     else:
-        t = rng.integers(0, k, size=lead)
+        t = rng.integers(0, shapes.classes, size=shapes.lead)
     return x, t
 
 
@@ -495,7 +440,7 @@ def run_one(config: Mapping[str, Any], seed: int = 0,
     # an overflowing configuration is a result, not an error: no NumPy warnings
     with np.errstate(all="ignore"):
         loss, rep = _probe(model, cfg, x, t)
-        norms = rep.activation_grad_norms if cfg["model"] == "mlp" else rep.timestep_grad_norms
+        norms = model.report_axis.of(rep)
         record = dict(cfg)
         record.update(
             run_seed=s,
@@ -518,7 +463,7 @@ def run_one(config: Mapping[str, Any], seed: int = 0,
 def _probe(model: Any, cfg: Mapping[str, Any], x: np.ndarray, t: np.ndarray) -> tuple[float, Any]:
     """``loss_and_grad`` (an overflowing forward pass gives a NaN loss and a report that
     says where NaN/Inf appeared, not an error)."""
-    kw = {} if cfg["model"] == "mlp" else {"on": cfg["on"]}
+    kw = _models.get(cfg["model"]).lab.probe_shapes(cfg).loss_options
     return model.loss_and_grad(x, t, loss=cfg["loss"], **kw)
 
 
@@ -526,23 +471,12 @@ def _train(model: Any, cfg: Mapping[str, Any], seed: int,
            train: Mapping[str, Any]) -> dict[str, Any]:
     """Train after the probe; the data (and the shuffling) depend on the sweep seed only,
     so every configuration learns the same task."""
-    from . import data as gc_data
     from . import optim
     from .training import train as gc_train
 
     dtype = np.dtype(cfg["dtype"])
     name = _train_data_name(train, cfg)
-    val = None
-    if name == "digits":
-        x, y, x_te, y_te = gc_data.digits(seed=seed, dtype=dtype)
-        val = (x_te, y_te)
-    elif name == "adding":
-        x, y = gc_data.adding(cfg["steps"], train["n"], seed=seed, dtype=dtype)
-    else:
-        x, y = gc_data.teacher(n=train["n"], sizes=(cfg["in_features"], 64, cfg["out_features"]),
-                               seed=seed, dtype=dtype)
-        if cfg["loss"] == "cross_entropy":  # the teacher's classes: its largest output
-            y = np.argmax(y, axis=1).astype(np.int64)
+    x, y, val = _models.get(cfg["model"]).lab.training_data(name, cfg, train["n"], seed, dtype)
     opt = optim.build(train["optimizer"], model, lr=train["lr"])
     hist = gc_train(model, (x, y), opt, epochs=train["epochs"], batch_size=train["batch_size"],
                     loss=cfg["loss"], clip=train["clip"], val=val, seed=seed, progress=False)
@@ -887,11 +821,12 @@ def format_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] | 
     ``final_loss`` / ``accuracy`` after training)."""
     recs = [dict(r) for r in records]
     if columns is None:
-        opts = [k for k in recs[0] if k in _CHECKS] if recs else []
+        opts = [k for k in recs[0] if _checker(k) is not None] if recs else []
         columns = [k for k in opts if len({repr(r.get(k)) for r in recs}) > 1]
-    models = {r.get("model") for r in recs}
-    ratio_head = ("||dL/dh_1||/||dL/dh_T||" if models == {"rnn"} else
-                  "||dL/da_0||/||dL/da_L||" if models == {"mlp"} else "first/last")
+    kinds = {r.get("model") for r in recs}
+    kind = next(iter(kinds)) if len(kinds) == 1 else None
+    ratio_head = (_models.MODELS[kind].report_axis.ratio
+                  if isinstance(kind, str) and kind in _models.MODELS else "first/last")
     heads = ["#", *columns, ratio_head, "log10 slope", "verdict"]
     trained = any("final_loss" in r for r in recs)
     if trained:

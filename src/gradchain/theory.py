@@ -731,23 +731,14 @@ class Comparison:
 
 
 def _from_model(model: Any) -> tuple[_acts.Activation, float, float, int]:
-    from .models import MLP
+    """The mean-field setting of a model whose kind the theory describes (its lab's
+    ``mean_field``); TypeError for any other object."""
+    from .models import Model, describe_kinds
 
-    if not isinstance(model, MLP):
-        raise TypeError(f"model: expected a gc.MLP, got {type(model).__name__}")
-    cfg = model.config()
-    if cfg["norm"] is not None:
-        raise ValueError(f"model: has norm={cfg['norm']!r} layers; the mean-field theory "
-                         "applies only without normalisation")
-    if any(cfg["residual"]):
-        raise ValueError("model: has residual connections; the mean-field theory applies "
-                         "only to a plain chain")
-    init = cfg["init"]
-    if init["name"] != "normal":
-        raise ValueError(f"model: init is {init['name']!r}; the mean-field theory needs "
-                         "init=gc.init.normal(sigma_w, sigma_b)")
-    sb = float(init["sigma_b"]) if cfg["bias"] else 0.0  # bias=False: no b at all
-    return model.activation, float(init["sigma_w"]), sb, model.depth
+    if not isinstance(model, Model) or not model.lab.mean_field_theory:
+        kinds = describe_kinds("gc.", where=lambda c: c.lab.mean_field_theory)
+        raise TypeError(f"model: expected a {kinds}, got {type(model).__name__}")
+    return model.lab.mean_field(model)
 
 
 def compare(report: GradReport, activation: str | _acts.Activation | None = None,

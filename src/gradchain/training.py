@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from . import losses as _losses
-from ._validate import check_bool, float_array, positive_int, real
+from . import models as _models
+from ._validate import check_bool, positive_int, real
 from .clip import clip_grad_norm
-from .models import MLP, check_target
+from .models import DataSet, Model
 from .optim import Optimizer
-from .rnn import RNN
 
 __all__ = ["History", "train"]
 
@@ -158,13 +158,14 @@ class History:
         else:
             fig.clf()
         ax_h, ax_l = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1.0]})
-        what = "layer l (||dL/da_l||)" if self.kind == "mlp" else "timestep t (||dL/dh_t||)"
+        axis = _models.get(self.kind).report_axis
+        what = axis.title
         if len(self.steps):
             g = np.asarray(self.grad_norms, dtype=np.float64).T          # (n, R)
             with np.errstate(divide="ignore", invalid="ignore"):
                 z = np.log10(np.where(np.isfinite(g) & (g > 0), g, np.nan))
             masked = np.ma.masked_invalid(z)
-            first = 0 if self.kind == "mlp" else 1
+            first = axis.first
             x_edges = _edges(np.asarray(self.steps, dtype=np.float64))
             y_edges = np.arange(g.shape[0] + 1) - 0.5 + first
             mesh = ax_h.pcolormesh(x_edges, y_edges, masked, cmap="viridis", shading="flat")
@@ -209,64 +210,26 @@ def _edges(x: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- checks
-@dataclass
-class _Data:
-    x: np.ndarray
-    t: np.ndarray
-    x_axis: int   # batch axis of x
-    t_axis: int   # batch axis of the target
-    n: int
+_Data = DataSet  # the name of the checked data set before the model protocol
 
 
-def _check_data(data: Any, name: str, model: MLP | RNN, loss: str, on: str) -> _Data:
+def _check_data(data: Any, name: str, model: Model, loss: str, on: str) -> DataSet:
     if isinstance(data, (str, bytes, np.ndarray)) or not isinstance(data, Sequence):
         raise TypeError(f"{name}: expected a pair (x, target), got {type(data).__name__}")
     if len(data) != 2:
         raise ValueError(f"{name}: expected a pair (x, target), got {len(data)} items")
-    dt = model.dtype
-    if isinstance(model, MLP):
-        x = float_array(data[0], f"{name}[0]", dt, ("N", model.sizes[0]))
-        n = x.shape[0]
-        t = check_target(data[1], loss, dt, (n, model.sizes[-1]), f"{name}[1]")
-        return _Data(x, t, 0, 0, n)
-    bf = model.batch_first
-    spec = ("N", "T", model.input_size) if bf else ("T", "N", model.input_size)
-    x = float_array(data[0], f"{name}[0]", dt, spec)
-    bx = 0 if bf else 1
-    n, T = x.shape[bx], x.shape[1 - bx]
-    F = model.output_size or model.hidden_size
-    if on == "last":
-        t = check_target(data[1], loss, dt, (n, F), f"{name}[1]")
-        return _Data(x, t, bx, 0, n)
-    shape = (n, T, F) if bf else (T, n, F)
-    t = check_target(data[1], loss, dt, shape, f"{name}[1]")
-    return _Data(x, t, bx, bx, n)
-
+    return model.check_data(data[0], data[1], loss=loss, on=on, name=name)
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _outputs(model: MLP | RNN, x: np.ndarray, on: str) -> np.ndarray:
-    """Forward only; outputs aligned with the target (MLP (B, K); RNN on="last"
-    (B, K), on="all" in the user's layout)."""
-    if isinstance(model, MLP):
-        return np.asarray(model.forward(x))
-    hs = model.forward(x)
-    out = model.outputs if model.output_size else hs
-    assert out is not None
-    if on == "last":
-        return np.asarray(out[:, -1] if model.batch_first else out[-1])
-    return np.asarray(out)
-
-
-def _evaluate(model: MLP | RNN, d: _Data, loss: str, on: str, chunk: int
+def _evaluate(model: Model, d: DataSet, loss: str, on: str, chunk: int
               ) -> tuple[float, float | None]:
     """(loss, accuracy or None) over the whole of d, forward only, in chunks."""
     total, correct, count = 0.0, 0, 0
     for s in range(0, d.n, chunk):
         idx = np.arange(s, min(s + chunk, d.n))
-        xb = np.take(d.x, idx, axis=d.x_axis)
-        tb = np.take(d.t, idx, axis=d.t_axis)
-        y = _outputs(model, xb, on)
+        xb, tb = d.batch(idx)
+        y = model.loss_outputs(xb, on)
         w = len(idx)
         total += _losses.value(y, tb, loss) * w
         if loss == "cross_entropy":
@@ -279,7 +242,7 @@ def _evaluate(model: MLP | RNN, d: _Data, loss: str, on: str, chunk: int
 
 # ----------------------------------------------------------------------------- train
 def train(
-    model: MLP | RNN,
+    model: Model,
     data: tuple[Any, Any],
     optimizer: Optimizer,
     epochs: int = 1,
@@ -343,8 +306,9 @@ def train(
     TypeError, ValueError
         Bad arguments; everything is checked before the model or the optimizer changes.
     """
-    if not isinstance(model, (MLP, RNN)):
-        raise TypeError(f"model: expected a gc.MLP or gc.RNN, got {type(model).__name__}")
+    if not isinstance(model, Model):
+        raise TypeError(f"model: expected a {_models.describe_kinds('gc.')}, got "
+                        f"{type(model).__name__}")
     if not isinstance(optimizer, Optimizer):
         raise TypeError("optimizer: expected a gc.optim optimizer (SGD, Adam, AdamW), got "
                         f"{type(optimizer).__name__}")
@@ -354,8 +318,7 @@ def train(
     _losses.check_loss(loss)
     if not isinstance(on, str) or on not in ("last", "all"):
         raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
-    if isinstance(model, MLP) and on != "last":
-        raise ValueError(f"on: only an RNN takes on='all', got on={on!r} for an MLP")
+    loss_kw = model.loss_options(on)
     E = positive_int(epochs, "epochs")
     bs = positive_int(batch_size, "batch_size")
     rec = positive_int(record_every, "record_every")
@@ -366,23 +329,14 @@ def train(
     d = _check_data(data, "data", model, loss, on)
     dv = None if val is None else _check_data(val, "val", model, loss, on)
     bs = min(bs, d.n)
-    if isinstance(model, MLP) and model.norm == "batch" and (bs == 1 or d.n % bs == 1):
-        raise ValueError(
-            f"batch_size: with batch norm a mini-batch would hold 1 sample "
-            f"(N={d.n}, batch_size={bs}); choose a batch_size > 1 that leaves a remainder "
-            "other than 1 (as torch.nn.BatchNorm1d, batch norm cannot train on 1 sample)")
+    model.check_batch_size(bs, d.n)
 
     from tqdm import tqdm
 
-    is_mlp = isinstance(model, MLP)
-    if is_mlp:
-        labels = [f"a{i}" for i in range(model.depth + 1)]
-        wlabels = [f"layers.{i}.weight" for i in range(model.depth + 1)]
-    else:
-        T = d.x.shape[1 - d.x_axis]
-        labels = [f"h{t}" for t in range(1, T + 1)]
-        wlabels = ["weight_ih_l0", "weight_hh_l0"] + (
-            ["readout.weight"] if model.output_size else [])
+    modes = model.has_modes  # train()/eval() matter (batch norm)
+    axis = model.report_axis
+    labels = model.grad_norm_labels(d)
+    wlabels = model.weight_norm_labels()
     ce = loss == "cross_entropy"
     losses: list[float] = []
     epoch_of: list[int] = []
@@ -399,19 +353,12 @@ def train(
     rng = np.random.default_rng(seed_)
     n_batches = math.ceil(d.n / bs)
     chunk = max(bs, 1024)
-    was_training = model.training if is_mlp else None
+    was_training = model.training if modes else None
 
     def record(step: int, rep: Any) -> None:
         rec_steps.append(step)
-        if is_mlp:
-            gnorms.append(np.array(rep.activation_grad_norms, dtype=np.float64))
-            wnorms.append(np.array(rep.weight_grad_norms, dtype=np.float64))
-        else:
-            gnorms.append(np.array(rep.timestep_grad_norms, dtype=np.float64))
-            w = [rep.weight_ih_grad_norm, rep.weight_hh_grad_norm]
-            if model.output_size:
-                w.append(rep.readout_weight_grad_norm)
-            wnorms.append(np.array(w, dtype=np.float64))
+        gnorms.append(np.array(axis.of(rep), dtype=np.float64))
+        wnorms.append(model.report_weight_norms(rep))
         globals_.append(float(rep.global_norm))
 
     bar = tqdm(total=E * n_batches, disable=None if bar_on else True, unit="step",
@@ -419,19 +366,15 @@ def train(
     step = 0
     try:
         for epoch in range(E):
-            if is_mlp:
+            if modes:
                 model.train()
             order = rng.permutation(d.n) if shuf else np.arange(d.n)
             ep_sum, ep_n = 0.0, 0
             for b in range(n_batches):
                 idx = order[b * bs:(b + 1) * bs]
-                xb = np.take(d.x, idx, axis=d.x_axis)
-                tb = np.take(d.t, idx, axis=d.t_axis)
+                xb, tb = d.batch(idx)
                 with np.errstate(**_QUIET):
-                    if is_mlp:
-                        value, rep = model.loss_and_grad(xb, tb, loss=loss)
-                    else:
-                        value, rep = model.loss_and_grad(xb, tb, loss=loss, on=on)
+                    value, rep = model.loss_and_grad(xb, tb, loss=loss, **loss_kw)
                 losses.append(float(value))
                 epoch_of.append(epoch)
                 ep_sum += float(value) * len(idx)
@@ -462,7 +405,7 @@ def train(
                         vacc.append(math.nan)
                 break
             if ce or dv is not None:
-                if is_mlp:
+                if modes:
                     model.eval()
                 with np.errstate(**_QUIET):
                     if ce:
@@ -474,7 +417,7 @@ def train(
                             vacc.append(float(va or 0.0))
     finally:
         bar.close()
-        if is_mlp and was_training is not None:
+        if modes and was_training is not None:
             model.train(was_training)
 
     n_w = len(wlabels)
@@ -494,5 +437,5 @@ def train(
         diverged_step=diverged_at,
         grad_norm_labels=labels,
         weight_grad_norm_labels=wlabels,
-        kind="mlp" if is_mlp else "rnn",
+        kind=model.kind,
     )

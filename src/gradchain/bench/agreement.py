@@ -12,7 +12,7 @@ import numpy as np
 
 from ..activations import SPECS
 from .cases import Outputs
-from .workloads import MLPWorkload, Workload
+from .workloads import Workload
 
 
 @dataclass
@@ -86,9 +86,7 @@ def agreement_errors(ref: Outputs, got: Outputs, workload: Workload) -> dict[str
     followed by batch norm (their gradient is exactly 0 in exact arithmetic, so only
     rounding noise would be compared)."""
     errors: dict[str, float] = {"y": _rel_to_max(got.y, ref.y)}
-    skip: set[str] = set()
-    if isinstance(workload, MLPWorkload) and workload.norm == "batch":
-        skip = {f"layers.{i}.bias" for i in range(workload.depth)}
+    skip = workload.skipped_grads()
     for name, g in ref.grads.items():
         if name in skip:
             continue

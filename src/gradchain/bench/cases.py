@@ -1,18 +1,31 @@
 """What the peers of one workload share: :class:`Case` (weights, input, upstream gradient)
 built per kind by :data:`CASE_MAKERS`, :class:`Outputs` (what a peer computed), and
 :data:`REFERENCES`: ``gradchain.reference`` run on a case in a given dtype (float64
-arbitrates the float32 checks).
+arbitrates the float32 checks); :data:`REPORT_OUTPUTS` turns a gradchain report into
+:class:`Outputs`. Every table is keyed by the workload's kind; :func:`for_kind` looks a
+kind up with a clear error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from .workloads import MLPWorkload, RNNWorkload, Workload
+
+_V = TypeVar("_V")
+
+
+def for_kind(table: Mapping[str, _V], kind: str, what: str) -> _V:
+    """``table[kind]``, or a ValueError naming the kind, the table and the kinds it has."""
+    try:
+        return table[kind]
+    except KeyError:
+        raise ValueError(f"no {what} for the workload kind {kind!r} (the kinds with one: "
+                         f"{', '.join(table) or 'none'})") from None
 
 
 @dataclass
@@ -47,17 +60,16 @@ def _dtype(w: Workload) -> np.dtype:
     return np.dtype(w.dtype)
 
 
-def _mlp_gc_model(w: MLPWorkload, seed: int) -> Any:
-    import gradchain as gc
+def gc_model(w: Workload, seed: int) -> Any:
+    """The workload's gradchain model (the class of its kind, ``gradchain.models``)."""
+    from .. import models
 
-    return gc.MLP(w.sizes, activation=w.activation, init=w.init, norm=w.norm,
-                  residual=w.residual, residual_scale=w.residual_scale,
-                  dtype=_dtype(w), seed=seed)
+    return models.get(w.kind)(**w.model_kwargs(), seed=seed)
 
 
-def _mlp_case(w: Workload, seed: int, threads: int) -> Case:
-    assert isinstance(w, MLPWorkload)
-    model = _mlp_gc_model(w, seed)
+def _mlp_case(workload: Workload, seed: int, threads: int) -> Case:
+    w = cast(MLPWorkload, workload)
+    model = gc_model(w, seed)
     rng = np.random.default_rng(seed + 1)
     dt = _dtype(w)
     x = rng.standard_normal((w.batch, w.in_features)).astype(dt)
@@ -70,8 +82,7 @@ def _mlp_reference(case: Case, dtype: Any) -> Outputs:
     """``gradchain.reference`` on the case's weights and data, cast to ``dtype``."""
     from .. import reference
 
-    w = case.workload
-    assert isinstance(w, MLPWorkload)
+    w = cast(MLPWorkload, case.workload)
     params = {k: np.asarray(v, dtype=dtype) for k, v in case.state.items()
               if not k.endswith("num_batches_tracked")}
     y, cache = reference.mlp_forward(
@@ -85,16 +96,9 @@ def _mlp_reference(case: Case, dtype: Any) -> Outputs:
 _RNN_PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
-def _rnn_gc_model(w: RNNWorkload, seed: int) -> Any:
-    import gradchain as gc
-
-    return gc.RNN(w.input_size, w.hidden_size, activation=w.activation, init=w.init,
-                  input_init=w.input_init, dtype=_dtype(w), seed=seed)
-
-
-def _rnn_case(w: Workload, seed: int, threads: int) -> Case:
-    assert isinstance(w, RNNWorkload)
-    model = _rnn_gc_model(w, seed)
+def _rnn_case(workload: Workload, seed: int, threads: int) -> Case:
+    w = cast(RNNWorkload, workload)
+    model = gc_model(w, seed)
     rng = np.random.default_rng(seed + 1)
     dt = _dtype(w)
     x = rng.standard_normal((w.steps, w.batch, w.input_size)).astype(dt)
@@ -114,8 +118,7 @@ def _rnn_reference(case: Case, dtype: Any) -> Outputs:
     """``gradchain.reference.rnn_forward/rnn_backward`` on the case, cast to ``dtype``."""
     from .. import reference
 
-    w = case.workload
-    assert isinstance(w, RNNWorkload)
+    w = cast(RNNWorkload, case.workload)
     params = {k: np.asarray(v, dtype=dtype) for k, v in case.state.items()}
     hs, cache = reference.rnn_forward(params, case.x.astype(dtype), activation=w.activation)
     grads, _dx, _dh0, rep = reference.rnn_backward(cache, case.grad_y.astype(dtype))
@@ -130,3 +133,20 @@ REFERENCES: dict[str, Callable[[Case, Any], Outputs]] = {"mlp": _mlp_reference,
                                                          "rnn": _rnn_reference}
 """kind -> ``reference(case, dtype) -> Outputs``: the NumPy spec in the given dtype (float64
 arbitrates the float32 checks)."""
+
+
+def _mlp_report_outputs(y: np.ndarray, grads: dict[str, np.ndarray], r: Any) -> Outputs:
+    return Outputs(y=y, grads=grads, activation_grad_norms=np.array(r.activation_grad_norms),
+                   weight_grad_norms=np.array(r.weight_grad_norms))
+
+
+def _rnn_report_outputs(y: np.ndarray, grads: dict[str, np.ndarray], r: Any) -> Outputs:
+    return _rnn_outputs(y, grads, {"weight_ih_grad_norm": r.weight_ih_grad_norm,
+                                   "weight_hh_grad_norm": r.weight_hh_grad_norm,
+                                   "timestep_grad_norms": np.array(r.timestep_grad_norms)})
+
+
+REPORT_OUTPUTS: dict[str, Callable[[np.ndarray, dict[str, np.ndarray], Any], Outputs]] = {
+    "mlp": _mlp_report_outputs, "rnn": _rnn_report_outputs}
+"""kind -> ``outputs(y, grads, report) -> Outputs``: a gradchain model's results (the
+gradchain peer's)."""

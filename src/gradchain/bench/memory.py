@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .cases import CASE_MAKERS
+from .cases import CASE_MAKERS, for_kind
 from .peers import BUILDERS, PEERS
 from .timing import _peer_names
 from .workloads import QUICK, WORKLOADS
@@ -45,8 +45,8 @@ def _memory_child(workload: str, peer: str, quick: bool, threads: int, iters: in
 
         jnp.zeros(1).block_until_ready()
     baseline = _rss_kib("VmRSS")
-    case = CASE_MAKERS[w.kind](w, seed, threads)
-    inst = BUILDERS[w.kind][peer](case)
+    case = for_kind(CASE_MAKERS, w.kind, "case maker")(w, seed, threads)
+    inst = for_kind(BUILDERS, w.kind, "peer table")[peer](case)
     del case
     inst.step()
     _pygc.collect()

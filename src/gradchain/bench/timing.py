@@ -15,7 +15,7 @@ import numpy as np
 
 from . import machine
 from .agreement import arbitrate
-from .cases import CASE_MAKERS, REFERENCES, Outputs
+from .cases import CASE_MAKERS, REFERENCES, Outputs, for_kind
 from .machine import CpuMeter, _limit_numpy_blas, _loadavg, gemm_ceiling, machine_info
 from .peers import BUILDERS, PEERS, PeerInstance
 from .peers.gradchain_peer import _Gradchain
@@ -166,8 +166,8 @@ def _run_workload(w: Workload, names: list[str], repeats: int, warmup: int, thre
     flops = w.flops()
     out: dict[str, Any] = {"name": w.name, "kind": w.kind, "description": w.describe(),
                            "config": w.config(), "flops": flops, "peers": {}}
-    case = CASE_MAKERS[w.kind](w, seed, threads)
-    builders = BUILDERS[w.kind]
+    case = for_kind(CASE_MAKERS, w.kind, "case maker")(w, seed, threads)
+    builders = for_kind(BUILDERS, w.kind, "peer table")
     instances: dict[str, PeerInstance] = {}
     rows: dict[str, dict[str, Any]] = out["peers"]
     for name in names:

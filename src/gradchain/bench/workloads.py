@@ -1,12 +1,17 @@
 """The standard workloads of ``docs/WORKLOADS.md``: one dataclass per kind (``"mlp"``:
-:class:`MLPWorkload`, ``"rnn"``: :class:`RNNWorkload`), the table :data:`WORKLOADS` and
-its scaled-down copy :data:`QUICK`.
+:class:`MLPWorkload`, ``"rnn"``: :class:`RNNWorkload`; a workload's ``kind`` is its
+gradchain model's, ``gradchain.models.MODELS``), the table :data:`WORKLOADS` and its
+scaled-down copy :data:`QUICK`. Each kind says what the harness asks of it:
+``model_kwargs()`` (its gradchain model's constructor arguments) and ``skipped_grads()``
+(gradients the agreement checks leave out).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,19 @@ class MLPWorkload:
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """``gc.MLP(**model_kwargs(), seed=...)``: the workload's gradchain model."""
+        return {"sizes": self.sizes, "activation": self.activation, "init": self.init,
+                "norm": self.norm, "residual": self.residual,
+                "residual_scale": self.residual_scale, "dtype": np.dtype(self.dtype)}
+
+    def skipped_grads(self) -> set[str]:
+        """The biases of linear layers followed by batch norm: their gradient is exactly 0
+        in exact arithmetic, so only rounding noise would be compared."""
+        if self.norm != "batch":
+            return set()
+        return {f"layers.{i}.bias" for i in range(self.depth)}
+
 
 @dataclass(frozen=True)
 class RNNWorkload:
@@ -99,6 +117,16 @@ class RNNWorkload:
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """``gc.RNN(**model_kwargs(), seed=...)``: the workload's gradchain model."""
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "activation": self.activation, "init": self.init,
+                "input_init": self.input_init, "dtype": np.dtype(self.dtype)}
+
+    def skipped_grads(self) -> set[str]:
+        """None: every gradient is compared."""
+        return set()
 
 
 Workload = MLPWorkload | RNNWorkload

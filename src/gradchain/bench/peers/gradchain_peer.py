@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cases import Case, Outputs, _mlp_gc_model, _rnn_gc_model, _rnn_outputs
-from ..workloads import RNNWorkload
+from ..cases import REPORT_OUTPUTS, Case, Outputs, for_kind, gc_model
 
 
 class _Gradchain:
@@ -22,8 +21,8 @@ class _Gradchain:
 
         w = case.workload
         gc.set_num_threads(case.threads)
-        self.rnn = isinstance(w, RNNWorkload)
-        self.model = _rnn_gc_model(w, seed=0) if self.rnn else _mlp_gc_model(w, seed=0)
+        self.to_outputs = for_kind(REPORT_OUTPUTS, w.kind, "gradchain report conversion")
+        self.model = gc_model(w, seed=0)
         self.model.load_state_dict(case.state)
         self.x, self.g = case.x, case.grad_y
         self.report = report
@@ -49,11 +48,4 @@ class _Gradchain:
         r = self._rep
         if not self.report:
             return Outputs(y=y, grads=grads)
-        if self.rnn:
-            return _rnn_outputs(y, grads, {"weight_ih_grad_norm": r.weight_ih_grad_norm,
-                                           "weight_hh_grad_norm": r.weight_hh_grad_norm,
-                                           "timestep_grad_norms": np.array(
-                                               r.timestep_grad_norms)})
-        return Outputs(y=y, grads=grads,
-                       activation_grad_norms=np.array(r.activation_grad_norms),
-                       weight_grad_norms=np.array(r.weight_grad_norms))
+        return self.to_outputs(y, grads, r)

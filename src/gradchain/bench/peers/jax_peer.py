@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -33,8 +33,7 @@ class _JaxMLP:
         jax = _import_jax(case.threads)
         import jax.numpy as jnp
 
-        w = case.workload
-        assert isinstance(w, MLPWorkload)
+        w = cast(MLPWorkload, case.workload)
         if w.dtype == "float64":
             jax.config.update("jax_enable_x64", True)
         L = w.depth
@@ -130,8 +129,7 @@ class _JaxRNN:
         jax = _import_jax(case.threads)
         import jax.numpy as jnp
 
-        w = case.workload
-        assert isinstance(w, RNNWorkload)
+        w = cast(RNNWorkload, case.workload)
         if w.dtype == "float64":
             jax.config.update("jax_enable_x64", True)
         act: Callable[[Any], Any] = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -18,8 +18,7 @@ class _NumpyMLP:
     def __init__(self, case: Case) -> None:
         from ... import reference
 
-        w = case.workload
-        assert isinstance(w, MLPWorkload)
+        w = cast(MLPWorkload, case.workload)
         _limit_numpy_blas(case.threads)
         self.ref = reference
         self.w = w
@@ -51,8 +50,7 @@ class _NumpyRNN:
     def __init__(self, case: Case) -> None:
         from ... import reference
 
-        w = case.workload
-        assert isinstance(w, RNNWorkload)
+        w = cast(RNNWorkload, case.workload)
         _limit_numpy_blas(case.threads)
         self.ref = reference
         self.activation = w.activation

@@ -5,7 +5,7 @@ without it (gradients only); MLP and RNN.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -26,8 +26,7 @@ class _TorchMLP:
         import torch
         from torch import nn
 
-        w = case.workload
-        assert isinstance(w, MLPWorkload)
+        w = cast(MLPWorkload, case.workload)
         torch.set_num_threads(case.threads)
         tdt = torch.float32 if w.dtype == "float32" else torch.float64
         sizes = w.sizes
@@ -111,8 +110,7 @@ class _TorchRNN:
         import torch
         from torch import nn
 
-        w = case.workload
-        assert isinstance(w, RNNWorkload)
+        w = cast(RNNWorkload, case.workload)
         if w.activation not in ("tanh", "relu"):
             raise ValueError(f"torch.nn.RNN has no {w.activation!r} nonlinearity")
         torch.set_num_threads(case.threads)

@@ -1,0 +1,566 @@
+"""The vanilla recurrent chain: :class:`RNN` (``torch.nn.RNN``, one layer, with an
+optional linear readout), with per-timestep gradient reports; its place in the model
+protocol and its lab (:class:`RNNLab`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal, overload
+
+import numpy as np
+
+from .. import _core
+from .. import activations as _acts
+from .. import init as _init
+from .. import losses as _losses
+from .._memory import BLAS_INT_MAX, rnn_bytes
+from .._validate import (
+    as_array,
+    check_bool,
+    contiguous,
+    float_array,
+    model_dtype,
+    positive_int,
+    shape_str,
+)
+from ..losses import check_target
+from ..report import RNNGradReport
+from .base import (
+    ConfigReader,
+    DataSet,
+    Lab,
+    Model,
+    ProbeFlag,
+    ProbeShapes,
+    ReportAxis,
+    _check_seed,
+    _core_message,
+    _custom_callback,
+    locked,
+    register,
+    tracks_forward,
+)
+from .base import (
+    _require as require,
+)
+
+__all__ = ["RNN", "RNNLab", "ON"]
+
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
+ON: tuple[str, ...] = ("last", "all")
+"""Where an RNN's loss applies (``on=``): the last step, or every step."""
+
+_RNN_DEFAULTS: dict[str, Any] = {
+    "activation": "tanh", "init": "torch_default", "input_init": "xavier_uniform",
+    "sigma_w": None, "sigma_b": None, "hidden_size": 64, "input_size": 8, "output_size": None,
+    "steps": 100, "batch": 32, "on": "last", "bias": True, "dtype": "float32", "loss": "mse",
+}
+
+
+class RNNLab(Lab):
+    """The RNN in the lab: ``gc.sweep``'s RNN options (hidden_size, steps, on, ...), its
+    probe batch ``x (steps, batch, input_size)`` and its training data (the adding
+    problem), and ``gradchain probe``'s RNN flags."""
+
+    sweep_defaults = _RNN_DEFAULTS
+    train_data = ("adding",)
+    # the adding problem has two inputs (value, marker) and one output
+    data_implies = {"adding": {"input_size": 2, "output_size": 1}}
+    probe_flags = (
+        ProbeFlag("steps", 100, "RNN sequence length T (default 100)"),
+        ProbeFlag("hidden", 128, "RNN hidden size (default 128)"),
+    )
+
+    # ------------------------------------------------------------------ gc.sweep
+    def resolve(self, cfg: dict[str, Any], where: str) -> None:
+        for k in ("hidden_size", "input_size", "output_size"):
+            if cfg[k] is not None and cfg[k] > 1 << 24:
+                raise MemoryError(f"{k}: {cfg[k]} cannot be allocated (in {where})")
+
+    def build(self, cfg: Mapping[str, Any], init: Any, dtype: np.dtype, seed: int) -> Model:
+        return self.model(cfg["input_size"], cfg["hidden_size"], activation=cfg["activation"],
+                          init=init, input_init=cfg["input_init"], bias=cfg["bias"],
+                          output_size=cfg["output_size"], dtype=dtype, seed=seed)
+
+    def probe_shapes(self, cfg: Mapping[str, Any]) -> ProbeShapes:
+        T, B = cfg["steps"], cfg["batch"]
+        lead = (B,) if cfg["on"] == "last" else (T, B)
+        return ProbeShapes((T, B, cfg["input_size"]), lead,
+                           cfg["output_size"] or cfg["hidden_size"], {"on": cfg["on"]})
+
+    def check_training(self, data: str, cfg: Mapping[str, Any], where: str) -> None:
+        if data not in self.train_data:
+            raise ValueError(f"train['data']: an {self.model.__name__} trains on "
+                             f"{' or '.join(map(repr, self.train_data))}, got {data!r} "
+                             f"(in {where})")
+        if cfg["input_size"] != 2 or cfg["output_size"] != 1 or cfg["loss"] != "mse" \
+                or cfg["on"] != "last":
+            raise ValueError(
+                "train: data='adding' needs input_size=2, output_size=1 (implied when not "
+                "given), loss='mse' and "
+                f"on='last', got input_size={cfg['input_size']}, "
+                f"output_size={cfg['output_size']}, loss={cfg['loss']!r}, on={cfg['on']!r} "
+                f"(in {where})")
+        if cfg["steps"] < 2:
+            raise ValueError(f"train: data='adding' needs steps >= 2, got {cfg['steps']} "
+                             f"(in {where})")
+
+    def training_data(self, name: str, cfg: Mapping[str, Any], n: int, seed: int,
+                      dtype: np.dtype) -> tuple[Any, Any, Any]:
+        from .. import data as gc_data
+
+        x, y = gc_data.adding(cfg["steps"], n, seed=seed, dtype=dtype)
+        return x, y, None
+
+    def run_bytes(self, cfg: Mapping[str, Any], batch: int) -> int:
+        s = np.dtype(cfg.get("dtype", "float32")).itemsize
+        B = batch
+        I_, H, K, T = (cfg["input_size"], cfg["hidden_size"], cfg["output_size"] or 0,
+                       cfg["steps"])
+        n = H * (I_ + H + 2) + K * (H + 1)
+        params = 2 * n * s + 5 * H * H * 8
+        work = (T * B * (3 * I_ + 6 * H + 2 * K) + 3 * B * H) * s
+        data = T * B * (I_ + max(K, H)) * (8 + s)
+        return params + work + data
+
+    # ------------------------------------------------------------ gradchain probe
+    def probe_config(self, opts: Any) -> dict[str, Any]:
+        return {"model": self.model.kind, "input_size": 2, "hidden_size": opts.hidden,
+                "output_size": 1, "steps": opts.steps, "dtype": opts.dtype}
+
+    def probe_what(self, opts: Any, init: str) -> str:
+        return (f"RNN {opts.activation} + {init} W_hh, hidden {opts.hidden}, "
+                f"T = {opts.steps}, batch {opts.batch}, {opts.dtype}")
+
+    def probe_model(self, opts: Any, init: Any, dtype: Any) -> tuple[tuple[Any, ...],
+                                                                    dict[str, Any]]:
+        return ((2, opts.hidden), {"activation": opts.activation, "init": init,
+                                   "output_size": 1, "dtype": dtype, "seed": opts.seed})
+
+    def probe_batch(self, opts: Any, dtype: Any) -> tuple[Any, Any, dict[str, Any]]:
+        from ..data import adding  # the lab's data, loaded only when the lab asks
+
+        xs, ys = adding(opts.steps, opts.batch, seed=opts.seed, dtype=dtype)
+        return xs, ys, {"on": "last"}
+
+
+@register
+class RNN(Model):
+    """A one-layer vanilla RNN run by the C++ core (``torch.nn.RNN`` semantics)::
+
+        h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh),  t = 1..T
+        y_t = h_t @ W_out.T + b_out            (optional readout, output_size=K)
+
+    Shapes: ``x (T, B, I)`` (``(B, T, I)`` with ``batch_first=True``), ``h0 (B, H)``,
+    hidden states ``hs (T, B, H)``, readout outputs ``(T, B, K)``.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    activation : str or Activation
+        Any built-in activation (tanh by default; relu for the IRNN), or
+        ``gc.Activation.custom(f, df)``: the slow path, one NumPy call per timestep on
+        ``z_t (B, H)`` (the GIL is taken and the time loop runs on one thread).
+    init : str or gc.init.Init
+        Scheme for ``W_hh``: ``"orthogonal"``, ``"identity"`` (IRNN),
+        ``gc.init.normal(sigma_w, sigma_b)`` (mean-field; ``b_hh ~ N(0, sigma_b^2)``),
+        ``"torch_default"`` (default: what ``torch.nn.RNN`` does, ``U(+-1/sqrt(H))`` on
+        every parameter), xavier/kaiming/lecun.
+    input_init : str or gc.init.Init
+        Scheme for ``W_ih`` (default ``"xavier_uniform"``).
+    bias : bool
+    output_size : int or None
+        Adds a linear readout ``readout.weight (K, H)``, ``readout.bias (K,)``
+        (initialised as ``torch.nn.Linear``).
+    dtype : np.float32 or np.float64
+    seed : int or None
+    batch_first : bool
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        activation: str | _acts.Activation = "tanh",
+        init: str | _init.Init = "torch_default",
+        input_init: str | _init.Init = "xavier_uniform",
+        bias: bool = True,
+        output_size: int | None = None,
+        dtype: Any = np.float32,
+        seed: int | None = None,
+        batch_first: bool = False,
+    ) -> None:
+        I_ = positive_int(input_size, "input_size")
+        H = positive_int(hidden_size, "hidden_size")
+        K = 0 if output_size is None else positive_int(output_size, "output_size")
+        for name, v in (("input_size", I_), ("hidden_size", H), ("output_size", K)):
+            if v > 1 << 24:
+                raise MemoryError(f"{name}: {v} cannot be allocated")
+        if H * H + H * I_ + H * K > 1 << 34:
+            raise MemoryError(f"hidden_size: an RNN of size {H} cannot be allocated")
+        act = _acts.resolve(activation)
+        scheme = _init.resolve(init)
+        in_scheme = _init.resolve(input_init)
+        for name, v in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+        dt = model_dtype(dtype)
+        seed_ = _check_seed(seed)
+        cls = _core.RnnChainF32 if dt == np.float32 else _core.RnnChainF64
+        aid, p0, p1 = act._core_spec(_core.ACTIVATION_IDS)
+        # parameters and gradients, zero-filled at once, then the initialisation's
+        # temporaries: refuse what cannot fit
+        require(rnn_bytes(I_, H, K, bool(bias), dt.itemsize, scheme.name, in_scheme.name),
+                lambda: f"gc.RNN(input_size={I_}, hidden_size={H}, output_size={K or None}, "
+                        f"dtype={dt.name}, init={scheme.name!r}): its parameters, gradients "
+                        "and initialisation")
+        try:
+            self._core = cls(I_, H, K, aid, p0, p1, bool(bias))
+        except MemoryError as e:  # the core names the buffer and the bytes
+            raise MemoryError(
+                f"hidden_size: the parameters of an RNN with input_size={I_}, hidden_size={H}"
+                f", output_size={K or None} ({dt.name}) cannot be allocated "
+                f"({_core_message(e)})") from None
+        if act.is_custom:
+            self._core.set_custom_activation(_custom_callback(act))
+        self.input_size, self.hidden_size, self.output_size = I_, H, (K or None)
+        self.activation = act
+        self.init = scheme
+        self.input_init = in_scheme
+        self.bias = bool(bias)
+        self.dtype = dt
+        self.seed = seed_
+        self.batch_first = bool(batch_first)
+        self._input_grad: np.ndarray | None = None
+        self._h0_grad: np.ndarray | None = None
+        self._outputs: np.ndarray | None = None
+        self._bind_views()
+        self.reset_parameters(seed_)
+
+    @locked
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Draw every parameter again from the init schemes."""
+        rng = np.random.default_rng(_check_seed(seed))
+        H, I_ = self.hidden_size, self.input_size
+        p = self._params
+        # torch.nn.RNN draws every parameter from U(+-1/sqrt(H)), whatever its fan-in
+        torch_bound = 1.0 / math.sqrt(H)
+
+        def draw(scheme: _init.Init, shape: tuple[int, int]) -> np.ndarray:
+            if scheme.name == "torch_default":
+                return rng.uniform(-torch_bound, torch_bound, size=shape)
+            return scheme.weight(rng, shape, self.activation)
+
+        p["weight_ih_l0"][...] = draw(self.input_init, (H, I_))
+        p["weight_hh_l0"][...] = draw(self.init, (H, H))
+        if self.bias:
+            for name, scheme in (("bias_ih_l0", self.input_init), ("bias_hh_l0", self.init)):
+                if scheme.name == "torch_default":
+                    p[name][...] = rng.uniform(-torch_bound, torch_bound, size=H)
+                elif scheme.name == "normal" and name == "bias_hh_l0":
+                    p[name][...] = rng.normal(0.0, scheme.params["sigma_b"], size=H)
+                else:
+                    p[name][...] = 0.0
+        if self.output_size:
+            lin = _init.torch_default()
+            p["readout.weight"][...] = lin.weight(rng, (self.output_size, H))
+            if self.bias:
+                p["readout.bias"][...] = lin.bias(rng, self.output_size, H)
+        self._core.invalidate()
+
+    # ------------------------------------------------------------------ compute
+    def _time_major(self, a: np.ndarray, name: str = "x") -> np.ndarray:
+        """`a` time-major and C-contiguous (a checked copy when it is not already)."""
+        return contiguous(a.transpose(1, 0, 2) if self.batch_first else a, name)
+
+    def _user_major(self, a: np.ndarray) -> np.ndarray:
+        return a.transpose(1, 0, 2) if self.batch_first else a
+
+    def _check_x(self, x: Any) -> np.ndarray:
+        a = as_array(x, "x")
+        lead = ("B", "T") if self.batch_first else ("T", "B")
+        want = f"({lead[0]}, {lead[1]}, {self.input_size})"
+        if a.ndim != 3 or a.shape[2] != self.input_size:
+            raise ValueError(f"x: expected shape {want}, got {shape_str(a.shape)}")
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise ValueError(f"x: expected shape {want} with {lead[0]}, {lead[1]} >= 1, "
+                             f"got {shape_str(a.shape)}")
+        xa = float_array(a, "x", self.dtype, (None, None, self.input_size), copy=False)
+        tm = xa.transpose(1, 0, 2) if self.batch_first else xa
+        T, B = tm.shape[0], tm.shape[1]
+        if T * B > BLAS_INT_MAX:  # the merged GEMMs run over all T*B rows
+            raise ValueError(f"x: T*B = {T}*{B} = {T * B} rows exceed the BLAS's 32-bit "
+                             f"limit (2**31-1 = {BLAS_INT_MAX})")
+        # the workspace (planned once per (T, B)), hs, the readout's ys, the copy of x
+        H, K = self.hidden_size, self.output_size or 0
+        require(self._core.pass_bytes(T, B) + T * B * (H + K) * self.dtype.itemsize
+                + (0 if tm.flags.c_contiguous else tm.nbytes),
+                lambda: f"x: the forward pass over shape {shape_str(tm.shape)} (time-major) "
+                        f"of {self._describe()}")
+        return self._time_major(xa)
+
+    @locked
+    @tracks_forward
+    def forward(self, x: Any, h0: Any = None) -> np.ndarray:
+        """``x (T, B, I) -> hs (T, B, H)`` (batch-first layouts with ``batch_first``).
+
+        ``h0 (B, H)`` defaults to zeros. With a readout, its outputs ``(T, B, K)`` are
+        in :attr:`outputs` afterwards. Keeps what ``backward`` needs.
+        """
+        xa = self._check_x(x)
+        B = xa.shape[1]
+        h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
+        hs, ys = self._core_forward(xa, h0a)
+        self._outputs = ys
+        return self._user_major(hs)
+
+    @tracks_forward
+    def _core_forward(self, xa: np.ndarray, h0a: np.ndarray | None) -> tuple[Any, Any]:
+        try:
+            return self._compute("forward", self._core.forward, xa, h0a)
+        except MemoryError as e:
+            if str(e) != "std::bad_alloc":  # a custom activation's own: let it through
+                raise
+            # the core's std::bad_alloc says only "std::bad_alloc"
+            raise MemoryError(
+                f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) with "
+                f"hidden_size={self.hidden_size} ({self.dtype.name}) cannot be allocated"
+            ) from None
+
+    __call__ = forward
+
+    @property
+    def outputs(self) -> np.ndarray | None:
+        """The readout outputs ``(T, B, K)`` of the last forward (None without a readout)."""
+        return None if self._outputs is None else self._user_major(self._outputs)
+
+    @overload
+    def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ...,
+                 report: Literal[True] = ...) -> RNNGradReport: ...
+
+    @overload
+    def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ..., *,
+                 report: Literal[False]) -> None: ...
+
+    @locked
+    def backward(self, grad_hs: Any = None, grad_ys: Any = None,
+                 accumulate: bool = False, report: bool = True) -> RNNGradReport | None:
+        """Backpropagation through time from ``grad_hs = dL/dh_t (T, B, H)`` and/or
+        ``grad_ys = dL/dy_t (T, B, K)`` (the readout's); either may be None (zeros).
+
+        Fills every parameter gradient (``accumulate=True`` adds), ``input_grad``
+        ``dL/dx`` and ``h0_grad``; returns the :class:`RNNGradReport`. ``report=False``
+        computes the gradients only (the report's sums of squares are skipped) and
+        returns None. Ctrl-C stops a pass within a timestep, as :meth:`MLP.backward`
+        describes.
+        """
+        if not self._core.has_forward:
+            raise self._no_forward_error()
+        T, B = self._core.forward_steps, self._core.forward_batch
+        lead = (B, T) if self.batch_first else (T, B)
+        if grad_hs is None and grad_ys is None:
+            raise ValueError("backward: give grad_hs and/or grad_ys")
+        gh = gy = None
+        if grad_hs is not None:
+            gh = self._time_major(float_array(grad_hs, "grad_hs", self.dtype,
+                                              (*lead, self.hidden_size), copy=False),
+                                  "grad_hs")
+        if grad_ys is not None:
+            if not self.output_size:
+                raise ValueError("grad_ys: this RNN has no readout (output_size=None)")
+            gy = self._time_major(float_array(grad_ys, "grad_ys", self.dtype,
+                                              (*lead, self.output_size), copy=False),
+                                  "grad_ys")
+        want = check_bool(report, "report")
+        require((T * B * self.input_size + B * self.hidden_size) * self.dtype.itemsize,
+                lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
+                        f"B={B}")
+        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy,
+                                   check_bool(accumulate, "accumulate"), want)
+        self._input_grad = self._user_major(dx)
+        self._h0_grad = dh0
+        if not want:
+            return None
+        return RNNGradReport._from_core(d, dh0)
+
+    @locked
+    def loss_and_grad(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
+                      h0: Any = None, accumulate: bool = False) -> tuple[float, RNNGradReport]:
+        """Forward, loss and BPTT in one call; returns ``(loss, report)``.
+
+        The loss applies to the readout outputs when there is a readout, else to the
+        hidden states. ``on="last"``: step T only (target ``(B, F)`` for mse, ``(B,)``
+        class indices for cross_entropy); ``on="all"``: every step (``(T, B, F)`` /
+        ``(T, B)``, batch-first layouts with ``batch_first``).
+        """
+        _losses.check_loss(loss)
+        if on not in ON:
+            raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
+        xa = self._check_x(x)
+        T, B = xa.shape[0], xa.shape[1]
+        F = self.output_size or self.hidden_size
+        if on == "last":
+            t_shape: tuple[int, ...] = (B, F)
+        else:
+            t_shape = (B, T, F) if self.batch_first else (T, B, F)
+        t = check_target(target, loss, self.dtype, t_shape)
+        if on == "all" and self.batch_first:
+            t = np.ascontiguousarray(np.swapaxes(t, 0, 1))
+        h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
+        acc = check_bool(accumulate, "accumulate")
+        hs, ys = self._core_forward(xa, h0a)
+        self._outputs = ys
+        outputs = ys if self.output_size else hs
+        # the loss's float64 temporaries and dL/d(outputs), then dL/dx and dL/dh0
+        require(6 * outputs.size * 8 + (T * B * self.input_size + B * self.hidden_size)
+                * self.dtype.itemsize,
+                lambda: f"x: the loss and backward pass over T={T}, B={B} of "
+                        f"{self._describe()}")
+        with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
+            value, g = _losses.sequence_value_and_grad(outputs, t, loss, on)
+        g = np.ascontiguousarray(g, dtype=self.dtype)
+        if self.output_size:
+            d, dx, dh0 = self._compute("backward", self._core.backward, None, g, acc)
+        else:
+            d, dx, dh0 = self._compute("backward", self._core.backward, g, None, acc)
+        self._input_grad = self._user_major(dx)
+        self._h0_grad = dh0
+        rep = RNNGradReport._from_core(d, dh0)
+        rep.loss = float(value)
+        return float(value), rep
+
+    @property
+    def input_grad(self) -> np.ndarray | None:
+        """``dL/dx`` of the last backward (None before any)."""
+        return self._input_grad
+
+    @property
+    def h0_grad(self) -> np.ndarray | None:
+        """``dL/dh_0 (B, H)`` of the last backward."""
+        return self._h0_grad
+
+    def _ctor_args(self) -> dict[str, Any]:
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "activation": self.activation, "init": self.init,
+                "input_init": self.input_init, "bias": self.bias,
+                "output_size": self.output_size, "dtype": self.dtype,
+                "batch_first": self.batch_first}
+
+    def _rebuild(self, kwargs: dict[str, Any]) -> None:
+        RNN.__init__(self, **kwargs)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": self.config_kind,
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "output_size": self.output_size,
+            "activation": self.activation.to_config(),
+            "init": self.init.to_config(),
+            "input_init": self.input_init.to_config(),
+            "bias": self.bias,
+            "dtype": self.dtype.name,
+            "batch_first": self.batch_first,
+        }
+
+    # ------------------------------------------------------------ the model protocol
+    kind = "rnn"
+    config_kind = "RNN"
+    config_keys = frozenset({"input_size", "hidden_size", "output_size", "input_init",
+                             "batch_first"})
+    report_axis = ReportAxis("timestep", "h", 1, "timestep_grad_norms",
+                             "timestep t (||dL/dh_t||)", "||dL/dh_1||/||dL/dh_T||")
+    lab = RNNLab()
+
+    @classmethod
+    def _read_config(cls, cfg: Mapping[str, Any], reader: ConfigReader,
+                     n_members: int | None) -> dict[str, Any]:
+        out = cfg["output_size"]
+        return {
+            "input_size": reader.integer(cfg["input_size"], "input_size", hi=1 << 24),
+            "hidden_size": reader.integer(cfg["hidden_size"], "hidden_size", hi=1 << 24),
+            "output_size": None if out is None else reader.integer(out, "output_size",
+                                                                   hi=1 << 24),
+            "input_init": reader.init(cfg["input_init"], "input_init"),
+            "batch_first": reader.flag(cfg["batch_first"], "batch_first"),
+        }
+
+    @classmethod
+    def tensor_shapes(cls, kwargs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        H, I_, K = kwargs["hidden_size"], kwargs["input_size"], kwargs.get("output_size")
+        bias = kwargs.get("bias", True)
+        out: dict[str, tuple[int, ...]] = {"weight_ih_l0": (H, I_), "weight_hh_l0": (H, H)}
+        if bias:
+            out["bias_ih_l0"] = (H,)
+            out["bias_hh_l0"] = (H,)
+        if K:
+            out["readout.weight"] = (K, H)
+            if bias:
+                out["readout.bias"] = (K,)
+        return out
+
+    @classmethod
+    def describe_config(cls, kwargs: Mapping[str, Any]) -> str:
+        dt = np.dtype(kwargs.get("dtype", np.float32))
+        return (f"{cls.__name__} with input_size={kwargs['input_size']}, "
+                f"hidden_size={kwargs['hidden_size']}, "
+                f"output_size={kwargs.get('output_size')} ({dt.name})")
+
+    def check_data(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
+                   name: str = "data") -> DataSet:
+        """``x (T, N, I)`` (``(N, T, I)`` with ``batch_first``); the target as
+        :meth:`loss_and_grad` takes it for ``on``, with N samples."""
+        dt = self.dtype
+        bf = self.batch_first
+        spec = ("N", "T", self.input_size) if bf else ("T", "N", self.input_size)
+        xa = float_array(x, f"{name}[0]", dt, spec)
+        bx = 0 if bf else 1
+        n, T = xa.shape[bx], xa.shape[1 - bx]
+        F = self.output_size or self.hidden_size
+        if on == "last":
+            t = check_target(target, loss, dt, (n, F), f"{name}[1]")
+            return DataSet(xa, t, bx, 0, n)
+        shape = (n, T, F) if bf else (T, n, F)
+        t = check_target(target, loss, dt, shape, f"{name}[1]")
+        return DataSet(xa, t, bx, bx, n)
+
+    def loss_options(self, on: str = "last") -> dict[str, Any]:
+        if on not in ON:
+            raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
+        return {"on": on}
+
+    def loss_outputs(self, x: Any, on: str = "last") -> np.ndarray:
+        hs = self.forward(x)
+        out = self.outputs if self.output_size else hs
+        assert out is not None
+        if on == "last":
+            return np.asarray(out[:, -1] if self.batch_first else out[-1])
+        return np.asarray(out)
+
+    def grad_norm_labels(self, data: DataSet) -> list[str]:
+        return self.report_axis.labels(data.x.shape[1 - data.x_axis])
+
+    def weight_norm_labels(self) -> list[str]:
+        return ["weight_ih_l0", "weight_hh_l0"] + (
+            ["readout.weight"] if self.output_size else [])
+
+    def report_weight_norms(self, report: Any) -> np.ndarray:
+        w = [report.weight_ih_grad_norm, report.weight_hh_grad_norm]
+        if self.output_size:
+            w.append(report.readout_weight_grad_norm)
+        return np.array(w, dtype=np.float64)
+
+    def _describe(self) -> str:
+        """``gc.RNN(input_size=..., hidden_size=..., ...)``, for messages."""
+        return (f"gc.RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                f"output_size={self.output_size}, dtype={self.dtype.name})")
+
+    def __repr__(self) -> str:
+        ro = f", output_size={self.output_size}" if self.output_size else ""
+        return (f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}{ro}, "
+                f"activation={self.activation!r}, init={self.init!r}, dtype={self.dtype.name})")

@@ -93,11 +93,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at r
     from .io import load as load
     from .io import save as save
     from .models import MLP as MLP
+    from .models import RNN as RNN
     from .models import IncompatibleKeys as IncompatibleKeys
     from .models import StateError as StateError
     from .report import GradReport as GradReport
     from .report import RNNGradReport as RNNGradReport
-    from .models import RNN as RNN
     from .runtime import available_isas as available_isas
     from .runtime import get_isa as get_isa
     from .runtime import get_num_threads as get_num_threads

@@ -126,8 +126,8 @@ def run_rnn(T: int = 200, batch: int = 32, hidden: int = 128, seed: int = 0,
     gradient clipping taming an exploding configuration (:func:`rnn_cases`);
     ``progress(label)`` is called after each."""
     from .clip import clip_grad_norm
-    from .models import RNN
     from .data import adding
+    from .models import RNN
 
     x, y = adding(T, batch, seed=seed, dtype=dtype)
     out = []

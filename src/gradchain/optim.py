@@ -1,4 +1,5 @@
-"""Optimisers over a gradchain model's parameters: :class:`SGD`, :class:`Adam`, :class:`AdamW`.
+"""Optimisers over a gradchain model's parameters: :class:`SGD`, :class:`Adam`, :class:`AdamW`,
+:class:`RMSprop`.
 
 Update formulas, defaults and argument checks are ``torch.optim``'s (docs/CONVENTIONS.md,
 "Regularisation and optimisers"), computed in the model's dtype in the order PyTorch's
@@ -34,7 +35,7 @@ from ._memory import require
 from ._validate import as_array, check_bool, real, shape_str
 from .models import Model, StateError, describe_kinds
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "build"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS", "build"]
 
 
 def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
@@ -578,10 +579,111 @@ class AdamW(Adam):
         return out
 
 
+class RMSprop(Optimizer):
+    """RMSprop (``torch.optim.RMSprop``; Hinton's lecture 6e, with Graves' centred
+    variant)::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * p                                  (weight_decay != 0)
+        v = alpha * v + (1 - alpha) * g * g
+        m = lerp(m, g, 1 - alpha);  avg = sqrt(v - m * m) + eps    (centered)
+        avg = sqrt(v) + eps                                       (otherwise)
+        b = momentum * b + g / avg;  p = p - lr * b               (momentum > 0)
+        p = p - lr * g / avg                                      (otherwise)
+
+    ``v`` (``square_avg``), ``m`` (``grad_avg``, centred only) and ``b``
+    (``momentum_buffer``, momentum > 0 only) start at zero; the state's ``step`` counts
+    the updates, as torch's (nothing in the update reads it).
+
+    Parameters
+    ----------
+    model : gc.MLP or gc.RNN
+    lr : float, default 1e-2
+    alpha : float, default 0.99
+        Smoothing constant of the squared-gradient average.
+    eps : float, default 1e-8
+    weight_decay, momentum : float, default 0
+    centered, maximize : bool, default False
+
+    Raises
+    ------
+    ValueError
+        ``lr``, ``alpha``, ``eps``, ``weight_decay`` or ``momentum`` negative (as PyTorch).
+    """
+
+    _STATE_KEYS = ("square_avg", "momentum_buffer", "grad_avg")
+    _STEP_IN_STATE = True
+
+    def __init__(self, model: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+                 maximize: bool = False) -> None:
+        _check_model(model)
+        hyper = self._check_hyper({"lr": lr, "alpha": alpha, "eps": eps,
+                                   "weight_decay": weight_decay, "momentum": momentum,
+                                   "centered": centered, "maximize": maximize})
+        super().__init__(model, hyper)
+
+    def _check_hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        return {"lr": _check_lr(group["lr"]),
+                "alpha": _nonneg(group["alpha"], "alpha", "alpha"),
+                "eps": _nonneg(group["eps"], "eps", "epsilon"),
+                "weight_decay": _nonneg(group["weight_decay"], "weight_decay", "weight_decay"),
+                "momentum": _nonneg(group["momentum"], "momentum", "momentum"),
+                "centered": check_bool(group["centered"], "centered"),
+                "maximize": check_bool(group["maximize"], "maximize")}
+
+    def _needs(self, key: str, hyper: Mapping[str, Any]) -> bool:
+        if key == "momentum_buffer":
+            return bool(hyper["momentum"] > 0)
+        if key == "grad_avg":
+            return bool(hyper["centered"])
+        return True
+
+    _state_entries = Adam._state_entries
+    _stage_steps = Adam._stage_steps
+
+    def _update(self, i: int, p: np.ndarray, g: np.ndarray, group: Mapping[str, Any]) -> None:
+        t = p.dtype.type
+        lr, alpha, eps = float(group["lr"]), float(group["alpha"]), float(group["eps"])
+        wd, momentum = float(group["weight_decay"]), float(group["momentum"])
+        grad = -g if group["maximize"] else g           # never write into the model's grads
+        if wd != 0:
+            grad = grad + t(wd) * p
+        v = self._buf("square_avg", i)
+        v *= t(alpha)
+        sq = grad * t(1.0 - alpha)                      # addcmul: v + (value * g) * g
+        sq *= grad
+        v += sq
+        if group["centered"]:
+            m = self._buf("grad_avg", i)
+            w = t(1.0 - alpha)                          # torch's lerp (see Adam)
+            if abs(w) < 0.5:
+                m += w * (grad - m)
+            else:
+                np.subtract(grad, (grad - m) * (t(1) - w), out=m)
+            avg = m * t(-1)                             # addcmul(m, m, value=-1)
+            avg *= m
+            avg += v
+            np.sqrt(avg, out=avg)
+        else:
+            avg = np.sqrt(v)
+        avg += t(eps)
+        if momentum > 0:
+            b = self._buf("momentum_buffer", i)
+            b *= t(momentum)
+            b += grad / avg                             # addcdiv with value 1
+            p += t(-lr) * b                             # add(b, alpha=-lr)
+        else:
+            upd = grad * t(-lr)                         # addcdiv: p + (value * g) / avg
+            upd /= avg
+            p += upd
+
+
 OPTIMIZERS: Mapping[str, type[Optimizer]] = MappingProxyType({
     "sgd": SGD,
     "adam": Adam,
     "adamw": AdamW,
+    "rmsprop": RMSprop,
 })
 """Every optimiser by name: the one table ``build``, ``gc.sweep`` and the CLI read."""
 

@@ -97,13 +97,4 @@ struct KernelTable {
   void (*act_apply)(const ActParams& act, const T* x, T* f, T* d, int64_t n);  // f, d = act(x), act'(x)
 };
 
-// Whether every entry of a table is filled (table-inl.h checks its tables at compile time).
-template <class T>
-constexpr bool kernel_table_complete(const KernelTable<T>& t) {
-  return t.isa && t.fwd_plain && t.fwd_batchnorm && t.fwd_layernorm && t.col_sum &&
-         t.col_moments && t.add_bias && t.bwd_plain && t.bwd_bn1 && t.bwd_bn2 &&
-         t.bwd_layernorm && t.pack_panels && t.gemm_panels && t.sumsq && t.maxabs && t.scale &&
-         t.clamp && t.act_apply;
-}
-
 }  // namespace gradchain

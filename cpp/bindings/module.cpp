@@ -20,8 +20,10 @@
 
 #include "gradchain/blas.h"
 #include "gradchain/cancel.h"
-#include "gradchain/chain.h"
+#include "gradchain/activation.h"
 #include "gradchain/dispatch.h"
+#include "gradchain/mlp.h"
+#include "gradchain/norm.h"
 #include "gradchain/report.h"
 #include "gradchain/rnn.h"
 
@@ -306,7 +308,7 @@ void bind_mlp(py::module_& m, const char* name) {
                        bool bias, std::vector<bool> residual, double residual_scale, double eps,
                        double momentum) {
              if (act < 0 || act > int(Act::Custom)) throw std::invalid_argument("bad activation id");
-             if (norm < 0 || norm > 2) throw std::invalid_argument("bad norm id");
+             if (norm < 0 || norm >= int(kNumNorms)) throw std::invalid_argument("bad norm id");
              MlpConfig cfg;
              cfg.sizes = std::move(sizes);
              cfg.act = ActParams{Act(act), p0, p1};
@@ -521,12 +523,18 @@ PYBIND11_MODULE(_core, m) {
   m.def("available_isas", &available_isas);
   m.def("blas_corename", [] { return std::string(blas_corename()); });
   m.def("combine_norms", &combine_norms, py::arg("norms"));
-  m.attr("ACTIVATION_IDS") = py::dict(
-      py::arg("identity") = int(Act::Identity), py::arg("sigmoid") = int(Act::Sigmoid),
-      py::arg("tanh") = int(Act::Tanh), py::arg("relu") = int(Act::Relu),
-      py::arg("leaky_relu") = int(Act::LeakyRelu), py::arg("elu") = int(Act::Elu),
-      py::arg("selu") = int(Act::Selu), py::arg("gelu") = int(Act::Gelu),
-      py::arg("gelu_tanh") = int(Act::GeluTanh), py::arg("softplus") = int(Act::Softplus),
-      py::arg("silu") = int(Act::Silu), py::arg("hardtanh") = int(Act::Hardtanh),
-      py::arg("custom") = int(Act::Custom));
+  // The tables of gradchain/activation_list.h and gradchain/norm_list.h, by name.
+  py::dict act_ids, act_selects, act_params;
+  for (const ActivationRow& r : kActivations) {
+    act_ids[r.name] = int(r.id);
+    act_selects[r.name] = r.selects_at_kink;
+    act_params[r.name] = r.n_params;
+  }
+  act_ids["custom"] = int(Act::Custom);
+  m.attr("ACTIVATION_IDS") = act_ids;
+  m.attr("ACTIVATION_SELECTS") = act_selects;
+  m.attr("ACTIVATION_NUM_PARAMS") = act_params;
+  py::dict norm_ids;
+  for (const NormRow& r : kNorms) norm_ids[r.name] = int(r.id);
+  m.attr("NORM_IDS") = norm_ids;
 }

@@ -15,43 +15,18 @@
 #include <stdexcept>
 #include <string>
 
+#include "gradchain/mlp.h"
+
 #include "gradchain/blas.h"
-#include "gradchain/chain.h"
 #include "gradchain/dispatch.h"
+#include "gradchain/norm.h"
 #include "gradchain/parallel.h"
-#include "chain_util.h"
+#include "gemm_block.h"
 
 namespace gradchain {
 
-using detail::block_args;
 using detail::gemm_block;
-using detail::PackScratch;
 using detail::gemm_block_sumsq;
-using detail::has_nonfinite;
-using detail::reduce_store;
-using detail::rows_in_block;
-
-// ---------------------------------------------------------------------------
-// Buffer
-// ---------------------------------------------------------------------------
-template <class T>
-Buffer<T>::Buffer(int64_t n, const char* what) : n_(n) {
-  if (n <= 0) return;
-  if (uint64_t(n) > uint64_t(std::numeric_limits<int64_t>::max()) / sizeof(T) / 2)
-    throw AllocError(alloc_message(what, double(n) * double(sizeof(T))));
-  const size_t bytes = ((size_t(n) * sizeof(T) + 63) / 64) * 64;
-  void* p = std::aligned_alloc(64, bytes);
-  if (!p) throw AllocError(alloc_message(what, double(bytes)));
-  ptr_.reset(static_cast<T*>(p));
-}
-
-template <class T>
-void Buffer<T>::Free::operator()(void* p) const {
-  std::free(p);
-}
-
-template class Buffer<float>;
-template class Buffer<double>;
 
 
 // ---------------------------------------------------------------------------
@@ -81,7 +56,8 @@ std::string MlpChain<T>::describe() const {
 }
 
 template <class T>
-MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
+MlpChain<T>::MlpChain(MlpConfig cfg)
+    : ChainBase<T>([this] { return describe(); }, true), cfg_(std::move(cfg)) {
   const auto& s = cfg_.sizes;
   if (s.size() < 2) throw std::invalid_argument("sizes must have at least 2 entries (in, out)");
   for (size_t i = 0; i < s.size(); ++i) {
@@ -101,20 +77,8 @@ MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
                                   " whose widths differ");
   if (!(cfg_.eps > 0)) throw std::invalid_argument("eps must be > 0");
 
-  int64_t np = 0, nb = 0;
-  auto add = [&](std::string name, std::vector<int64_t> shape, int kind) {
-    int64_t numel = 1;
-    for (int64_t d : shape) {
-      if (numel > (int64_t(1) << 40) / d)
-        throw AllocError("gradchain: cannot allocate the parameters of " + describe() +
-                         ": more than 2^40 values");
-      numel *= d;
-    }
-    int64_t& cursor = kind == 0 ? np : nb;
-    tensors_.push_back({std::move(name), cursor, std::move(shape), kind});
-    const int64_t off = cursor;
-    cursor += numel;
-    return off;
+  auto add = [this](std::string name, std::vector<int64_t> shape, int kind) {
+    return this->add_tensor(std::move(name), std::move(shape), kind);
   };
   layers_.resize(size_t(L_ + 1));
   for (int64_t l = 0; l <= L_; ++l) {
@@ -126,44 +90,24 @@ MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
     ly.b = cfg_.bias ? add(p + ".bias", {ly.out}, 0) : -1;
     ly.gamma = ly.beta = ly.rmean = ly.rvar = -1;
   }
-  if (cfg_.norm != NormKind::None) {
+  // the norm layers' tensors: all affine parameters, then all running statistics
+  if (norm_affine(cfg_.norm)) {
     for (int64_t l = 0; l < L_; ++l) {
       Layer& ly = layers_[size_t(l)];
       const std::string p = "norms." + std::to_string(l);
       ly.gamma = add(p + ".weight", {ly.out}, 0);
       ly.beta = add(p + ".bias", {ly.out}, 0);
     }
-    if (cfg_.norm == NormKind::Batch) {
-      for (int64_t l = 0; l < L_; ++l) {
-        Layer& ly = layers_[size_t(l)];
-        const std::string p = "norms." + std::to_string(l);
-        ly.rmean = add(p + ".running_mean", {ly.out}, 1);
-        ly.rvar = add(p + ".running_var", {ly.out}, 1);
-      }
+  }
+  if (norm_running_stats(cfg_.norm)) {
+    for (int64_t l = 0; l < L_; ++l) {
+      Layer& ly = layers_[size_t(l)];
+      const std::string p = "norms." + std::to_string(l);
+      ly.rmean = add(p + ".running_mean", {ly.out}, 1);
+      ly.rvar = add(p + ".running_var", {ly.out}, 1);
     }
   }
-  try {
-    params_ = Buffer<T>(np);
-    grads_ = Buffer<T>(np);
-    buffers_ = Buffer<T>(nb);
-  } catch (const std::bad_alloc&) {
-    throw AllocError(alloc_message("the parameters, gradients and buffers of " + describe(),
-                                   double(2 * np + nb) * double(sizeof(T))));
-  }
-  std::memset(params_.data(), 0, size_t(np) * sizeof(T));
-  std::memset(grads_.data(), 0, size_t(np) * sizeof(T));
-  for (auto& ly : layers_) {
-    if (ly.gamma >= 0)
-      for (int64_t c = 0; c < ly.out; ++c) {
-        params_.data()[ly.gamma + c] = T(1);
-        params_.data()[ly.beta + c] = T(0);
-      }
-    if (ly.rmean >= 0)
-      for (int64_t c = 0; c < ly.out; ++c) {
-        buffers_.data()[ly.rmean + c] = T(0);
-        buffers_.data()[ly.rvar + c] = T(1);
-      }
-  }
+  this->allocate_tensors("the parameters, gradients and buffers of");
   maxw_ = 0;
   int64_t max_chunks = 1;
   for (auto& ly : layers_) {
@@ -175,7 +119,7 @@ MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
   }
   try {
     chunk_ss_.assign(size_t(max_chunks > kGemmBlocks ? max_chunks : kGemmBlocks), 0.0);
-    if (cfg_.norm == NormKind::Batch) {
+    if (norm_running_stats(cfg_.norm)) {
       bmean_.assign(size_t(L_ * maxw_), 0.0);
       bvar_.assign(size_t(L_ * maxw_), 0.0);
     }
@@ -183,18 +127,26 @@ MlpChain<T>::MlpChain(MlpConfig cfg) : cfg_(std::move(cfg)) {
     throw AllocError(alloc_message("the batch statistics of " + describe(),
                                    double(2 * L_ * maxw_) * double(sizeof(double))));
   }
-}
-
-template <class T>
-std::vector<std::pair<T*, int64_t>> MlpChain<T>::grad_spans() {
-  std::vector<std::pair<T*, int64_t>> out;
-  for (auto& t : tensors_) {
-    if (t.kind != 0) continue;
-    int64_t numel = 1;
-    for (int64_t d : t.shape) numel *= d;
-    out.emplace_back(grads_.data() + t.offset, numel);
+  // each hidden layer's norm: views of its tensors, initial values
+  norms_.resize(size_t(L_));
+  for (int64_t l = 0; l < L_; ++l) {
+    const Layer& ly = layers_[size_t(l)];
+    NormLayerView<T>& nv = norms_[size_t(l)];
+    nv.n = ly.out;
+    if (ly.gamma >= 0) {
+      nv.gamma = params_.data() + ly.gamma;
+      nv.dgamma = grads_.data() + ly.gamma;
+      nv.beta = params_.data() + ly.beta;
+      nv.dbeta = grads_.data() + ly.beta;
+    }
+    if (ly.rmean >= 0) {
+      nv.running_mean = buffers_.data() + ly.rmean;
+      nv.running_var = buffers_.data() + ly.rvar;
+      nv.batch_mean = bmean_.data() + l * maxw_;
+      nv.batch_var = bvar_.data() + l * maxw_;
+    }
+    norm_reset(cfg_.norm, nv);
   }
-  return out;
 }
 
 // ---------------------------------------------------------------------------
@@ -202,13 +154,10 @@ std::vector<std::pair<T*, int64_t>> MlpChain<T>::grad_spans() {
 // ---------------------------------------------------------------------------
 template <class T>
 int64_t MlpChain<T>::workspace_values(int64_t B) const {
-  const bool norm = cfg_.norm != NormKind::None;
   int64_t total = B * cfg_.sizes[0];
   for (int64_t l = 0; l < L_; ++l) {
     const int64_t h = layers_[size_t(l)].out;
-    total += B * h * (norm ? 3 : 2);  // a, d, xhat
-    if (cfg_.norm == NormKind::Batch) total += 2 * h;
-    if (cfg_.norm == NormKind::Layer) total += 2 * B;
+    total += B * h * 2 + norm_workspace_values(cfg_.norm, B, h);  // a, d; the norm's
   }
   return total + 3 * B * maxw_ + 3 * maxw_;  // G0, G1, DZ; k/m1/m2 scratch
 }
@@ -267,7 +216,6 @@ void MlpChain<T>::plan(int64_t B) {
   // the old workspace goes first: the peak is the new one, not old + new
   ws_ = Buffer<T>();
   part_ = Buffer<double>();
-  const bool norm = cfg_.norm != NormKind::None;
   const int64_t total = workspace_values(B);
   // panel GEMM slots: inner dimension in/out (layer products) or B (weight gradients),
   // packed width at most maxw
@@ -287,35 +235,35 @@ void MlpChain<T>::plan(int64_t B) {
         double(total) * double(sizeof(T)) +
             double(mlp_double_values(B, L_, maxw_)) * double(sizeof(double))));
   }
-  T* p = ws_.data();
-  auto take = [&](int64_t n) { T* q = p; p += n; return q; };
+  WorkspaceCarver<T> ws(ws_.data());
   A_.assign(size_t(L_ + 1), nullptr);
   D_.assign(size_t(L_), nullptr);
-  XH_.assign(size_t(L_), nullptr);
-  shift_.assign(size_t(L_), nullptr);
-  istd_.assign(size_t(L_), nullptr);
-  rowmean_.assign(size_t(L_), nullptr);
-  rowistd_.assign(size_t(L_), nullptr);
-  A_[0] = take(B * cfg_.sizes[0]);
+  A_[0] = ws.take(B * cfg_.sizes[0]);
   for (int64_t l = 0; l < L_; ++l) {
     const int64_t h = layers_[size_t(l)].out;
-    A_[size_t(l) + 1] = take(B * h);
-    D_[size_t(l)] = take(B * h);
-    if (norm) XH_[size_t(l)] = take(B * h);
-    if (cfg_.norm == NormKind::Batch) {
-      shift_[size_t(l)] = take(h);
-      istd_[size_t(l)] = take(h);
-    }
-    if (cfg_.norm == NormKind::Layer) {
-      rowmean_[size_t(l)] = take(B);
-      rowistd_[size_t(l)] = take(B);
-    }
+    A_[size_t(l) + 1] = ws.take(B * h);
+    D_[size_t(l)] = ws.take(B * h);
+    norm_carve(cfg_.norm, ws, B, norms_[size_t(l)]);
   }
-  G0_ = take(B * maxw_);
-  G1_ = take(B * maxw_);
-  DZ_ = take(B * maxw_);
-  scratch_ = take(3 * maxw_);
+  G0_ = ws.take(B * maxw_);
+  G1_ = ws.take(B * maxw_);
+  DZ_ = ws.take(B * maxw_);
+  scratch_ = ws.take(3 * maxw_);
   B_ = B;
+}
+
+template <class T>
+RowPass<T> MlpChain<T>::row_pass() const {
+  RowPass<T> rp;
+  rp.B = B_;
+  rp.nrb = nrb_;
+  rp.maxw = maxw_;
+  rp.part = part_.data();
+  rp.blk = const_cast<double*>(blk_.data());
+  rp.colsum0 = const_cast<double*>(colsum_[0].data());
+  rp.colsum1 = const_cast<double*>(colsum_[1].data());
+  rp.coef = scratch_;
+  return rp;
 }
 
 // ---------------------------------------------------------------------------
@@ -326,7 +274,6 @@ void MlpChain<T>::plan(int64_t B) {
 // identity and the residual is left out (the custom-activation path finishes it).
 template <class T>
 void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
-  const auto& K = kernels<T>();
   const Layer& ly = layers_[size_t(l)];
   const int64_t B = B_, n = ly.out, k = ly.in;
   const T* in = A_[size_t(l)];
@@ -340,95 +287,18 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
   for (int64_t blk = 0; blk < gs.count; ++blk)
     if (!stopping())  // cancelled: skip the rest (the pass will be thrown away)
       gemm_block(gs, blk, false, true, B, n, k, in, k, W, k, T(0), out, n,
-                 PackScratch<T>{pack_base_, pack_slot_});
+                 packs());
 
-  double* fchk = fchk_.data() + l * nrb_;  // per-block non-finite checks of a_{l+1}
   FwdArgs<T> args;
   args.act = cfg_.act;
   if (skip_act) args.act.kind = Act::Identity;
   args.resid = (!skip_act && cfg_.residual[size_t(l)]) ? in : nullptr;
   args.alpha = T(cfg_.residual_scale);
   args.eps = T(cfg_.eps);
-
-  switch (cfg_.norm) {
-    case NormKind::None: {
-      args.bias = b;
-#pragma omp for schedule(static)  // fused bias + activation + derivative, over row blocks
-      for (int64_t rb = 0; rb < nrb_; ++rb) {
-        const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-        fchk[rb] = K.fwd_plain(block_args(args, r0, n), out + r0 * n, out + r0 * n, d + r0 * n,
-                               rows, n);
-      }
-      break;
-    }
-    case NormKind::Batch: {
-      T* shift = shift_[size_t(l)];
-      T* istd = istd_[size_t(l)];
-      double* mean = bmean_.data() + l * maxw_;
-      double* var = bvar_.data() + l * maxw_;
-      double* p0 = part_.data();
-      double* p1 = p0 + nrb_ * maxw_;
-      if (training) {
-        // Batch statistics of z (without b: the bias cancels in xhat) in one pass:
-        // float64 moments shifted by the batch's first row (so S2/B - (S1/B)^2 does
-        // not cancel), partials per row block, reduced in block order.
-#pragma omp for schedule(static)
-        for (int64_t rb = 0; rb < nrb_; ++rb) {
-          std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
-          std::memset(p1 + rb * n, 0, size_t(n) * sizeof(double));
-          K.col_moments(out + rb * kRowBlock * n, out, rows_in_block(rb, B), n, p0 + rb * n,
-                        p1 + rb * n);
-        }
-#pragma omp single
-        for (int64_t c = 0; c < n; ++c) {
-          double s1 = 0.0, s2 = 0.0;
-          for (int64_t r = 0; r < nrb_; ++r) {
-            s1 += p0[r * n + c];
-            s2 += p1[r * n + c];
-          }
-          const double d = s1 / double(B);
-          mean[c] = double(out[c]) + d;
-          var[c] = std::max(s2 / double(B) - d * d, 0.0);
-          shift[c] = T(mean[c]);
-          istd[c] = T(1.0 / std::sqrt(var[c] + cfg_.eps));
-        }
-      } else {
-        const T* rm = buffers_.data() + ly.rmean;
-        const T* rv = buffers_.data() + ly.rvar;
-#pragma omp single
-        for (int64_t c = 0; c < n; ++c) {
-          shift[c] = T(double(rm[c]) - (b ? double(b[c]) : 0.0));
-          istd[c] = T(1.0 / std::sqrt(double(rv[c]) + cfg_.eps));
-        }
-      }
-      args.col_shift = shift;
-      args.col_scale = istd;
-      args.gamma = params_.data() + ly.gamma;
-      args.beta = params_.data() + ly.beta;
-      T* xh = XH_[size_t(l)];
-#pragma omp for schedule(static)  // fused normalise + affine + activation + derivative
-      for (int64_t rb = 0; rb < nrb_; ++rb) {
-        const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-        fchk[rb] =
-            K.fwd_batchnorm(block_args(args, r0, n), out + r0 * n, xh + r0 * n, out + r0 * n, d + r0 * n, rows, n);
-      }
-      break;
-    }
-    case NormKind::Layer: {
-      args.bias = b;
-      args.gamma = params_.data() + ly.gamma;
-      args.beta = params_.data() + ly.beta;
-      T* xh = XH_[size_t(l)];
-#pragma omp for schedule(static)  // per-row statistics + fused epilogue
-      for (int64_t rb = 0; rb < nrb_; ++rb) {
-        const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-        fchk[rb] =
-            K.fwd_layernorm(block_args(args, r0, n), out + r0 * n, xh + r0 * n, out + r0 * n, d + r0 * n,
-                            rowmean_[size_t(l)] + r0, rowistd_[size_t(l)] + r0, rows, n);
-      }
-      break;
-    }
-  }
+  // the norm layer's fused pass: [resid + alpha *] act(Norm(z + b)), its derivative and
+  // the per-block non-finite checks of a_{l+1}
+  norm_forward(cfg_.norm, norms_[size_t(l)], args, b, training, cfg_.eps, out, d, row_pass(),
+               fchk_.data() + l * nrb_);
 }
 
 // The custom activation's tail (serial, outside any OpenMP region: it calls back into Python).
@@ -461,7 +331,7 @@ void MlpChain<T>::output_forward(T* y) {
   for (int64_t blk = 0; blk < gs.count; ++blk)
     if (!stopping())
       gemm_block(gs, blk, false, true, B, n, k, A_[size_t(L_)], k, W, k, T(0), y, n,
-                 PackScratch<T>{pack_base_, pack_slot_});
+                 packs());
   double* chk = fchk_.data() + L_ * nrb_;
 #pragma omp for schedule(static)
   for (int64_t rb = 0; rb < nrb_; ++rb)
@@ -472,9 +342,7 @@ template <class T>
 void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   std::lock_guard<std::mutex> lock(mu_);
   if (B < 1) throw std::invalid_argument("batch size must be >= 1");
-  if (cfg_.norm == NormKind::Batch && training && B == 1)
-    throw std::invalid_argument(
-        "Expected more than 1 value per channel when training with batch norm, got batch size 1");
+  norm_check_batch(cfg_.norm, training, B);
   if (cfg_.act.kind == Act::Custom && !custom_)
     throw std::logic_error("custom activation has no callable");
   plan(B);
@@ -500,8 +368,8 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
     {
       bool stopped = false;  // cancelled: every thread leaves at the same layer
       for (int64_t l = 0; l < L_ && !stopped; ++l)
-        if (!(stopped = detail::stop_at(at.data(), l, stop_))) layer_forward(l, false);
-      if (!stopped && !detail::stop_at(at.data(), L_, stop_)) output_forward(y);
+        if (!(stopped = stop_at(at.data(), l, stop_))) layer_forward(l, false);
+      if (!stopped && !stop_at(at.data(), L_, stop_)) output_forward(y);
     }
   }
   if (stopping()) throw Cancelled();  // before anything is committed
@@ -512,22 +380,10 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
         break;
       }
   // Commit the running statistics only now that the whole pass succeeded.
-  if (cfg_.norm == NormKind::Batch && training) {
-    const double m = cfg_.momentum;
-    const double unbias = double(B) / double(B - 1);
-    for (int64_t l = 0; l < L_; ++l) {
-      const Layer& ly = layers_[size_t(l)];
-      T* rm = buffers_.data() + ly.rmean;
-      T* rv = buffers_.data() + ly.rvar;
-      const T* b = ly.b >= 0 ? params_.data() + ly.b : nullptr;
-      const double* mean = bmean_.data() + l * maxw_;
-      const double* var = bvar_.data() + l * maxw_;
-      for (int64_t c = 0; c < ly.out; ++c) {
-        const double bm = mean[c] + (b ? double(b[c]) : 0.0);
-        rm[c] = T((1.0 - m) * double(rm[c]) + m * bm);
-        rv[c] = T((1.0 - m) * double(rv[c]) + m * var[c] * unbias);
-      }
-    }
+  for (int64_t l = 0; l < L_; ++l) {
+    const Layer& ly = layers_[size_t(l)];
+    norm_commit(cfg_.norm, norms_[size_t(l)], ly.b >= 0 ? params_.data() + ly.b : nullptr,
+                training, B, cfg_.momentum);
   }
   has_forward_ = true;
   fwd_B_ = B;
@@ -547,149 +403,24 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
   const int64_t B = B_, n = ly.out, k = ly.in;
   const bool res = cfg_.residual[size_t(l)] != 0;
   const T scale = res ? T(cfg_.residual_scale) : T(1);
-  const bool select = cfg_.act.kind == Act::Relu || cfg_.act.kind == Act::Hardtanh;
-  const T* d = D_[size_t(l)];
-  const T* xh = XH_[size_t(l)];
   T* dz = DZ_;
   T* grads = grads_.data();
-  const bool bias = ly.b >= 0;
-  double* p0 = part_.data();
-  double* p1 = p0 + nrb_ * maxw_;
-  double* p2 = p1 + nrb_ * maxw_;
   T* const gin = g;
 
-  auto record_act = [&](double ss) {  // ||dL/da_{l+1}|| (inside omp single)
-    const double nrm = norm_from_sumsq(gin, B * n, ss);
-    rep.activation[size_t(l) + 1] = nrm;
-    if (has_nonfinite(ss, nrm) && rep.first_nonfinite < 0) rep.first_nonfinite = int(l + 1);
-  };
-
-  switch (cfg_.norm) {
-    case NormKind::None: {
-#pragma omp for schedule(static)  // dz = g * scale * act'; db partials; sum g^2
-      for (int64_t rb = 0; rb < nrb_; ++rb) {
-        const int64_t r0 = rb * kRowBlock;
-        if (bias) std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
-        blk_[size_t(rb)] = K.bwd_plain(gin + r0 * n, d + r0 * n, scale, select, report_, dz + r0 * n,
-                                       bias ? p0 + rb * n : nullptr, rows_in_block(rb, B), n);
-      }
-#pragma omp single
-      {
-        double ss = 0.0;
-        for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t(rb)];
-        record_act(ss);
-        if (bias) {
-          T* db = grads + ly.b;
-          rep.bias[size_t(l)] = norm_from_sumsq(db, n, reduce_store(p0, nrb_, n, db, accumulate));
-        }
-      }
-      break;
-    }
-    case NormKind::Batch: {
-#pragma omp for schedule(static)  // dn = g * scale * act'; sum dn, sum dn * xhat; sum g^2
-      for (int64_t rb = 0; rb < nrb_; ++rb) {
-        const int64_t r0 = rb * kRowBlock;
-        std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
-        std::memset(p1 + rb * n, 0, size_t(n) * sizeof(double));
-        blk_[size_t(rb)] = K.bwd_bn1(gin + r0 * n, d + r0 * n, xh + r0 * n, scale, select, dz + r0 * n,
-                                     p0 + rb * n, p1 + rb * n, rows_in_block(rb, B), n);
-      }
-#pragma omp single
-      {
-        double ss = 0.0;
-        for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t(rb)];
-        record_act(ss);
-        // dbeta = sum dn, dgamma = sum dn * xhat (the sums before storing, for the means)
-        double* sb = colsum_[0].data();
-        double* sg = colsum_[1].data();
-        for (int64_t c = 0; c < n; ++c) {
-          double a0 = 0.0, a1 = 0.0;
-          for (int64_t r = 0; r < nrb_; ++r) {
-            a0 += p0[r * n + c];
-            a1 += p1[r * n + c];
-          }
-          sb[c] = a0;
-          sg[c] = a1;
-        }
-        T* dgamma = grads + ly.gamma;
-        T* dbeta = grads + ly.beta;
-        double ssg = 0.0, ssb = 0.0;
-        for (int64_t c = 0; c < n; ++c) {
-          const T vg = accumulate ? T(dgamma[c] + T(sg[c])) : T(sg[c]);
-          const T vb = accumulate ? T(dbeta[c] + T(sb[c])) : T(sb[c]);
-          dgamma[c] = vg;
-          dbeta[c] = vb;
-          ssg += double(vg) * double(vg);
-          ssb += double(vb) * double(vb);
-        }
-        rep.norm_weight[size_t(l)] = norm_from_sumsq(dgamma, n, ssg);
-        rep.norm_bias[size_t(l)] = norm_from_sumsq(dbeta, n, ssb);
-        // dz = gamma * istd * (dn - mean(dn) - xhat * mean(dn * xhat)) in training;
-        // in eval mode the statistics are constants: dz = gamma * istd * dn.
-        T* kv = scratch_;
-        T* m1 = kv + maxw_;
-        T* m2 = m1 + maxw_;
-        const T* gamma = params_.data() + ly.gamma;
-        const T* istd = istd_[size_t(l)];
-        for (int64_t c = 0; c < n; ++c) {
-          kv[c] = gamma[c] * istd[c];
-          m1[c] = training ? T(sb[c] / double(B)) : T(0);
-          m2[c] = training ? T(sg[c] / double(B)) : T(0);
-        }
-      }
-      {
-        const T* kv = scratch_;
-        const T* m1 = kv + maxw_;
-        const T* m2 = m1 + maxw_;
-#pragma omp for schedule(static)
-        for (int64_t rb = 0; rb < nrb_; ++rb) {
-          const int64_t r0 = rb * kRowBlock;
-          if (bias) std::memset(p2 + rb * n, 0, size_t(n) * sizeof(double));
-          K.bwd_bn2(dz + r0 * n, xh + r0 * n, kv, m1, m2, bias ? p2 + rb * n : nullptr,
-                    rows_in_block(rb, B), n);
-        }
-      }
-      if (bias) {
-#pragma omp single nowait  // the GEMMs below do not read db
-        {
-          T* db = grads + ly.b;
-          rep.bias[size_t(l)] = norm_from_sumsq(db, n, reduce_store(p2, nrb_, n, db, accumulate));
-        }
-      }
-      break;
-    }
-    case NormKind::Layer: {
-      const T* gamma = params_.data() + ly.gamma;
-#pragma omp for schedule(static)
-      for (int64_t rb = 0; rb < nrb_; ++rb) {
-        const int64_t r0 = rb * kRowBlock;
-        std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
-        std::memset(p1 + rb * n, 0, size_t(n) * sizeof(double));
-        if (bias) std::memset(p2 + rb * n, 0, size_t(n) * sizeof(double));
-        blk_[size_t(rb)] = K.bwd_layernorm(gin + r0 * n, d + r0 * n, xh + r0 * n, gamma,
-                                           rowistd_[size_t(l)] + r0, scale, select, dz + r0 * n,
-                                           p0 + rb * n, p1 + rb * n, bias ? p2 + rb * n : nullptr,
-                                           rows_in_block(rb, B), n);
-      }
-#pragma omp single
-      {
-        double ss = 0.0;
-        for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t(rb)];
-        record_act(ss);
-        T* dgamma = grads + ly.gamma;
-        T* dbeta = grads + ly.beta;
-        rep.norm_weight[size_t(l)] =
-            norm_from_sumsq(dgamma, n, reduce_store(p0, nrb_, n, dgamma, accumulate));
-        rep.norm_bias[size_t(l)] =
-            norm_from_sumsq(dbeta, n, reduce_store(p1, nrb_, n, dbeta, accumulate));
-        if (bias) {
-          T* db = grads + ly.b;
-          rep.bias[size_t(l)] = norm_from_sumsq(db, n, reduce_store(p2, nrb_, n, db, accumulate));
-        }
-      }
-      break;
-    }
+  // the norm layer's backward: dz = dL/dz from g = dL/da_{l+1}; the bias and norm
+  // gradients; ||dL/da_{l+1}|| and the norms of the parameter gradients into the report
+  NormBackwardReport out;
+  out.grad_norm = &rep.activation[size_t(l) + 1];
+  out.first_nonfinite = &rep.first_nonfinite;
+  out.index = int(l + 1);
+  out.bias_norm = &rep.bias[size_t(l)];
+  if (!rep.norm_weight.empty()) {
+    out.weight_norm = &rep.norm_weight[size_t(l)];
+    out.shift_norm = &rep.norm_bias[size_t(l)];
   }
+  norm_backward(cfg_.norm, norms_[size_t(l)], gin, D_[size_t(l)], scale,
+                act_selects(cfg_.act.kind), report_, training, accumulate, dz,
+                ly.b >= 0 ? grads + ly.b : nullptr, row_pass(), out);
 
   // dW = dz^T a_l  and  dL/da_l = dz W (+ g when residual): independent GEMMs, one loop.
   T* dW = grads + ly.w;
@@ -703,11 +434,11 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
     if (stopping()) continue;  // cancelled: skip the rest
     if (i < sw.count) {  // each dW block's sum of squares while it is in cache
       gemm_block(sw, i, true, false, n, k, B, dz, n, a, k, accumulate ? T(1) : T(0), dW, k,
-                 PackScratch<T>{pack_base_, pack_slot_});
+                 packs());
       if (report_) chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
     } else {
       gemm_block(sa, i - sw.count, false, false, B, k, n, dz, n, W, k, res ? T(1) : T(0), gout, k,
-                 PackScratch<T>{pack_base_, pack_slot_});
+                 packs());
     }
   }
 #pragma omp single nowait  // ||dW||: block partials in block order (nothing waits on it)
@@ -733,7 +464,7 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
   rep.weight.assign(size_t(L_ + 1), 0.0);
   rep.bias.assign(size_t(L_ + 1), 0.0);
   rep.activation.assign(size_t(L_ + 1), 0.0);
-  if (cfg_.norm != NormKind::None) {
+  if (norm_affine(cfg_.norm)) {  // the report's norm entries: gamma and beta
     rep.norm_weight.assign(size_t(L_), 0.0);
     rep.norm_bias.assign(size_t(L_), 0.0);
   }
@@ -751,7 +482,7 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
   {
     T* g = G0_;
     T* g_other = G1_;
-    bool stopped = detail::stop_at(at.data(), 0, stop_);  // false (checked above)
+    bool stopped = stop_at(at.data(), 0, stop_);  // false (checked above)
     // Output layer: db = sum_b gy, dW = gy^T a_L, dL/da_L = gy W.
     {
       const Layer& ly = layers_[size_t(L_)];
@@ -779,11 +510,11 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
         if (stopping()) continue;  // cancelled: skip the rest
         if (i < sw.count) {
           gemm_block(sw, i, true, false, n, k, B, gy, n, A_[size_t(L_)], k,
-                     accumulate ? T(1) : T(0), dW, k, PackScratch<T>{pack_base_, pack_slot_});
+                     accumulate ? T(1) : T(0), dW, k, packs());
           if (report_) chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
         } else {
           gemm_block(sa, i - sw.count, false, false, B, k, n, gy, n, W, k, T(0), g, k,
-                     PackScratch<T>{pack_base_, pack_slot_});
+                     packs());
         }
       }
 #pragma omp single nowait
@@ -794,10 +525,10 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
       }
     }
     for (int64_t l = L_ - 1; l >= 0 && !stopped; --l)
-      if (!(stopped = detail::stop_at(at.data(), L_ - l, stop_)))
+      if (!(stopped = stop_at(at.data(), L_ - l, stop_)))
         layer_backward(l, accumulate, g, g_other, rep);
     // dL/dx: its norm, then out.
-    if (!stopped && !detail::stop_at(at.data(), L_ + 1, stop_)) {
+    if (!stopped && !stop_at(at.data(), L_ + 1, stop_)) {
       if (report_) {
 #pragma omp for schedule(static)
         for (int64_t rb = 0; rb < nrb_; ++rb)

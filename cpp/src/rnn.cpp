@@ -14,7 +14,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "chain_util.h"
+#include "gemm_block.h"
 #include "gradchain/blas.h"
 #include "gradchain/dispatch.h"
 #include "gradchain/parallel.h"
@@ -23,10 +23,6 @@
 namespace gradchain {
 
 using detail::gemm_block;
-using detail::PackScratch;
-using detail::has_nonfinite;
-using detail::reduce_store;
-using detail::rows_in_block;
 
 namespace {
 // Rows per block of the time loops (a function of B only, never of the thread count).
@@ -69,20 +65,16 @@ std::string RnnChain<T>::describe() const {
 }
 
 template <class T>
-RnnChain<T>::RnnChain(RnnConfig cfg) : cfg_(cfg) {
+RnnChain<T>::RnnChain(RnnConfig cfg)
+    : ChainBase<T>([this] { return describe(); }, false), cfg_(cfg) {
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
   const int64_t lim = int64_t(1) << 24;
   if (I < 1 || I > lim) throw std::invalid_argument("input_size must be in [1, 2^24]");
   if (H < 1 || H > lim) throw std::invalid_argument("hidden_size must be in [1, 2^24]");
   if (K < 0 || K > lim) throw std::invalid_argument("output_size must be in [0, 2^24]");
-  int64_t np = 0;
-  auto add = [&](const char* name, std::vector<int64_t> shape) {
-    int64_t numel = 1;
-    for (int64_t d : shape) numel *= d;
-    tensors_.push_back({name, np, std::move(shape), 0});
-    const int64_t off = np;
-    np += numel;
-    return off;
+  // (shapes up to 2^24 x 2^24: no tensor can overflow the offsets)
+  auto add = [this](const char* name, std::vector<int64_t> shape) {
+    return this->add_tensor(name, std::move(shape), 0);
   };
   w_ih_ = add("weight_ih_l0", {H, I});
   w_hh_ = add("weight_hh_l0", {H, H});
@@ -94,26 +86,7 @@ RnnChain<T>::RnnChain(RnnConfig cfg) : cfg_(cfg) {
     w_out_ = add("readout.weight", {K, H});
     if (cfg_.bias) b_out_ = add("readout.bias", {K});
   }
-  try {
-    params_ = Buffer<T>(np);
-    grads_ = Buffer<T>(np);
-  } catch (const std::bad_alloc&) {
-    throw AllocError(alloc_message("the parameters and gradients of " + describe(),
-                                   double(2 * np) * double(sizeof(T))));
-  }
-  std::memset(params_.data(), 0, size_t(np) * sizeof(T));
-  std::memset(grads_.data(), 0, size_t(np) * sizeof(T));
-}
-
-template <class T>
-std::vector<std::pair<T*, int64_t>> RnnChain<T>::grad_spans() {
-  std::vector<std::pair<T*, int64_t>> out;
-  for (auto& t : tensors_) {
-    int64_t numel = 1;
-    for (int64_t d : t.shape) numel *= d;
-    out.emplace_back(grads_.data() + t.offset, numel);
-  }
-  return out;
+  this->allocate_tensors("the parameters and gradients of");
 }
 
 template <class T>
@@ -191,15 +164,14 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
         double(total) * double(sizeof(T)) +
             double(part_values(steps, B) + blk_values(steps, B)) * double(sizeof(double))));
   }
-  T* p = ws_.data();
-  auto take = [&](int64_t n) { T* q = p; p += n; return q; };
-  X_ = take(steps * B * I);
-  HS_ = take((steps + 1) * B * H);
-  D_ = take(steps * B * H);
-  G_ = take((steps + 1) * B * H);
-  DZ_ = take(steps * B * H);
-  bias_ = take(H);
-  WT_ = take(wp);
+  WorkspaceCarver<T> ws(ws_.data());
+  X_ = ws.take(steps * B * I);
+  HS_ = ws.take((steps + 1) * B * H);
+  D_ = ws.take(steps * B * H);
+  G_ = ws.take((steps + 1) * B * H);
+  DZ_ = ws.take(steps * B * H);
+  bias_ = ws.take(H);
+  WT_ = ws.take(wp);
   nrb_ = ceil_div(B, step_rows(B));
   pack_slot_ = slot_values(steps, B);
   T_ = steps;
@@ -220,7 +192,7 @@ void RnnChain<T>::readout_forward(T* ys) {
   for (int64_t blk = 0; blk < go.count; ++blk)
     if (!stopping())  // cancelled: skip the rest (the pass will be thrown away)
       gemm_block(go, blk, false, true, TB, K, H, HS_ + B_ * H, H, params_.data() + w_out_, H,
-                 T(0), ys, K, PackScratch<T>{pack_base_, pack_slot_});
+                 T(0), ys, K, packs());
   const T* bo = b_out_ >= 0 ? params_.data() + b_out_ : nullptr;
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
 #pragma omp for schedule(static)
@@ -304,7 +276,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
     for (int64_t blk = 0; blk < gi.count; ++blk)
       if (!stopping())
         gemm_block(gi, blk, false, true, TB, H, I, X_, I, W_ih, I, T(0), HS_ + BH, H,
-                   PackScratch<T>{pack_base_, pack_slot_});
+                   packs());
 
     // the time loop, each thread on its own rows: z_t += h_{t-1} W_hh^T; h_t = act(z_t + b)
     // (a custom activation runs its own loop below, outside the region: it calls Python)
@@ -363,7 +335,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   const T* W_ih = params_.data() + w_ih_;
   const T* W_hh = params_.data() + w_hh_;
   T* grads = grads_.data();
-  const bool select = cfg_.act.kind == Act::Relu || cfg_.act.kind == Act::Hardtanh;
+  const bool select = act_selects(cfg_.act.kind);  // the activation's kink rule
   const int64_t sr = step_rows(B);
   const bool pf = prefetch_pays(H);
   const int nt = threads_for(TB * H * 4);
@@ -403,11 +375,11 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
           if (stopping()) continue;
           if (i < sw.count)
             gemm_block(sw, i, true, false, K, H, TB, grad_ys, K, HS_ + BH, H,
-                       accumulate ? T(1) : T(0), dWo, H, PackScratch<T>{pack_base_, pack_slot_});
+                       accumulate ? T(1) : T(0), dWo, H, packs());
           else
             gemm_block(sg, i - sw.count, false, false, TB, H, K, grad_ys, K,
                        params_.data() + w_out_, H, T(1), G_ + BH, H,
-                       PackScratch<T>{pack_base_, pack_slot_});
+                       packs());
         }
         if (b_out_ >= 0) {
 #pragma omp for schedule(static)
@@ -463,13 +435,13 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
       if (stopping()) continue;
       if (i < s1.count)
         gemm_block(s1, i, true, false, H, I, TB, DZ_, H, X_, I, beta, grads + w_ih_, I,
-                   PackScratch<T>{pack_base_, pack_slot_});
+                   packs());
       else if (i < s1.count + s2.count)
         gemm_block(s2, i - s1.count, true, false, H, H, TB, DZ_, H, HS_, H, beta, grads + w_hh_,
-                   H, PackScratch<T>{pack_base_, pack_slot_});
+                   H, packs());
       else
         gemm_block(s3, i - s1.count - s2.count, false, false, TB, I, H, DZ_, H, W_ih, I, T(0), dx,
-                   I, PackScratch<T>{pack_base_, pack_slot_});
+                   I, packs());
     }
 #pragma omp sections
     {

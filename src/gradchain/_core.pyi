@@ -6,7 +6,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-ACTIVATION_IDS: dict[str, int]
+# The tables of cpp/include/gradchain/activation_list.h and norm_list.h, by name.
+ACTIVATION_IDS: dict[str, int]  # every row, plus "custom" (the callback slot, last)
+ACTIVATION_SELECTS: dict[str, bool]  # the row's kink rule: backward selects, not multiplies
+ACTIVATION_NUM_PARAMS: dict[str, int]  # how many of p0, p1 the row reads
+NORM_IDS: dict[str, int]  # the MLP's norm kinds: {"none": 0, "batch": 1, "layer": 2}
 
 class NonFiniteError(RuntimeError): ...
 

@@ -1,30 +1,20 @@
 // gradchain/kernels.h — the elementwise kernel table: every fused pass that runs
 // between two GEMMs, as plain functions over raw, contiguous, row-major buffers.
 //
-// The same source (cpp/src/simd/kernels-inl.h) is compiled once per ISA
-// (scalar / AVX2+FMA / AVX-512) into its own namespace; dispatch.cpp picks one
-// table at runtime. Every function processes `rows` rows of width `n` and is
-// called by one thread on its own block of rows (or, for the column passes,
-// its own rows of the partial-sum arrays), so the result never depends on how
-// many threads there are.
+// The same sources (cpp/src/simd/*-inl.h: math, activations, epilogues, gemm,
+// reductions, assembled by table-inl.h) are compiled once per ISA (scalar / AVX2+FMA /
+// AVX-512) into their own namespace; dispatch.cpp picks one table at runtime. Every
+// function processes `rows` rows of width `n` and is called by one thread on its own
+// block of rows (or, for the column passes, its own rows of the partial-sum arrays), so
+// the result never depends on how many threads there are. The activation of a fused pass
+// is a runtime ActParams (gradchain/activation.h); the table has no entry per activation.
 #pragma once
 
 #include <cstdint>
 
+#include "gradchain/activation.h"
+
 namespace gradchain {
-
-enum class Act : int {
-  Identity = 0, Sigmoid, Tanh, Relu, LeakyRelu, Elu, Selu, Gelu, GeluTanh, Softplus, Silu,
-  Hardtanh, Custom
-};
-
-// p0/p1: leaky_relu (negative_slope), elu (alpha), softplus (beta, threshold),
-// hardtanh (min_val, max_val); unused otherwise.
-struct ActParams {
-  Act kind = Act::Tanh;
-  double p0 = 0.0;
-  double p1 = 0.0;
-};
 
 // Arguments of the fused forward epilogue  a = [resid +] alpha_or_1 * act(Norm(z + b)).
 template <class T>
@@ -38,6 +28,14 @@ struct FwdArgs {
   const T* resid = nullptr;      // (rows, n) residual input a_{l-1}, or null
   T alpha = 1;                   // residual scale
   T eps = 1e-5;                  // layer norm epsilon
+
+  // The same arguments for the row block starting at row r0 of width n (the residual input
+  // moves with it).
+  FwdArgs rows_from(int64_t r0, int64_t n) const {
+    FwdArgs a = *this;
+    if (a.resid) a.resid += r0 * n;
+    return a;
+  }
 };
 
 template <class T>

@@ -4,8 +4,14 @@
 // numbers are bitwise identical for any number of threads.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "gradchain/cancel.h"
 #include "gradchain/dispatch.h"
 
 namespace gradchain {
@@ -39,6 +45,47 @@ inline GemmSplit gemm_split(int64_t M, int64_t N, int64_t K) {
   int64_t block = ceil_div(ceil_div(dim, gemm_blocks()), 16) * 16;
   if (block < 16) block = 16;
   return {along_m, block, ceil_div(dim, block)};
+}
+
+// Rows in block `rb` of `B` rows cut into blocks of `block` rows.
+inline int64_t rows_in_block(int64_t rb, int64_t B, int64_t block = kRowBlock) {
+  const int64_t r0 = rb * block;
+  return (r0 + block <= B) ? block : B - r0;
+}
+
+// Sum the row-block partials of `n` columns in block order; store into dst
+// (assign or add) and return the sum of squares of what was stored.
+template <class T>
+inline double reduce_store(const double* part, int64_t nblocks, int64_t n, T* dst,
+                           bool accumulate) {
+  double ss = 0.0;
+  for (int64_t c = 0; c < n; ++c) {
+    double s = 0.0;
+    for (int64_t b = 0; b < nblocks; ++b) s += part[b * n + c];
+    const T v = accumulate ? T(dst[c] + T(s)) : T(s);
+    dst[c] = v;
+    ss += double(v) * double(v);
+  }
+  return ss;
+}
+
+// The calling thread's number in its OpenMP region (0 outside one).
+inline int thread_num() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// A stop decision every thread of a region takes alike (cancel.h): at the start of step s
+// the master samples the flag into at[s + 1], and every thread acts on at[s], which the
+// master wrote before a barrier all threads have crossed since (every step has one). So all
+// threads leave a loop of steps at the same step, and none is left waiting at a barrier.
+// at[0] is sampled before the region.
+inline bool stop_at(unsigned char* at, int64_t s, const std::atomic<bool>* flag) {
+  if (thread_num() == 0) at[s + 1] = is_set(flag) ? 1 : 0;
+  return at[s] != 0;
 }
 
 }  // namespace gradchain

@@ -4,6 +4,7 @@
 // rescaled by the max-abs where a finite float64 tensor would overflow.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <utility>
@@ -36,6 +37,8 @@ double norm_from_sumsq(const T* x, int64_t n, double ss);
 // ||x||: parallel over fixed chunks (opens its own OpenMP region).
 template <class T>
 double tensor_norm(const T* x, int64_t n);
+// A tensor holds NaN/Inf iff its float64 sum of squares and its (rescaled) norm are not finite.
+inline bool has_nonfinite(double ss, double norm) { return !std::isfinite(ss) && !std::isfinite(norm); }
 // sqrt(sum(norms^2)) without overflow (the norm of the per-tensor norms, as PyTorch's total).
 double combine_norms(const std::vector<double>& norms);
 

@@ -11,7 +11,7 @@
 #include <mutex>
 #include <vector>
 
-#include "gradchain/chain.h"
+#include "gradchain/chain_base.h"
 #include "gradchain/kernels.h"
 
 namespace gradchain {
@@ -35,18 +35,13 @@ struct RnnReport {
 };
 
 template <class T>
-class RnnChain {
+class RnnChain : public ChainBase<T> {
  public:
   // Throws std::invalid_argument on a bad config and AllocError when the flat buffers
   // cannot be allocated.
   explicit RnnChain(RnnConfig cfg);
 
   const RnnConfig& config() const { return cfg_; }
-  const std::vector<TensorInfo>& tensors() const { return tensors_; }
-  T* params() { return params_.data(); }
-  T* grads() { return grads_.data(); }
-  int64_t num_params() const { return params_.size(); }
-  std::vector<std::pair<T*, int64_t>> grad_spans();
 
   // x (T, B, I), h0 (B, H) or null -> hs (T, B, H) and, with a readout, ys (T, B, K).
   // Both passes poll the calling thread's cancel flag (cancel.h) and throw Cancelled once
@@ -58,19 +53,28 @@ class RnnChain {
   RnnReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, bool accumulate,
                      bool report = true);
 
-  bool has_forward() const { return has_forward_; }
   int64_t forward_steps() const { return T_; }
   int64_t forward_batch() const { return B_; }
   // Bytes a pass over (steps, B) would allocate now beyond what the chain holds (the
   // workspace is replanned when the shape changes, the old one released first).
   int64_t pass_bytes(int64_t steps, int64_t B) const;
-  void invalidate() { has_forward_ = false; }
-  std::mutex& mutex() { return mu_; }
-  // The slow path for Act::Custom: called once per step with z_t (B, H), it writes
-  // act(z_t) and act'(z_t). Runs with the chain's mutex held, outside OpenMP regions.
-  void set_custom_activation(CustomActFn<T> fn) { custom_ = std::move(fn); }
+  // Act::Custom (set_custom_activation): the callback is called once per step with
+  // z_t (B, H).
 
  private:
+  using Base = ChainBase<T>;
+  using Base::custom_;
+  using Base::grads_;
+  using Base::has_forward_;
+  using Base::mu_;
+  using Base::pack_;
+  using Base::pack_base_;
+  using Base::pack_slot_;
+  using Base::packs;
+  using Base::params_;
+  using Base::stop_;
+  using Base::stopping;
+
   void plan(int64_t steps, int64_t B);
   int64_t workspace_values(int64_t steps, int64_t B) const;  // T values in ws_
   int64_t part_values(int64_t steps, int64_t B) const;       // doubles in part_
@@ -81,15 +85,10 @@ class RnnChain {
   void custom_steps();
 
   RnnConfig cfg_;
-  std::vector<TensorInfo> tensors_;
   int64_t w_ih_, w_hh_, b_ih_ = -1, b_hh_ = -1, w_out_ = -1, b_out_ = -1;
-  Buffer<T> params_, grads_;
-  std::mutex mu_;
-  CustomActFn<T> custom_;
 
   // workspace (plan(T, B)); nothing is allocated inside the time loop
   int64_t T_ = 0, B_ = 0, nrb_ = 0;
-  bool has_forward_ = false;
   Buffer<T> ws_;
   T* X_ = nullptr;     // (T, B, I) copy of x
   T* HS_ = nullptr;    // (T+1, B, H): h_0, h_1, ..., h_T
@@ -103,11 +102,6 @@ class RnnChain {
   Buffer<double> part_;
   std::vector<double> blk_;  // per (step, row block): sums of squares / non-finite checks
   int fwd_nonfinite_ = -1;
-  Buffer<T> pack_;           // the panel GEMM's packed op(B): one slot per thread
-  int64_t pack_slot_ = 0;    // values per slot (plan); 0: OpenBLAS for every product
-  T* pack_base_ = nullptr;   // set at the start of each pass, for its thread count
-  const std::atomic<bool>* stop_ = nullptr;  // the pass's cancel flag (cancel.h)
-  bool stopping() const { return is_set(stop_); }
 };
 
 }  // namespace gradchain

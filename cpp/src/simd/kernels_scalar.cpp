@@ -1,4 +1,4 @@
-// The scalar instance of the elementwise kernels (compile flags: CMakeLists.txt).
+// The scalar instance of the kernel table (compile flags: CMakeLists.txt).
 #define GC_ISA_NS scalar
 #define GC_ISA_NAME "scalar"
-#include "kernels-inl.h"
+#include "table-inl.h"

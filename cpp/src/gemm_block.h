@@ -1,31 +1,17 @@
-// chain_util.h — helpers shared by the chain drivers (mlp.cpp, rnn.cpp); internal.
+// gemm_block.h — one block of a split GEMM, on gradchain's panel kernel or OpenBLAS, and
+// the per-thread packing scratch the panel kernel needs; internal to the chain drivers.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include "gradchain/chain.h"
-#include "gradchain/dispatch.h"
-
 #include "gradchain/blas.h"
-#include "gradchain/cancel.h"
+#include "gradchain/chain_base.h"
+#include "gradchain/dispatch.h"
 #include "gradchain/kernels.h"
 #include "gradchain/parallel.h"
 
 namespace gradchain {
 namespace detail {
-
-// Per-thread memory for gradchain's panel GEMM: `slot` values for each thread of the
-// region (indexed by omp_get_thread_num()), planned with the chain's workspace.
-template <class T>
-struct PackScratch {
-  T* base = nullptr;
-  int64_t slot = 0;
-};
 
 // The panel GEMM takes a float32 block when its packed op(B) fits a slot and its inner
 // dimension is short enough to stream from cache. Measured on one model, alternating
@@ -63,24 +49,6 @@ inline T* pack_scratch(Buffer<T>& buf, int64_t slot, int nt) {
 template <class T>
 inline int64_t pack_scratch_bytes(const Buffer<T>& buf, int64_t slot, int nt) {
   return (slot > 0 && buf.size() < slot * nt) ? slot * nt * int64_t(sizeof(T)) : 0;
-}
-
-inline int thread_num() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-// A stop decision every thread of a region takes alike (cancel.h): at the start of step s
-// the master samples the flag into at[s + 1], and every thread acts on at[s], which the
-// master wrote before a barrier all threads have crossed since (every step has one). So all
-// threads leave a loop of steps at the same step, and none is left waiting at a barrier.
-// at[0] is sampled before the region.
-inline bool stop_at(unsigned char* at, int64_t s, const std::atomic<bool>* flag) {
-  if (thread_num() == 0) at[s + 1] = is_set(flag) ? 1 : 0;
-  return at[s] != 0;
 }
 
 // C (M x N) = op(A) op(B) + beta C (beta 0 or 1), for block `blk` of the split `s`: on
@@ -130,39 +98,6 @@ inline double gemm_block_sumsq(const KernelTable<T>& K, const GemmSplit& s, int6
   for (int64_t r = 0; r < M; ++r) ss += K.sumsq(C + r * ldc + o, n);
   return ss;
 }
-
-// Rows in block `rb` of `B` rows cut into blocks of `block` rows.
-inline int64_t rows_in_block(int64_t rb, int64_t B, int64_t block = kRowBlock) {
-  const int64_t r0 = rb * block;
-  return (r0 + block <= B) ? block : B - r0;
-}
-
-// Sum the row-block partials of `n` columns in block order; store into dst
-// (assign or add) and return the sum of squares of what was stored.
-template <class T>
-inline double reduce_store(const double* part, int64_t nblocks, int64_t n, T* dst,
-                           bool accumulate) {
-  double ss = 0.0;
-  for (int64_t c = 0; c < n; ++c) {
-    double s = 0.0;
-    for (int64_t b = 0; b < nblocks; ++b) s += part[b * n + c];
-    const T v = accumulate ? T(dst[c] + T(s)) : T(s);
-    dst[c] = v;
-    ss += double(v) * double(v);
-  }
-  return ss;
-}
-
-// The epilogue arguments for the row block starting at row r0 (the residual input moves with it).
-template <class T>
-inline FwdArgs<T> block_args(const FwdArgs<T>& args, int64_t r0, int64_t n) {
-  FwdArgs<T> a = args;
-  if (a.resid) a.resid += r0 * n;
-  return a;
-}
-
-// A tensor holds NaN/Inf iff its float64 sum of squares and its (rescaled) norm are not finite.
-inline bool has_nonfinite(double ss, double norm) { return !std::isfinite(ss) && !std::isfinite(norm); }
 
 }  // namespace detail
 }  // namespace gradchain

@@ -1,0 +1,357 @@
+// epilogues-inl.h — the fused elementwise passes between two GEMMs, compiled once per
+// ISA (table-inl.h): forward (bias, norm, activation and its derivative, residual, the
+// non-finite check) and backward (the activation's derivative, the norm's reductions, the
+// bias-gradient partials and the incoming gradient's sum of squares), for every norm kind.
+#pragma once
+
+#include "gradchain/kernels.h"
+#include "activations-inl.h"
+
+namespace gradchain {
+namespace GC_ISA_NS {
+
+// ---------------------------------------------------------------------------
+// Forward epilogues
+//
+// Each kernel's loops live in a template over the activation functor and
+// compile-time flags (bias present, residual present, ...), with every pointer a
+// plain argument: GCC vectorises a loop only when no pointer has to be reloaded
+// from a struct inside it and no branch on a loop-invariant pointer remains.
+// ---------------------------------------------------------------------------
+template <class T, class Act, bool kBias, bool kResid>
+static double fwd_plain_rows(const Act act, const T* z, T* a, T* d, const T* bias,
+                             const T* resid, const T alpha, int64_t rows, int64_t n) {
+  double chk = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+    T* ar = a + r * n;
+    T* dr = d + r * n;
+    const T* rr = resid + r * n;
+    T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+    for (int64_t c = 0; c < n; ++c) {
+      T x = zr[c];
+      if constexpr (kBias) x += bias[c];
+      T f, df;
+      act(x, f, df);
+      T out = f;
+      if constexpr (kResid) out = rr[c] + alpha * f;
+      ar[c] = out;
+      dr[c] = df;
+      rowchk += out * T(0);  // 0 unless out is NaN/Inf
+    }
+    chk += double(rowchk);
+  }
+  return chk;
+}
+
+// a = [resid + alpha *] act(z + b); d = act'(z + b). One pass; a may alias z.
+template <class T>
+static double fwd_plain(const FwdArgs<T>& A, const T* z, T* a, T* d, int64_t rows, int64_t n) {
+  return with_act<T>(A.act, [&](auto act) {
+    using F = decltype(act);
+    if (A.bias)
+      return A.resid ? fwd_plain_rows<T, F, true, true>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n)
+                     : fwd_plain_rows<T, F, true, false>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n);
+    return A.resid ? fwd_plain_rows<T, F, false, true>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n)
+                   : fwd_plain_rows<T, F, false, false>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n);
+  });
+}
+
+// One element of the normalised epilogues: xhat stored, a = [resid + alpha *]
+// act(gamma * xhat + beta), d = act'(.); returns a (for the non-finite check).
+template <class T, class Act, bool kResid>
+static inline T norm_act_element(const Act& act, T xh, T g, T b, const T* rr, int64_t c, T alpha,
+                                 T* xr, T* ar, T* dr) {
+  T f, df;
+  act(g * xh + b, f, df);
+  T out = f;
+  if constexpr (kResid) out = rr[c] + alpha * f;
+  xr[c] = xh;
+  ar[c] = out;
+  dr[c] = df;
+  return out;
+}
+
+template <class T, class Act, bool kResid>
+static double fwd_batchnorm_rows(const Act act, const T* z, T* xhat, T* a, T* d, const T* sh,
+                                 const T* sc, const T* g, const T* b, const T* resid,
+                                 const T alpha, int64_t rows, int64_t n) {
+  double chk = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+    T* xr = xhat + r * n;
+    T* ar = a + r * n;
+    T* dr = d + r * n;
+    const T* rr = resid + r * n;
+    T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+    for (int64_t c = 0; c < n; ++c) {
+      const T xh = (zr[c] - sh[c]) * sc[c];
+      rowchk += norm_act_element<T, Act, kResid>(act, xh, g[c], b[c], rr, c, alpha, xr, ar, dr) *
+                T(0);
+    }
+    chk += double(rowchk);
+  }
+  return chk;
+}
+
+// xhat = (z - shift) * scale; a = [resid + alpha *] act(gamma * xhat + beta).
+template <class T>
+static double fwd_batchnorm(const FwdArgs<T>& A, const T* z, T* xhat, T* a, T* d, int64_t rows,
+                            int64_t n) {
+  return with_act<T>(A.act, [&](auto act) {
+    using F = decltype(act);
+    return A.resid ? fwd_batchnorm_rows<T, F, true>(act, z, xhat, a, d, A.col_shift, A.col_scale,
+                                                   A.gamma, A.beta, A.resid, A.alpha, rows, n)
+                   : fwd_batchnorm_rows<T, F, false>(act, z, xhat, a, d, A.col_shift, A.col_scale,
+                                                    A.gamma, A.beta, A.resid, A.alpha, rows, n);
+  });
+}
+
+template <class T, class Act, bool kBias, bool kResid>
+static double fwd_layernorm_rows(const Act act, const T* z, T* xhat, T* a, T* d, T* row_mean,
+                                 T* row_istd, const T* bias, const T* g, const T* b,
+                                 const T* resid, const T alpha, const double eps, int64_t rows,
+                                 int64_t n) {
+  double chk = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+    T* xr = xhat + r * n;
+    T* ar = a + r * n;
+    T* dr = d + r * n;
+    const T* rr = resid + r * n;
+    // mean and biased variance of z + b in float64, two passes over the row (in cache)
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t c = 0; c < n; ++c) {
+      T v = zr[c];
+      if constexpr (kBias) v += bias[c];
+      s += double(v);
+    }
+    const double mean = s / double(n);
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t c = 0; c < n; ++c) {
+      T v = zr[c];
+      if constexpr (kBias) v += bias[c];
+      double t = double(v) - mean;
+      ss += t * t;
+    }
+    const T m = T(mean);
+    const T istd = T(1.0 / std::sqrt(ss / double(n) + eps));
+    row_mean[r] = m;
+    row_istd[r] = istd;
+    T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+    for (int64_t c = 0; c < n; ++c) {
+      T v = zr[c];
+      if constexpr (kBias) v += bias[c];
+      const T xh = (v - m) * istd;
+      rowchk += norm_act_element<T, Act, kResid>(act, xh, g[c], b[c], rr, c, alpha, xr, ar, dr) *
+                T(0);
+    }
+    chk += double(rowchk);
+  }
+  return chk;
+}
+
+// Layer norm over each row: statistics of (z + b), then the fused pass.
+template <class T>
+static double fwd_layernorm(const FwdArgs<T>& A, const T* z, T* xhat, T* a, T* d, T* row_mean,
+                            T* row_istd, int64_t rows, int64_t n) {
+  return with_act<T>(A.act, [&](auto act) {
+    using F = decltype(act);
+    const double eps = double(A.eps);
+#define GC_LN(B, R)                                                                          \
+  fwd_layernorm_rows<T, F, B, R>(act, z, xhat, a, d, row_mean, row_istd, A.bias, A.gamma,    \
+                                 A.beta, A.resid, A.alpha, eps, rows, n)
+    if (A.bias) return A.resid ? GC_LN(true, true) : GC_LN(true, false);
+    return A.resid ? GC_LN(false, true) : GC_LN(false, false);
+#undef GC_LN
+  });
+}
+
+template <class T, bool kBias>
+static double add_bias_rows(T* y, const T* b, int64_t rows, int64_t n) {
+  double chk = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* yr = y + r * n;
+    T rowchk = 0;
+#pragma omp simd reduction(+ : rowchk)
+    for (int64_t c = 0; c < n; ++c) {
+      T v = yr[c];
+      if constexpr (kBias) v += b[c];
+      yr[c] = v;
+      rowchk += v * T(0);
+    }
+    chk += double(rowchk);
+  }
+  return chk;
+}
+
+template <class T>
+static double add_bias(T* y, const T* b, int64_t rows, int64_t n) {
+  return b ? add_bias_rows<T, true>(y, b, rows, n) : add_bias_rows<T, false>(y, b, rows, n);
+}
+
+// ---------------------------------------------------------------------------
+// Backward epilogues. Each also returns sum(g^2) of the incoming gradient, so
+// the report's ||dL/da_l|| costs no extra pass over memory. kSelect: where
+// act' == 0 the result is 0 even for an infinite g (PyTorch's relu/hardtanh).
+// ---------------------------------------------------------------------------
+template <class T, bool kSelect>
+static inline T grad_times(T g, T scale, T d) {
+  T v = g * scale * d;
+  if constexpr (kSelect) v = d == T(0) ? T(0) : v;
+  return v;
+}
+
+// kSS: also the float64 sum of squares of g (the report's); off for gradients only.
+template <class T, bool kDb, bool kSelect, bool kSS>
+static double bwd_plain_rows(const T* g, const T* d, const T scale, T* dz, double* db_acc,
+                             int64_t rows, int64_t n) {
+  double ss = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* dr = d + r * n;
+    T* zr = dz + r * n;
+    double rs = 0.0;
+#pragma omp simd reduction(+ : rs)
+    for (int64_t c = 0; c < n; ++c) {
+      T gv = gr[c];
+      T v = grad_times<T, kSelect>(gv, scale, dr[c]);
+      zr[c] = v;
+      if constexpr (kDb) db_acc[c] += double(v);
+      if constexpr (kSS) rs += double(gv) * double(gv);
+    }
+    ss += rs;
+  }
+  return ss;
+}
+
+template <class T, bool kSS>
+static double bwd_plain_ss(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
+                           int64_t rows, int64_t n) {
+  if (db_acc)
+    return select ? bwd_plain_rows<T, true, true, kSS>(g, d, scale, dz, db_acc, rows, n)
+                  : bwd_plain_rows<T, true, false, kSS>(g, d, scale, dz, db_acc, rows, n);
+  return select ? bwd_plain_rows<T, false, true, kSS>(g, d, scale, dz, db_acc, rows, n)
+                : bwd_plain_rows<T, false, false, kSS>(g, d, scale, dz, db_acc, rows, n);
+}
+
+template <class T>
+static double bwd_plain(const T* g, const T* d, T scale, bool select, bool want_ss, T* dz,
+                        double* db_acc, int64_t rows, int64_t n) {
+  return want_ss ? bwd_plain_ss<T, true>(g, d, scale, select, dz, db_acc, rows, n)
+                 : bwd_plain_ss<T, false>(g, d, scale, select, dz, db_acc, rows, n);
+}
+
+template <class T, bool kSelect>
+static double bwd_bn1_rows(const T* g, const T* d, const T* xhat, const T scale, T* dn_out,
+                           double* acc0, double* acc1, int64_t rows, int64_t n) {
+  double ss = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* dr = d + r * n;
+    const T* xr = xhat + r * n;
+    T* zr = dn_out + r * n;
+    double rs = 0.0;
+#pragma omp simd reduction(+ : rs)
+    for (int64_t c = 0; c < n; ++c) {
+      T gv = gr[c];
+      T dn = grad_times<T, kSelect>(gv, scale, dr[c]);
+      zr[c] = dn;
+      acc0[c] += double(dn);
+      acc1[c] += double(dn) * double(xr[c]);
+      rs += double(gv) * double(gv);
+    }
+    ss += rs;
+  }
+  return ss;
+}
+
+template <class T>
+static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, bool select, T* dn_out,
+                      double* acc0, double* acc1, int64_t rows, int64_t n) {
+  return select ? bwd_bn1_rows<T, true>(g, d, xhat, scale, dn_out, acc0, acc1, rows, n)
+                : bwd_bn1_rows<T, false>(g, d, xhat, scale, dn_out, acc0, acc1, rows, n);
+}
+
+template <class T, bool kDb>
+static void bwd_bn2_rows(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2,
+                         double* db_acc, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* zr = dn_dz + r * n;
+    const T* xr = xhat + r * n;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      T v = k[c] * (zr[c] - m1[c] - xr[c] * m2[c]);
+      zr[c] = v;
+      if constexpr (kDb) db_acc[c] += double(v);
+    }
+  }
+}
+
+template <class T>
+static void bwd_bn2(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2, double* db_acc,
+                    int64_t rows, int64_t n) {
+  if (db_acc)
+    bwd_bn2_rows<T, true>(dn_dz, xhat, k, m1, m2, db_acc, rows, n);
+  else
+    bwd_bn2_rows<T, false>(dn_dz, xhat, k, m1, m2, db_acc, rows, n);
+}
+
+template <class T, bool kDb, bool kSelect>
+static double bwd_layernorm_rows(const T* g, const T* d, const T* xhat, const T* gamma,
+                                 const T* row_istd, const T scale, T* dz, double* dgamma_acc,
+                                 double* dbeta_acc, double* db_acc, int64_t rows, int64_t n) {
+  double ss = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* dr = d + r * n;
+    const T* xr = xhat + r * n;
+    T* zr = dz + r * n;
+    double rs = 0.0, s1 = 0.0, s2 = 0.0;
+    // pass 1 over the row: dxh = g*scale*d*gamma (kept in dz), its two row means
+#pragma omp simd reduction(+ : rs, s1, s2)
+    for (int64_t c = 0; c < n; ++c) {
+      T gv = gr[c];
+      T dn = grad_times<T, kSelect>(gv, scale, dr[c]);
+      dgamma_acc[c] += double(dn) * double(xr[c]);
+      dbeta_acc[c] += double(dn);
+      T dxh = dn * gamma[c];
+      zr[c] = dxh;
+      s1 += double(dxh);
+      s2 += double(dxh) * double(xr[c]);
+      rs += double(gv) * double(gv);
+    }
+    const T m1 = T(s1 / double(n));
+    const T m2 = T(s2 / double(n));
+    const T istd = row_istd[r];
+    // pass 2 (row in cache): dz = istd * (dxh - m1 - xhat * m2)
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      T v = istd * (zr[c] - m1 - xr[c] * m2);
+      zr[c] = v;
+      if constexpr (kDb) db_acc[c] += double(v);
+    }
+    ss += rs;
+  }
+  return ss;
+}
+
+template <class T>
+static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamma,
+                            const T* row_istd, T scale, bool select, T* dz, double* dgamma_acc,
+                            double* dbeta_acc, double* db_acc, int64_t rows, int64_t n) {
+#define GC_LNB(DB, SEL)                                                                      \
+  bwd_layernorm_rows<T, DB, SEL>(g, d, xhat, gamma, row_istd, scale, dz, dgamma_acc,         \
+                                 dbeta_acc, db_acc, rows, n)
+  if (db_acc) return select ? GC_LNB(true, true) : GC_LNB(true, false);
+  return select ? GC_LNB(false, true) : GC_LNB(false, false);
+#undef GC_LNB
+}
+
+}  // namespace GC_ISA_NS
+}  // namespace gradchain

@@ -1,0 +1,108 @@
+// gemm-inl.h — the panel GEMM, compiled once per ISA (table-inl.h).
+#pragma once
+
+#include "math-inl.h"
+
+namespace gradchain {
+namespace GC_ISA_NS {
+
+// ---------------------------------------------------------------------------
+// Panel GEMM, C (m x N) += A (m x K) op(B) (K x N), with op(B) packed into panels of
+// NR = 2 vectors of columns (panel p: K rows of NR contiguous values, zero-padded past
+// N), read contiguously (no cache-set conflicts from a row stride of a power of two).
+// The RNN packs W_hh once per pass for all its steps (OpenBLAS would re-pack it on
+// every call); float32 layer products pack op(B) per block (gemm_block.h). Register tile: MR = 6 rows x
+// 2 vectors (12 accumulators, 2 panel vectors, 1 broadcast: 15 of 16 registers
+// on SSE2/AVX2), then 4-, 2- and 1-row tiles. Each element of C is
+// C + sum_k A[i,k] op(B)[k,j] with the sum in k order, whatever m and the tile:
+// the same numbers for any row blocking and thread count.
+// ---------------------------------------------------------------------------
+
+// op(B) (K x N) into panels: trans = false reads B[k * ldb + j], trans = true B[j * ldb + k].
+template <class T>
+static void pack_panels(int64_t K, int64_t N, const T* B, int64_t ldb, bool trans, T* out) {
+  using VT = Vec<T>;
+  constexpr int64_t W = VT::W, NR = 2 * W;
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    const int64_t nr = (N - j0 < NR) ? N - j0 : NR;
+    T* o = out + j0 * K;
+    if (!trans && nr == NR) {
+      for (int64_t k = 0; k < K; ++k) {
+        VT::store(o + k * NR, VT::load(B + k * ldb + j0));
+        VT::store(o + k * NR + W, VT::load(B + k * ldb + j0 + W));
+      }
+      continue;
+    }
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t jj = nr; jj < NR; ++jj) o[k * NR + jj] = T(0);
+    if (trans) {
+      for (int64_t jj = 0; jj < nr; ++jj) {  // read rows of B contiguously
+        const T* src = B + (j0 + jj) * ldb;
+        for (int64_t k = 0; k < K; ++k) o[k * NR + jj] = src[k];
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t jj = 0; jj < nr; ++jj) o[k * NR + jj] = B[k * ldb + j0 + jj];
+    }
+  }
+}
+
+template <class T, int MR>
+static inline void panel_tile(int64_t K, const T* A, int64_t ars, int64_t acs, const T* bp,
+                              T* C, int64_t ldc, int64_t nr, bool acc_c) {
+  using VT = Vec<T>;
+  using V = typename VT::V;
+  constexpr int64_t W = VT::W, NR = 2 * W;
+  V acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    const V b0 = VT::load(bp + k * NR), b1 = VT::load(bp + k * NR + W);
+    const T* a = A + k * acs;
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const V av = VT::splat(a[i * ars]);
+      acc[i][0] += av * b0;
+      acc[i][1] += av * b1;
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    T* c = C + i * ldc;
+    if (nr == NR) {
+      VT::store(c, acc_c ? VT::load(c) + acc[i][0] : acc[i][0]);
+      VT::store(c + W, acc_c ? VT::load(c + W) + acc[i][1] : acc[i][1]);
+    } else {  // the last, partial panel
+      T tmp[NR];
+      VT::store(tmp, acc[i][0]);
+      VT::store(tmp + W, acc[i][1]);
+      for (int64_t j = 0; j < nr; ++j) c[j] = acc_c ? c[j] + tmp[j] : tmp[j];
+    }
+  }
+}
+
+// C (m x N) (+)= A op(B), A[i, k] at A[i * ars + k * acs] (row-major: ars = lda, acs = 1;
+// transposed: ars = 1, acs = lda); accumulate adds to C, else C is overwritten.
+template <class T>
+static void gemm_panels(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs,
+                        const T* Bp, T* C, int64_t ldc, bool accumulate) {
+  constexpr int64_t NR = 2 * Vec<T>::W;
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    const int64_t nr = (N - j0 < NR) ? N - j0 : NR;
+    const T* bp = Bp + j0 * K;
+    T* c = C + j0;
+    int64_t i = 0;
+    for (; i + 6 <= m; i += 6)
+      panel_tile<T, 6>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
+    if (i + 4 <= m) {
+      panel_tile<T, 4>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
+      i += 4;
+    }
+    if (i + 2 <= m) {
+      panel_tile<T, 2>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
+      i += 2;
+    }
+    if (i < m) panel_tile<T, 1>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
+  }
+}
+
+}  // namespace GC_ISA_NS
+}  // namespace gradchain

@@ -1,0 +1,98 @@
+// reductions-inl.h — column sums, sums of squares, max-abs and the gradient edits
+// (scale, clamp), compiled once per ISA (table-inl.h).
+#pragma once
+
+#include "math-inl.h"
+
+namespace gradchain {
+namespace GC_ISA_NS {
+
+// ---------------------------------------------------------------------------
+// Column reductions (bias gradients, batch statistics): acc[c] += over a block of rows.
+// ---------------------------------------------------------------------------
+template <class T>
+static void col_sum(const T* z, int64_t rows, int64_t n, double* acc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) acc[c] += double(zr[c]);
+  }
+}
+
+template <class T>
+static void col_moments(const T* z, const T* shift, int64_t rows, int64_t n, double* s1,
+                        double* s2) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * n;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      double t = double(zr[c]) - double(shift[c]);
+      s1[c] += t;
+      s2[c] += t * t;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Reductions and gradient edits
+// ---------------------------------------------------------------------------
+// sum(x^2) in float64 with four independent vector accumulators: one accumulator
+// would wait on the FMA latency every step (1 element per cycle); four keep both FMA
+// ports busy, so the report's pass over each dW block costs little next to the GEMM.
+// The order of the additions is fixed by n alone (same numbers for any thread count).
+template <class T>
+static double sumsq(const T* x, int64_t n) {
+  typedef double VD __attribute__((vector_size(GC_VBYTES)));
+  typedef T VT __attribute__((vector_size(GC_VBYTES * sizeof(T) / sizeof(double))));
+  constexpr int64_t WD = GC_VBYTES / int64_t(sizeof(double));
+  auto ld = [](const T* p) {
+    VT v;
+    std::memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, VD);
+  };
+  VD a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t i = 0;
+  for (; i + 4 * WD <= n; i += 4 * WD) {
+    const VD v0 = ld(x + i), v1 = ld(x + i + WD), v2 = ld(x + i + 2 * WD), v3 = ld(x + i + 3 * WD);
+    a0 += v0 * v0;
+    a1 += v1 * v1;
+    a2 += v2 * v2;
+    a3 += v3 * v3;
+  }
+  const VD a = (a0 + a1) + (a2 + a3);
+  double s = 0.0;
+  for (int64_t j = 0; j < WD; ++j) s += a[j];
+  for (; i < n; ++i) s += double(x[i]) * double(x[i]);
+  return s;
+}
+
+template <class T>
+static double maxabs(const T* x, int64_t n) {
+  double m = 0.0;
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    double v = std::fabs(double(x[i]));
+    nan = nan || (v != v);
+    m = v > m ? v : m;
+  }
+  return nan ? std::numeric_limits<double>::quiet_NaN() : m;
+}
+
+template <class T>
+static void scale(T* x, int64_t n, T s) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+template <class T>
+static void clamp(T* x, int64_t n, T lo, T hi) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    T v = x[i];
+    v = v < lo ? lo : v;  // NaN compares false: kept
+    x[i] = v > hi ? hi : v;
+  }
+}
+
+}  // namespace GC_ISA_NS
+}  // namespace gradchain

@@ -52,10 +52,11 @@ def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
     return sorted(__all__)
 
 
-NORMS: tuple[str | None, ...] = (None, "batch", "layer")
+# The core's norm list (cpp/include/gradchain/norm_list.h) is the one table: name -> id.
+NORMS: tuple[str | None, ...] = tuple(None if n == "none" else n for n in _core.NORM_IDS)
 """The norm layers an MLP takes (``norm=``); the CLI writes None as ``"none"``."""
 
-_NORMS = {None: 0, "none": 0, "batch": 1, "layer": 2}
+_NORMS: dict[str | None, int] = {None: _core.NORM_IDS["none"], **_core.NORM_IDS}
 
 
 def _sizes(sizes: Any) -> list[int]:

@@ -183,7 +183,7 @@ def test_rows_are_frozen() -> None:
     with pytest.raises(AttributeError):
         spec.name = "x"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        SPECS["mish"] = spec  # type: ignore[index]
+        SPECS["swishy"] = spec  # type: ignore[index]
     with pytest.raises(TypeError):
         SPECS["leaky_relu"].params["negative_slope"] = 0.5  # type: ignore[index]
     assert Kink(0.0, 1.0).applies({}) and not Kink(0.0, 1.0).moves

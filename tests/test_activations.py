@@ -19,8 +19,10 @@ EPS32 = float(np.finfo(np.float32).eps)
 # f within F_ULP ulp (where |f| >= 1e-3; elsewhere within 0.01 eps absolute).
 # gelu_tanh: its polynomial argument u(x) carries ~x^2 ulp of rounding into exp.
 F_ULP = {"gelu_tanh": 16.0}
-# derivatives with a zero crossing (gelu, gelu_tanh, silu): absolute bound near it.
-D_ABS = {"gelu": 0.25 * EPS32, "gelu_tanh": 0.5 * EPS32, "silu": 0.25 * EPS32}
+# derivatives with a zero crossing (gelu, gelu_tanh, silu, mish): absolute bound near it.
+D_ABS = {"gelu": 0.25 * EPS32, "gelu_tanh": 0.5 * EPS32, "silu": 0.25 * EPS32,
+         "mish": 1.0 * EPS32}  # mish' = t + x s (1 - t^2): terms ~0.25 at its root
+# (-1.19); PyTorch's own float32 mish' is off by up to 8 EPS32 on the grid, ours by 1.4
 
 
 def grid() -> np.ndarray:
@@ -75,7 +77,15 @@ def _exact(name: str, x32: np.ndarray, **params) -> tuple[np.ndarray, np.ndarray
     elif name == "silu":
         s = 1.0 / (1.0 + np.exp(-x))
         f, d = x * s, s * (1.0 + x * _one_minus_sigmoid(x))
+    elif name == "mish":
+        e = np.exp(np.minimum(x, 40))
+        n = e * (e + 2.0)                    # t = tanh(log1p(e)) = n / (n + 2)
+        t = n / (n + 2.0)
+        f = x * t
+        d = t + x / (1.0 + np.exp(-x)) * 4.0 * (n + 1.0) / (n + 2.0) ** 2
     else:  # piecewise linear: the reference is exact
+        assert name in ("identity", "relu", "leaky_relu", "hardtanh"), (
+            f"{name}: give it an extended-precision oracle here")
         x64 = x32.astype(np.float64)
         return ref.act_forward(name, x64, **params), ref.act_grad(name, x64, **params)
     return np.asarray(f, dtype=np.float64), np.asarray(d, dtype=np.float64)

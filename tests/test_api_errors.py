@@ -240,7 +240,7 @@ def test_sizes_validation_matches_oracle(sizes):
 
 ACT_CASES = [
     ("name-int", (3,), {}, TypeError, ["activation"]),
-    ("name-unknown", ("mish",), {}, ValueError, ["activation", "'mish'"]),
+    ("name-unknown", ("swishy",), {}, ValueError, ["activation", "'swishy'"]),
     ("param-unknown", ("leaky_relu",), {"slope": 0.1}, ValueError, ["slope", "negative_slope"]),
     ("param-on-plain", ("tanh",), {"alpha": 1.0}, ValueError, ["'tanh'", "alpha"]),
     ("param-str", ("leaky_relu",), {"negative_slope": "0.1"}, TypeError, ["negative_slope"]),
@@ -676,7 +676,7 @@ def test_load_rejects(tmp_path, dtype):
         ("sizes", {**cfg, "sizes": "abc"}),
         ("kind", {**cfg, "kind": "Transformer"}),
         ("norm", {**cfg, "norm": "group"}),
-        ("act", {**cfg, "activation": {"name": "mish"}}),
+        ("act", {**cfg, "activation": {"name": "swishy"}}),
         ("list", [1, 2]),
     ]:
         p = tmp_path / f"cfg-{name}.npz"

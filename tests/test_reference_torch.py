@@ -57,6 +57,7 @@ def torch_activation(name: str, **params):
         "softplus": lambda t: F.softplus(t, beta=p.get("beta"), threshold=p.get("threshold")),
         "silu": F.silu,
         "hardtanh": lambda t: F.hardtanh(t, min_val=p.get("min_val"), max_val=p.get("max_val")),
+        "mish": F.mish,
     }[name]
 
 

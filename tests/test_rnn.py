@@ -30,7 +30,7 @@ ACT_VARIANTS = [
     ("leaky_relu", {}), ("leaky_relu", {"negative_slope": 0.2}),
     ("elu", {}), ("elu", {"alpha": 0.5}), ("selu", {}), ("gelu", {}), ("gelu_tanh", {}),
     ("softplus", {}), ("softplus", {"beta": 2.0, "threshold": 1.5}), ("silu", {}),
-    ("hardtanh", {}), ("hardtanh", {"min_val": -0.5, "max_val": 2.0}),
+    ("hardtanh", {}), ("hardtanh", {"min_val": -0.5, "max_val": 2.0}), ("mish", {}),
 ]
 assert {a for a, _ in ACT_VARIANTS} == set(gc.ACTIVATIONS)
 

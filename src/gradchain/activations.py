@@ -114,6 +114,17 @@ def _silu_d(z: np.ndarray, p: Params) -> np.ndarray:
     return s * (1.0 + z * (1.0 - s))
 
 
+def _mish_f(z: np.ndarray, p: Params) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # NaN and -inf give NaN, as PyTorch
+        return z * np.tanh(np.logaddexp(0.0, z))   # logaddexp(0, z): softplus, no overflow
+
+
+def _mish_d(z: np.ndarray, p: Params) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # NaN and +-inf give NaN, as PyTorch
+        t = np.tanh(np.logaddexp(0.0, z))
+        return t + z * _sigmoid(z) * (1.0 - t * t)
+
+
 def _hardtanh_f(z: np.ndarray, p: Params) -> np.ndarray:
     return np.minimum(np.maximum(z, p["min_val"]), p["max_val"])
 
@@ -303,6 +314,7 @@ SPECS: Mapping[str, ActivationSpec] = _rows(
                    selects=True, torch="hardtanh",
                    bound=lambda p: max(1.0, abs(p["min_val"]), abs(p["max_val"])),
                    check=_hardtanh_check),
+    ActivationSpec("mish", _mish_f, _mish_d, torch="mish"),
 )
 """Every built-in activation, by name: the one table the rest is derived from."""
 
@@ -320,7 +332,8 @@ class Activation:
     ----------
     name:
         A name of :data:`ACTIVATIONS` (the rows of :data:`SPECS`: ``identity, sigmoid,
-        tanh, relu, leaky_relu, elu, selu, gelu, gelu_tanh, softplus, silu, hardtanh``)
+        tanh, relu, leaky_relu, elu, selu, gelu, gelu_tanh, softplus, silu, hardtanh,
+        mish``)
         or a row's alias (``swish``, ``linear``).
     **params:
         The row's parameters, with ``torch.nn``'s names and defaults:

@@ -73,6 +73,7 @@ ACTIVATIONS: tuple[str, ...] = (
     "softplus",
     "silu",
     "hardtanh",
+    "mish",
 )
 
 DEFAULT_ACT_PARAMS: dict[str, dict[str, float]] = {
@@ -302,6 +303,16 @@ def _grad_silu(z):
     return s * (1.0 + z * (1.0 - s))
 
 
+def _fwd_mish(z):
+    # x * tanh(softplus(x)); logaddexp(0, x) is softplus without overflow
+    return z * np.tanh(np.logaddexp(0.0, z))
+
+
+def _grad_mish(z):
+    t = np.tanh(np.logaddexp(0.0, z))
+    return t + z * _sigmoid(z) * (1.0 - t * t)
+
+
 def _fwd_hardtanh(z, min_val, max_val):
     return np.minimum(np.maximum(z, min_val), max_val)
 
@@ -324,6 +335,7 @@ _ACT_FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
     "softplus": (_fwd_softplus, _grad_softplus),
     "silu": (_fwd_silu, _grad_silu),
     "hardtanh": (_fwd_hardtanh, _grad_hardtanh),
+    "mish": (_fwd_mish, _grad_mish),
 }
 
 

@@ -28,4 +28,5 @@
   GC_ACTIVATION(GeluTanh, "gelu_tanh", false, 0)       \
   GC_ACTIVATION(Softplus, "softplus", false, 2)        \
   GC_ACTIVATION(Silu, "silu", false, 0)                \
-  GC_ACTIVATION(Hardtanh, "hardtanh", true, 2)
+  GC_ACTIVATION(Hardtanh, "hardtanh", true, 2)        \
+  GC_ACTIVATION(Mish, "mish", false, 0)

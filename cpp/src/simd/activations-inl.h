@@ -162,6 +162,24 @@ template <class T> struct ActHardtanh {
     d = (x > lo && x < hi) ? T(1) : T(0);  // NaN -> 0 (PyTorch's vectorised kernel)
   }
 };
+// mish = x tanh(softplus(x)) (PyTorch's: no softplus threshold). With e = exp(x) and
+// n = e (e + 2) = (1 + e)^2 - 1: t = tanh(log1p(e)) = n / (n + 2) and
+// 1 - t^2 = 4 (n + 1) / (n + 2)^2, so neither t nor mish' = t + x sigmoid(x) (1 - t^2)
+// cancels. Past x = 20, t and mish' are 1 in either precision (e is clamped to stay
+// finite); x - x keeps PyTorch's NaN derivative at +inf (inf * 1 * 0 there).
+template <class T> struct ActMish {
+  explicit ActMish(const ActParams&) {}
+  void operator()(T x, T& f, T& d) const {
+    bool big = x > T(20);
+    T e = M<T>::exp(big ? T(20) : x);
+    T n = e * (e + T(2));
+    T r = T(1) / (n + T(2));
+    T t = n * r;
+    T s = e / (T(1) + e);
+    f = big ? x : x * t;
+    d = big ? (x - x) + T(1) : t + x * s * (T(4) * (n + T(1)) * r * r);
+  }
+};
 
 // Calls body(act_functor) with the functor type matching p.kind; each
 // instantiation is a separate, fully inlined and vectorised loop. The cases are the

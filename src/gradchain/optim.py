@@ -121,7 +121,7 @@ class Optimizer:
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)]).astype(int).tolist()
         flat_p, flat_g = m.flat_parameters(), m.flat_grads()
         n = self._offsets[-1]
-        # The views of named_parameters() tile the flat buffer in order (models.py binds
+        # The views of named_parameters() tile the flat buffer in order (models/base.py binds
         # them so); if that ever stops holding, fall back to one slab per tensor.
         tiled = flat_p.ndim == 1 and flat_p.size == n and all(
             p.flags.c_contiguous and p.dtype == flat_p.dtype

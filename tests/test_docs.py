@@ -176,3 +176,65 @@ def test_the_version_is_written_once() -> None:
 
 def test_installed_metadata_version_is_the_package_version() -> None:
     assert importlib.metadata.version("gradchain") == gc.__version__
+
+
+# --------------------------------------------------------------- docs/ARCHITECTURE.md
+_PATH_EXTS = (".h", ".cpp", ".py", ".pyi", ".md", ".txt", ".toml", ".json")
+PKG = ROOT / "src" / "gradchain"
+
+
+def _architecture_spans() -> list[str]:
+    """The code spans of docs/ARCHITECTURE.md outside its fenced blocks, each on one line."""
+    text = re.sub(r"```.*?```", "", _doc("ARCHITECTURE.md"), flags=re.S)
+    return [" ".join(s.split()) for s in re.findall(r"`([^`]+)`", text)]
+
+
+def _is_path(span: str) -> bool:
+    """A file or folder (``cpp/src/``, ``math-inl.h``), not a kind of file (``.cpp``)."""
+    return " " not in span and ("/" in span or (
+        span.endswith(_PATH_EXTS) and (span[0].isalnum() or span[0] == "_")))
+
+
+def _path_exists(span: str) -> bool:
+    """A path from the repository root (``cpp/src/mlp.cpp``, ``cpp/src/*.cpp``), from the
+    package (``models/base.py``), a bare file name of the sources or docs (``math-inl.h``),
+    or a template (``src/gradchain/models/<kind>.py``: its folder)."""
+    if "<" in span:
+        span = span[:span.index("<")].rpartition("/")[0] or "."
+    if "/" in span:
+        top = ROOT if (ROOT / span.split("/")[0]).exists() else PKG
+        return any(top.glob(span.rstrip("/"))) if "*" in span else (top / span).exists()
+    return (ROOT / span).is_file() or any(
+        f.name == span for f in _text_files(*SOURCES, "docs"))
+
+
+def test_architecture_paths_and_tests_exist() -> None:
+    """Every file, folder and test function that docs/ARCHITECTURE.md names exists."""
+    spans = _architecture_spans()
+    paths = [s for s in spans if _is_path(s)]
+    assert len(paths) >= 50, "docs/ARCHITECTURE.md should name the files it maps"
+    assert not [s for s in paths if not _path_exists(s)], (
+        "docs/ARCHITECTURE.md names paths that do not exist: "
+        + ", ".join(s for s in paths if not _path_exists(s)))
+    tests = "\n".join(_read(f) for f in sorted((ROOT / "tests").glob("test_*.py")))
+    gone = [s for s in spans if re.fullmatch(r"test_\w+", s) and f"def {s}(" not in tests]
+    assert not gone, f"docs/ARCHITECTURE.md names tests that do not exist: {gone}"
+
+
+def test_architecture_maps_every_file_module_and_registry_entry() -> None:
+    """docs/ARCHITECTURE.md names every C++ source and header, every module of the package
+    and every entry of the model, norm, optimiser and loss registries: a new one gets its
+    place on the map."""
+    from gradchain import _core, losses, models, optim
+
+    spans = set(_architecture_spans())
+    named_files = {s.rstrip("/").rpartition("/")[2] for s in spans if _is_path(s)}
+    cpp = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "cpp").rglob("*")
+                 if p.suffix in (".h", ".cpp") and p.name not in named_files)
+    modules = {p.stem for p in PKG.glob("*.py") if p.stem != "__init__"}
+    modules |= {p.parent.name for p in PKG.glob("*/__init__.py")} | {"_core"}
+    registries = {"model kinds": list(models.MODELS), "norms": list(_core.NORM_IDS),
+                  "optimisers": list(optim.OPTIMIZERS), "losses": list(losses.LOSSES)}
+    gaps = {"C++ files": cpp, "modules": sorted(modules - spans),
+            **{k: [n for n in v if n not in spans] for k, v in registries.items()}}
+    assert not any(gaps.values()), f"docs/ARCHITECTURE.md does not map: {gaps}"

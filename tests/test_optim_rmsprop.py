@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 
 import gradchain as gc
 from conftest import assert_close, same
+from test_optim import grad_sequence, make_mlp, set_grads
+from test_optim import step_both as _step_both
+from test_optim import torch_params as _torch_params
 
 TORCH_TOL = {np.float32: 1e-6, np.float64: 1e-12}
 REF_TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -28,29 +31,6 @@ CASES = [
     {"lr": 0.02, "alpha": 0.3, "centered": True, "maximize": True, "weight_decay": 0.01},
 ]
 IDS = ["-".join(f"{k}={v}" for k, v in kw.items()) or "defaults" for kw in CASES]
-
-
-def make_mlp(dtype, seed=0, norm="layer"):
-    return gc.MLP([5, 7, 7, 3], activation="tanh", norm=norm, dtype=dtype, seed=seed)
-
-
-def grad_sequence(model, n_steps, seed=1):
-    """n_steps gradients from the model's own loss at its initial parameters, each scaled
-    differently (copies, in parameter order)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n_steps):
-        x = rng.normal(size=(8, model.sizes[0])).astype(model.dtype)
-        t = rng.normal(size=(8, model.sizes[-1])).astype(model.dtype)
-        model.loss_and_grad(x, t)
-        scale = model.dtype.type(10.0 ** rng.uniform(-1, 1))
-        out.append([g.copy() * scale for _, g in model.named_grads()])
-    return out
-
-
-def set_grads(model, grads):
-    for (_, g), src in zip(model.named_grads(), grads, strict=True):
-        g[...] = src
 
 
 def run_ours(model, kw, grads_seq):
@@ -117,19 +97,6 @@ def test_random_options_match_numpy_reference(lr, alpha, eps, wd, momentum, flag
     for (pname, p), e in zip(model.named_parameters(), ref_steps(p0, grads_seq, kw),
                              strict=True):
         assert_close(f"{kw} {pname}", p, e, 1e-10, floor=1e-3)
-
-
-def _step_both(torch, model, opt, tp, topt, grads_seq):
-    for grads in grads_seq:
-        set_grads(model, grads)
-        for q, g in zip(tp, grads, strict=True):
-            q.grad = torch.tensor(g)
-        opt.step()
-        topt.step()
-
-
-def _torch_params(model, torch):
-    return [torch.nn.Parameter(torch.tensor(p.copy())) for _, p in model.named_parameters()]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -235,6 +235,7 @@ def test_thread_sweep_rows_and_summary(started: list[contention.Competitors]) ->
     numpy_ctl = "numpy" in cfg["thread_control"]
     for w in res["workloads"]:
         rows = w["peers"]
+        assert w["competitor_cores"] >= 0  # the competitors' share of the load
         assert {"gradchain", "gradchain@1", "gradchain@2"} <= set(rows)
         assert rows["gradchain"]["default"] and rows["gradchain"]["threads"] == threads
         assert rows["gradchain"]["status"] == "reference"
@@ -257,6 +258,7 @@ def test_thread_sweep_rows_and_summary(started: list[contention.Competitors]) ->
         assert r["default_over_1_thread"] == pytest.approx(
             r["gradchain_default_ms"] / r["gradchain_1_thread_ms"])
         assert r["torch_ms"] is None and r["gradchain_over_torch"] is None
+        assert r["competitor_cores"] is not None
     assert s["load"]["competitors"] == 1 and s["acceptance"]["measured"] == 2
     text = bench.format_table(res)
     assert "summary under load: 1 busy-loop competitor process" in text

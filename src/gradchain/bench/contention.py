@@ -196,6 +196,12 @@ class Competitors:
         raise RuntimeError("the busy-loop competitors did not start using CPU time within "
                            f"{self.ready_timeout:g} s")
 
+    def cpu_seconds(self) -> float | None:
+        """The CPU time all competitors have used so far (None where unreadable)."""
+        used = [_cpu_seconds(p.pid) for p in self._procs]
+        return None if not used or any(u is None for u in used) else sum(
+            u for u in used if u is not None)
+
     def load(self) -> dict[str, Any]:
         """How many competitors ran and the CPU they used between :meth:`start` and now
         (or :meth:`stop`): ``cores`` is their CPU time over the wall time, summed over

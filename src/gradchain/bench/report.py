@@ -59,6 +59,7 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             "torch_threads": torch.get("threads") if torch else None,
             "gradchain_over_torch": d["median_s"] / torch["median_s"] if d and torch else None,
             "other_processes_cores": ml.get("other_processes_cores"),
+            "competitor_cores": wr.get("competitor_cores"),
         }
         r1, rt = row["default_over_1_thread"], row["gradchain_over_torch"]
         row["over_limit"] = r1 is not None and r1 > RATIO_LIMIT
@@ -95,6 +96,10 @@ def _load_words(results: Mapping[str, Any]) -> str:
             + (f" (they used {used:.2f} cores on average)" if used is not None else ""))
 
 
+def _cores(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def format_summary(results: Mapping[str, Any]) -> list[str]:
     """The summary (:func:`summarize`) as lines of text: the table a reader looks at."""
     s = results.get("summary") or summarize(results)
@@ -114,9 +119,9 @@ def format_summary(results: Mapping[str, Any]) -> list[str]:
     lines = ["", f"summary under load: {_load_words(results)}; '!!': default / 1 thread above "
              f"{lim:g}, or gradchain's default not faster than PyTorch",
              f"  {'workload':<16} {'gc default ms':>15} {'gc 1-thread ms':>14} "
-             f"{'default/1t':>10} {'PyTorch ms':>14} {'gc/PyTorch':>10} {'others':>7}"]
+             f"{'default/1t':>10} {'PyTorch ms':>14} {'gc/PyTorch':>10} {'others':>7} "
+             f"{'ours':>5}"]
     for r in rows:
-        oc = r["other_processes_cores"]
         lines.append(
             f"  {r['workload']:<16} "
             f"{ms(r['gradchain_default_ms'], r['gradchain_default_threads']):>15} "
@@ -124,10 +129,12 @@ def format_summary(results: Mapping[str, Any]) -> list[str]:
             f"{ratio(r['default_over_1_thread'], r['over_limit']):>10} "
             f"{ms(r['torch_ms'], r['torch_threads']):>14} "
             f"{ratio(r['gradchain_over_torch'], r['behind_torch']):>10} "
-            f"{'-' if oc is None else f'{oc:.2f}':>7}")
+            f"{_cores(r['other_processes_cores']):>7} "
+            f"{_cores(r['competitor_cores']):>5}")
     a = s["acceptance"]
     lines.append("  (ms: medians; (Nt): the row's thread count; others: CPU cores other "
-                 "processes, competitors included, used while the workload was timed)")
+                 "processes, competitors included, used while the workload was timed; ours: "
+                 "the competitors' share, set-up included)")
     if a["measured"]:
         lines.append(f"  default / 1 thread <= {lim:g}: {a['within_limit']} of {a['measured']}"
                      + (f" (above: {', '.join(a['over_limit'])})" if a["over_limit"] else ""))
@@ -186,9 +193,13 @@ def format_table(results: Mapping[str, Any]) -> str:
         lines += ["", f"{wr['name']}: {wr['description']}; {wr['flops'] / 1e9:.3g} GFLOP/iter"]
         ml = wr.get("machine_load")
         if ml:
-            noisy = ml["other_processes_cores"] + ml["steal_cores"] > NOISY_CORES
+            ours = wr.get("competitor_cores")  # --contended: that load is the point
+            noisy = (ml["other_processes_cores"] + ml["steal_cores"] - (ours or 0.0)
+                     > NOISY_CORES)
             lines.append(f"  while timing, other processes used {ml['other_processes_cores']:.2f} "
                          f"of {m['cores']} cores on average (steal {ml['steal_cores']:.2f})"
+                         + (f"; the benchmark's competitors about {ours:.2f}"
+                            if ours is not None else "")
                          + (": NOISY, rerun on a quiet machine" if noisy else ""))
         lines.append(head)
         notes: list[str] = []

@@ -199,8 +199,12 @@ def _run(wls: list[Workload], names: list[str], counts: list[int] | None,
             say(f"  competitors running: PIDs {', '.join(map(str, competitors.pids))}")
         for w in wls:
             say(f"{w.name}: {w.describe()}")
+            c0, t0 = competitors.cpu_seconds(), time.perf_counter()
             res = _run_workload(w, variants, repeats, warmup, default_threads, seed, settle,
                                 say, panel_ab, report_ab)
+            c1 = competitors.cpu_seconds()
+            if contended and c0 is not None and c1 is not None:  # set-up included
+                res["competitor_cores"] = round((c1 - c0) / (time.perf_counter() - t0), 3)
             all_ok &= all(r["status"] in ("ok", "skipped", "reference")
                           for r in res["peers"].values())
             results["workloads"].append(res)

@@ -12,13 +12,16 @@ Run ``python -m gradchain.bench --help`` (or ``gradchain bench``). Optional peer
 JAX) are imported lazily and skipped with a note when they are not installed.
 
 One module per table: :mod:`.workloads` (:data:`WORKLOADS` maps names to workload
-descriptions, each of a ``kind``: "mlp": :class:`MLPWorkload`, "rnn": :class:`RNNWorkload`),
+descriptions, each of a ``kind``: "mlp": :class:`MLPWorkload`, "rnn": :class:`RNNWorkload`;
+:data:`SMALL` the optional small models),
 :mod:`.cases` (:data:`CASE_MAKERS` builds the shared inputs of a kind, :data:`REFERENCES`
 runs the NumPy spec of a kind in a given dtype), :mod:`.peers` (:data:`PEERS`, and
-:data:`BUILDERS`: ``kind -> peer name -> builder``; one module per peer), :mod:`.agreement`
-(the checks against gradchain and the float64 reference), :mod:`.machine` (machine info,
-GEMM ceiling, load), :mod:`.timing` (the run loop, :func:`run`), :mod:`.memory` (peak RSS),
-:mod:`.report` (the table and JSON) and :mod:`.cli` (:func:`main`). Every name is
+:data:`BUILDERS`: ``kind -> peer name -> builder``, :data:`THREAD_CONTROL`; one module per
+peer), :mod:`.agreement` (the checks against gradchain and the float64 reference),
+:mod:`.machine` (machine info, GEMM ceiling, load), :mod:`.sweep` (the rows of a thread
+sweep, :class:`Variant`), :mod:`.contention` (busy-loop competitors, :class:`Competitors`),
+:mod:`.timing` (the run loop, :func:`run`), :mod:`.memory` (peak RSS), :mod:`.report` (the
+table, the busy-machine summary and JSON) and :mod:`.cli` (:func:`main`). Every name is
 re-exported here.
 """
 
@@ -39,20 +42,32 @@ from .agreement import (
 )
 from .cases import CASE_MAKERS, REFERENCES, Case, Outputs
 from .cli import main
+from .contention import Competitors
 from .machine import _OPENBLAS_ENV as _OPENBLAS_ENV
 from .machine import _UNSET_MARK as _UNSET_MARK
 from .machine import NOISY_CORES, CpuMeter, gemm_ceiling, machine_info
 from .memory import measure_memory
-from .peers import BUILDERS, PEERS, Builder, PeerInfo, PeerInstance
-from .report import format_table
+from .peers import BUILDERS, PEERS, THREAD_CONTROL, Builder, PeerInfo, PeerInstance, ThreadControl
+from .report import RATIO_LIMIT, format_summary, format_table, summarize
+from .sweep import Variant
 from .timing import run, wait_idle
-from .workloads import QUICK, WORKLOADS, MLPWorkload, RNNWorkload, Workload
+from .workloads import (
+    QUICK,
+    QUICK_SMALL,
+    SMALL,
+    WORKLOADS,
+    MLPWorkload,
+    RNNWorkload,
+    Workload,
+    workload_table,
+)
 
 __all__ = [
     "BUILDERS", "CASE_MAKERS", "KINKED_ACTIVATIONS", "KINK_MAX_ERR", "KINK_RANK", "NOISY_CORES",
-    "PEERS", "QUICK", "REFERENCES", "WORKLOADS", "Agreement", "Builder", "Case", "CpuMeter",
-    "MLPWorkload", "Outputs", "PeerInfo", "PeerInstance", "RNNWorkload", "Workload",
-    "agreement_errors", "arbitrate", "check_agreement", "format_table", "gemm_ceiling",
-    "kink_explained", "machine_info", "main", "measure_memory", "run", "tolerance_for",
-    "wait_idle",
+    "PEERS", "QUICK", "QUICK_SMALL", "RATIO_LIMIT", "REFERENCES", "SMALL", "THREAD_CONTROL",
+    "WORKLOADS", "Agreement", "Builder", "Case", "Competitors", "CpuMeter", "MLPWorkload",
+    "Outputs", "PeerInfo", "PeerInstance", "RNNWorkload", "ThreadControl", "Variant",
+    "Workload", "agreement_errors", "arbitrate", "check_agreement", "format_summary",
+    "format_table", "gemm_ceiling", "kink_explained", "machine_info", "main",
+    "measure_memory", "run", "summarize", "tolerance_for", "wait_idle", "workload_table",
 ]

@@ -14,7 +14,7 @@ from .memory import _memory_child, measure_memory
 from .peers import PEERS
 from .report import _json_default, format_table
 from .timing import _peer_names, _resolve_workloads, run
-from .workloads import QUICK, WORKLOADS
+from .workloads import SMALL, WORKLOADS, workload_table
 
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
@@ -29,14 +29,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Time gradchain against PyTorch, JAX and NumPy on the standard workloads "
                     "(forward + backward + gradient report), side by side in one run.")
     p.add_argument("--workloads", "-w", nargs="*", metavar="NAME",
-                   help=f"workloads (default all): {', '.join(WORKLOADS)}")
+                   help=f"workloads (default the standard ones): {', '.join(WORKLOADS)}; "
+                        f"optional: {', '.join(SMALL)}; 'all': every one")
     p.add_argument("--peers", "-p", nargs="*", metavar="NAME",
                    help=f"peers (default all installed): {', '.join(PEERS)}")
     p.add_argument("--repeats", "-r", type=int, default=20,
                    help="timed iterations per peer (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
-    p.add_argument("--threads", "-t", type=int, default=None,
-                   help="threads for gradchain, PyTorch and NumPy (default: gradchain's)")
+    p.add_argument("--threads", "-t", type=int, nargs="+", default=None, metavar="N",
+                   help="threads for gradchain, PyTorch and NumPy (default: gradchain's); "
+                        "several counts: a thread sweep, every peer with thread control at "
+                        "each count and at its default, timed together")
+    p.add_argument("--contended", type=int, default=0, metavar="N",
+                   help="start N busy-loop processes for the timings (a busy machine) and "
+                        "stop them at the end; the summary compares gradchain's default with "
+                        "its 1-thread time and with PyTorch under that load")
     p.add_argument("--quick", action="store_true",
                    help="scaled-down workloads (MLP: widths/4, depth/8, batch/4; RNN: T/8, "
                         "batch/4, sizes/4): a smoke run")
@@ -80,10 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     _reexec_without_openblas_env(args_list)
     args = _parser().parse_args(args_list)
-    threads = args.threads
-    if threads is not None and threads < 1:
+    counts: list[int] | None = args.threads
+    if counts is not None and any(t < 1 for t in counts):
         print("--threads must be >= 1", file=sys.stderr)
         return 2
+    if args.contended < 0:
+        print("--contended must be >= 0", file=sys.stderr)
+        return 2
+    # one count: every peer at it (as before); several: the thread sweep
+    threads = None if counts is None else counts[0] if len(counts) == 1 else None
 
     if args._memory_child:
         import gradchain as gc
@@ -93,9 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              args.memory_iters, args.seed)
 
     if args.list:
-        table = QUICK if args.quick else WORKLOADS
-        for w in table.values():
-            print(f"{w.name:<18} {w.describe()}; {w.flops() / 1e9:.3g} GFLOP/iter")
+        for w in workload_table(args.quick).values():
+            print(f"{w.name:<18} {w.describe()}; {w.flops() / 1e9:.3g} GFLOP/iter"
+                  + ("" if w.name in WORKLOADS else " (optional)"))
         for p in PEERS.values():
             miss = p.missing()
             print(f"{p.name:<18} {p.label}" + (f" (not installed: {miss})" if miss else ""))
@@ -118,9 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "ok": True}
         else:
             results = run(_split(args.workloads), _split(args.peers), args.repeats,
-                          args.warmup, threads, quick=args.quick, seed=args.seed,
-                          settle=args.settle, ceiling=not args.no_ceiling,
-                          panel_ab=args.panel_ab, report_ab=args.report_ab, log=log)
+                          args.warmup, counts if counts and len(counts) > 1 else threads,
+                          quick=args.quick, seed=args.seed, settle=args.settle,
+                          ceiling=not args.no_ceiling, panel_ab=args.panel_ab,
+                          report_ab=args.report_ab, contended=args.contended, log=log)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

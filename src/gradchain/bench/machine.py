@@ -46,6 +46,40 @@ def _limit_numpy_blas(threads: int) -> None:
     _numpy_blas_note = f"NumPy's BLAS limited to {threads} threads (threadpoolctl)"
 
 
+_numpy_blas_libs: list[Any] | None = None
+
+
+def _numpy_blas_controllers() -> list[Any]:
+    """threadpoolctl's controllers of NumPy's own BLAS (not gradchain's OpenBLAS, not
+    PyTorch's); empty without threadpoolctl. Looked up once per process."""
+    global _numpy_blas_libs
+    if _numpy_blas_libs is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _numpy_blas_libs = []
+            return _numpy_blas_libs
+        np_dir = os.path.dirname(os.path.dirname(np.__file__))
+        _numpy_blas_libs = [
+            lib for lib in ThreadpoolController().lib_controllers
+            if lib.user_api == "blas" and "scipy_openblas32" not in lib.filepath
+            and lib.filepath.startswith(np_dir) and "torch" not in lib.filepath]
+    return _numpy_blas_libs
+
+
+def numpy_blas_threads() -> int | None:
+    """The thread count of NumPy's own BLAS (threadpoolctl), None when it cannot be read."""
+    libs = _numpy_blas_controllers()
+    return int(libs[0].num_threads) if libs else None
+
+
+def set_numpy_blas_threads(threads: int) -> None:
+    """Set NumPy's own BLAS to ``threads`` threads (threadpoolctl; nothing without it)."""
+    for lib in _numpy_blas_controllers():
+        if lib.num_threads != threads:
+            lib.set_num_threads(threads)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

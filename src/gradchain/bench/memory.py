@@ -12,7 +12,7 @@ from typing import Any
 from .cases import CASE_MAKERS, for_kind
 from .peers import BUILDERS, PEERS
 from .timing import _peer_names
-from .workloads import QUICK, WORKLOADS
+from .workloads import workload_table
 
 
 def _rss_kib(field_name: str) -> int | None:
@@ -35,7 +35,7 @@ def _memory_child(workload: str, peer: str, quick: bool, threads: int, iters: in
     import gradchain as gc
 
     gc.set_num_threads(threads)
-    w = (QUICK if quick else WORKLOADS)[workload]
+    w = workload_table(quick)[workload]
     if peer.startswith("torch"):
         import torch
 
@@ -80,7 +80,7 @@ def measure_memory(workloads: Sequence[str], peers: Sequence[str], *, quick: boo
     """
     say = log or (lambda s: None)
     rows: list[dict[str, Any]] = []
-    table = QUICK if quick else WORKLOADS
+    table = workload_table(quick)
     for wname in workloads:
         w = table[wname]
         for peer in _peer_names(peers):

@@ -1,7 +1,8 @@
 """The standard workloads of ``docs/WORKLOADS.md``: one dataclass per kind (``"mlp"``:
 :class:`MLPWorkload`, ``"rnn"``: :class:`RNNWorkload`; a workload's ``kind`` is its
 gradchain model's, ``gradchain.models.MODELS``), the table :data:`WORKLOADS` and its
-scaled-down copy :data:`QUICK`. Each kind says what the harness asks of it:
+scaled-down copy :data:`QUICK`, and the optional small models of issue 12 (:data:`SMALL`: run
+only when named, or with ``-w all``). Each kind says what the harness asks of it:
 ``model_kwargs()`` (its gradchain model's constructor arguments) and ``skipped_grads()``
 (gradients the agreement checks leave out).
 """
@@ -150,3 +151,23 @@ WORKLOADS: dict[str, Workload] = {
 
 QUICK: dict[str, Workload] = {name: w.quick() for name, w in WORKLOADS.items()}
 """The same workloads scaled down (``--quick``)."""
+
+SMALL: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        MLPWorkload("mlp-small", 256, 256, 19, 10, 64, activation="tanh", init="xavier_normal"),
+        RNNWorkload("rnn-small", 128, 16, 32, 128, activation="tanh"),
+    )
+}
+"""Optional workloads (docs/WORKLOADS.md): the two small models of issue 12, where a pass is
+a few milliseconds and waking threads costs the most -- ``gc.MLP([256] * 20 + [10])`` at
+batch 64 (tanh) and an RNN of T 128, batch 16, hidden 128. Not in the default set; name
+them (``-w mlp-small rnn-small``) or ask for ``-w all``."""
+
+QUICK_SMALL: dict[str, Workload] = {name: w.quick() for name, w in SMALL.items()}
+""":data:`SMALL` scaled down (``--quick``)."""
+
+
+def workload_table(quick: bool) -> dict[str, Workload]:
+    """Every workload by name, standard first, then :data:`SMALL` (``quick``: scaled down)."""
+    return {**QUICK, **QUICK_SMALL} if quick else {**WORKLOADS, **SMALL}

@@ -49,3 +49,20 @@ class _Gradchain:
         if not self.report:
             return Outputs(y=y, grads=grads)
         return self.to_outputs(y, grads, r)
+
+
+def get_threads() -> int:
+    """gradchain's thread setting (``gc.get_num_threads``): the thread sweep's control."""
+    import gradchain as gc
+
+    return int(gc.get_num_threads())
+
+
+def set_threads(n: int) -> None:
+    """``gc.set_num_threads(n)``. The sweep's default row calls it with the setting the run
+    found (the library's default from the command line); were the runtime to gain a
+    default that is not a fixed count, this is where the harness would select it."""
+    import gradchain as gc
+
+    if gc.get_num_threads() != n:
+        gc.set_num_threads(n)

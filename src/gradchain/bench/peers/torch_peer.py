@@ -164,3 +164,18 @@ class _TorchRNN:
             out.timestep_grad_norms = self._t_norms.detach().numpy().astype(np.float64)
             out.weight_grad_norms = self._w_norms.detach().numpy().astype(np.float64)
         return out
+
+
+def get_threads() -> int:
+    """PyTorch's intra-op thread count (``torch.get_num_threads``)."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def set_threads(n: int) -> None:
+    """``torch.set_num_threads(n)`` (only when it differs)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

@@ -19,6 +19,7 @@
 
 #include "gradchain/blas.h"
 #include "gradchain/dispatch.h"
+#include "gradchain/governor.h"
 #include "gradchain/norm.h"
 #include "gradchain/parallel.h"
 #include "gemm_block.h"
@@ -199,7 +200,7 @@ int64_t MlpChain<T>::pass_bytes(int64_t B) const {
     need = fresh > held ? fresh - held : 0;
   }
   const int64_t slot = B == B_ ? pack_slot_ : detail::pack_slot<T>(maxk, maxw_);
-  return need + detail::pack_scratch_bytes(pack_, slot, threads_for(B * maxw_ * 4));
+  return need + detail::pack_scratch_bytes(pack_, slot, max_threads_for(B * maxw_ * 4));
 }
 
 template <class T>
@@ -349,10 +350,14 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   has_forward_ = false;
   std::memcpy(A_[0], x, size_t(B * cfg_.sizes[0]) * sizeof(T));
   fwd_nonfinite_ = -1;
-  const int nt = threads_for(B * maxw_ * 4);
+  const bool custom = cfg_.act.kind == Act::Custom;
+  const int cap = work_threads(B * maxw_ * 4);
+  // the custom path runs Python between its regions: they do not teach the governor
+  GovernedRegion region(custom ? 1 : cap);
+  const int nt = custom ? pass_threads(cap) : region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   stop_ = cancel_flag();
-  if (cfg_.act.kind == Act::Custom) {
+  if (custom) {
     for (int64_t l = 0; l < L_; ++l) {
 #pragma omp parallel num_threads(nt)
       layer_forward(l, true);
@@ -366,11 +371,14 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
     at[0] = stopping() ? 1 : 0;
 #pragma omp parallel num_threads(nt)  // all layers inside one region; threads step through them together
     {
+      region.enter();
       bool stopped = false;  // cancelled: every thread leaves at the same layer
       for (int64_t l = 0; l < L_ && !stopped; ++l)
         if (!(stopped = stop_at(at.data(), l, stop_))) layer_forward(l, false);
       if (!stopped && !stop_at(at.data(), L_, stop_)) output_forward(y);
+      region.leave();
     }
+    region.done();
   }
   if (stopping()) throw Cancelled();  // before anything is committed
   for (int64_t l = 0; l <= L_ && fwd_nonfinite_ < 0; ++l)  // first a_l (l = L+1: y) with NaN/Inf
@@ -469,7 +477,8 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
     rep.norm_bias.assign(size_t(L_), 0.0);
   }
   rep.forward_first_nonfinite = fwd_nonfinite_;
-  const int nt = threads_for(B * maxw_ * 4);
+  GovernedRegion region(work_threads(B * maxw_ * 4));
+  const int nt = region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   T* grads = grads_.data();
   const int64_t in0 = cfg_.sizes[0];
@@ -480,6 +489,7 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
 
 #pragma omp parallel num_threads(nt)
   {
+    region.enter();
     T* g = G0_;
     T* g_other = G1_;
     bool stopped = stop_at(at.data(), 0, stop_);  // false (checked above)
@@ -546,7 +556,9 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
         if (dx) std::memcpy(dx, g, size_t(B * in0) * sizeof(T));
       }
     }
+    region.leave();
   }
+  region.done();
   if (stopping()) throw Cancelled();
   std::vector<double> all(rep.weight);
   if (cfg_.bias) all.insert(all.end(), rep.bias.begin(), rep.bias.end());

@@ -13,6 +13,7 @@
 
 #include "gradchain/cancel.h"
 #include "gradchain/dispatch.h"
+#include "gradchain/governor.h"
 
 namespace gradchain {
 
@@ -21,9 +22,21 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 constexpr int64_t kRowBlock = 32;       // rows per block of the elementwise passes
 constexpr int64_t kNormChunk = 16384;   // elements per chunk of a flat norm
 
-// Threads for a job of `work` elements: 1 below a size where a fork costs more than it saves.
-inline int threads_for(int64_t work) {
-  return work < 8192 ? 1 : region_threads();
+// The most threads a job of `work` elements can feed: 1 below a size where a fork costs
+// more than it saves.
+inline int work_threads(int64_t work) {
+  return work < 8192 ? 1 : max_threads();
+}
+
+// Threads for a short job of `work` elements that does not teach the governor (report.cpp's
+// loops): the setting, the governor's allowance and the work's cap (governor.h).
+inline int threads_for(int64_t work) { return pass_threads(work_threads(work)); }
+
+// The most threads a pass of `work` elements may run on (the memory estimates): the setting
+// and the work's cap, whatever the governor allows now.
+inline int max_threads_for(int64_t work) {
+  const int s = get_num_threads(), w = work_threads(work);
+  return s < w ? s : w;
 }
 
 // How a GEMM C (M x N) is split into independent blocks: along M (rows of C)

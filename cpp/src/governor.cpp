@@ -1,0 +1,255 @@
+// governor.cpp — the thread governor (gradchain/governor.h): the policy as a pure state
+// machine, and the process-wide state behind a lock.
+#include "gradchain/governor.h"
+
+#include <pthread.h>
+#include <time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <thread>
+
+#include "gradchain/dispatch.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace gradchain {
+
+// ---------------------------------------------------------------------------------------
+// The policy
+// ---------------------------------------------------------------------------------------
+GovernorState governor_initial(int setting, const GovernorParams& p) {
+  GovernorState st;
+  st.allowance = setting < 1 ? 1 : setting;
+  st.probe_interval = p.probe_first;
+  return st;
+}
+
+int governor_threads(GovernorState& st, const GovernorParams& p, int setting, int work_cap,
+                     double now, bool* probe) {
+  (void)p;
+  *probe = false;
+  const int cap = std::max(1, std::min(setting, work_cap));
+  const int a = std::max(1, std::min(st.allowance, setting));
+  if (a < cap && !st.probing && now >= st.next_probe) {
+    st.probing = true;
+    *probe = true;
+    return a + 1;
+  }
+  return std::min(a, cap);
+}
+
+void governor_learn(GovernorState& st, const GovernorParams& p, int setting, int nt, bool probe,
+                    double wall, const double* cpu, double now) {
+  if (probe) st.probing = false;
+  if (nt < 2 || !(wall >= p.min_wall)) return;  // too short to tell (a probe runs again)
+  if (!probe && nt != std::min(st.allowance, setting)) return;  // small work: below the allowance
+  int starved = 0;
+  double sum = 0.0;
+  for (int i = 0; i < nt; ++i) {
+    sum += cpu[i];
+    if (!(cpu[i] >= p.starved * wall)) ++starved;
+  }
+  const double eff = sum / wall;
+  ++st.regions;
+  if (starved > 0) ++st.starved_regions;
+  st.last_threads = nt;
+  st.last_wall = wall;
+  st.last_effective = eff;
+  st.last_starved = starved;
+  if (probe) {
+    ++st.probes;
+    if (starved == 0) {  // one thread more ran unhindered: keep it, and try the next soon
+      ++st.probe_successes;
+      st.allowance = nt;
+      st.history = 0;
+      st.history_len = 0;
+      st.probe_interval = p.probe_first;
+      st.next_probe = now + p.probe_first;
+    } else {  // back off: twice the interval, and at least probe_cost_factor x this probe
+      st.probe_interval = std::min(2.0 * st.probe_interval, p.probe_max);
+      st.next_probe = now + std::max(st.probe_interval, p.probe_cost_factor * wall);
+    }
+    return;
+  }
+  const int window = std::max(1, std::min(p.window, 31));
+  st.history = ((st.history << 1) | (starved > 0 ? 1u : 0u)) & ((1u << window) - 1u);
+  if (st.history_len < window) ++st.history_len;
+  int count = 0;
+  for (unsigned h = st.history; h; h &= h - 1) ++count;
+  if (count < p.confirm) return;
+  // Confirmed: keep the threads that were not starved, at most the effective cores.
+  int keep = nt - starved;
+  const double fe = std::floor(eff);
+  if (fe < double(keep)) keep = int(fe);
+  st.allowance = std::max(1, std::min(keep, nt - 1));
+  ++st.drops;
+  st.history = 0;
+  st.history_len = 0;
+  st.probe_interval = p.probe_first;
+  st.next_probe = now + p.probe_first;
+}
+
+// ---------------------------------------------------------------------------------------
+// The process-wide governor
+// ---------------------------------------------------------------------------------------
+namespace {
+
+const GovernorParams kParams{};
+
+// A spinning lock (held for a few hundred nanoseconds per pass): unlike a mutex it can be
+// reset in a child after fork, whatever another thread of the parent was doing.
+std::atomic<bool> g_lock{false};
+struct Guard {
+  Guard() {
+    while (g_lock.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
+  }
+  ~Guard() { g_lock.store(false, std::memory_order_release); }
+};
+
+std::atomic<bool> g_adaptive{true};
+bool g_init = false;
+GovernorState g_state;
+
+GovernorState& state() {  // with the lock held
+  if (!g_init) {
+    g_state = governor_initial(get_num_threads(), kParams);
+    g_init = true;
+  }
+  return g_state;
+}
+
+// fork: the child starts from a clean governor (another thread of the parent may have held
+// the lock or had a probe in flight); whether it may use threads at all is dispatch.cpp's.
+void governor_after_fork_child() {
+  g_lock.store(false);
+  g_init = false;
+}
+
+[[maybe_unused]] const bool g_atfork_registered = [] {
+  return pthread_atfork(nullptr, nullptr, governor_after_fork_child) == 0;
+}();
+
+int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+int team_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+double monotonic_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+bool adaptive_threads() { return g_adaptive.load(std::memory_order_relaxed); }
+void set_adaptive_threads(bool on) { g_adaptive.store(on); }
+
+void governor_reset() {
+  Guard g;
+  g_init = false;
+}
+
+GovernorState governor_snapshot() {
+  Guard g;
+  return state();
+}
+
+void governor_force(int allowance, double probe_after) {
+  const int setting = get_num_threads();
+  const double now = monotonic_seconds();
+  Guard g;
+  GovernorState& st = state();
+  st.allowance = std::max(1, std::min(allowance, setting));
+  st.history = 0;
+  st.history_len = 0;
+  st.probe_interval = kParams.probe_first;
+  st.next_probe = now + probe_after;
+}
+
+int pass_threads(int work_cap) {
+  const int setting = get_num_threads();
+  int nt = std::max(1, std::min(setting, work_cap));
+  if (nt > 1 && adaptive_threads()) {
+    Guard g;
+    nt = std::max(1, std::min(nt, state().allowance));
+  }
+  note_region_threads(nt);
+  return nt;
+}
+
+GovernedRegion::GovernedRegion(int work_cap) {
+  setting_ = get_num_threads();
+  const int cap = std::max(1, std::min(setting_, work_cap));
+  if (cap > 1 && adaptive_threads()) {
+    const double now = monotonic_seconds();
+    Guard g;
+    nt_ = governor_threads(state(), kParams, setting_, cap, now, &probe_);
+    measure_ = true;
+  } else {
+    nt_ = cap;
+  }
+  note_region_threads(nt_);
+  if (nt_ > 1 && measure_) cpu_.assign(size_t(nt_), 0.0);
+  else measure_ = false;
+}
+
+GovernedRegion::~GovernedRegion() {
+  if (probe_ && !finished_) {  // the pass threw before done(): let a later pass probe
+    Guard g;
+    state().probing = false;
+  }
+}
+
+void GovernedRegion::enter() {
+  if (!measure_) return;
+  const int i = team_index();
+  if (i == 0) {
+    team_ = team_size();
+    t0_ = monotonic_seconds();
+  }
+  if (i < nt_) cpu_[size_t(i)] = thread_cpu_seconds();
+}
+
+void GovernedRegion::leave() {
+  if (!measure_) return;
+  const int i = team_index();
+  if (i < nt_) cpu_[size_t(i)] = thread_cpu_seconds() - cpu_[size_t(i)];
+}
+
+void GovernedRegion::done() {
+  finished_ = true;
+  if (!measure_) return;
+  const double now = monotonic_seconds();
+  // OpenMP may have given fewer threads than asked: teach with the team that ran
+  const int nt = team_ > 0 && team_ < nt_ ? team_ : nt_;
+  Guard g;
+  if (setting_ != get_num_threads()) {  // set_num_threads ran meanwhile: nothing to learn
+    if (probe_) state().probing = false;
+    return;
+  }
+  governor_learn(state(), kParams, setting_, nt, probe_, now - t0_, cpu_.data(), now);
+}
+
+}  // namespace gradchain

@@ -524,8 +524,8 @@ void bind_governor(py::module_& m) {
   m.def("get_adaptive_threads", &adaptive_threads);
   m.def("set_adaptive_threads", &set_adaptive_threads, py::arg("on"));
   m.def("_governor_state", [] { return governor_dict(governor_snapshot()); },
-        "The process-wide governor's state (a copy), its clock's now (monotonic s).");
-  m.def("_monotonic", &monotonic_seconds);
+        "A copy of the process-wide governor's state.");
+  m.def("_monotonic", &monotonic_seconds, "The governor's clock (monotonic seconds).");
   m.def("_governor_reset", &governor_reset);
   m.def(
       "_governor_params",
@@ -543,8 +543,10 @@ void bind_governor(py::module_& m) {
       },
       "The governor's parameters (governor.h).");
   m.def("_governor_force", &governor_force, py::arg("allowance"), py::arg("probe_after"),
+        py::arg("hold") = false,
         "Set the process-wide allowance (clamped to [1, setting]) and forget the history; "
-        "no probe for probe_after seconds (tests).");
+        "no probe for probe_after seconds; hold: keep it, learning nothing, until the next "
+        "reset (tests).");
   py::class_<GovernorSim>(m, "_GovernorSim",
                           "The governor's policy alone, on the caller's clock (tests).")
       .def(py::init<int>(), py::arg("setting"))

@@ -112,6 +112,7 @@ struct Guard {
 
 std::atomic<bool> g_adaptive{true};
 bool g_init = false;
+bool g_hold = false;  // governor_force(..., hold): the allowance stays, nothing is learnt
 GovernorState g_state;
 
 GovernorState& state() {  // with the lock held
@@ -127,6 +128,7 @@ GovernorState& state() {  // with the lock held
 void governor_after_fork_child() {
   g_lock.store(false);
   g_init = false;
+  g_hold = false;
 }
 
 [[maybe_unused]] const bool g_atfork_registered = [] {
@@ -169,6 +171,7 @@ void set_adaptive_threads(bool on) { g_adaptive.store(on); }
 void governor_reset() {
   Guard g;
   g_init = false;
+  g_hold = false;
 }
 
 GovernorState governor_snapshot() {
@@ -176,7 +179,7 @@ GovernorState governor_snapshot() {
   return state();
 }
 
-void governor_force(int allowance, double probe_after) {
+void governor_force(int allowance, double probe_after, bool hold) {
   const int setting = get_num_threads();
   const double now = monotonic_seconds();
   Guard g;
@@ -186,6 +189,7 @@ void governor_force(int allowance, double probe_after) {
   st.history_len = 0;
   st.probe_interval = kParams.probe_first;
   st.next_probe = now + probe_after;
+  g_hold = hold;
 }
 
 int pass_threads(int work_cap) {
@@ -205,8 +209,12 @@ GovernedRegion::GovernedRegion(int work_cap) {
   if (cap > 1 && adaptive_threads()) {
     const double now = monotonic_seconds();
     Guard g;
-    nt_ = governor_threads(state(), kParams, setting_, cap, now, &probe_);
-    measure_ = true;
+    if (g_hold) {
+      nt_ = std::max(1, std::min(cap, state().allowance));
+    } else {
+      nt_ = governor_threads(state(), kParams, setting_, cap, now, &probe_);
+      measure_ = true;
+    }
   } else {
     nt_ = cap;
   }

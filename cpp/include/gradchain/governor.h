@@ -79,8 +79,9 @@ void governor_reset();
 // A copy of the process-wide state (thread_policy()).
 GovernorState governor_snapshot();
 // Tests: set the allowance (clamped to [1, setting]), forget the history, and allow no
-// probe for `probe_after` seconds.
-void governor_force(int allowance, double probe_after);
+// probe for `probe_after` seconds; hold: passes use exactly min(allowance, work cap) and
+// nothing is learnt until the next governor_reset().
+void governor_force(int allowance, double probe_after, bool hold);
 double monotonic_seconds();
 // A thread's CPU time in seconds (CLOCK_THREAD_CPUTIME_ID).
 double thread_cpu_seconds();

@@ -201,6 +201,7 @@ def test_the_work_cap_and_the_setting_bound_every_pass():
 @pytest.fixture
 def governed(restore_threads):
     yield
+    gc._core._governor_force_bail(0)
     gc.set_adaptive_threads(True)
     gc._core._governor_reset()
 
@@ -270,3 +271,31 @@ def test_results_are_bitwise_identical_under_every_allowance(governed, setting):
     for _ in range(3):
         got = _passes()
         assert all(a.tobytes() == b.tobytes() for a, b in zip(want, got, strict=True))
+
+
+def _mlp_passes(**kw):
+    rng = np.random.default_rng(3)
+    m = gc.MLP([80] * 7 + [6], seed=4, **kw)
+    x = rng.standard_normal((200, 80)).astype(np.float32)
+    y = m.forward(x)
+    rep = m.backward(rng.standard_normal(y.shape).astype(np.float32))
+    out = [y, m.input_grad, *[g.copy() for g in m.grads()], rep.activation_grad_norms,
+           rep.weight_grad_norms, rep.bias_grad_norms, *[b.copy() for _, b in m.named_buffers()]]
+    return [np.asarray(a).copy() for a in out]
+
+
+@pytest.mark.parametrize("kw", [dict(activation="tanh"),
+                                dict(activation="relu", norm="batch", residual=True),
+                                dict(activation="gelu", norm="layer", residual=2)])
+def test_a_bail_out_at_any_layer_gives_the_same_numbers(governed, kw):
+    # a starved MLP region leaves at a layer boundary and the pass finishes on one thread
+    gc.set_num_threads(1)
+    want = _mlp_passes(**kw)
+    gc.set_num_threads(2)
+    for k in range(1, 12):  # 7 hidden layers + output: forward 8 steps, backward 9
+        gc._core._governor_reset()
+        gc._core._governor_force_bail(k)
+        got = _mlp_passes(**kw)
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(want, got, strict=True)), k
+        if k == 1:  # both passes bailed at their first boundary: a forced bail teaches nothing
+            assert gc._core._governor_state()["regions"] == 0

@@ -547,6 +547,9 @@ void bind_governor(py::module_& m) {
         "Set the process-wide allowance (clamped to [1, setting]) and forget the history; "
         "no probe for probe_after seconds; hold: keep it, learning nothing, until the next "
         "reset (tests).");
+  m.def("_governor_force_bail", &governor_force_bail, py::arg("k"),
+        "Every measured region bails out at its k-th layer boundary and teaches nothing "
+        "(0: off; tests).");
   py::class_<GovernorSim>(m, "_GovernorSim",
                           "The governor's policy alone, on the caller's clock (tests).")
       .def(py::init<int>(), py::arg("setting"))

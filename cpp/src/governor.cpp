@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cmath>
 #include <thread>
+#include <cstdio>  // DEBUG-REMOVE
+#include <cstdlib>  // DEBUG-REMOVE
 
 #include "gradchain/dispatch.h"
 
@@ -113,6 +115,7 @@ struct Guard {
 std::atomic<bool> g_adaptive{true};
 bool g_init = false;
 bool g_hold = false;  // governor_force(..., hold): the allowance stays, nothing is learnt
+std::atomic<int> g_force_bail{0};  // governor_force_bail
 GovernorState g_state;
 
 GovernorState& state() {  // with the lock held
@@ -164,6 +167,8 @@ double thread_cpu_seconds() {
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
+
+void governor_force_bail(int k) { g_force_bail.store(k < 0 ? 0 : k); }
 
 bool adaptive_threads() { return g_adaptive.load(std::memory_order_relaxed); }
 void set_adaptive_threads(bool on) { g_adaptive.store(on); }
@@ -219,8 +224,14 @@ GovernedRegion::GovernedRegion(int work_cap) {
     nt_ = cap;
   }
   note_region_threads(nt_);
-  if (nt_ > 1 && measure_) cpu_.assign(size_t(nt_), 0.0);
-  else measure_ = false;
+  if (nt_ > 1 && measure_) {
+    cpu0_.assign(size_t(nt_), 0.0);
+    cpu1_.assign(size_t(nt_), 0.0);
+    clock_.assign(size_t(nt_), clockid_t());
+    has_clock_.assign(size_t(nt_), 0);
+  } else {
+    measure_ = false;
+  }
 }
 
 GovernedRegion::~GovernedRegion() {
@@ -236,28 +247,81 @@ void GovernedRegion::enter() {
   if (i == 0) {
     team_ = team_size();
     t0_ = monotonic_seconds();
+    next_check_ = t0_ + kParams.bail_after;
   }
-  if (i < nt_) cpu_[size_t(i)] = thread_cpu_seconds();
+  if (i < nt_) {
+    has_clock_[size_t(i)] = pthread_getcpuclockid(pthread_self(), &clock_[size_t(i)]) == 0;
+    cpu0_[size_t(i)] = thread_cpu_seconds();
+  }
 }
 
 void GovernedRegion::leave() {
   if (!measure_) return;
   const int i = team_index();
-  if (i < nt_) cpu_[size_t(i)] = thread_cpu_seconds() - cpu_[size_t(i)];
+  if (i < nt_) cpu1_[size_t(i)] = thread_cpu_seconds();
 }
 
-void GovernedRegion::done() {
+bool GovernedRegion::starving() {
+  if (!measure_ || starved_) return false;
+  const int force = g_force_bail.load(std::memory_order_relaxed);
+  if (force > 0) {
+    if (++checks_ < force) return false;
+    starved_ = forced_ = true;
+    return true;
+  }
+  const double now = monotonic_seconds();
+  if (now < next_check_) return false;
+  next_check_ = now + kParams.bail_check;
+  const double wall = now - t0_;
+  const int nt = team_ > 0 && team_ < nt_ ? team_ : nt_;
+  std::vector<double> used(size_t(nt), 0.0);
+  bool any = false;
+  for (int i = 0; i < nt; ++i) {
+    timespec ts;
+    if (!has_clock_[size_t(i)] || clock_gettime(clock_[size_t(i)], &ts) != 0)
+      return false;  // no clock for a thread: no bail-out
+    used[size_t(i)] = double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec) - cpu0_[size_t(i)];
+    any = any || used[size_t(i)] < kParams.bail_starved * wall;
+  }
+  if (!any) return false;
+  starved_ = true;
+  bail_wall_ = wall;
+  bail_cpu_ = std::move(used);
+  return true;
+}
+
+void GovernedRegion::done(bool bailed) {
   finished_ = true;
-  if (!measure_) return;
+  if (!measure_ || forced_) {
+    if (probe_) {
+      Guard g;
+      state().probing = false;
+    }
+    return;
+  }
   const double now = monotonic_seconds();
   // OpenMP may have given fewer threads than asked: teach with the team that ran
   const int nt = team_ > 0 && team_ < nt_ ? team_ : nt_;
+  std::vector<double> cpu(static_cast<size_t>(nt));
+  double wall = now - t0_;
+  if (bailed && starved_) {
+    wall = bail_wall_;
+    cpu = bail_cpu_;
+  } else {
+    for (int i = 0; i < nt; ++i) cpu[size_t(i)] = cpu1_[size_t(i)] - cpu0_[size_t(i)];
+  }
   Guard g;
   if (setting_ != get_num_threads()) {  // set_num_threads ran meanwhile: nothing to learn
     if (probe_) state().probing = false;
     return;
   }
-  governor_learn(state(), kParams, setting_, nt, probe_, now - t0_, cpu_.data(), now);
+  governor_learn(state(), kParams, setting_, nt, probe_, wall, cpu.data(), now);
+  static const bool dbg = std::getenv("GC_GOV_DEBUG") != nullptr;  // DEBUG-REMOVE
+  if (dbg) {  // DEBUG-REMOVE
+    std::fprintf(stderr, "GOV nt=%d probe=%d bail=%d wall=%.3fms", nt, int(probe_), int(bailed), 1e3 * wall);  // DEBUG-REMOVE
+    for (int i = 0; i < nt; ++i) std::fprintf(stderr, " %.2f", cpu[size_t(i)] / wall);  // DEBUG-REMOVE
+    std::fprintf(stderr, " allow=%d\n", state().allowance);  // DEBUG-REMOVE
+  }  // DEBUG-REMOVE
 }
 
 }  // namespace gradchain

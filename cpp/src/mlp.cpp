@@ -7,6 +7,7 @@
 // `omp single` steps for the small column reductions. OpenBLAS runs
 // single-threaded inside each block, so nothing is oversubscribed and no
 // number depends on the thread count.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -367,18 +368,31 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
 #pragma omp parallel num_threads(nt)
     output_forward(y);
   } else {
-    std::vector<unsigned char> at(size_t(L_ + 2), 0);  // stop decisions per layer (stop_at)
+    // decisions per step (step_at): step l < L is hidden layer l, step L the output layer
+    std::vector<unsigned char> at(size_t(L_ + 2), 0);
     at[0] = stopping() ? 1 : 0;
+    // Steps s0.. by every thread of a region: cancelled or bailed out, every thread leaves
+    // at the same step.
+    auto steps = [&](int64_t s0, GovernedRegion* rg) {
+      bool stopped = false;
+      for (int64_t l = s0; l < L_ && !stopped; ++l)
+        if (!(stopped = step_at(at.data(), l, stop_, rg) != 0)) layer_forward(l, false);
+      if (!stopped && !step_at(at.data(), L_, stop_, rg)) output_forward(y);
+    };
 #pragma omp parallel num_threads(nt)  // all layers inside one region; threads step through them together
     {
       region.enter();
-      bool stopped = false;  // cancelled: every thread leaves at the same layer
-      for (int64_t l = 0; l < L_ && !stopped; ++l)
-        if (!(stopped = stop_at(at.data(), l, stop_))) layer_forward(l, false);
-      if (!stopped && !stop_at(at.data(), L_, stop_)) output_forward(y);
+      steps(0, &region);
       region.leave();
     }
-    region.done();
+    const int64_t s = bailed_at(at.data(), L_ + 1);
+    region.done(s >= 0);
+    if (s >= 0) {  // starved: the rest on this thread alone
+      std::fill(at.begin() + s, at.end(), 0);
+      at[size_t(s)] = stopping() ? 1 : 0;
+#pragma omp parallel num_threads(1)
+      steps(s, nullptr);
+    }
   }
   if (stopping()) throw Cancelled();  // before anything is committed
   for (int64_t l = 0; l <= L_ && fwd_nonfinite_ < 0; ++l)  // first a_l (l = L+1: y) with NaN/Inf
@@ -484,17 +498,17 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
   const int64_t in0 = cfg_.sizes[0];
   stop_ = cancel_flag();
   if (stopping()) throw Cancelled();
-  // stop decisions per step (stop_at): 0 the output layer, L - l hidden layer l, L + 1 dL/dx
+  // decisions per step (step_at): 0 the output layer, L - l hidden layer l, L + 1 dL/dx
   std::vector<unsigned char> at(size_t(L_ + 3), 0);
+  T* g_at[2] = {G0_, G1_};  // the master's g and g_other where its region left the steps
 
-#pragma omp parallel num_threads(nt)
-  {
-    region.enter();
-    T* g = G0_;
-    T* g_other = G1_;
-    bool stopped = stop_at(at.data(), 0, stop_);  // false (checked above)
-    // Output layer: db = sum_b gy, dW = gy^T a_L, dL/da_L = gy W.
-    {
+  // Steps s0.. by every thread of a region, from g (dL/d of the layer above) and g_other:
+  // cancelled or bailed out, every thread leaves at the same step.
+  auto steps = [&](int64_t s0, T* g, T* g_other, GovernedRegion* rg) {
+    bool stopped = false;
+    if (s0 == 0) {
+      stopped = step_at(at.data(), 0, stop_, rg) != 0;  // false (checked above)
+      // Output layer: db = sum_b gy, dW = gy^T a_L, dL/da_L = gy W.
       const Layer& ly = layers_[size_t(L_)];
       const int64_t n = ly.out, k = ly.in;
       double* p0 = part_.data();
@@ -534,11 +548,11 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
         rep.weight[size_t(L_)] = norm_from_sumsq(dW, n * k, ss);
       }
     }
-    for (int64_t l = L_ - 1; l >= 0 && !stopped; --l)
-      if (!(stopped = stop_at(at.data(), L_ - l, stop_)))
+    for (int64_t l = std::min(L_ - 1, L_ - s0); l >= 0 && !stopped; --l)
+      if (!(stopped = step_at(at.data(), L_ - l, stop_, rg) != 0))
         layer_backward(l, accumulate, g, g_other, rep);
     // dL/dx: its norm, then out.
-    if (!stopped && !stop_at(at.data(), L_ + 1, stop_)) {
+    if (!stopped && !step_at(at.data(), L_ + 1, stop_, rg)) {
       if (report_) {
 #pragma omp for schedule(static)
         for (int64_t rb = 0; rb < nrb_; ++rb)
@@ -556,9 +570,26 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
         if (dx) std::memcpy(dx, g, size_t(B * in0) * sizeof(T));
       }
     }
+    if (thread_num() == 0) {  // every thread holds the same pair
+      g_at[0] = g;
+      g_at[1] = g_other;
+    }
+  };
+
+#pragma omp parallel num_threads(nt)
+  {
+    region.enter();
+    steps(0, G0_, G1_, &region);
     region.leave();
   }
-  region.done();
+  const int64_t s = bailed_at(at.data(), L_ + 2);
+  region.done(s >= 0);
+  if (s >= 0) {  // starved: the rest on this thread alone
+    std::fill(at.begin() + s, at.end(), 0);
+    at[size_t(s)] = stopping() ? 1 : 0;
+#pragma omp parallel num_threads(1)
+    steps(s, g_at[0], g_at[1], nullptr);
+  }
   if (stopping()) throw Cancelled();
   std::vector<double> all(rep.weight);
   if (cfg_.bias) all.insert(all.end(), rep.bias.begin(), rep.bias.end());

@@ -19,6 +19,8 @@
 // every partition of the core follows the shape, never the thread count (parallel.h).
 #pragma once
 
+#include <time.h>
+
 #include <cstdint>
 #include <vector>
 
@@ -32,6 +34,9 @@ struct GovernorParams {
   double probe_first = 0.1;       // s: the first probe after a drop or a success
   double probe_max = 4.0;         // s: the longest probe interval
   double probe_cost_factor = 20;  // the next probe waits at least this x a failed probe's wall
+  double bail_after = 1e-3;       // s: a region is judged for a bail-out after this long,
+  double bail_check = 2.5e-4;     // s: at most this often,
+  double bail_starved = 0.6;      // and bails when a thread got less than this of the wall
 };
 
 struct GovernorState {
@@ -82,6 +87,9 @@ GovernorState governor_snapshot();
 // probe for `probe_after` seconds; hold: passes use exactly min(allowance, work cap) and
 // nothing is learnt until the next governor_reset().
 void governor_force(int allowance, double probe_after, bool hold);
+// Tests: every measured region's starving() says yes at its k-th call, whatever the
+// clocks say, and the region teaches nothing (0: off).
+void governor_force_bail(int k);
 double monotonic_seconds();
 // A thread's CPU time in seconds (CLOCK_THREAD_CPUTIME_ID).
 double thread_cpu_seconds();
@@ -94,6 +102,14 @@ int pass_threads(int work_cap);
 // open it with; inside, every thread calls enter() first and leave() last; after the
 // region the pass calls done(), which teaches the governor (a pass that throws first only
 // releases its probe, in the destructor). A region of one thread measures nothing.
+//
+// Bail-out: a region whose threads step through layers together (a barrier per layer)
+// waits at every barrier for a thread whose core is taken, a scheduler time slice each
+// time. Its master asks starving() at each layer boundary; once the region has run
+// bail_after seconds and a thread got less than bail_starved of that time, starving()
+// says so (once), every thread leaves at the same layer (parallel.h's step_at), and the
+// pass finishes the remaining layers on one thread. The evidence then teaches the
+// governor as a starved region (done(true)).
 class GovernedRegion {
  public:
   // work_cap: the most threads the pass's work can feed (parallel.h's work caps).
@@ -105,7 +121,10 @@ class GovernedRegion {
   int threads() const { return nt_; }
   void enter();  // every thread of the region, first
   void leave();  // every thread of the region, last
-  void done();   // the caller, after the region
+  // The master (thread 0) only, where every thread has entered (after a barrier).
+  bool starving();
+  // The caller, after the region; bailed: the pass left the region at starving()'s word.
+  void done(bool bailed = false);
 
  private:
   int nt_ = 1;
@@ -114,8 +133,16 @@ class GovernedRegion {
   bool measure_ = false;     // adaptive and more than one thread: the region teaches
   bool probe_ = false;
   bool finished_ = false;
+  bool starved_ = false;     // starving() said so; its evidence in bail_cpu_, bail_wall_
   double t0_ = 0.0;          // wall at thread 0's enter()
-  std::vector<double> cpu_;  // per thread: its CPU time at enter(), then the difference
+  double next_check_ = 0.0;  // starving(): no look at the clocks before this (monotonic s)
+  int checks_ = 0;           // starving()'s calls
+  bool forced_ = false;      // governor_force_bail made it say yes
+  double bail_wall_ = 0.0;
+  std::vector<double> cpu0_, cpu1_;  // per thread: CPU time at enter() and at leave()
+  std::vector<double> bail_cpu_;     // per thread: CPU time used when starving() said so
+  std::vector<clockid_t> clock_;     // per thread: its CPU clock,
+  std::vector<char> has_clock_;      // when pthread_getcpuclockid gave one
 };
 
 }  // namespace gradchain

@@ -101,4 +101,23 @@ inline bool stop_at(unsigned char* at, int64_t s, const std::atomic<bool>* flag)
   return at[s] != 0;
 }
 
+// stop_at with the governor's bail-out (governor.h): the master's decision for step s + 1
+// may also be kBail, "leave here, the pass finishes on one thread", when the region's
+// threads are starved. Returns the decision for step s (0: run it).
+constexpr unsigned char kBail = 2;
+inline unsigned char step_at(unsigned char* at, int64_t s, const std::atomic<bool>* flag,
+                             GovernedRegion* region) {
+  if (thread_num() == 0)
+    at[s + 1] = is_set(flag) ? 1 : (region && region->starving()) ? kBail : 0;
+  return at[s];
+}
+
+// The step a region's threads left at by a bail-out (the first decision that stopped them
+// is kBail), or -1. `n` decisions.
+inline int64_t bailed_at(const unsigned char* at, int64_t n) {
+  for (int64_t s = 0; s < n; ++s)
+    if (at[s] != 0) return at[s] == kBail ? s : -1;
+  return -1;
+}
+
 }  // namespace gradchain

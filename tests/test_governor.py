@@ -76,6 +76,17 @@ def test_every_thread_starved_drops_to_one():
     assert g.state()["allowance"] == 1
 
 
+def test_a_thread_that_slept_while_waiting_was_not_starved():
+    # an uneven split: thread 1 ran out of work and slept at the barrier (no preemption)
+    g = sim(2)
+    for _ in range(4):
+        g.learn(2, False, 0.01, [0.01, 0.004], 0.0, preempted=[False, False])
+    assert g.state()["allowance"] == 2 and g.state()["starved_regions"] == 0
+    g.learn(2, False, 0.01, [0.01, 0.004], 0.0, preempted=[False, True])
+    g.learn(2, False, 0.01, [0.01, 0.004], 0.0, preempted=[False, True])
+    assert g.state()["allowance"] == 1
+
+
 def test_short_regions_and_single_threads_teach_nothing():
     g = sim(2)
     for _ in range(5):

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -564,11 +565,19 @@ void bind_governor(py::module_& m) {
       .def(
           "learn",
           [](GovernorSim& g, int nt, bool probe, double wall, std::vector<double> cpu,
-             double now) {
+             double now, std::optional<std::vector<bool>> preempted) {
             if (int(cpu.size()) != nt) throw std::invalid_argument("cpu: expected nt values");
-            governor_learn(g.st, g.params, g.setting, nt, probe, wall, cpu.data(), now);
+            std::vector<unsigned char> pre;
+            if (preempted) {
+              if (int(preempted->size()) != nt)
+                throw std::invalid_argument("preempted: expected nt values");
+              for (bool b : *preempted) pre.push_back(b ? 1 : 0);
+            }
+            governor_learn(g.st, g.params, g.setting, nt, probe, wall, cpu.data(),
+                           preempted ? pre.data() : nullptr, now);
           },
-          py::arg("nt"), py::arg("probe"), py::arg("wall"), py::arg("cpu"), py::arg("now"))
+          py::arg("nt"), py::arg("probe"), py::arg("wall"), py::arg("cpu"), py::arg("now"),
+          py::arg("preempted") = py::none())
       .def("state", [](const GovernorSim& g) { return governor_dict(g.st); });
 }
 

@@ -3,6 +3,7 @@
 #include "gradchain/governor.h"
 
 #include <pthread.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include <algorithm>
@@ -45,7 +46,8 @@ int governor_threads(GovernorState& st, const GovernorParams& p, int setting, in
 }
 
 void governor_learn(GovernorState& st, const GovernorParams& p, int setting, int nt, bool probe,
-                    double wall, const double* cpu, double now) {
+                    double wall, const double* cpu, const unsigned char* preempted,
+                    double now) {
   if (probe) st.probing = false;
   if (nt < 2 || !(wall >= p.min_wall)) return;  // too short to tell (a probe runs again)
   if (!probe && nt != std::min(st.allowance, setting)) return;  // small work: below the allowance
@@ -53,7 +55,7 @@ void governor_learn(GovernorState& st, const GovernorParams& p, int setting, int
   double sum = 0.0;
   for (int i = 0; i < nt; ++i) {
     sum += cpu[i];
-    if (!(cpu[i] >= p.starved * wall)) ++starved;
+    if (!(cpu[i] >= p.starved * wall) && (!preempted || preempted[i])) ++starved;
   }
   const double eff = sum / wall;
   ++st.regions;
@@ -162,10 +164,15 @@ double monotonic_seconds() {
   return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
-double thread_cpu_seconds() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+double thread_cpu_seconds(long* preemptions) {
+  rusage ru;
+  if (getrusage(RUSAGE_THREAD, &ru) != 0) {
+    if (preemptions) *preemptions = 0;
+    return 0.0;
+  }
+  if (preemptions) *preemptions = ru.ru_nivcsw;
+  return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 void governor_force_bail(int k) { g_force_bail.store(k < 0 ? 0 : k); }
@@ -227,6 +234,8 @@ GovernedRegion::GovernedRegion(int work_cap) {
   if (nt_ > 1 && measure_) {
     cpu0_.assign(size_t(nt_), 0.0);
     cpu1_.assign(size_t(nt_), 0.0);
+    ivcsw0_.assign(size_t(nt_), 0);
+    ivcsw1_.assign(size_t(nt_), 0);
     clock_.assign(size_t(nt_), clockid_t());
     has_clock_.assign(size_t(nt_), 0);
   } else {
@@ -251,14 +260,14 @@ void GovernedRegion::enter() {
   }
   if (i < nt_) {
     has_clock_[size_t(i)] = pthread_getcpuclockid(pthread_self(), &clock_[size_t(i)]) == 0;
-    cpu0_[size_t(i)] = thread_cpu_seconds();
+    cpu0_[size_t(i)] = thread_cpu_seconds(&ivcsw0_[size_t(i)]);
   }
 }
 
 void GovernedRegion::leave() {
   if (!measure_) return;
   const int i = team_index();
-  if (i < nt_) cpu1_[size_t(i)] = thread_cpu_seconds();
+  if (i < nt_) cpu1_[size_t(i)] = thread_cpu_seconds(&ivcsw1_[size_t(i)]);
 }
 
 bool GovernedRegion::starving() {
@@ -303,23 +312,27 @@ void GovernedRegion::done(bool bailed) {
   // OpenMP may have given fewer threads than asked: teach with the team that ran
   const int nt = team_ > 0 && team_ < nt_ ? team_ : nt_;
   std::vector<double> cpu(static_cast<size_t>(nt));
+  std::vector<unsigned char> pre(static_cast<size_t>(nt), 1);
   double wall = now - t0_;
-  if (bailed && starved_) {
+  if (bailed && starved_) {  // the evidence starving() acted on
     wall = bail_wall_;
     cpu = bail_cpu_;
   } else {
-    for (int i = 0; i < nt; ++i) cpu[size_t(i)] = cpu1_[size_t(i)] - cpu0_[size_t(i)];
+    for (int i = 0; i < nt; ++i) {
+      cpu[size_t(i)] = cpu1_[size_t(i)] - cpu0_[size_t(i)];
+      pre[size_t(i)] = ivcsw1_[size_t(i)] > ivcsw0_[size_t(i)];
+    }
   }
   Guard g;
   if (setting_ != get_num_threads()) {  // set_num_threads ran meanwhile: nothing to learn
     if (probe_) state().probing = false;
     return;
   }
-  governor_learn(state(), kParams, setting_, nt, probe_, wall, cpu.data(), now);
+  governor_learn(state(), kParams, setting_, nt, probe_, wall, cpu.data(), pre.data(), now);
   static const bool dbg = std::getenv("GC_GOV_DEBUG") != nullptr;  // DEBUG-REMOVE
   if (dbg) {  // DEBUG-REMOVE
     std::fprintf(stderr, "GOV nt=%d probe=%d bail=%d wall=%.3fms", nt, int(probe_), int(bailed), 1e3 * wall);  // DEBUG-REMOVE
-    for (int i = 0; i < nt; ++i) std::fprintf(stderr, " %.2f", cpu[size_t(i)] / wall);  // DEBUG-REMOVE
+    for (int i = 0; i < nt; ++i) std::fprintf(stderr, " %.2f%s", cpu[size_t(i)] / wall, pre[size_t(i)] ? "p" : "");  // DEBUG-REMOVE
     std::fprintf(stderr, " allow=%d\n", state().allowance);  // DEBUG-REMOVE
   }  // DEBUG-REMOVE
 }

@@ -1,16 +1,17 @@
 // gradchain/governor.h — the thread governor: how many threads the next pass may use on a
 // machine that other processes share.
 //
-// Every multi-threaded pass region measures itself: each thread its own CPU time over the
-// region (CLOCK_THREAD_CPUTIME_ID), the master the region's wall time. A thread that got
-// less than kStarved of the wall shared its core with something else (another process, or
-// more threads than cores). When regions at the allowed count are starved repeatedly
-// (kConfirm of the last kWindow regions that taught), the allowance drops to the threads
+// Every multi-threaded pass region measures itself: each thread its own CPU time and its
+// involuntary context switches over the region (getrusage(RUSAGE_THREAD)), the master the
+// region's wall time. A thread that the scheduler preempted and that got less than
+// `starved` of the wall shared its core with something else (another process, or more
+// threads than cores). When regions at the allowed count are starved repeatedly
+// (`confirm` of the last `window` regions that taught), the allowance drops to the threads
 // that were not starved (at most the effective cores, sum(cpu) / wall); while it is below
 // the setting, a pass now and then runs on one thread more (a probe) and raises the
 // allowance when none of its threads was starved. Probes back off (the interval doubles
-// after each failed one, and is never shorter than kProbeCostFactor times the failed
-// probe's wall, so a probe costs at most a few per cent), and start again at kProbeFirst
+// after each failed one, and is never shorter than probe_cost_factor times the failed
+// probe's wall, so a probe costs at most a few per cent), and start again at probe_first
 // after a success or a drop.
 //
 // The policy (GovernorState, governor_threads, governor_learn) is a pure state machine of
@@ -67,11 +68,15 @@ int governor_threads(GovernorState& st, const GovernorParams& p, int setting, in
                      double now, bool* probe);
 
 // After a region of `nt` threads that took `wall` seconds, in which thread i used cpu[i]
-// seconds (probe: it was the one governor_threads marked). Regions of one thread, shorter
-// than min_wall, or run below the allowance (small work) teach nothing; a probe that
-// teaches nothing is released so that a later pass probes again.
+// seconds and was preempted[i] (the scheduler took its core at least once; null: every
+// thread was) (probe: it was the one governor_threads marked). Thread i was starved when
+// preempted and below `starved` of the wall: a thread that slept while it waited for the
+// others (a voluntary wait: OpenMP's waiters sleep after spinning a while) was not. Regions
+// of one thread, shorter than min_wall, or run below the allowance (small work) teach
+// nothing; a probe that teaches nothing is released so that a later pass probes again.
 void governor_learn(GovernorState& st, const GovernorParams& p, int setting, int nt, bool probe,
-                    double wall, const double* cpu, double now);
+                    double wall, const double* cpu, const unsigned char* preempted,
+                    double now);
 
 // ---------------------------------------------------------------------------------------
 // The process-wide governor
@@ -91,8 +96,8 @@ void governor_force(int allowance, double probe_after, bool hold);
 // clocks say, and the region teaches nothing (0: off).
 void governor_force_bail(int k);
 double monotonic_seconds();
-// A thread's CPU time in seconds (CLOCK_THREAD_CPUTIME_ID).
-double thread_cpu_seconds();
+// The calling thread's CPU time in seconds and its involuntary context switches so far.
+double thread_cpu_seconds(long* preemptions = nullptr);
 
 // Threads for a region that does not teach the governor (short loops, a pass that runs
 // Python between its regions): min(setting, allowance, work_cap), never a probe.
@@ -140,6 +145,7 @@ class GovernedRegion {
   bool forced_ = false;      // governor_force_bail made it say yes
   double bail_wall_ = 0.0;
   std::vector<double> cpu0_, cpu1_;  // per thread: CPU time at enter() and at leave()
+  std::vector<long> ivcsw0_, ivcsw1_;  // and its involuntary context switches
   std::vector<double> bail_cpu_;     // per thread: CPU time used when starving() said so
   std::vector<clockid_t> clock_;     // per thread: its CPU clock,
   std::vector<char> has_clock_;      // when pthread_getcpuclockid gave one

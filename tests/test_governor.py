@@ -5,6 +5,10 @@ every allowance. No timing is asserted: the measurements are fed by hand."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -310,3 +314,56 @@ def test_a_bail_out_at_any_layer_gives_the_same_numbers(governed, kw):
         assert all(a.tobytes() == b.tobytes() for a, b in zip(want, got, strict=True)), k
         if k == 1:  # both passes bailed at their first boundary: a forced bail teaches nothing
             assert gc._core._governor_state()["regions"] == 0
+
+
+FORK_SCRIPT = """
+import os, pickle, sys
+import numpy as np
+import gradchain as gc
+
+def passes():
+    rng = np.random.default_rng(0)
+    m = gc.MLP([96] * 5 + [10], activation="tanh", seed=1)
+    x = rng.standard_normal((160, 96)).astype(np.float32)
+    y = m.forward(x)
+    m.backward(np.ones_like(y))
+    return [y, m.input_grad, *[g.copy() for g in m.grads()]]
+
+gc.set_num_threads(2)
+parent = passes()                          # threads started in the parent
+gc._core._governor_force(1, 0.0)           # adapting, a probe due: the state a fork copies
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        pol = gc.thread_policy()           # the child's governor answers (its lock is fresh)
+        child = passes()
+        pol2 = gc.thread_policy()
+        os.write(w, pickle.dumps((pol, pol2, child)))
+        code = 0
+    finally:
+        os._exit(code)
+os.close(w)
+data = b""
+while chunk := os.read(r, 1 << 20):
+    data += chunk
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+pol, pol2, child = pickle.loads(data)
+assert pol.threads == 1 and pol.allowance == 1 and not pol.adapting, pol  # single-threaded child
+assert pol.regions == 0 and pol.drops == 0, pol                          # a fresh governor
+assert pol2.regions == 0, pol2
+assert all(a.tobytes() == b.tobytes() for a, b in zip(parent, child, strict=True))
+assert all(a.tobytes() == b.tobytes() for a, b in zip(parent, passes(), strict=True))
+print("OK")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_from_a_fresh_governor():
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    p = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]

@@ -10,8 +10,6 @@
 #include <atomic>
 #include <cmath>
 #include <thread>
-#include <cstdio>  // DEBUG-REMOVE
-#include <cstdlib>  // DEBUG-REMOVE
 
 #include "gradchain/dispatch.h"
 
@@ -329,12 +327,6 @@ void GovernedRegion::done(bool bailed) {
     return;
   }
   governor_learn(state(), kParams, setting_, nt, probe_, wall, cpu.data(), pre.data(), now);
-  static const bool dbg = std::getenv("GC_GOV_DEBUG") != nullptr;  // DEBUG-REMOVE
-  if (dbg) {  // DEBUG-REMOVE
-    std::fprintf(stderr, "GOV nt=%d probe=%d bail=%d wall=%.3fms", nt, int(probe_), int(bailed), 1e3 * wall);  // DEBUG-REMOVE
-    for (int i = 0; i < nt; ++i) std::fprintf(stderr, " %.2f%s", cpu[size_t(i)] / wall, pre[size_t(i)] ? "p" : "");  // DEBUG-REMOVE
-    std::fprintf(stderr, " allow=%d\n", state().allowance);  // DEBUG-REMOVE
-  }  // DEBUG-REMOVE
 }
 
 }  // namespace gradchain

@@ -111,8 +111,10 @@ MlpChain<T>::MlpChain(MlpConfig cfg)
   }
   this->allocate_tensors("the parameters, gradients and buffers of");
   maxw_ = 0;
+  layer_macs_ = 0.0;
   int64_t max_chunks = 1;
   for (auto& ly : layers_) {
+    layer_macs_ += double(ly.in) * double(ly.out) / double(layers_.size());
     maxw_ = ly.in > maxw_ ? ly.in : maxw_;
     maxw_ = ly.out > maxw_ ? ly.out : maxw_;
     const int64_t rpc = kNormChunk / ly.in > 0 ? kNormChunk / ly.in : 1;
@@ -189,6 +191,12 @@ int64_t MlpChain<T>::held_workspace_bytes() const {
 }
 
 template <class T>
+int MlpChain<T>::work_cap(int64_t B) const {
+  if (work_threads(B * maxw_ * 4) == 1) return 1;
+  return mlp_work_threads(2.0 * double(B) * layer_macs_, cfg_.norm == NormKind::Batch);
+}
+
+template <class T>
 int64_t MlpChain<T>::pass_bytes(int64_t B) const {
   if (B < 1 || B > kBlasIntMax) return 0;  // refused by forward before anything is allocated
   if (workspace_huge(B)) return kHugeBytes;
@@ -201,7 +209,8 @@ int64_t MlpChain<T>::pass_bytes(int64_t B) const {
     need = fresh > held ? fresh - held : 0;
   }
   const int64_t slot = B == B_ ? pack_slot_ : detail::pack_slot<T>(maxk, maxw_);
-  return need + detail::pack_scratch_bytes(pack_, slot, max_threads_for(B * maxw_ * 4));
+  const int cap = work_cap(B), setting = get_num_threads();
+  return need + detail::pack_scratch_bytes(pack_, slot, cap < setting ? cap : setting);
 }
 
 template <class T>
@@ -352,7 +361,7 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   std::memcpy(A_[0], x, size_t(B * cfg_.sizes[0]) * sizeof(T));
   fwd_nonfinite_ = -1;
   const bool custom = cfg_.act.kind == Act::Custom;
-  const int cap = work_threads(B * maxw_ * 4);
+  const int cap = work_cap(B);
   // the custom path runs Python between its regions: they do not teach the governor
   GovernedRegion region(custom ? 1 : cap);
   const int nt = custom ? pass_threads(cap) : region.threads();
@@ -491,7 +500,7 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
     rep.norm_bias.assign(size_t(L_), 0.0);
   }
   rep.forward_first_nonfinite = fwd_nonfinite_;
-  GovernedRegion region(work_threads(B * maxw_ * 4));
+  GovernedRegion region(work_cap(B));
   const int nt = region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   T* grads = grads_.data();

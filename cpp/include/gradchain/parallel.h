@@ -28,6 +28,23 @@ inline int work_threads(int64_t work) {
   return work < 8192 ? 1 : max_threads();
 }
 
+// The most threads an MLP pass can feed, from the forward FLOPs of one of its layers
+// (2 x batch x in x out, the mean over the layers): every layer costs each thread of the
+// region a few barriers (one per GEMM loop and per norm pass), so a thread more pays only
+// above a floor of work per thread and layer. Measured on 2 cores (AVX-512, tanh/relu, 33 to
+// 257 layers, 2 threads against 1): without a norm or with layer norm two threads win from
+// about 0.3 MFLOP per layer (width 64, batch 64: 0.83-0.93 of one thread's time); batch norm
+// adds serial column reductions and breaks even near 0.6 MFLOP (width 64, batch 64: 0.98-1.09;
+// batch 96: 0.94).
+constexpr double kLayerFlopsPerThread = 2.56e5;
+constexpr double kBatchNormLayerFlopsPerThread = 3.84e5;
+inline int mlp_work_threads(double layer_flops, bool batch_norm) {
+  const double n =
+      layer_flops / (batch_norm ? kBatchNormLayerFlopsPerThread : kLayerFlopsPerThread);
+  if (!(n >= 2.0)) return 1;
+  return n >= double(max_threads()) ? max_threads() : int(n);
+}
+
 // Threads for a short job of `work` elements that does not teach the governor (report.cpp's
 // loops): the setting, the governor's allowance and the work's cap (governor.h).
 inline int threads_for(int64_t work) { return pass_threads(work_threads(work)); }

@@ -193,7 +193,7 @@ int64_t MlpChain<T>::held_workspace_bytes() const {
 template <class T>
 int MlpChain<T>::work_cap(int64_t B) const {
   if (work_threads(B * maxw_ * 4) == 1) return 1;
-  return mlp_work_threads(2.0 * double(B) * layer_macs_, cfg_.norm == NormKind::Batch);
+  return mlp_work_threads(2.0 * double(B) * layer_macs_);
 }
 
 template <class T>

@@ -31,16 +31,15 @@ inline int work_threads(int64_t work) {
 // The most threads an MLP pass can feed, from the forward FLOPs of one of its layers
 // (2 x batch x in x out, the mean over the layers): every layer costs each thread of the
 // region a few barriers (one per GEMM loop and per norm pass), so a thread more pays only
-// above a floor of work per thread and layer. Measured on 2 cores (AVX-512, tanh/relu, 33 to
-// 257 layers, 2 threads against 1): without a norm or with layer norm two threads win from
-// about 0.3 MFLOP per layer (width 64, batch 64: 0.83-0.93 of one thread's time); batch norm
-// adds serial column reductions and breaks even near 0.6 MFLOP (width 64, batch 64: 0.98-1.09;
-// batch 96: 0.94).
+// above a floor of work per thread and layer. Measured on 2 cores (AVX-512, 2 threads
+// against 1, passes back to back): without a norm two threads win from below 0.5 MFLOP per
+// layer (width 64, batch 64: 0.83-0.88 of one thread's time), and lose at 0.26 MFLOP with
+// batch norm (width 32, batch 128: 1.11). Width 64, batch 64 with batch norm (the
+// mlp-deep-narrow workload) is the edge: 0.98-1.08 back to back, but 0.88 in the benchmark,
+// whose passes start from an idle process; it keeps its two threads.
 constexpr double kLayerFlopsPerThread = 2.56e5;
-constexpr double kBatchNormLayerFlopsPerThread = 3.84e5;
-inline int mlp_work_threads(double layer_flops, bool batch_norm) {
-  const double n =
-      layer_flops / (batch_norm ? kBatchNormLayerFlopsPerThread : kLayerFlopsPerThread);
+inline int mlp_work_threads(double layer_flops) {
+  const double n = layer_flops / kLayerFlopsPerThread;
   if (!(n >= 2.0)) return 1;
   return n >= double(max_threads()) ? max_threads() : int(n);
 }

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "gradchain/cancel.h"
 #include "gradchain/activation.h"
 #include "gradchain/dispatch.h"
+#include "gradchain/governor.h"
 #include "gradchain/mlp.h"
 #include "gradchain/norm.h"
 #include "gradchain/report.h"
@@ -490,6 +492,95 @@ py::tuple act_eval(int act, double p0, double p1, const CArray<T>& x) {
   return py::make_tuple(f, d);
 }
 
+py::dict governor_dict(const GovernorState& st) {
+  py::dict d;
+  d["allowance"] = st.allowance;
+  d["history"] = st.history;
+  d["history_len"] = st.history_len;
+  d["probe_interval"] = st.probe_interval;
+  d["next_probe"] = st.next_probe;
+  d["probing"] = st.probing;
+  d["regions"] = st.regions;
+  d["starved_regions"] = st.starved_regions;
+  d["drops"] = st.drops;
+  d["probes"] = st.probes;
+  d["probe_successes"] = st.probe_successes;
+  d["last_threads"] = st.last_threads;
+  d["last_wall"] = st.last_wall;
+  d["last_effective"] = st.last_effective;
+  d["last_starved"] = st.last_starved;
+  return d;
+}
+
+// The governor's policy on its own (tests): a state, the default parameters and a clock
+// the caller gives.
+struct GovernorSim {
+  GovernorParams params;
+  GovernorState st;
+  int setting;
+  explicit GovernorSim(int n) : st(governor_initial(n, params)), setting(n) {}
+};
+
+void bind_governor(py::module_& m) {
+  m.def("get_adaptive_threads", &adaptive_threads);
+  m.def("set_adaptive_threads", &set_adaptive_threads, py::arg("on"));
+  m.def("_governor_state", [] { return governor_dict(governor_snapshot()); },
+        "A copy of the process-wide governor's state.");
+  m.def("_monotonic", &monotonic_seconds, "The governor's clock (monotonic seconds).");
+  m.def("_governor_reset", &governor_reset);
+  m.def(
+      "_governor_params",
+      [] {
+        const GovernorParams p;
+        py::dict d;
+        d["min_wall"] = p.min_wall;
+        d["starved"] = p.starved;
+        d["window"] = p.window;
+        d["confirm"] = p.confirm;
+        d["probe_first"] = p.probe_first;
+        d["probe_max"] = p.probe_max;
+        d["probe_cost_factor"] = p.probe_cost_factor;
+        return d;
+      },
+      "The governor's parameters (governor.h).");
+  m.def("_governor_force", &governor_force, py::arg("allowance"), py::arg("probe_after"),
+        py::arg("hold") = false,
+        "Set the process-wide allowance (clamped to [1, setting]) and forget the history; "
+        "no probe for probe_after seconds; hold: keep it, learning nothing, until the next "
+        "reset (tests).");
+  m.def("_governor_force_bail", &governor_force_bail, py::arg("k"),
+        "Every measured region bails out at its k-th layer boundary and teaches nothing "
+        "(0: off; tests).");
+  py::class_<GovernorSim>(m, "_GovernorSim",
+                          "The governor's policy alone, on the caller's clock (tests).")
+      .def(py::init<int>(), py::arg("setting"))
+      .def(
+          "threads",
+          [](GovernorSim& g, int work_cap, double now) {
+            bool probe = false;
+            const int nt = governor_threads(g.st, g.params, g.setting, work_cap, now, &probe);
+            return py::make_tuple(nt, probe);
+          },
+          py::arg("work_cap"), py::arg("now"))
+      .def(
+          "learn",
+          [](GovernorSim& g, int nt, bool probe, double wall, std::vector<double> cpu,
+             double now, std::optional<std::vector<bool>> preempted) {
+            if (int(cpu.size()) != nt) throw std::invalid_argument("cpu: expected nt values");
+            std::vector<unsigned char> pre;
+            if (preempted) {
+              if (int(preempted->size()) != nt)
+                throw std::invalid_argument("preempted: expected nt values");
+              for (bool b : *preempted) pre.push_back(b ? 1 : 0);
+            }
+            governor_learn(g.st, g.params, g.setting, nt, probe, wall, cpu.data(),
+                           preempted ? pre.data() : nullptr, now);
+          },
+          py::arg("nt"), py::arg("probe"), py::arg("wall"), py::arg("cpu"), py::arg("now"),
+          py::arg("preempted") = py::none())
+      .def("state", [](const GovernorSim& g) { return governor_dict(g.st); });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -512,6 +603,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("max_num_threads", &max_threads, "The largest thread setting (set_num_threads).");
+  bind_governor(m);
   m.def("forked_single_threaded", &forked_single_threaded,
         "Whether this process was forked after the core had started threads (then every "
         "region runs on one thread).");

@@ -12,6 +12,8 @@
 #include <omp.h>
 #endif
 
+#include "gradchain/governor.h"
+
 namespace gradchain {
 
 #define GC_DECLARE_ISA(ns)                          \
@@ -164,10 +166,8 @@ int get_num_threads() {
   return g_forked.load(std::memory_order_relaxed) ? 1 : thread_setting().load();
 }
 
-int region_threads() {
-  const int n = get_num_threads();
-  if (n > 1 && !g_pool_started.load(std::memory_order_relaxed)) g_pool_started.store(true);
-  return n;
+void note_region_threads(int nt) {
+  if (nt > 1 && !g_pool_started.load(std::memory_order_relaxed)) g_pool_started.store(true);
 }
 
 bool forked_single_threaded() { return g_forked.load(); }
@@ -207,6 +207,7 @@ void set_num_threads(int n) {
     throw std::invalid_argument("number of threads must be in [1, " +
                                 std::to_string(max_threads()) + "], got " + std::to_string(n));
   thread_setting().store(n);
+  governor_reset();  // the new setting is the allowance until contention says otherwise
 }
 
 }  // namespace gradchain

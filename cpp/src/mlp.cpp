@@ -7,6 +7,7 @@
 // `omp single` steps for the small column reductions. OpenBLAS runs
 // single-threaded inside each block, so nothing is oversubscribed and no
 // number depends on the thread count.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -19,6 +20,7 @@
 
 #include "gradchain/blas.h"
 #include "gradchain/dispatch.h"
+#include "gradchain/governor.h"
 #include "gradchain/norm.h"
 #include "gradchain/parallel.h"
 #include "gemm_block.h"
@@ -109,8 +111,10 @@ MlpChain<T>::MlpChain(MlpConfig cfg)
   }
   this->allocate_tensors("the parameters, gradients and buffers of");
   maxw_ = 0;
+  layer_macs_ = 0.0;
   int64_t max_chunks = 1;
   for (auto& ly : layers_) {
+    layer_macs_ += double(ly.in) * double(ly.out) / double(layers_.size());
     maxw_ = ly.in > maxw_ ? ly.in : maxw_;
     maxw_ = ly.out > maxw_ ? ly.out : maxw_;
     const int64_t rpc = kNormChunk / ly.in > 0 ? kNormChunk / ly.in : 1;
@@ -187,6 +191,12 @@ int64_t MlpChain<T>::held_workspace_bytes() const {
 }
 
 template <class T>
+int MlpChain<T>::work_cap(int64_t B) const {
+  if (work_threads(B * maxw_ * 4) == 1) return 1;
+  return mlp_work_threads(2.0 * double(B) * layer_macs_);
+}
+
+template <class T>
 int64_t MlpChain<T>::pass_bytes(int64_t B) const {
   if (B < 1 || B > kBlasIntMax) return 0;  // refused by forward before anything is allocated
   if (workspace_huge(B)) return kHugeBytes;
@@ -199,7 +209,8 @@ int64_t MlpChain<T>::pass_bytes(int64_t B) const {
     need = fresh > held ? fresh - held : 0;
   }
   const int64_t slot = B == B_ ? pack_slot_ : detail::pack_slot<T>(maxk, maxw_);
-  return need + detail::pack_scratch_bytes(pack_, slot, threads_for(B * maxw_ * 4));
+  const int cap = work_cap(B), setting = get_num_threads();
+  return need + detail::pack_scratch_bytes(pack_, slot, cap < setting ? cap : setting);
 }
 
 template <class T>
@@ -349,10 +360,14 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   has_forward_ = false;
   std::memcpy(A_[0], x, size_t(B * cfg_.sizes[0]) * sizeof(T));
   fwd_nonfinite_ = -1;
-  const int nt = threads_for(B * maxw_ * 4);
+  const bool custom = cfg_.act.kind == Act::Custom;
+  const int cap = work_cap(B);
+  // the custom path runs Python between its regions: they do not teach the governor
+  GovernedRegion region(custom ? 1 : cap);
+  const int nt = custom ? pass_threads(cap) : region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   stop_ = cancel_flag();
-  if (cfg_.act.kind == Act::Custom) {
+  if (custom) {
     for (int64_t l = 0; l < L_; ++l) {
 #pragma omp parallel num_threads(nt)
       layer_forward(l, true);
@@ -362,14 +377,30 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
 #pragma omp parallel num_threads(nt)
     output_forward(y);
   } else {
-    std::vector<unsigned char> at(size_t(L_ + 2), 0);  // stop decisions per layer (stop_at)
+    // decisions per step (step_at): step l < L is hidden layer l, step L the output layer
+    std::vector<unsigned char> at(size_t(L_ + 2), 0);
     at[0] = stopping() ? 1 : 0;
+    // Steps s0.. by every thread of a region: cancelled or bailed out, every thread leaves
+    // at the same step.
+    auto steps = [&](int64_t s0, GovernedRegion* rg) {
+      bool stopped = false;
+      for (int64_t l = s0; l < L_ && !stopped; ++l)
+        if (!(stopped = step_at(at.data(), l, stop_, rg) != 0)) layer_forward(l, false);
+      if (!stopped && !step_at(at.data(), L_, stop_, rg)) output_forward(y);
+    };
 #pragma omp parallel num_threads(nt)  // all layers inside one region; threads step through them together
     {
-      bool stopped = false;  // cancelled: every thread leaves at the same layer
-      for (int64_t l = 0; l < L_ && !stopped; ++l)
-        if (!(stopped = stop_at(at.data(), l, stop_))) layer_forward(l, false);
-      if (!stopped && !stop_at(at.data(), L_, stop_)) output_forward(y);
+      region.enter();
+      steps(0, &region);
+      region.leave();
+    }
+    const int64_t s = bailed_at(at.data(), L_ + 1);
+    region.done(s >= 0);
+    if (s >= 0) {  // starved: the rest on this thread alone
+      std::fill(at.begin() + s, at.end(), 0);
+      at[size_t(s)] = stopping() ? 1 : 0;
+#pragma omp parallel num_threads(1)
+      steps(s, nullptr);
     }
   }
   if (stopping()) throw Cancelled();  // before anything is committed
@@ -469,22 +500,24 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
     rep.norm_bias.assign(size_t(L_), 0.0);
   }
   rep.forward_first_nonfinite = fwd_nonfinite_;
-  const int nt = threads_for(B * maxw_ * 4);
+  GovernedRegion region(work_cap(B));
+  const int nt = region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   T* grads = grads_.data();
   const int64_t in0 = cfg_.sizes[0];
   stop_ = cancel_flag();
   if (stopping()) throw Cancelled();
-  // stop decisions per step (stop_at): 0 the output layer, L - l hidden layer l, L + 1 dL/dx
+  // decisions per step (step_at): 0 the output layer, L - l hidden layer l, L + 1 dL/dx
   std::vector<unsigned char> at(size_t(L_ + 3), 0);
+  T* g_at[2] = {G0_, G1_};  // the master's g and g_other where its region left the steps
 
-#pragma omp parallel num_threads(nt)
-  {
-    T* g = G0_;
-    T* g_other = G1_;
-    bool stopped = stop_at(at.data(), 0, stop_);  // false (checked above)
-    // Output layer: db = sum_b gy, dW = gy^T a_L, dL/da_L = gy W.
-    {
+  // Steps s0.. by every thread of a region, from g (dL/d of the layer above) and g_other:
+  // cancelled or bailed out, every thread leaves at the same step.
+  auto steps = [&](int64_t s0, T* g, T* g_other, GovernedRegion* rg) {
+    bool stopped = false;
+    if (s0 == 0) {
+      stopped = step_at(at.data(), 0, stop_, rg) != 0;  // false (checked above)
+      // Output layer: db = sum_b gy, dW = gy^T a_L, dL/da_L = gy W.
       const Layer& ly = layers_[size_t(L_)];
       const int64_t n = ly.out, k = ly.in;
       double* p0 = part_.data();
@@ -524,11 +557,11 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
         rep.weight[size_t(L_)] = norm_from_sumsq(dW, n * k, ss);
       }
     }
-    for (int64_t l = L_ - 1; l >= 0 && !stopped; --l)
-      if (!(stopped = stop_at(at.data(), L_ - l, stop_)))
+    for (int64_t l = std::min(L_ - 1, L_ - s0); l >= 0 && !stopped; --l)
+      if (!(stopped = step_at(at.data(), L_ - l, stop_, rg) != 0))
         layer_backward(l, accumulate, g, g_other, rep);
     // dL/dx: its norm, then out.
-    if (!stopped && !stop_at(at.data(), L_ + 1, stop_)) {
+    if (!stopped && !step_at(at.data(), L_ + 1, stop_, rg)) {
       if (report_) {
 #pragma omp for schedule(static)
         for (int64_t rb = 0; rb < nrb_; ++rb)
@@ -546,6 +579,25 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
         if (dx) std::memcpy(dx, g, size_t(B * in0) * sizeof(T));
       }
     }
+    if (thread_num() == 0) {  // every thread holds the same pair
+      g_at[0] = g;
+      g_at[1] = g_other;
+    }
+  };
+
+#pragma omp parallel num_threads(nt)
+  {
+    region.enter();
+    steps(0, G0_, G1_, &region);
+    region.leave();
+  }
+  const int64_t s = bailed_at(at.data(), L_ + 2);
+  region.done(s >= 0);
+  if (s >= 0) {  // starved: the rest on this thread alone
+    std::fill(at.begin() + s, at.end(), 0);
+    at[size_t(s)] = stopping() ? 1 : 0;
+#pragma omp parallel num_threads(1)
+    steps(s, g_at[0], g_at[1], nullptr);
   }
   if (stopping()) throw Cancelled();
   std::vector<double> all(rep.weight);

@@ -17,6 +17,7 @@
 #include "gemm_block.h"
 #include "gradchain/blas.h"
 #include "gradchain/dispatch.h"
+#include "gradchain/governor.h"
 #include "gradchain/parallel.h"
 #include "gradchain/report.h"
 
@@ -134,7 +135,7 @@ int64_t RnnChain<T>::pass_bytes(int64_t steps, int64_t B) const {
   }
   const int64_t H = cfg_.hidden_size;
   return need + detail::pack_scratch_bytes(pack_, slot_values(steps, B),
-                                           threads_for(steps * B * H * 4));
+                                           max_threads_for(steps * B * H * 4));
 }
 
 template <class T>
@@ -260,16 +261,20 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
   args.bias = bias_;
   const int64_t sr = step_rows(B);
   const bool pf = prefetch_pays(H);
-  const int nt = threads_for(TB * H * 4);
+  const bool custom = cfg_.act.kind == Act::Custom;
+  // the custom path runs its time loop (Python) between two regions: they do not teach
+  const int cap = work_threads(TB * H * 4);
+  GovernedRegion region(custom ? 1 : cap);
+  const int nt = custom ? pass_threads(cap) : region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
-  const bool custom = cfg_.act.kind == Act::Custom;
   // Cancelled (cancel.h): each thread skips its remaining GEMM blocks and time steps (no
   // loop below has a barrier inside), and the pass throws after the region.
   stop_ = cancel_flag();
 
 #pragma omp parallel num_threads(nt)
   {
+    region.enter();
     // z_t = x_t W_ih^T for all t at once, into slots 1..T of HS
     const GemmSplit gi = gemm_split(TB, H, I);
 #pragma omp for schedule(static)
@@ -295,7 +300,9 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
       }
     }
     if (K > 0 && !custom) readout_forward(ys);
+    region.leave();
   }
+  region.done();
   if (custom) {
     custom_steps();  // may throw (the callback's error): has_forward_ stays false
     if (K > 0) {
@@ -338,7 +345,8 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   const bool select = act_selects(cfg_.act.kind);  // the activation's kink rule
   const int64_t sr = step_rows(B);
   const bool pf = prefetch_pays(H);
-  const int nt = threads_for(TB * H * 4);
+  GovernedRegion region(work_threads(TB * H * 4));
+  const int nt = region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool readout = K > 0 && grad_ys != nullptr;
@@ -364,6 +372,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
 
 #pragma omp parallel num_threads(nt)
   {
+    region.enter();
     if (K > 0) {
       T* dWo = grads + w_out_;
       if (readout) {
@@ -465,7 +474,9 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
         }
       }
     }
+    region.leave();
   }
+  region.done();
 
   if (stopping()) throw Cancelled();
   rep.forward_first_nonfinite = fwd_nonfinite_;

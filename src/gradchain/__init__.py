@@ -31,7 +31,7 @@ __all__ = [
     "StateError", "tasks", "theory",
     "available_isas", "clip_grad_norm", "clip_grad_norm_per_layer", "clip_grad_value",
     "get_isa", "get_num_threads", "grad_norm", "init", "load", "reference", "save", "set_isa",
-    "set_num_threads", "sweep", "runtime",
+    "set_num_threads", "sweep", "runtime", "set_adaptive_threads", "thread_policy",
 ]
 
 # The submodules that ``dir(gradchain)`` has always shown (what the package loaded for
@@ -56,7 +56,8 @@ _LAZY: dict[str, str] = {
     "grad_norm": "clip",
     "load": "io", "save": "io",
     "available_isas": "runtime", "get_isa": "runtime", "get_num_threads": "runtime",
-    "set_isa": "runtime", "set_num_threads": "runtime",
+    "set_isa": "runtime", "set_num_threads": "runtime", "set_adaptive_threads": "runtime",
+    "thread_policy": "runtime",
     # lab: training and sweeps
     "History": "training", "train": "training",
     "sweep": "sweeps",
@@ -101,8 +102,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at r
     from .runtime import available_isas as available_isas
     from .runtime import get_isa as get_isa
     from .runtime import get_num_threads as get_num_threads
+    from .runtime import set_adaptive_threads as set_adaptive_threads
     from .runtime import set_isa as set_isa
     from .runtime import set_num_threads as set_num_threads
+    from .runtime import thread_policy as thread_policy
     from .sweeps import sweep as sweep
     from .training import History as History
     from .training import train as train

@@ -3,16 +3,26 @@
 ``gradchain`` re-exports these functions (``gc.set_num_threads`` and so on); this module
 is their one home. Importing it checks ``OMP_NUM_THREADS`` and ``GRADCHAIN_ISA`` and warns
 (RuntimeWarning) when the environment asks for what cannot be had.
+
+Threads: :func:`set_num_threads` is the most threads a pass uses; below it, the core's
+thread governor picks each pass's count. A pass uses no more threads than its work feeds,
+and on a machine whose cores are busy with other work the governor lowers the count to the
+cores this process actually gets (measured from its own threads' CPU time), then tries one
+thread more now and then so that the speed comes back when the machine is free again.
+:func:`thread_policy` shows what it does; :func:`set_adaptive_threads` turns it off.
+Results are bitwise the same for any thread count, so none of this changes a number.
 """
 
 from __future__ import annotations
 
 import os as _os
 import warnings as _warnings
+from dataclasses import dataclass
 
 from . import _core
 
-__all__ = ["available_isas", "get_isa", "get_num_threads", "set_isa", "set_num_threads"]
+__all__ = ["ThreadPolicy", "available_isas", "get_isa", "get_num_threads", "set_adaptive_threads",
+           "set_isa", "set_num_threads", "thread_policy"]
 
 
 def __dir__() -> list[str]:  # the public names, not the imports
@@ -20,8 +30,13 @@ def __dir__() -> list[str]:  # the public names, not the imports
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the core's OpenMP regions (default: ``OMP_NUM_THREADS``, else every
+    """The most threads the core's passes use (default: ``OMP_NUM_THREADS``, else every
     processor this process may run on). Results are bitwise identical for any count.
+
+    A pass may use fewer: no more than its work can feed, and, while the thread governor
+    finds the machine busy with other work, no more than the cores this process gets
+    (:func:`thread_policy`; :func:`set_adaptive_threads` turns that off). Setting the count
+    starts the governor afresh from it.
 
     ``n`` must be in ``[1, max(16, 4 * processors)]``: more threads than processors never
     makes a pass faster (every region is compute-bound, and a layer product splits into at
@@ -51,6 +66,62 @@ def get_num_threads() -> int:
     """The number of threads the core's passes use (1 in a process forked after threaded
     passes: see :func:`set_num_threads`)."""
     return int(_core.get_num_threads())
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """What the thread governor does now (:func:`thread_policy`).
+
+    ``threads``: the setting (:func:`get_num_threads`), the most a pass uses.
+    ``allowance``: the most a pass uses now (the setting unless the machine was found busy).
+    ``adaptive``: the governor is on (:func:`set_adaptive_threads`).
+    ``adapting``: on, and the allowance is below the setting (other work takes cores).
+    ``next_probe_s``: while adapting, seconds until a pass may try one thread more (0: the
+    next pass big enough may), else None.
+    ``regions``, ``starved_regions``: multi-threaded passes measured, and of those the ones
+    where a thread got less than 3/4 of the pass's time; ``drops``: times the allowance
+    was lowered; ``probes``, ``probe_successes``: passes that tried one thread more, and
+    of those the ones that raised the allowance.
+    """
+
+    threads: int
+    allowance: int
+    adaptive: bool
+    adapting: bool
+    next_probe_s: float | None
+    regions: int
+    starved_regions: int
+    drops: int
+    probes: int
+    probe_successes: int
+
+
+def thread_policy() -> ThreadPolicy:
+    """The thread governor's state: the setting, the allowance it gives passes now, whether
+    it is on and adapting, and its counters (:class:`ThreadPolicy`)."""
+    st = _core._governor_state()
+    threads = int(_core.get_num_threads())
+    adaptive = bool(_core.get_adaptive_threads())
+    allowance = min(int(st["allowance"]), threads) if adaptive else threads
+    adapting = adaptive and allowance < threads
+    next_probe = max(0.0, float(st["next_probe"]) - float(_core._monotonic())) if adapting else None
+    return ThreadPolicy(threads=threads, allowance=allowance, adaptive=adaptive,
+                        adapting=adapting, next_probe_s=next_probe,
+                        regions=int(st["regions"]), starved_regions=int(st["starved_regions"]),
+                        drops=int(st["drops"]), probes=int(st["probes"]),
+                        probe_successes=int(st["probe_successes"]))
+
+
+def set_adaptive_threads(on: bool) -> None:
+    """Turn the thread governor on (the default) or off. Off, every pass uses the setting
+    (:func:`set_num_threads`), or fewer when its work is small, whatever else runs on the
+    machine: fixed behaviour, e.g. for timing a given thread count. Turning it on starts it
+    afresh (allowance = the setting). Results are the same either way."""
+    if not isinstance(on, bool):
+        raise TypeError(f"on: expected a bool, got {type(on).__name__}")
+    if on and not _core.get_adaptive_threads():
+        _core._governor_reset()
+    _core.set_adaptive_threads(on)
 
 
 def get_isa() -> str:

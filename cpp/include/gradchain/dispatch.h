@@ -21,16 +21,17 @@ void set_isa(const std::string& name);
 template <class T>
 const KernelTable<T>& kernels();
 
-// Threads: the core's own setting (OpenMP regions use num_threads(region_threads())).
+// Threads: the core's own setting, the most any region uses (the governor, governor.h,
+// picks each pass's count at or below it).
 // Starts from omp_get_max_threads(), which honours OMP_NUM_THREADS (all processors when
 // that is above max_threads()). In a process forked after a region had run on more than
 // one thread, every region runs on one thread (libgomp's pool does not survive fork):
 // get_num_threads() then reports 1 and set_num_threads() only records its value.
 int get_num_threads();
 void set_num_threads(int n);  // throws std::invalid_argument outside [1, max_threads()]
-// The thread count for the next region (the caller then runs one): get_num_threads(),
-// remembering when it is above 1 that libgomp's pool has started.
-int region_threads();
+// Called with the thread count of every region about to run (governor.h picks it):
+// remembers, when it is above 1, that libgomp's pool has started.
+void note_region_threads(int nt);
 // Whether this process was forked after the core had started threads (then single-threaded).
 bool forked_single_threaded();
 // The largest thread setting: kThreadsPerProcessor x the processors this process may run

@@ -87,6 +87,8 @@ class MlpChain : public ChainBase<T> {
   void layer_forward_custom_tail(int64_t l);
   void output_forward(T* y);
   void layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other, MlpReport& rep);
+  // The most threads a pass over a batch of B can feed (parallel.h's mlp_work_threads).
+  int work_cap(int64_t B) const;
 
   MlpConfig cfg_;
   int64_t L_;
@@ -100,6 +102,7 @@ class MlpChain : public ChainBase<T> {
   bool report_ = true;  // the current backward computes the report (set per call)
   int64_t fwd_B_ = 0;
   int64_t maxw_ = 0;
+  double layer_macs_ = 0.0;                    // multiply-adds per sample, mean over the layers
   int64_t nrb_ = 0;                           // number of row blocks of B
   Buffer<T> ws_;                               // activations, derivatives, xhat, gradients
   std::vector<T*> A_, D_;                      // A_[0] = x, A_[l+1] = a_{l+1}; D_[l] = act'

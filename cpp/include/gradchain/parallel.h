@@ -13,6 +13,7 @@
 
 #include "gradchain/cancel.h"
 #include "gradchain/dispatch.h"
+#include "gradchain/governor.h"
 
 namespace gradchain {
 
@@ -21,9 +22,37 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 constexpr int64_t kRowBlock = 32;       // rows per block of the elementwise passes
 constexpr int64_t kNormChunk = 16384;   // elements per chunk of a flat norm
 
-// Threads for a job of `work` elements: 1 below a size where a fork costs more than it saves.
-inline int threads_for(int64_t work) {
-  return work < 8192 ? 1 : region_threads();
+// The most threads a job of `work` elements can feed: 1 below a size where a fork costs
+// more than it saves.
+inline int work_threads(int64_t work) {
+  return work < 8192 ? 1 : max_threads();
+}
+
+// The most threads an MLP pass can feed, from the forward FLOPs of one of its layers
+// (2 x batch x in x out, the mean over the layers): every layer costs each thread of the
+// region a few barriers (one per GEMM loop and per norm pass), so a thread more pays only
+// above a floor of work per thread and layer. Measured on 2 cores (AVX-512, 2 threads
+// against 1, passes back to back): without a norm two threads win from below 0.5 MFLOP per
+// layer (width 64, batch 64: 0.83-0.88 of one thread's time), and lose at 0.26 MFLOP with
+// batch norm (width 32, batch 128: 1.11). Width 64, batch 64 with batch norm (the
+// mlp-deep-narrow workload) is the edge: 0.98-1.08 back to back, but 0.88 in the benchmark,
+// whose passes start from an idle process; it keeps its two threads.
+constexpr double kLayerFlopsPerThread = 2.56e5;
+inline int mlp_work_threads(double layer_flops) {
+  const double n = layer_flops / kLayerFlopsPerThread;
+  if (!(n >= 2.0)) return 1;
+  return n >= double(max_threads()) ? max_threads() : int(n);
+}
+
+// Threads for a short job of `work` elements that does not teach the governor (report.cpp's
+// loops): the setting, the governor's allowance and the work's cap (governor.h).
+inline int threads_for(int64_t work) { return pass_threads(work_threads(work)); }
+
+// The most threads a pass of `work` elements may run on (the memory estimates): the setting
+// and the work's cap, whatever the governor allows now.
+inline int max_threads_for(int64_t work) {
+  const int s = get_num_threads(), w = work_threads(work);
+  return s < w ? s : w;
 }
 
 // How a GEMM C (M x N) is split into independent blocks: along M (rows of C)
@@ -86,6 +115,25 @@ inline int thread_num() {
 inline bool stop_at(unsigned char* at, int64_t s, const std::atomic<bool>* flag) {
   if (thread_num() == 0) at[s + 1] = is_set(flag) ? 1 : 0;
   return at[s] != 0;
+}
+
+// stop_at with the governor's bail-out (governor.h): the master's decision for step s + 1
+// may also be kBail, "leave here, the pass finishes on one thread", when the region's
+// threads are starved. Returns the decision for step s (0: run it).
+constexpr unsigned char kBail = 2;
+inline unsigned char step_at(unsigned char* at, int64_t s, const std::atomic<bool>* flag,
+                             GovernedRegion* region) {
+  if (thread_num() == 0)
+    at[s + 1] = is_set(flag) ? 1 : (region && region->starving()) ? kBail : 0;
+  return at[s];
+}
+
+// The step a region's threads left at by a bail-out (the first decision that stopped them
+// is kBail), or -1. `n` decisions.
+inline int64_t bailed_at(const unsigned char* at, int64_t n) {
+  for (int64_t s = 0; s < n; ++s)
+    if (at[s] != 0) return at[s] == kBail ? s : -1;
+  return -1;
 }
 
 }  // namespace gradchain

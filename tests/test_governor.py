@@ -234,6 +234,27 @@ def test_thread_policy_reports_the_setting_and_the_allowance(governed):
     assert gc.thread_policy().allowance == 2 and not gc.thread_policy().adapting
 
 
+def test_a_new_setting_keeps_what_the_governor_learnt(governed):
+    # a busy machine stays busy when the count changes (the benchmark's thread sweep sets
+    # it before every row): a lowered allowance survives, an unlowered one follows
+    gc._core._governor_reset()
+    gc.set_num_threads(4)
+    assert gc.thread_policy().allowance == 4
+    gc.set_num_threads(2)
+    assert gc.thread_policy().allowance == 2 and not gc.thread_policy().adapting
+    gc.set_num_threads(4)
+    assert gc.thread_policy().allowance == 4
+    gc._core._governor_force(1, 1000.0, hold=False)  # as if contention had been confirmed
+    for n in (1, 4, 2, 2, 4):
+        gc.set_num_threads(n)
+        pol = gc.thread_policy()
+        assert pol.allowance == 1 and pol.adapting == (n > 1), n
+        assert n == 1 or 900 < pol.next_probe_s <= 1000  # the probe schedule is kept
+    gc._core._governor_force(3, 1000.0, hold=False)
+    gc.set_num_threads(2)  # below a lowered allowance: the setting caps it
+    assert gc.thread_policy().allowance == 2 and not gc.thread_policy().adapting
+
+
 def test_set_adaptive_threads(governed):
     gc.set_num_threads(2)
     gc._core._governor_force(1, 1000.0, hold=True)

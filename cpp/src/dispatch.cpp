@@ -206,8 +206,8 @@ void set_num_threads(int n) {
   if (n < 1 || n > max_threads())
     throw std::invalid_argument("number of threads must be in [1, " +
                                 std::to_string(max_threads()) + "], got " + std::to_string(n));
-  thread_setting().store(n);
-  governor_reset();  // the new setting is the allowance until contention says otherwise
+  const int old = thread_setting().exchange(n);
+  governor_setting_changed(old, n);  // a busy machine stays busy when the count changes
 }
 
 }  // namespace gradchain

@@ -67,6 +67,7 @@ void governor_learn(GovernorState& st, const GovernorParams& p, int setting, int
     if (starved == 0) {  // one thread more ran unhindered: keep it, and try the next soon
       ++st.probe_successes;
       st.allowance = nt;
+      if (nt >= setting) st.lowered = false;
       st.history = 0;
       st.history_len = 0;
       st.probe_interval = p.probe_first;
@@ -88,6 +89,7 @@ void governor_learn(GovernorState& st, const GovernorParams& p, int setting, int
   const double fe = std::floor(eff);
   if (fe < double(keep)) keep = int(fe);
   st.allowance = std::max(1, std::min(keep, nt - 1));
+  st.lowered = true;
   ++st.drops;
   st.history = 0;
   st.history_len = 0;
@@ -184,6 +186,24 @@ void governor_reset() {
   g_hold = false;
 }
 
+void governor_setting_changed(int old_setting, int new_setting) {
+  Guard g;
+  if (g_hold) {  // a test's forced allowance ends with any new setting
+    g_init = false;
+    g_hold = false;
+    return;
+  }
+  if (!g_init || new_setting == old_setting) return;
+  // What was learnt is about the machine, not the setting: a busy machine stays busy when
+  // the count changes (a thread sweep, a library that sets its count per call). An
+  // allowance that was not lowered follows the new setting; a lowered one stays, and the
+  // probes (on their schedule) raise it again when cores free up.
+  GovernorState& st = g_state;
+  if (!st.lowered) st.allowance = std::max(1, new_setting);
+  st.history = 0;
+  st.history_len = 0;
+}
+
 GovernorState governor_snapshot() {
   Guard g;
   return state();
@@ -195,6 +215,7 @@ void governor_force(int allowance, double probe_after, bool hold) {
   Guard g;
   GovernorState& st = state();
   st.allowance = std::max(1, std::min(allowance, setting));
+  st.lowered = st.allowance < setting;
   st.history = 0;
   st.history_len = 0;
   st.probe_interval = kParams.probe_first;

@@ -35,8 +35,10 @@ def set_num_threads(n: int) -> None:
 
     A pass may use fewer: no more than its work can feed, and, while the thread governor
     finds the machine busy with other work, no more than the cores this process gets
-    (:func:`thread_policy`; :func:`set_adaptive_threads` turns that off). Setting the count
-    starts the governor afresh from it.
+    (:func:`thread_policy`; :func:`set_adaptive_threads` turns that off). Changing the count
+    keeps what the governor learnt about the machine: a count it lowered because the cores
+    are busy stays lowered (its probes raise it again when they free up); otherwise passes
+    may use the new count at once.
 
     ``n`` must be in ``[1, max(16, 4 * processors)]``: more threads than processors never
     makes a pass faster (every region is compute-bound, and a layer product splits into at

@@ -47,6 +47,7 @@ struct GovernorState {
   double probe_interval = 0.1;    // s: the current back-off
   double next_probe = 0.0;        // monotonic s: no probe before this
   bool probing = false;           // a probe region is running
+  bool lowered = false;           // the allowance is below a setting because of contention
   // counters and the last measurement, for thread_policy() and the tests
   uint64_t regions = 0;           // regions that taught (at least min_wall, 2+ threads)
   uint64_t starved_regions = 0;   // of which had a starved thread
@@ -84,8 +85,12 @@ void governor_learn(GovernorState& st, const GovernorParams& p, int setting, int
 // Whether passes adapt (default on); off: every pass uses min(setting, work cap) threads.
 bool adaptive_threads();
 void set_adaptive_threads(bool on);
-// Forget what was learnt: the allowance becomes the setting (set_num_threads calls it).
+// Forget what was learnt: the allowance becomes the setting (set_adaptive_threads(True)).
 void governor_reset();
+// The setting changed (set_num_threads): an allowance that the governor lowered because
+// the machine is busy stays lowered (probes raise it again); one that was not follows the
+// new setting. A forced test allowance (governor_force with hold) ends here.
+void governor_setting_changed(int old_setting, int new_setting);
 // A copy of the process-wide state (thread_policy()).
 GovernorState governor_snapshot();
 // Tests: set the allowance (clamped to [1, setting]), forget the history, and allow no

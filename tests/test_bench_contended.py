@@ -202,9 +202,11 @@ def test_competitors_stopped_when_the_benchmark_is_signalled(sig: int) -> None:
             p.kill()
             p.wait()
         assert p.stderr is not None
+        tail = p.stderr.read()[-3000:]  # what the benchmark said after its competitors ran
         p.stderr.close()
     # SIGTERM: the guard's exit status; SIGINT: KeyboardInterrupt, re-raised as SIGINT
-    assert rc in ((128 + signal.SIGTERM,) if sig == signal.SIGTERM else (-signal.SIGINT, 130)), rc
+    assert rc in ((128 + signal.SIGTERM,) if sig == signal.SIGTERM else (-signal.SIGINT, 130)), \
+        f"exit status {rc}; the benchmark's stderr ended:\n{tail}"
     assert _gone(pids, timeout=5.0), "a competitor survived the benchmark"
 
 

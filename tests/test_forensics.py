@@ -94,7 +94,8 @@ def test_saturated_tanh_layers_and_the_verdict():
     assert rep.saturated_unit_fractions[0] < 0.5
     assert "layers 3-5: 100 % of units saturated" in rep.verdict()
     assert rep.verdict().startswith("vanishing")
-    assert "health" in rep.table() and "satur." in rep.table()
+    assert "health" in rep.table(health=True) and "satur." in rep.table(health=True)
+    assert "health" not in rep.table()
     assert rep.mean_abs_activations[3] == pytest.approx(np.tanh(5.0), rel=1e-12)
     assert rep.zero_grad_fractions[0] == 1.0  # nothing passes a zero weight
     d = rep.to_dict()
@@ -194,7 +195,7 @@ def test_rnn_health_per_step_matches_the_reference():
                                rtol=1e-12)
     assert list(rep.saturated_unit_fractions[4:8]) == [1.0] * 4
     assert "steps 5-8: 100 % of units saturated" in rep.verdict()
-    assert "health" in rep.table()
+    assert "health" in rep.table(health=True)
 
 
 # ---------------------------------------------------------------------------- origins
@@ -356,7 +357,7 @@ def test_per_example_norms_match_one_example_at_a_time(cfg):
     G = rep.global_norm
     trace = (np.sum(norms_r ** 2) - 11 * G * G) / 10
     assert rep.noise_scale == pytest.approx(trace / (G * G), rel=1e-9)
-    assert "per-example" in rep.table()
+    assert "per-example" in rep.table(health=True)
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
@@ -501,3 +502,18 @@ def test_health_panel_plots(tmp_path):
     pyplot().close(fig)
     with pytest.raises(ValueError, match="ax"):
         rep.plot(ax=ax, health=True)
+
+
+def test_probe_prints_and_writes_the_health(capsys):
+    import json
+
+    from gradchain import cli
+
+    assert cli.main(["probe", "--depth", "4", "--width", "8", "--activation", "relu",
+                     "--health"]) == 0
+    out = capsys.readouterr().out
+    assert "health (hidden layer l" in out and "dead" in out
+    assert cli.main(["probe", "--depth", "4", "--width", "8", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)["report"]
+    assert len(rep["dead_unit_fractions"]) == 4 and len(rep["zero_grad_fractions"]) == 5
+    assert rep["nonfinite_origin"] is None

@@ -340,8 +340,10 @@ class GradReport:
                          get(self.mean_abs_activations, layer - 1)))
         return "\n".join(_health_lines(rows))
 
-    def table(self) -> str:
-        """A readable per-layer table (str): layer l's weights and the gradient at its input."""
+    def table(self, health: bool = False) -> str:
+        """A readable per-layer table (str): layer l's weights and the gradient at its input;
+        with ``health=True`` also :meth:`health_table`, the per-example norms' summary and
+        where a NaN/Inf was born."""
         a = self.activation_grad_norms
         w = self.weight_grad_norms
         b = self.bias_grad_norms
@@ -363,9 +365,11 @@ class GradReport:
                 f"{_fmt(av):>12}  {lgs}"
             )
         lines.append(f"global grad norm {_fmt(self.global_norm)};  {self.verdict()}")
-        health = self.health_table()
-        if health:
-            lines += ["health (hidden layer l: units; dL/da_l: entries)", health]
+        if not health:
+            return "\n".join(lines)
+        text = self.health_table()
+        if text:
+            lines += ["health (hidden layer l: units; dL/da_l: entries)", text]
         if self.per_example_grad_norms is not None:
             g = self.per_example_grad_norms
             lines.append(f"per-example ||grad l_i||: min {_fmt(float(g.min()))}, median "
@@ -584,9 +588,10 @@ class RNNGradReport:
 
         return health_panel(self, ax, path)
 
-    def table(self, rows: int = 12) -> str:
+    def table(self, rows: int = 12, health: bool = False) -> str:
         """A summary of the decay along time: ``||dL/dh_t||`` at a few steps, the
-        parameter gradient norms, the fitted per-step factor and the verdict (str)."""
+        parameter gradient norms, the fitted per-step factor and the verdict (str); with
+        ``health=True`` also :meth:`health_table` and where a NaN/Inf was born."""
         a = np.asarray(self.timestep_grad_norms)
         T = len(a)
         ts = sorted(set(np.linspace(T, 1, min(rows, T)).round().astype(int).tolist()),
@@ -606,9 +611,11 @@ class RNNGradReport:
                if self.readout_weight_grad_norm else ""))
         lines.append(f"global grad norm {_fmt(self.global_norm)};  fitted {factor};  "
                      f"{self.verdict()}")
-        health = self.health_table(rows)
-        if health:
-            lines += ["health (step t: units of h_t; dL/dh_t: entries)", health]
+        if not health:
+            return "\n".join(lines)
+        text = self.health_table(rows)
+        if text:
+            lines += ["health (step t: units of h_t; dL/dh_t: entries)", text]
         if self.nonfinite_origin is not None:
             lines.append(f"NaN/Inf born in {self.nonfinite_origin}")
         return "\n".join(lines)

@@ -123,8 +123,9 @@ class History:
             "diverged_step": self.diverged_step,
             "grad_norm_labels": list(self.grad_norm_labels),
             "weight_grad_norm_labels": list(self.weight_grad_norm_labels), "kind": self.kind,
-            "health": {k: lst(v) for k, v in self.health.items()},
-            "noise_scale": lst(self.noise_scale),
+            # NaN (not defined) as None: equal runs give equal dicts
+            "health": {k: _none_for_nan(v) for k, v in self.health.items()},
+            "noise_scale": _none_for_nan(self.noise_scale),
         }
 
     def to_dataframe(self) -> Any:
@@ -471,6 +472,13 @@ def train(
 # The report's health fields History records (docs/CONVENTIONS.md, "Gradient report").
 _HEALTH = ("dead_unit_fractions", "saturated_unit_fractions", "zero_grad_fractions",
            "subnormal_grad_fractions", "mean_abs_activations")
+
+
+def _none_for_nan(a: np.ndarray) -> Any:
+    """Nested lists of floats with NaN as None."""
+    out = np.asarray(a, dtype=object)
+    out[np.isnan(np.asarray(a, dtype=np.float64))] = None
+    return out.tolist()
 
 
 def _stack(rows: list[np.ndarray]) -> np.ndarray:

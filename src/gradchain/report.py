@@ -673,8 +673,13 @@ class RNNGradReport:
 
 def _forensics_dict(rep: Any) -> dict[str, Any]:
     """The health, origin and per-example entries of ``to_dict`` (plain types)."""
-    def lst(v: Any) -> Any:
-        return None if v is None else np.asarray(v, dtype=np.float64).tolist()
+    def lst(v: Any) -> Any:  # NaN (not defined, e.g. a custom activation's saturation) as None
+        if v is None:
+            return None
+        a = np.asarray(v, dtype=np.float64)
+        out = a.astype(object)
+        out[np.isnan(a)] = None
+        return out.tolist()
 
     o = rep.nonfinite_origin
     out: dict[str, Any] = {k: lst(getattr(rep, k)) for k in (
@@ -687,5 +692,6 @@ def _forensics_dict(rep: Any) -> dict[str, Any]:
         if hasattr(rep, k):
             out[k] = lst(getattr(rep, k))
     if hasattr(rep, "noise_scale"):
-        out["noise_scale"] = None if rep.noise_scale is None else float(rep.noise_scale)
+        ns = rep.noise_scale
+        out["noise_scale"] = None if ns is None or math.isnan(ns) else float(ns)
     return out

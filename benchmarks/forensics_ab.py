@@ -10,9 +10,10 @@ Per workload, alternating which goes first in each round (one forward + backward
   (``model._core.forensics``), ``backward(report=True)`` both;
 * ``per_example`` (MLP): ``backward(report=False, per_example=False)`` against
   ``backward(report=True, per_example=True)``, and against ``report=True`` alone;
-* ``clip`` (MLP, with torch): one DP-SGD step's gradients, ``gc.clip_per_example`` after a
-  plain backward, against ``torch.func.vmap(grad)`` per-sample gradients, their norms,
-  clipping and the mean (the same model in torch, float32, same thread count).
+* ``clip`` (with torch, on ``mlp-small``: vmap materialises B copies of the parameters,
+  2 GiB for mlp-tanh): one DP-SGD step's gradients, ``loss_and_grad`` +
+  ``gc.clip_per_example``, against ``torch.func.vmap(grad)`` per-sample gradients, their
+  norms, clipping and the mean (the same model in torch, float32, same thread count).
 
 Prints the median ratio and its quartiles per pair (>1: the second is slower) and, with
 ``--json``, every round.
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import gradchain as gc
-from gradchain.bench.workloads import QUICK, WORKLOADS
+from gradchain.bench.workloads import QUICK, SMALL, WORKLOADS
 
 
 def _paired(a: Callable[[], Any], b: Callable[[], Any], rounds: int) -> dict[str, Any]:
@@ -53,11 +54,10 @@ def _paired(a: Callable[[], Any], b: Callable[[], Any], rounds: int) -> dict[str
             "ratios": [float(x) for x in ratios]}
 
 
-def _mlp(w: Any, rounds: int, torch_clip: bool) -> dict[str, Any]:
+def _mlp(w: Any, rounds: int) -> dict[str, Any]:
     m = gc.MLP(**w.model_kwargs(), seed=0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(w.batch, w.in_features)).astype(m.dtype)
-    t = rng.normal(size=(w.batch, w.out_features)).astype(m.dtype)
     gy = (rng.normal(size=(w.batch, w.out_features)) / w.batch).astype(m.dtype)
 
     def step(report: bool = True, per_example: bool = False, forensics: bool = True) -> None:
@@ -73,9 +73,15 @@ def _mlp(w: Any, rounds: int, torch_clip: bool) -> dict[str, Any]:
                                          lambda: step(per_example=True), rounds),
     }
     m._core.forensics = True
-    if torch_clip:
-        out["clip_vs_torch_vmap"] = _torch_clip(m, x, t, rounds)
     return out
+
+
+def _clip(w: Any, rounds: int) -> dict[str, Any]:
+    m = gc.MLP(**w.model_kwargs(), seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(w.batch, w.in_features)).astype(m.dtype)
+    t = rng.normal(size=(w.batch, w.out_features)).astype(m.dtype)
+    return {"clip_vs_torch_vmap": _torch_clip(m, x, t, rounds)}
 
 
 def _torch_clip(m: gc.MLP, x: np.ndarray, t: np.ndarray, rounds: int) -> dict[str, Any]:
@@ -144,8 +150,11 @@ def main() -> int:
     load = os.getloadavg()
     print(f"gradchain {gc.__version__}, isa {gc.get_isa()}, {gc.get_num_threads()} threads; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    res = {"mlp-tanh": _mlp(table["mlp-tanh"], args.rounds, not args.no_torch),
+    res = {"mlp-tanh": _mlp(table["mlp-tanh"], args.rounds),
            "rnn-mid": _rnn(table["rnn-mid"], args.rounds)}
+    if not args.no_torch:
+        small = SMALL["mlp-small"].quick() if args.quick else SMALL["mlp-small"]
+        res["mlp-small"] = _clip(small, max(5, args.rounds // 3))
     for wname, pairs in res.items():
         for pname, r in pairs.items():
             if "median_ratio" in r:

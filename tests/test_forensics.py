@@ -517,3 +517,30 @@ def test_probe_prints_and_writes_the_health(capsys):
     rep = json.loads(capsys.readouterr().out)["report"]
     assert len(rep["dead_unit_fractions"]) == 4 and len(rep["zero_grad_fractions"]) == 5
     assert rep["nonfinite_origin"] is None
+
+
+def test_saturation_thresholds_agree_with_the_reference():
+    from gradchain.activations import SPECS
+
+    for name, spec in SPECS.items():
+        ours = gc.Activation(name).saturation_threshold()
+        assert ours == pytest.approx(ref.saturation_threshold(name), rel=1e-12), name
+        assert ours == pytest.approx(1e-3 * spec.max_derivative(), rel=1e-15), name
+    assert gc.Activation("selu").saturation_threshold() == pytest.approx(
+        1e-3 * 1.0507009873554805 * 1.6732632423543772, rel=1e-9)
+    assert gc.Activation("leaky_relu", negative_slope=3.0).saturation_threshold() == 3e-3
+
+
+def test_rnn_health_is_identical_for_any_thread_count(restore_threads):
+    rng = np.random.default_rng(14)
+    r = gc.RNN(8, 64, activation="relu", seed=0)
+    x = rng.normal(size=(40, 48, 8)).astype(np.float32)
+    g = rng.normal(size=(40, 48, 64)).astype(np.float32)
+    reps = []
+    for n in (1, 2, 3):
+        gc.set_num_threads(n)
+        r.forward(x)
+        reps.append(r.backward(grad_hs=g))
+    for rep in reps[1:]:
+        for f in (*HEALTH, "mean_abs_activations"):
+            assert np.array_equal(getattr(rep, f), getattr(reps[0], f)), f

@@ -358,6 +358,10 @@ def test_per_example_norms_match_one_example_at_a_time(cfg):
     trace = (np.sum(norms_r ** 2) - 11 * G * G) / 10
     assert rep.noise_scale == pytest.approx(trace / (G * G), rel=1e-9)
     assert "per-example" in rep.table(health=True)
+    m.forward(x)
+    rep2 = m.backward(gy, accumulate=True, per_example=True)
+    np.testing.assert_array_equal(rep2.per_example_grad_norms, rep.per_example_grad_norms)
+    assert math.isnan(rep2.noise_scale) and rep2.to_dict()["noise_scale"] is None
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])

@@ -463,9 +463,12 @@ class MLP(Model):
         """Whether ``per_example=True`` applies now (not with batch norm in training mode)."""
         return not (self.norm == "batch" and self.training)
 
-    def _report(self, d: dict[str, Any], loss_stage: str | None = None) -> GradReport:
+    def _report(self, d: dict[str, Any], loss_stage: str | None = None,
+                accumulate: bool = False) -> GradReport:
         rep = GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)],
                                     loss_stage, self._core.forward_batch)
+        if accumulate and rep.noise_scale is not None:
+            rep.noise_scale = math.nan  # ||G|| would include the gradients accumulated before
         self._nonfinite_origin = rep.nonfinite_origin
         self._example_norms = rep.per_example_grad_norms
         return rep
@@ -511,7 +514,7 @@ class MLP(Model):
         if not rep:
             self._nonfinite_origin = None
             return None
-        return self._report(d)
+        return self._report(d, accumulate=acc)
 
     @locked
     def loss_and_grad(
@@ -547,7 +550,7 @@ class MLP(Model):
         loss_stage = None if math.isfinite(value) else "loss"
         if loss_stage is None and not np.isfinite(gy).all():
             loss_stage = "loss_gradient"
-        rep = self._report(d, loss_stage)
+        rep = self._report(d, loss_stage, bool(accumulate))
         rep.loss = float(value)
         return float(value), rep
 

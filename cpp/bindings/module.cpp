@@ -68,7 +68,24 @@ void add_common(py::dict& d, const R& r) {
   d["forward_first_nonfinite"] = index_or_none(r.forward_first_nonfinite);
 }
 
-py::dict report_dict(const MlpReport& r) {
+// A stage name, or None.
+py::object stage_or_none(NonfiniteStage s) {
+  return s == NonfiniteStage::None ? py::object(py::none()) : py::str(nonfinite_stage_name(s));
+}
+
+// The forensics entries every report has (empty arrays when not computed).
+template <class R>
+void add_forensics(py::dict& d, const R& r) {
+  d["dead_unit_fractions"] = vec(r.dead);
+  d["saturated_unit_fractions"] = vec(r.saturated);
+  d["zero_grad_fractions"] = vec(r.zeros);
+  d["subnormal_grad_fractions"] = vec(r.subnormals);
+  d["mean_abs_activations"] = vec(r.mean_abs);
+  d["forward_nonfinite_stage"] = stage_or_none(r.forward_stage);
+  d["backward_nonfinite_stage"] = stage_or_none(r.backward_stage);
+}
+
+py::dict report_dict(const MlpReport& r, int64_t B) {
   py::dict d;
   d["weight_grad_norms"] = vec(r.weight);
   d["bias_grad_norms"] = vec(r.bias);
@@ -76,6 +93,15 @@ py::dict report_dict(const MlpReport& r) {
   d["norm_bias_grad_norms"] = vec(r.norm_bias);
   d["activation_grad_norms"] = vec(r.activation);
   add_common(d, r);
+  add_forensics(d, r);
+  if (!r.example_layer.empty()) {  // (L+1, B)
+    const py::ssize_t rows = py::ssize_t(r.example_layer.size()) / py::ssize_t(B);
+    py::array_t<double> a({rows, py::ssize_t(B)});
+    std::memcpy(a.mutable_data(), r.example_layer.data(), r.example_layer.size() * sizeof(double));
+    d["example_layer_shares"] = a;
+  } else {
+    d["example_layer_shares"] = py::none();
+  }
   return d;
 }
 
@@ -327,6 +353,8 @@ void bind_mlp(py::module_& m, const char* name) {
            py::arg("momentum"))
       .def_property_readonly("num_hidden", &C::num_hidden)
       .def_readwrite("training", &C::training)
+      .def_readwrite("health_threshold", &C::health_threshold)
+      .def_readwrite("forensics", &C::forensics)
       .def_property_readonly("has_forward", &C::has_forward)
       .def_property_readonly("forward_batch", &C::forward_batch)
       .def("pass_bytes", &C::pass_bytes, py::arg("batch"),
@@ -351,19 +379,20 @@ void bind_mlp(py::module_& m, const char* name) {
           py::arg("x").noconvert())
       .def(
           "backward",
-          [](C& c, const CArray<T>& gy, bool accumulate, bool report) {
+          [](C& c, const CArray<T>& gy, bool accumulate, bool report, bool per_example) {
             if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
             check_2d<T>(gy, "grad_output", c.config().sizes.back(), c.forward_batch());
             CArray<T> dx({py::ssize_t(c.forward_batch()), py::ssize_t(c.config().sizes.front())});
             const T* gp = gy.data();
             T* dp = dx.mutable_data();
             const double work = 2.0 * double(c.forward_batch()) * double(c.num_params());
-            MlpReport rep = run_pass(&c, "backward", work,
-                                     [&] { return c.backward(gp, dp, accumulate, report); });
-            return py::make_tuple(report_dict(rep), dx);
+            MlpReport rep = run_pass(&c, "backward", work, [&] {
+              return c.backward(gp, dp, accumulate, report, per_example);
+            });
+            return py::make_tuple(report_dict(rep, c.forward_batch()), dx);
           },
           py::arg("grad_output").noconvert(), py::arg("accumulate") = false,
-          py::arg("report") = true);
+          py::arg("report") = true, py::arg("per_example") = false);
   bind_shared<C, T>(cls);
 }
 
@@ -378,6 +407,7 @@ py::dict rnn_report_dict(const RnnReport& r) {
   d["readout_bias_grad_norm"] = r.readout_bias;
   d["h0_grad_norm"] = r.h0;
   add_common(d, r);
+  add_forensics(d, r);
   return d;
 }
 
@@ -406,6 +436,8 @@ void bind_rnn(py::module_& m, const char* name) {
            }),
            py::arg("input_size"), py::arg("hidden_size"), py::arg("output_size"), py::arg("act"),
            py::arg("p0"), py::arg("p1"), py::arg("bias"))
+      .def_readwrite("health_threshold", &C::health_threshold)
+      .def_readwrite("forensics", &C::forensics)
       .def_property_readonly("has_forward", &C::has_forward)
       .def_property_readonly("forward_steps", &C::forward_steps)
       .def_property_readonly("forward_batch", &C::forward_batch)

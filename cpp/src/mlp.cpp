@@ -163,14 +163,17 @@ int64_t MlpChain<T>::workspace_values(int64_t B) const {
     const int64_t h = layers_[size_t(l)].out;
     total += B * h * 2 + norm_workspace_values(cfg_.norm, B, h);  // a, d; the norm's
   }
-  return total + 3 * B * maxw_ + 3 * maxw_;  // G0, G1, DZ; k/m1/m2 scratch
+  // G0, G1, DZ; k/m1/m2 scratch; the health report's column maxima of |act'|
+  return total + 3 * B * maxw_ + 3 * maxw_ + L_ * ceil_div(B, kRowBlock) * maxw_;
 }
 
 // The doubles plan(B) allocates besides ws_: part_, blk_, fchk_ and colsum_.
 namespace {
 inline int64_t mlp_double_values(int64_t B, int64_t L, int64_t maxw) {
   const int64_t nrb = ceil_div(B, kRowBlock);
-  return 3 * nrb * maxw + nrb + (L + 1) * nrb + 2 * maxw;
+  // part_, blk_, fchk_, colsum_; hcnt_, fabs_, pe_ (forensics)
+  return 3 * nrb * maxw + nrb + (L + 1) * nrb + 2 * maxw + 3 * (L + 1) * nrb + L * nrb +
+         4 * (L + 1) * B;
 }
 constexpr int64_t kHugeBytes = int64_t(1) << 60;  // beyond any memory; sizes above overflow
 }  // namespace
@@ -180,13 +183,15 @@ template <class T>
 bool MlpChain<T>::workspace_huge(int64_t B) const {
   double per_row = double(cfg_.sizes[0]) + 3.0 * double(maxw_) + 3.0 * double(maxw_) / kRowBlock;
   for (int64_t l = 0; l < L_; ++l) per_row += 3.0 * double(layers_[size_t(l)].out) + 2.0;
+  per_row += 8.0 * double(L_ + 1) + double(L_) * double(maxw_) / kRowBlock;  // forensics
   return double(B) * per_row * 8.0 + 16.0 * double(maxw_) > double(kHugeBytes);
 }
 
 template <class T>
 int64_t MlpChain<T>::held_workspace_bytes() const {
   return ws_.size() * int64_t(sizeof(T)) + part_.size() * int64_t(sizeof(double)) +
-         int64_t(blk_.size() + fchk_.size() + colsum_[0].size() + colsum_[1].size()) *
+         int64_t(blk_.size() + fchk_.size() + colsum_[0].size() + colsum_[1].size() +
+                 hcnt_.size() + fabs_.size() + pe_.size()) *
              int64_t(sizeof(double));
 }
 
@@ -238,6 +243,9 @@ void MlpChain<T>::plan(int64_t B) {
     blk_.assign(size_t(nrb_), 0.0);
     fchk_.assign(size_t((L_ + 1) * nrb_), 0.0);
     for (auto& c : colsum_) c.assign(size_t(maxw_), 0.0);
+    hcnt_.assign(size_t(3 * (L_ + 1) * nrb_), 0.0);
+    fabs_.assign(size_t(L_ * nrb_), 0.0);
+    pe_.assign(size_t(4 * (L_ + 1) * B), 0.0);
   } catch (const std::bad_alloc&) {
     ws_ = Buffer<T>();
     part_ = Buffer<double>();
@@ -260,6 +268,7 @@ void MlpChain<T>::plan(int64_t B) {
   G1_ = ws.take(B * maxw_);
   DZ_ = ws.take(B * maxw_);
   scratch_ = ws.take(3 * maxw_);
+  HD_ = ws.take(L_ * nrb_ * maxw_);
   B_ = B;
 }
 
@@ -306,6 +315,8 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
   args.resid = (!skip_act && cfg_.residual[size_t(l)]) ? in : nullptr;
   args.alpha = T(cfg_.residual_scale);
   args.eps = T(cfg_.eps);
+  // per row block: sum |a_{l+1}| (the health report's mean |activation|)
+  args.abs_sum = forensics ? fabs_.data() + l * nrb_ : nullptr;
   // the norm layer's fused pass: [resid + alpha *] act(Norm(z + b)), its derivative and
   // the per-block non-finite checks of a_{l+1}
   norm_forward(cfg_.norm, norms_[size_t(l)], args, b, training, cfg_.eps, out, d, row_pass(),
@@ -326,7 +337,13 @@ void MlpChain<T>::layer_forward_custom_tail(int64_t l) {
     for (int64_t i = 0; i < B * n; ++i) out[i] = in[i] + alpha * out[i];
   }
   for (int64_t i = 0; i < B * n; ++i) bad = bad || !std::isfinite(out[i]);
-  for (int64_t rb = 0; rb < nrb_; ++rb) fchk_[size_t(l * nrb_ + rb)] = 0.0;
+  for (int64_t rb = 0; rb < nrb_; ++rb) {
+    fchk_[size_t(l * nrb_ + rb)] = 0.0;
+    double s = 0.0;  // sum |a| per row block, as the fused pass takes it
+    for (int64_t i = rb * kRowBlock * n; i < (rb * kRowBlock + rows_in_block(rb, B)) * n; ++i)
+      s += double(std::abs(out[i]));
+    fabs_[size_t(l * nrb_ + rb)] = s;
+  }
   fchk_[size_t(l * nrb_)] = bad ? std::numeric_limits<double>::quiet_NaN() : 0.0;
 }
 
@@ -360,6 +377,7 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   has_forward_ = false;
   std::memcpy(A_[0], x, size_t(B * cfg_.sizes[0]) * sizeof(T));
   fwd_nonfinite_ = -1;
+  fwd_stage_ = NonfiniteStage::None;
   const bool custom = cfg_.act.kind == Act::Custom;
   const int cap = work_cap(B);
   // the custom path runs Python between its regions: they do not teach the governor
@@ -410,6 +428,7 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
         fwd_nonfinite_ = int(l + 1);
         break;
       }
+  if (fwd_nonfinite_ > 0 && forensics) fwd_stage_ = diagnose_forward(fwd_nonfinite_ - 1);
   // Commit the running statistics only now that the whole pass succeeded.
   for (int64_t l = 0; l < L_; ++l) {
     const Layer& ly = layers_[size_t(l)];
@@ -449,9 +468,32 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
     out.weight_norm = &rep.norm_weight[size_t(l)];
     out.shift_norm = &rep.norm_bias[size_t(l)];
   }
+  if (report_ && forensics) {  // the health statistics of g = dL/da_{l+1}, act' and dz
+    out.health = hcnt_.data() + (l + 1) * nrb_ * 3;
+    out.health_dmax = HD_ + l * nrb_ * maxw_;
+  }
   norm_backward(cfg_.norm, norms_[size_t(l)], gin, D_[size_t(l)], scale,
                 act_selects(cfg_.act.kind), report_, training, accumulate, dz,
                 ly.b >= 0 ? grads + ly.b : nullptr, row_pass(), out);
+  if (per_example_) {  // example i's ||dz_i||^2 and ||a_i||^2 (+ the norm's gamma/beta terms)
+    const int64_t L1B = (L_ + 1) * B;
+    double* pz = pe_.data() + l * B;
+    double* pa = pz + L1B;
+    double* pg = pa + L1B;
+    double* pb = pg + L1B;
+    const T* xh = norms_[size_t(l)].xhat;
+    const bool affine = cfg_.norm != NormKind::None;
+    const bool sel = act_selects(cfg_.act.kind);
+#pragma omp for schedule(static)
+    for (int64_t rb = 0; rb < nrb_; ++rb) {
+      const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
+      K.row_sumsq(dz + r0 * n, rows, n, pz + r0);
+      K.row_sumsq(A_[size_t(l)] + r0 * k, rows, k, pa + r0);
+      if (affine)
+        K.ln_example_ss(gin + r0 * n, D_[size_t(l)] + r0 * n, xh + r0 * n, scale, sel, rows, n,
+                        pg + r0, pb + r0);
+    }
+  }
 
   // dW = dz^T a_l  and  dL/da_l = dz W (+ g when residual): independent GEMMs, one loop.
   T* dW = grads + ly.w;
@@ -485,10 +527,19 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
 }
 
 template <class T>
-MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report) {
+MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report,
+                                bool per_example) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_forward_) throw std::logic_error("backward() called before forward()");
+  if (per_example && cfg_.norm == NormKind::Batch && training)
+    throw std::invalid_argument(
+        "per_example: batch norm in training mode couples the examples of a batch (each "
+        "example's gradient depends on the others); use model.eval() or a model without it");
   report_ = report;
+  per_example_ = per_example;
+  const bool health = report && forensics;
+  if (health) std::fill(hcnt_.begin(), hcnt_.end(), 0.0);
+  if (per_example) std::fill(pe_.begin(), pe_.end(), 0.0);
   const auto& K = kernels<T>();
   const int64_t B = B_;
   MlpReport rep;
@@ -556,6 +607,16 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
         for (int64_t c = 0; c < sw.count; ++c) ss += chunk_ss_[size_t(c)];
         rep.weight[size_t(L_)] = norm_from_sumsq(dW, n * k, ss);
       }
+      if (per_example_) {  // the output layer's dz is dL/dy
+        double* pz = pe_.data() + L_ * B;
+        double* pa = pz + (L_ + 1) * B;
+#pragma omp for schedule(static)
+        for (int64_t rb = 0; rb < nrb_; ++rb) {
+          const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
+          K.row_sumsq(gy + r0 * n, rows, n, pz + r0);
+          K.row_sumsq(A_[size_t(L_)] + r0 * k, rows, k, pa + r0);
+        }
+      }
     }
     for (int64_t l = std::min(L_ - 1, L_ - s0); l >= 0 && !stopped; --l)
       if (!(stopped = step_at(at.data(), L_ - l, stop_, rg) != 0))
@@ -564,8 +625,16 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
     if (!stopped && !step_at(at.data(), L_ + 1, stop_, rg)) {
       if (report_) {
 #pragma omp for schedule(static)
-        for (int64_t rb = 0; rb < nrb_; ++rb)
-          blk_[size_t(rb)] = K.sumsq(g + rb * kRowBlock * in0, rows_in_block(rb, B) * in0);
+        for (int64_t rb = 0; rb < nrb_; ++rb) {
+          const int64_t rows = rows_in_block(rb, B);
+          blk_[size_t(rb)] = K.sumsq(g + rb * kRowBlock * in0, rows * in0);
+          if (health) {  // dL/dx's zeros and subnormals
+            GradHealth<T> h;
+            K.grad_health(g + rb * kRowBlock * in0, nullptr, nullptr, rows, in0, &h);
+            hcnt_[size_t(3 * rb)] = h.zeros;
+            hcnt_[size_t(3 * rb + 1)] = h.subnormals;
+          }
+        }
       }
 #pragma omp single
       {
@@ -605,7 +674,124 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
   all.insert(all.end(), rep.norm_weight.begin(), rep.norm_weight.end());
   all.insert(all.end(), rep.norm_bias.begin(), rep.norm_bias.end());
   rep.global_norm = combine_norms(all);
+  fill_forensics(rep, health, per_example);
   return rep;
+}
+
+// ---------------------------------------------------------------------------
+// Forensics: health statistics, non-finite stages, per-example norms
+// ---------------------------------------------------------------------------
+namespace {
+template <class T>
+bool any_nonfinite(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return true;
+  return false;
+}
+}  // namespace
+
+template <class T>
+NonfiniteStage MlpChain<T>::diagnose_forward(int64_t l) {
+  const Layer& ly = layers_[size_t(l)];
+  const int64_t B = B_, n = ly.out, k = ly.in;
+  const T* P = params_.data();
+  const T* W = P + ly.w;
+  const T* b = ly.b >= 0 ? P + ly.b : nullptr;
+  if (any_nonfinite(W, n * k) || (b && any_nonfinite(b, n))) return NonfiniteStage::Parameter;
+  if (ly.gamma >= 0 && (any_nonfinite(P + ly.gamma, n) || any_nonfinite(P + ly.beta, n)))
+    return NonfiniteStage::Parameter;
+  if (ly.rmean >= 0 && !training &&
+      (any_nonfinite(buffers_.data() + ly.rmean, n) || any_nonfinite(buffers_.data() + ly.rvar, n)))
+    return NonfiniteStage::Parameter;  // eval-mode batch norm: its running statistics
+  // z = a_l W^T + b again (a_l is finite: layer l is the first with a non-finite output)
+  T* z = DZ_;
+  gemm(false, true, B, n, k, T(1), A_[size_t(l)], k, W, k, T(0), z, n);
+  if (b)
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t c = 0; c < n; ++c) z[r * n + c] += b[c];
+  if (l == L_ || any_nonfinite(z, B * n)) return NonfiniteStage::Linear;
+  const NormLayerView<T>& nv = norms_[size_t(l)];
+  const T* pre = z;
+  if (cfg_.norm != NormKind::None) {
+    if (any_nonfinite(nv.xhat, B * n)) return NonfiniteStage::Norm;
+    T* nn = G1_;  // n = gamma * xhat + beta
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t c = 0; c < n; ++c)
+        nn[r * n + c] = nv.gamma[c] * nv.xhat[r * n + c] + nv.beta[c];
+    if (any_nonfinite(nn, B * n)) return NonfiniteStage::Norm;
+    pre = nn;
+  }
+  if (!cfg_.residual[size_t(l)] || cfg_.act.kind == Act::Custom) return NonfiniteStage::Activation;
+  T* f = G0_;
+  T* df = DZ_;  // z is no longer needed
+  kernels<T>().act_apply(cfg_.act, pre, f, df, B * n);
+  return any_nonfinite(f, B * n) ? NonfiniteStage::Activation : NonfiniteStage::Residual;
+}
+
+template <class T>
+void MlpChain<T>::fill_forensics(MlpReport& rep, bool health, bool per_example) {
+  const int64_t B = B_;
+  rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
+  if (health) {
+    rep.dead.assign(size_t(L_), 0.0);
+    rep.saturated.assign(size_t(L_), 0.0);
+    rep.mean_abs.assign(size_t(L_), 0.0);
+    rep.zeros.assign(size_t(L_ + 1), 0.0);
+    rep.subnormals.assign(size_t(L_ + 1), 0.0);
+    const double thr = health_threshold;
+    const bool sat_defined = thr == thr;
+    for (int64_t l = 0; l < L_; ++l) {
+      const int64_t n = layers_[size_t(l)].out;
+      const T* hd = HD_ + l * nrb_ * maxw_;
+      int64_t dead = 0, sat = 0;
+      for (int64_t c = 0; c < n; ++c) {
+        T m = 0;  // the column's max |act'| over every example (the blocks in order)
+        for (int64_t rb = 0; rb < nrb_; ++rb) m = hd[rb * n + c] > m ? hd[rb * n + c] : m;
+        dead += m == T(0) ? 1 : 0;
+        sat += double(m) < thr ? 1 : 0;
+      }
+      rep.dead[size_t(l)] = double(dead) / double(n);
+      rep.saturated[size_t(l)] =
+          sat_defined ? double(sat) / double(n) : std::numeric_limits<double>::quiet_NaN();
+      double s = 0.0;
+      for (int64_t rb = 0; rb < nrb_; ++rb) s += fabs_[size_t(l * nrb_ + rb)];
+      rep.mean_abs[size_t(l)] = s / (double(B) * double(n));
+    }
+    for (int64_t l = 0; l <= L_; ++l) {
+      double z = 0.0, sub = 0.0;
+      for (int64_t rb = 0; rb < nrb_; ++rb) {
+        z += hcnt_[size_t(3 * (l * nrb_ + rb))];
+        sub += hcnt_[size_t(3 * (l * nrb_ + rb) + 1)];
+      }
+      const double numel = double(B) * double(cfg_.sizes[size_t(l)]);
+      rep.zeros[size_t(l)] = z / numel;
+      rep.subnormals[size_t(l)] = sub / numel;
+    }
+    // where a NaN/Inf of the backward was born: dL/da_l is the output of hidden layer l
+    // (l = L: of the output layer, dL/dy W_out), whose input dL/da_{l+1} was finite
+    const int l = rep.first_nonfinite;
+    if (l >= 0 && fwd_nonfinite_ < 0) {
+      rep.backward_stage = NonfiniteStage::Product;
+      if (l < L_) {
+        double chk = 0.0;
+        for (int64_t rb = 0; rb < nrb_; ++rb) chk += hcnt_[size_t(3 * ((l + 1) * nrb_ + rb) + 2)];
+        if (chk != chk)
+          rep.backward_stage = cfg_.norm != NormKind::None ? NonfiniteStage::NormBackward
+                                                           : NonfiniteStage::ActivationBackward;
+      }
+    }
+  }
+  if (per_example) {
+    const int64_t L1B = (L_ + 1) * B;
+    const double* pz = pe_.data();
+    const double* pa = pz + L1B;
+    const double* pg = pa + L1B;
+    const double* pb = pg + L1B;
+    const double one = cfg_.bias ? 1.0 : 0.0;
+    rep.example_layer.assign(size_t(L1B), 0.0);
+    for (int64_t i = 0; i < L1B; ++i)
+      rep.example_layer[size_t(i)] = std::sqrt(pz[i] * (pa[i] + one) + pg[i] + pb[i]);
+  }
 }
 
 template class MlpChain<float>;

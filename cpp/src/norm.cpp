@@ -33,6 +33,26 @@ void record_grad(const NormBackwardReport& out, const T* g, int64_t numel, doubl
     *out.first_nonfinite = out.index;
 }
 
+// The health statistics of row block rb (NormBackwardReport::health), zeroed: dmax
+// starts at 0 (no |act'| is below it).
+template <class T>
+GradHealth<T> health_block(const NormBackwardReport& out, int64_t rb, int64_t n) {
+  GradHealth<T> h;
+  T* dm = static_cast<T*>(out.health_dmax);
+  if (dm) {
+    h.dmax = dm + rb * n;
+    std::fill(h.dmax, h.dmax + n, T(0));
+  }
+  return h;
+}
+// Adds block rb's counts to the report's entries.
+template <class T>
+void health_store(const NormBackwardReport& out, int64_t rb, const GradHealth<T>& h) {
+  out.health[3 * rb] += h.zeros;
+  out.health[3 * rb + 1] += h.subnormals;
+  out.health[3 * rb + 2] += h.dz_check;
+}
+
 // ---------------------------------------------------------------------------
 // None: the plain epilogue, a = [resid + alpha *] act(z + b).
 // ---------------------------------------------------------------------------
@@ -53,7 +73,7 @@ struct NormLayer<T, NormKind::None> {
 #pragma omp for schedule(static)  // fused bias + activation + derivative, over row blocks
     for (int64_t rb = 0; rb < rp.nrb; ++rb) {
       const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-      fchk[rb] = K.fwd_plain(args.rows_from(r0, n), z + r0 * n, z + r0 * n, d + r0 * n, rows, n);
+      fchk[rb] = K.fwd_plain(args.block(rb, r0, n), z + r0 * n, z + r0 * n, d + r0 * n, rows, n);
     }
   }
 
@@ -69,8 +89,15 @@ struct NormLayer<T, NormKind::None> {
     for (int64_t rb = 0; rb < nrb; ++rb) {
       const int64_t r0 = rb * kRowBlock;
       if (bias) std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
-      blk[rb] = K.bwd_plain(g + r0 * n, d + r0 * n, scale, select, want_ss, dz + r0 * n,
-                            bias ? p0 + rb * n : nullptr, rows_in_block(rb, B), n);
+      if (out.health) {  // the report's health statistics in the same sweep
+        GradHealth<T> h = health_block<T>(out, rb, n);
+        blk[rb] = K.bwd_plain_health(g + r0 * n, d + r0 * n, scale, select, dz + r0 * n,
+                                     bias ? p0 + rb * n : nullptr, rows_in_block(rb, B), n, &h);
+        health_store(out, rb, h);
+      } else {
+        blk[rb] = K.bwd_plain(g + r0 * n, d + r0 * n, scale, select, want_ss, dz + r0 * n,
+                              bias ? p0 + rb * n : nullptr, rows_in_block(rb, B), n);
+      }
     }
 #pragma omp single
     {
@@ -172,7 +199,7 @@ struct NormLayer<T, NormKind::Batch> {
 #pragma omp for schedule(static)  // fused normalise + affine + activation + derivative
     for (int64_t rb = 0; rb < nrb; ++rb) {
       const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-      fchk[rb] = K.fwd_batchnorm(args.rows_from(r0, n), z + r0 * n, xh + r0 * n, z + r0 * n,
+      fchk[rb] = K.fwd_batchnorm(args.block(rb, r0, n), z + r0 * n, xh + r0 * n, z + r0 * n,
                                  d + r0 * n, rows, n);
     }
   }
@@ -210,6 +237,11 @@ struct NormLayer<T, NormKind::Batch> {
       std::memset(p1 + rb * n, 0, size_t(n) * sizeof(double));
       blk[rb] = K.bwd_bn1(g + r0 * n, d + r0 * n, xh + r0 * n, scale, select, dz + r0 * n,
                           p0 + rb * n, p1 + rb * n, rows_in_block(rb, B), n);
+      if (out.health) {  // g and act' while in cache (dz's check after pass 2)
+        GradHealth<T> h = health_block<T>(out, rb, n);
+        K.grad_health(g + r0 * n, d + r0 * n, nullptr, rows_in_block(rb, B), n, &h);
+        health_store(out, rb, h);
+      }
     }
 #pragma omp single
     {
@@ -266,6 +298,11 @@ struct NormLayer<T, NormKind::Batch> {
         if (bias) std::memset(p2 + rb * n, 0, size_t(n) * sizeof(double));
         K.bwd_bn2(dz + r0 * n, xh + r0 * n, kv, m1, m2, bias ? p2 + rb * n : nullptr,
                   rows_in_block(rb, B), n);
+        if (out.health) {
+          GradHealth<T> h;
+          K.grad_health(nullptr, nullptr, dz + r0 * n, rows_in_block(rb, B), n, &h);
+          health_store(out, rb, h);
+        }
       }
     }
     if (bias) {
@@ -305,7 +342,7 @@ struct NormLayer<T, NormKind::Layer> {
 #pragma omp for schedule(static)  // per-row statistics + fused epilogue
     for (int64_t rb = 0; rb < rp.nrb; ++rb) {
       const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-      fchk[rb] = K.fwd_layernorm(args.rows_from(r0, n), z + r0 * n, xh + r0 * n, z + r0 * n,
+      fchk[rb] = K.fwd_layernorm(args.block(rb, r0, n), z + r0 * n, xh + r0 * n, z + r0 * n,
                                  d + r0 * n, nv.row_mean + r0, nv.row_istd + r0, rows, n);
     }
   }
@@ -331,6 +368,11 @@ struct NormLayer<T, NormKind::Layer> {
       blk[rb] = K.bwd_layernorm(g + r0 * n, d + r0 * n, xh + r0 * n, gamma, nv.row_istd + r0,
                                 scale, select, dz + r0 * n, p0 + rb * n, p1 + rb * n,
                                 bias ? p2 + rb * n : nullptr, rows_in_block(rb, B), n);
+      if (out.health) {
+        GradHealth<T> h = health_block<T>(out, rb, n);
+        K.grad_health(g + r0 * n, d + r0 * n, dz + r0 * n, rows_in_block(rb, B), n, &h);
+        health_store(out, rb, h);
+      }
     }
 #pragma omp single
     {

@@ -9,6 +9,21 @@
 
 namespace gradchain {
 
+const char* nonfinite_stage_name(NonfiniteStage s) {
+  switch (s) {
+    case NonfiniteStage::None: return "";
+    case NonfiniteStage::Parameter: return "parameter";
+    case NonfiniteStage::Linear: return "linear";
+    case NonfiniteStage::Norm: return "norm";
+    case NonfiniteStage::Activation: return "activation";
+    case NonfiniteStage::Residual: return "residual";
+    case NonfiniteStage::ActivationBackward: return "activation_backward";
+    case NonfiniteStage::NormBackward: return "norm_backward";
+    case NonfiniteStage::Product: return "product";
+  }
+  return "";
+}
+
 template <class T>
 double norm_from_sumsq(const T* x, int64_t n, double ss) {
   if (std::isfinite(ss)) return std::sqrt(ss);

@@ -8,6 +8,7 @@
 // GEMM split by gemm_split.
 #include "gradchain/rnn.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -94,7 +95,8 @@ template <class T>
 int64_t RnnChain<T>::workspace_values(int64_t steps, int64_t B) const {
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size;
   const int64_t wp = H * detail::panel_round<T>(H);  // W_hh packed for any ISA's panels
-  return steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + wp;
+  const int64_t hd = steps * ceil_div(B, step_rows(B)) * H;  // the health report's |act'| maxima
+  return steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + wp + hd;
 }
 
 template <class T>
@@ -107,7 +109,8 @@ int64_t RnnChain<T>::part_values(int64_t steps, int64_t B) const {
 template <class T>
 int64_t RnnChain<T>::blk_values(int64_t steps, int64_t B) const {
   const int64_t nrb = ceil_div(B, step_rows(B)), nrb_all = ceil_div(steps * B, kRowBlock);
-  return steps * nrb > nrb_all ? steps * nrb : nrb_all;
+  // blk_, and the forensics' hcnt_ and fabs_ (4 per step and row block)
+  return (steps * nrb > nrb_all ? steps * nrb : nrb_all) + 4 * steps * nrb;
 }
 
 template <class T>
@@ -130,7 +133,8 @@ int64_t RnnChain<T>::pass_bytes(int64_t steps, int64_t B) const {
                           (part_values(steps, B) + blk_values(steps, B)) *
                               int64_t(sizeof(double));
     const int64_t held = ws_.size() * int64_t(sizeof(T)) +
-                         (part_.size() + int64_t(blk_.size())) * int64_t(sizeof(double));
+                         (part_.size() + int64_t(blk_.size() + hcnt_.size() + fabs_.size())) *
+                             int64_t(sizeof(double));
     need = fresh > held ? fresh - held : 0;
   }
   const int64_t H = cfg_.hidden_size;
@@ -155,7 +159,10 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   try {
     ws_ = Buffer<T>(total);
     part_ = Buffer<double>(part_values(steps, B));
-    blk_.assign(size_t(blk_values(steps, B)), 0.0);
+    const int64_t nrb = ceil_div(B, step_rows(B));
+    blk_.assign(size_t(blk_values(steps, B) - 4 * steps * nrb), 0.0);
+    hcnt_.assign(size_t(3 * steps * nrb), 0.0);
+    fabs_.assign(size_t(steps * nrb), 0.0);
   } catch (const std::bad_alloc&) {
     ws_ = Buffer<T>();
     part_ = Buffer<double>();
@@ -174,6 +181,7 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   bias_ = ws.take(H);
   WT_ = ws.take(wp);
   nrb_ = ceil_div(B, step_rows(B));
+  HD_ = ws.take(steps * nrb_ * H);
   pack_slot_ = slot_values(steps, B);
   T_ = steps;
   B_ = B;
@@ -227,8 +235,13 @@ void RnnChain<T>::custom_steps() {
     for (int64_t rb = 0; rb < nrb_; ++rb) {
       const int64_t r0 = rb * sr, rows = rows_in_block(rb, B, sr);
       bool bad = false;
-      for (int64_t i = r0 * H; i < (r0 + rows) * H; ++i) bad = bad || !std::isfinite(zt[i]);
+      double s = 0.0;
+      for (int64_t i = r0 * H; i < (r0 + rows) * H; ++i) {
+        bad = bad || !std::isfinite(zt[i]);
+        s += double(std::abs(zt[i]));
+      }
       blk_[size_t((t - 1) * nrb_ + rb)] = bad ? std::numeric_limits<double>::quiet_NaN() : 0.0;
+      fabs_[size_t((t - 1) * nrb_ + rb)] = s;
     }
   }
 }
@@ -295,8 +308,10 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
           prefetch_rows(D_ + t * BH + r0 * H, rows * H, true);
         }
         step_gemm(Kt, rows, H, HS_ + (t - 1) * BH + r0 * H, WT_, zt);
+        FwdArgs<T> at = args;  // sum |h_t| of the block (the report's mean |activation|)
+        if (forensics) at.abs_sum = fabs_.data() + (t - 1) * nrb_ + rb;
         blk_[size_t((t - 1) * nrb_ + rb)] =
-            Kt.fwd_plain(args, zt, zt, D_ + (t - 1) * BH + r0 * H, rows, H);
+            Kt.fwd_plain(at, zt, zt, D_ + (t - 1) * BH + r0 * H, rows, H);
       }
     }
     if (K > 0 && !custom) readout_forward(ys);
@@ -312,6 +327,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
   }
   if (stopping()) throw Cancelled();  // has_forward_ stays false
   fwd_nonfinite_ = -1;
+  fwd_stage_ = NonfiniteStage::None;
   for (int64_t t = 1; t <= steps && fwd_nonfinite_ < 0; ++t)
     for (int64_t rb = 0; rb < nrb_; ++rb)
       if (std::isnan(blk_[size_t((t - 1) * nrb_ + rb)])) {
@@ -324,6 +340,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
         fwd_nonfinite_ = int(steps + 1);
         break;
       }
+  if (fwd_nonfinite_ > 0 && forensics) fwd_stage_ = diagnose_forward(fwd_nonfinite_);
   std::memcpy(hs, HS_ + BH, size_t(TB * H) * sizeof(T));
   has_forward_ = true;
 }
@@ -351,6 +368,8 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool readout = K > 0 && grad_ys != nullptr;
   double* part = part_.data();
+  const bool health = report && forensics;
+  if (health) std::fill(hcnt_.begin(), hcnt_.end(), 0.0);
   stop_ = cancel_flag();  // cancelled: as in forward, then the report is not computed
   RnnReport rep;
   rep.timestep.assign(size_t(steps), 0.0);
@@ -427,9 +446,20 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
           prefetch_rows(G_ + (t - 1) * BH + r0 * H, rows * H, true);
           prefetch_rows(dzt - BH, rows * H, true);
         }
-        blk_[size_t((t - 1) * nrb_ + rb)] = Kt.bwd_plain(
-            G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1), select, report, dzt, db, rows,
-            H);
+        const size_t hb = size_t((t - 1) * nrb_ + rb);
+        if (health) {  // the step's health statistics in the same sweep
+          GradHealth<T> h;
+          h.dmax = HD_ + int64_t(hb) * H;
+          std::fill(h.dmax, h.dmax + H, T(0));
+          blk_[hb] = Kt.bwd_plain_health(G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1),
+                                         select, dzt, db, rows, H, &h);
+          hcnt_[3 * hb] = h.zeros;
+          hcnt_[3 * hb + 1] = h.subnormals;
+          hcnt_[3 * hb + 2] = h.dz_check;
+        } else {
+          blk_[hb] = Kt.bwd_plain(G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1),
+                                  select, report, dzt, db, rows, H);
+        }
         step_gemm(Kt, rows, H, dzt, Wp, G_ + (t - 1) * BH + r0 * H);
       }
     }
@@ -480,6 +510,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
 
   if (stopping()) throw Cancelled();
   rep.forward_first_nonfinite = fwd_nonfinite_;
+  rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
   if (!report) {  // gradients only: the report's norms stay 0
     if (dh0) std::memcpy(dh0, G_, size_t(BH) * sizeof(T));
     return rep;
@@ -513,8 +544,91 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   }
   rep.global_norm = combine_norms(all);
   rep.forward_first_nonfinite = fwd_nonfinite_;
+  rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
+  if (health) fill_health(rep);
   if (dh0) std::memcpy(dh0, G_, size_t(BH) * sizeof(T));
   return rep;
+}
+
+// ---------------------------------------------------------------------------
+// Forensics: where a forward NaN/Inf was born, the health statistics per step
+// ---------------------------------------------------------------------------
+namespace {
+template <class T>
+bool any_nonfinite(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return true;
+  return false;
+}
+}  // namespace
+
+template <class T>
+NonfiniteStage RnnChain<T>::diagnose_forward(int64_t t) {
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size, B = B_;
+  const T* P = params_.data();
+  if (t > T_) {  // only the readout's output: y = h W_out^T + b_out
+    if (any_nonfinite(P + w_out_, K * H) || (b_out_ >= 0 && any_nonfinite(P + b_out_, K)))
+      return NonfiniteStage::Parameter;
+    return NonfiniteStage::Linear;
+  }
+  if (any_nonfinite(P + w_ih_, H * I) || any_nonfinite(P + w_hh_, H * H) ||
+      (cfg_.bias && (any_nonfinite(P + b_ih_, H) || any_nonfinite(P + b_hh_, H))))
+    return NonfiniteStage::Parameter;
+  // z_t = x_t W_ih^T + h_{t-1} W_hh^T + b again (h_{t-1} is finite), into DZ_
+  T* z = DZ_;
+  gemm(false, true, B, H, I, T(1), X_ + (t - 1) * B * I, I, P + w_ih_, I, T(0), z, H);
+  gemm(false, true, B, H, H, T(1), HS_ + (t - 1) * B * H, H, P + w_hh_, H, T(1), z, H);
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t c = 0; c < H; ++c) z[r * H + c] += bias_[c];
+  return any_nonfinite(z, B * H) ? NonfiniteStage::Linear : NonfiniteStage::Activation;
+}
+
+template <class T>
+void RnnChain<T>::fill_health(RnnReport& rep) {
+  const int64_t steps = T_, B = B_, H = cfg_.hidden_size;
+  rep.dead.assign(size_t(steps), 0.0);
+  rep.saturated.assign(size_t(steps), 0.0);
+  rep.zeros.assign(size_t(steps), 0.0);
+  rep.subnormals.assign(size_t(steps), 0.0);
+  rep.mean_abs.assign(size_t(steps), 0.0);
+  const double thr = health_threshold;
+  const double numel = double(B) * double(H);
+  for (int64_t t = 1; t <= steps; ++t) {
+    const int64_t base = (t - 1) * nrb_;
+    int64_t dead = 0, sat = 0;
+    for (int64_t c = 0; c < H; ++c) {
+      T m = 0;
+      for (int64_t rb = 0; rb < nrb_; ++rb) {
+        const T v = HD_[(base + rb) * H + c];
+        m = v > m ? v : m;
+      }
+      dead += m == T(0) ? 1 : 0;
+      sat += double(m) < thr ? 1 : 0;
+    }
+    double z = 0.0, sub = 0.0, a = 0.0;
+    for (int64_t rb = 0; rb < nrb_; ++rb) {
+      z += hcnt_[size_t(3 * (base + rb))];
+      sub += hcnt_[size_t(3 * (base + rb) + 1)];
+      a += fabs_[size_t(base + rb)];
+    }
+    rep.dead[size_t(t - 1)] = double(dead) / double(H);
+    rep.saturated[size_t(t - 1)] =
+        thr == thr ? double(sat) / double(H) : std::numeric_limits<double>::quiet_NaN();
+    rep.zeros[size_t(t - 1)] = z / numel;
+    rep.subnormals[size_t(t - 1)] = sub / numel;
+    rep.mean_abs[size_t(t - 1)] = a / numel;
+  }
+  // where a NaN/Inf of the backward was born: dL/dh_t gets dz_{t+1} W_hh (and the readout's
+  // and direct gradients); born at t when dL/dh_{t+1} was finite
+  const int t = rep.first_nonfinite;
+  if (t >= 1 && fwd_nonfinite_ < 0) {
+    rep.backward_stage = NonfiniteStage::Product;
+    if (t < steps) {
+      double chk = 0.0;
+      for (int64_t rb = 0; rb < nrb_; ++rb) chk += hcnt_[size_t(3 * (t * nrb_ + rb) + 2)];
+      if (chk != chk) rep.backward_stage = NonfiniteStage::ActivationBackward;
+    }
+  }
 }
 
 template class RnnChain<float>;

@@ -30,6 +30,7 @@ __all__ = [
     "RNNGradReport",
     "StateError", "tasks", "theory",
     "available_isas", "clip_grad_norm", "clip_grad_norm_per_layer", "clip_grad_value",
+    "clip_per_example", "NonFiniteOrigin",
     "get_isa", "get_num_threads", "grad_norm", "init", "load", "reference", "save", "set_isa",
     "set_num_threads", "sweep", "runtime", "set_adaptive_threads", "thread_policy",
 ]
@@ -53,7 +54,7 @@ _LAZY: dict[str, str] = {
     "GradReport": "report", "RNNGradReport": "report",
     "NonFiniteError": "_core",
     "clip_grad_norm": "clip", "clip_grad_norm_per_layer": "clip", "clip_grad_value": "clip",
-    "grad_norm": "clip",
+    "clip_per_example": "clip", "grad_norm": "clip", "NonFiniteOrigin": "report",
     "load": "io", "save": "io",
     "available_isas": "runtime", "get_isa": "runtime", "get_num_threads": "runtime",
     "set_isa": "runtime", "set_num_threads": "runtime", "set_adaptive_threads": "runtime",
@@ -90,6 +91,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at r
     from .clip import clip_grad_norm as clip_grad_norm
     from .clip import clip_grad_norm_per_layer as clip_grad_norm_per_layer
     from .clip import clip_grad_value as clip_grad_value
+    from .clip import clip_per_example as clip_per_example
     from .clip import grad_norm as grad_norm
     from .io import load as load
     from .io import save as save
@@ -98,6 +100,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at r
     from .models import IncompatibleKeys as IncompatibleKeys
     from .models import StateError as StateError
     from .report import GradReport as GradReport
+    from .report import NonFiniteOrigin as NonFiniteOrigin
     from .report import RNNGradReport as RNNGradReport
     from .runtime import available_isas as available_isas
     from .runtime import get_isa as get_isa

@@ -52,12 +52,18 @@ class _MlpChain(_Chain):
     @property
     def forward_count(self) -> int: ...
     training: bool
+    health_threshold: float
+    forensics: bool
     def buffer_array(self) -> npt.NDArray[Any]: ...
     def pass_bytes(self, batch: int) -> int:
         """Bytes a pass over ``batch`` rows would allocate now (workspace, packing scratch)."""
     def forward(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]: ...
     def backward(
-        self, grad_output: npt.NDArray[Any], accumulate: bool = False, report: bool = True
+        self,
+        grad_output: npt.NDArray[Any],
+        accumulate: bool = False,
+        report: bool = True,
+        per_example: bool = False,
     ) -> tuple[dict[str, Any], npt.NDArray[Any]]: ...
 
 class MlpChainF32(_MlpChain): ...
@@ -74,6 +80,8 @@ class _RnnChain(_Chain):
         p1: float,
         bias: bool,
     ) -> None: ...
+    health_threshold: float
+    forensics: bool
     @property
     def forward_steps(self) -> int: ...
     def pass_bytes(self, steps: int, batch: int) -> int:

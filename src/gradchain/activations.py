@@ -250,6 +250,20 @@ class ActivationSpec:
         values = [float(params[k]) for k in self.params] + [0.0, 0.0]
         return values[0], values[1]
 
+    def max_derivative(self, params: Params | None = None) -> float:
+        """``sup |act'(x)|`` for these parameters (default: PyTorch's), from the row's own
+        derivative on a grid of 160001 points over ``[-80, 80] * scale(params)`` (kinks and
+        0 included). The health report's saturation threshold is 1e-3 of it."""
+        p = dict(self.params if params is None else params)
+        key = (self.name, tuple(sorted(p.items())))
+        hit = _MAX_DERIVATIVE.get(key)
+        if hit is None:
+            grid = np.linspace(-80.0, 80.0, 160001) * float(self.scale(p))
+            with np.errstate(all="ignore"):
+                hit = float(np.nanmax(np.abs(self.derivative(grid, p))))
+            _MAX_DERIVATIVE[key] = hit
+        return hit
+
     def kink_points(self, params: Params | None = None) -> list[float]:
         """Where the derivative jumps for these parameters (default: PyTorch's)."""
         p = self.params if params is None else params
@@ -265,6 +279,12 @@ class ActivationSpec:
             return lambda t: t
         fn = getattr(functional, self.torch)
         return lambda t: fn(t, **kw)
+
+
+_MAX_DERIVATIVE: dict[tuple[str, tuple[tuple[str, float], ...]], float] = {}
+
+# The health report's saturation threshold, relative to the activation's largest |act'|.
+SATURATION_RELATIVE = 1e-3
 
 
 def _rows(*rows: ActivationSpec) -> Mapping[str, ActivationSpec]:
@@ -417,6 +437,14 @@ class Activation:
         if self.is_custom:
             return math.sqrt(2.0)
         return SPECS[self.name].gain(self.params)
+
+    def saturation_threshold(self) -> float:
+        """The health report's threshold: a unit is saturated when ``|act'|`` stays below
+        ``1e-3 * sup |act'|`` for every example (:meth:`ActivationSpec.max_derivative`);
+        NaN for a custom activation (not defined)."""
+        if self.is_custom:
+            return math.nan
+        return SATURATION_RELATIVE * SPECS[self.name].max_derivative(self.params)
 
     def __call__(self, x: Any) -> np.ndarray:
         """``act(x)`` with NumPy, in x's dtype (float32 or float64)."""

@@ -266,7 +266,7 @@ def _probe(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=1))
     else:
         _note(args, repr(model))
-        print(rep.table())
+        print(rep.table(health=args.health))
     try:
         if args.json_out is not None:
             with open(args.json_out, "w") as f:
@@ -275,7 +275,7 @@ def _probe(args: argparse.Namespace) -> int:
         if args.png is not None:
             from ._plotting import pyplot, save
 
-            fig, ax = rep.plot()
+            fig, ax = rep.plot(health=args.health)
             # the configuration on top, the verdict (the report's own title) below it
             ax.set_title(f"{_probe_what(args)}\n{rep.verdict()}", fontsize=9)
             save(fig, args.png)
@@ -637,6 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the report's plot (log scale) to PATH (needs matplotlib)")
     q.add_argument("--quiet", "-q", action="store_true",
                    help="print the table (or the JSON) only: no model line, no notes")
+    q.add_argument("--health", action="store_true",
+                   help="add the health table (dead / saturated units, zero and subnormal "
+                        "gradients, mean |activation|) and where a NaN/Inf was born; with "
+                        "--png, a health panel below the norms (the JSON always has them)")
 
     _add_sweep_parser(sub, common)
 

@@ -10,7 +10,7 @@ code. The matplotlib plumbing (headless backend, path checks, PNG saving) is
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from ._plotting import axes, check_path
 if TYPE_CHECKING:
     from .report import GradReport, RNNGradReport
 
-__all__ = ["grad_report", "rnn_grad_report"]
+__all__ = ["grad_report", "health_panel", "rnn_grad_report", "with_health"]
 
 
 def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
@@ -207,3 +207,63 @@ def rnn_grad_report(rep: RNNGradReport, ax: Any, path: str | os.PathLike[str] | 
 
         save(fig, p)
     return fig, ax
+
+
+def health_panel(rep: GradReport | RNNGradReport, ax: Any,
+                 path: str | os.PathLike[str] | None) -> tuple[Any, Any]:
+    """Draw the health statistics of ``rep`` (``rep.plot_health(ax, path)``): per layer
+    (MLP, x = l) or step (RNN, x = t) the dead and saturated unit fractions, the zero and
+    subnormal fractions of the backpropagated gradient (left axis, 0..1) and the mean
+    ``|activation|`` (right axis, dashed). ValueError when the report has no health
+    statistics (computed with ``report=True`` only). Returns ``(fig, ax)``."""
+    p = check_path(path)
+    if not np.asarray(rep.zero_grad_fractions).size:
+        raise ValueError("rep: this report has no health statistics (backward with "
+                         "report=False, or the forensics switched off)")
+    fig, ax = axes(ax)
+    rnn = hasattr(rep, "timestep_grad_norms")
+    n_g = len(rep.zero_grad_fractions)
+    xg = np.arange(1, n_g + 1) if rnn else np.arange(n_g)       # dL/dh_t, t = 1..T / dL/da_l
+    xu = np.arange(1, len(rep.dead_unit_fractions) + 1)         # units: t = 1..T / l = 1..L
+    ax.plot(xu, rep.dead_unit_fractions, "-", marker="v", markersize=3, label="dead units")
+    ax.plot(xu, rep.saturated_unit_fractions, "-", marker="^", markersize=3,
+            label="saturated units")
+    ax.plot(xg, rep.zero_grad_fractions, ":", marker="o", markersize=3,
+            label="zeros in dL/dh_t" if rnn else "zeros in dL/da_l")
+    ax.plot(xg, rep.subnormal_grad_fractions, ":", marker="s", markersize=3,
+            label="subnormals")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("fraction")
+    ax.set_xlabel("timestep t" if rnn else "layer l")
+    right = ax.twinx()
+    right.plot(xu, rep.mean_abs_activations, "--", color="grey", lw=1, label="mean |a|")
+    right.set_ylabel("mean |h_t|" if rnn else "mean |a_l|")
+    lines = ax.get_lines() + right.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="best")
+    if p is not None:
+        from ._plotting import save
+
+        save(fig, p)
+    return fig, ax
+
+
+def with_health(rep: GradReport | RNNGradReport, ax: Any,
+                path: str | os.PathLike[str] | None,
+                draw: Callable[[Any], tuple[Any, Any]]) -> tuple[Any, Any]:
+    """``rep.plot(..., health=True)``: a figure of two panels, the norms (``draw(ax)``) on
+    top and :func:`health_panel` below (``fig.axes[1]``). ``ax`` must be None (the figure
+    is new). Returns ``(fig, top_ax)``."""
+    if ax is not None:
+        raise ValueError("ax: health=True draws a new figure of two panels; pass ax=None "
+                         "(or call rep.plot_health(ax) on an axes of your own)")
+    p = check_path(path)
+    from ._plotting import pyplot
+
+    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(7.0, 7.0), sharex=False)
+    draw(top)
+    health_panel(rep, bottom, None)
+    if p is not None:
+        from ._plotting import save
+
+        save(fig, p)
+    return fig, top

@@ -49,6 +49,8 @@ __all__ = [
     "loss_forward_backward",
     "mlp_backward",
     "mlp_forward",
+    "mlp_per_example_grad_norms",
+    "saturation_threshold",
     "resolve_residual",
     "rnn_backward",
     "rnn_forward",
@@ -170,6 +172,45 @@ def global_norm(grads: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> float
 def _norms_array(tensors: Sequence[np.ndarray]) -> np.ndarray:
     """float64 array of the Frobenius norms of ``tensors``."""
     return np.array([frobenius_norm(t) for t in tensors], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# health statistics (docs/CONVENTIONS.md, "Gradient report")
+# ----------------------------------------------------------------------------------------------
+
+
+def saturation_threshold(act: Any, act_params: Mapping[str, Any] | None = None) -> float:
+    """1e-3 of ``sup |act'(x)|``: the derivative on 160001 points of ``[-80, 80] * s``
+    (``s = 1/|beta|`` for softplus, else 1); NaN for a custom ``(f, df)`` pair."""
+    name, _, grad_fn, p = _act_spec(act, act_params)
+    if name is None:
+        return math.nan
+    key = (name, tuple(sorted(p.items())))
+    if key not in _SATURATION:
+        s = 1.0 / abs(p["beta"]) if name == "softplus" else 1.0
+        grid = np.linspace(-80.0, 80.0, 160001) * s
+        with np.errstate(all="ignore"):
+            _SATURATION[key] = 1e-3 * float(np.nanmax(np.abs(grad_fn(grid, **p))))
+    return _SATURATION[key]
+
+
+_SATURATION: dict[tuple[str, tuple[tuple[str, float], ...]], float] = {}
+
+
+def _unit_health(deriv: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(dead, saturated) fractions of the columns of ``deriv`` (B, n): the column's largest
+    |act'| (NaN left out; an all-NaN column counts 0) is 0 / below ``threshold``."""
+    a = np.abs(np.asarray(deriv, dtype=np.float64))
+    m = np.max(np.where(np.isnan(a), 0.0, a), axis=0)
+    sat = float(np.mean(m < threshold)) if threshold == threshold else math.nan
+    return float(np.mean(m == 0.0)), sat
+
+
+def _grad_health(g: np.ndarray) -> tuple[float, float]:
+    """(zero, subnormal) fractions of the entries of ``g`` (in its own dtype)."""
+    a = np.abs(g)
+    tiny = np.finfo(g.dtype).tiny
+    return float(np.mean(a == 0)), float(np.mean((a > 0) & (a < tiny)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -765,7 +806,10 @@ def mlp_forward(params: Mapping[str, Any], x: Any, *, activation: Any = "tanh",
         ``(y, cache)``: y (B, out); cache holds what mlp_backward needs plus
         ``cache["new_buffers"]`` (updated "norms.{l}.running_mean/running_var" for norm="batch",
         else empty) and ``cache["forward_first_nonfinite"]``: None, or the first 1-based l in
-        1..L whose a_l holds NaN/Inf, or L + 1 when only y does.
+        1..L whose a_l holds NaN/Inf, or L + 1 when only y does, with
+        ``cache["forward_nonfinite_stage"]`` where it was born: "parameter" (a parameter of
+        the layer is NaN/Inf), "linear" (z), "norm" (the norm's output n), "activation"
+        (act(n), or the output of a layer without residual), "residual" (a + alpha f).
     """
     n_hidden, sizes, dtype = _mlp_layout(params, norm, bias)
     x = _float_array(x, "x")
@@ -783,6 +827,7 @@ def mlp_forward(params: Mapping[str, Any], x: Any, *, activation: Any = "tanh",
     layers = []
     new_buffers: dict[str, np.ndarray] = {}
     forward_first_nonfinite = None
+    forward_stage = None
     for l in range(n_hidden):
         W = p(f"layers.{l}.weight")
         b = p(f"layers.{l}.bias") if bias else None
@@ -804,12 +849,29 @@ def mlp_forward(params: Mapping[str, Any], x: Any, *, activation: Any = "tanh",
         a = a_next
         if forward_first_nonfinite is None and _has_nonfinite(a):
             forward_first_nonfinite = l + 1
+            # born here (a_prev was finite): which stage gave the first NaN/Inf
+            own = [W, b] + ([p(f"norms.{l}.weight"), p(f"norms.{l}.bias")] if norm else [])
+            if norm == "batch" and not training:
+                own += [p(f"norms.{l}.running_mean"), p(f"norms.{l}.running_var")]
+            if any(t is not None and _has_nonfinite(t) for t in own):
+                forward_stage = "parameter"
+            elif _has_nonfinite(z):
+                forward_stage = "linear"
+            elif norm is not None and _has_nonfinite(n):
+                forward_stage = "norm"
+            elif _has_nonfinite(f) or not skip[l]:
+                forward_stage = "activation"
+            else:
+                forward_stage = "residual"
 
     W_out = p(f"layers.{n_hidden}.weight")
     b_out = p(f"layers.{n_hidden}.bias") if bias else None
     y = linear_forward(a, W_out, b_out)
     if forward_first_nonfinite is None and _has_nonfinite(y):
         forward_first_nonfinite = n_hidden + 1
+        own = [W_out, b_out]
+        forward_stage = ("parameter" if any(t is not None and _has_nonfinite(t) for t in own)
+                         else "linear")
 
     cache = {
         "L": n_hidden,
@@ -828,12 +890,14 @@ def mlp_forward(params: Mapping[str, Any], x: Any, *, activation: Any = "tanh",
         "training": bool(training),
         "new_buffers": new_buffers,
         "forward_first_nonfinite": forward_first_nonfinite,
+        "forward_nonfinite_stage": forward_stage,
     }
     return y, cache
 
 
 @_ieee
-def mlp_backward(cache: Mapping[str, Any], grad_y: Any) -> tuple[dict, np.ndarray, dict]:
+def mlp_backward(cache: Mapping[str, Any], grad_y: Any, *,
+                 saturation: float | None = None) -> tuple[dict, np.ndarray, dict]:
     """Backpropagate ``grad_y = dL/dy`` through the MLP of mlp_forward.
 
     Args:
@@ -849,6 +913,13 @@ def mlp_backward(cache: Mapping[str, Any], grad_y: Any) -> tuple[dict, np.ndarra
         (L,) (length 0 when norm is None), "activation_grad_norms" (L+1,) = ||dL/da_l|| for
         l = 0..L (a_0 = x), "global_norm" (float, all parameter gradients together), and
         "first_nonfinite": None or the first l scanning l = L..0 whose dL/da_l has NaN/Inf.
+        Health (docs/CONVENTIONS.md): "dead_unit_fractions", "saturated_unit_fractions"
+        (L,: units of hidden layer l whose |act'| is 0 / below ``saturation`` for every
+        example; ``saturation`` defaults to :func:`saturation_threshold`),
+        "zero_grad_fractions", "subnormal_grad_fractions" (L+1,: entries of dL/da_l),
+        "mean_abs_activations" (L,: mean |a_l|), "forward_nonfinite_stage" (the cache's) and
+        "backward_nonfinite_stage": with a finite forward, where dL/da_{first_nonfinite} was
+        born: "activation_backward" / "norm_backward" (layer l's dL/dz) or "product".
     """
     n_hidden = cache["L"]
     dtype = cache["dtype"]
@@ -865,6 +936,7 @@ def mlp_backward(cache: Mapping[str, Any], grad_y: Any) -> tuple[dict, np.ndarra
     norm_weight_grads: list[np.ndarray] = [None] * n_hidden
     norm_bias_grads: list[np.ndarray] = [None] * n_hidden
     activation_grads: list[np.ndarray] = [None] * (n_hidden + 1)
+    dz_grads: list[np.ndarray] = [None] * n_hidden
 
     # output layer: y = a_L @ W_out.T + b_out
     g_a, weight_grads[n_hidden], bias_grads[n_hidden] = linear_backward(
@@ -883,6 +955,7 @@ def mlp_backward(cache: Mapping[str, Any], grad_y: Any) -> tuple[dict, np.ndarra
                 g_n, layer["norm_cache"])
         else:
             g_z = g_n
+        dz_grads[l] = g_z
         g_prev, weight_grads[l], bias_grads[l] = linear_backward(
             g_z, layer["a_prev"], layer["W"], has_bias)
         if cache["residual"][l]:
@@ -905,7 +978,19 @@ def mlp_backward(cache: Mapping[str, Any], grad_y: Any) -> tuple[dict, np.ndarra
         if _has_nonfinite(activation_grads[l]):
             first_nonfinite = l
             break
+    backward_stage = None
+    if first_nonfinite is not None and cache["forward_first_nonfinite"] is None:
+        backward_stage = "product"
+        if first_nonfinite < n_hidden and _has_nonfinite(dz_grads[first_nonfinite]):
+            backward_stage = "norm_backward" if norm is not None else "activation_backward"
 
+    thr = saturation_threshold(_act_of_cache(cache), act_p) if saturation is None \
+        else float(saturation)
+    units = [_unit_health(_call_elementwise(act_grad_fn, layer["n"], act_p,
+                                            "activation derivative"), thr)
+             for layer in cache["layers"]]
+    gh = [_grad_health(g) for g in activation_grads]
+    acts = [layer["a_prev"] for layer in cache["layers"][1:]] + [cache["a_L"]]
     report = {
         "weight_grad_norms": _norms_array(weight_grads),
         "bias_grad_norms": (_norms_array(bias_grads) if has_bias
@@ -917,8 +1002,55 @@ def mlp_backward(cache: Mapping[str, Any], grad_y: Any) -> tuple[dict, np.ndarra
         "activation_grad_norms": _norms_array(activation_grads),
         "global_norm": global_norm(grads),
         "first_nonfinite": first_nonfinite,
+        "dead_unit_fractions": np.array([u[0] for u in units], dtype=np.float64),
+        "saturated_unit_fractions": np.array([u[1] for u in units], dtype=np.float64),
+        "zero_grad_fractions": np.array([h[0] for h in gh], dtype=np.float64),
+        "subnormal_grad_fractions": np.array([h[1] for h in gh], dtype=np.float64),
+        "mean_abs_activations": np.array(
+            [float(np.mean(np.abs(a.astype(np.float64)))) for a in acts][:n_hidden],
+            dtype=np.float64),
+        "forward_nonfinite_stage": cache["forward_nonfinite_stage"],
+        "backward_nonfinite_stage": backward_stage,
     }
     return grads, g_a, report
+
+
+def _act_of_cache(cache: Mapping[str, Any]) -> Any:
+    """The activation of an mlp_forward / rnn_forward cache as _act_spec takes it."""
+    name, grad_fn, _ = cache["activation"]
+    return name if name is not None else (grad_fn, grad_fn)
+
+
+@_ieee
+def mlp_per_example_grad_norms(params: Mapping[str, Any], x: Any, grad_y: Any, **kwargs: Any
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example gradient norms, one example at a time: example i's own loss has
+    ``dL_i/dy_i = B * grad_y[i]`` (``L = mean_i L_i``); forward and backward on ``x[i:i+1]``
+    alone. Returns ``(norms (B,), per_layer (L+1, B))``: ``||grad L_i||`` over every
+    parameter, and over linear layer l's weight and bias with norm layer l's gamma and
+    beta. ``kwargs`` as :func:`mlp_forward`'s; batch norm only in eval mode
+    (``training=False``): in training mode the examples are coupled (ValueError)."""
+    if kwargs.get("norm") == "batch" and kwargs.get("training", True):
+        raise ValueError("per-example gradients are not defined for batch norm in training "
+                         "mode (the examples of a batch are coupled)")
+    x = _float_array(x, "x")
+    grad_y = _float_array(grad_y, "grad_y")
+    B = x.shape[0]
+    n_hidden = None
+    per_layer = []
+    for i in range(B):
+        _, cache = mlp_forward(params, x[i:i + 1], **kwargs)
+        n_hidden = cache["L"]
+        grads, _, _ = mlp_backward(cache, (grad_y[i:i + 1] * B).astype(grad_y.dtype),
+                                   saturation=0.0)
+        norms = []
+        for l in range(n_hidden + 1):
+            ts = [grads[k] for k in (f"layers.{l}.weight", f"layers.{l}.bias",
+                                     f"norms.{l}.weight", f"norms.{l}.bias") if k in grads]
+            norms.append(global_norm(ts))
+        per_layer.append(norms)
+    layer = np.array(per_layer, dtype=np.float64).T
+    return np.array([frobenius_norm(layer[:, i]) for i in range(B)]), layer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1104,7 +1236,9 @@ def rnn_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None, *,
 
     Returns:
         ``(hs, cache)``: hs (T, B, H) = h_1..h_T; ``cache["ys"]`` is the readout output
-        (T, B, K), or None without a readout.
+        (T, B, K), or None without a readout; ``cache["forward_first_nonfinite"]`` the first
+        t whose h_t holds NaN/Inf (T + 1: only the readout's output), born at stage
+        ``cache["forward_nonfinite_stage"]`` ("parameter", "linear" (z_t) or "activation").
     """
     p = _rnn_params(params)
     dtype = p["weight_ih_l0"].dtype
@@ -1125,27 +1259,39 @@ def rnn_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None, *,
     zs = np.empty((n_steps, batch, hidden), dtype=dtype)
     hs = np.empty((n_steps, batch, hidden), dtype=dtype)
     h = h0
+    forward_first, forward_stage = None, None
+    own = [p[k] for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
     for t in range(n_steps):
         from_input = linear_forward(x[t], p["weight_ih_l0"], p["bias_ih_l0"])
         from_state = linear_forward(h, p["weight_hh_l0"], p["bias_hh_l0"])
         zs[t] = from_input + from_state
         h = _call_elementwise(forward_fn, zs[t], act_p, "activation forward")
         hs[t] = h
+        if forward_first is None and _has_nonfinite(h):  # born at step t + 1
+            forward_first = t + 1
+            forward_stage = ("parameter" if any(w is not None and _has_nonfinite(w) for w in own)
+                             else "linear" if _has_nonfinite(zs[t]) else "activation")
 
     ys = None
     if p["readout.weight"] is not None:
         ys = hs @ p["readout.weight"].T
         if p["readout.bias"] is not None:
             ys = ys + p["readout.bias"]
+        if forward_first is None and _has_nonfinite(ys):
+            forward_first = n_steps + 1
+            forward_stage = ("parameter" if any(
+                w is not None and _has_nonfinite(w)
+                for w in (p["readout.weight"], p["readout.bias"])) else "linear")
 
     cache = {"params": p, "dtype": dtype, "x": x, "h0": h0, "zs": zs, "hs": hs, "ys": ys,
-             "activation": (act_name, act_grad_fn, act_p)}
+             "activation": (act_name, act_grad_fn, act_p),
+             "forward_first_nonfinite": forward_first, "forward_nonfinite_stage": forward_stage}
     return hs, cache
 
 
 @_ieee
 def rnn_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
-                 grad_ys: Any | None = None
+                 grad_ys: Any | None = None, *, saturation: float | None = None
                  ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict]:
     """Backpropagation through time for rnn_forward.
 
@@ -1162,7 +1308,12 @@ def rnn_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
         "weight_ih_grad_norm", "weight_hh_grad_norm", "bias_ih_grad_norm",
         "bias_hh_grad_norm", "readout_weight_grad_norm", "readout_bias_grad_norm" (0.0 for
         absent parameters), "h0_grad_norm", "global_norm" (all parameter gradients), and
-        "first_nonfinite": None or the first t scanning t = T..1 whose dL/dh_t has NaN/Inf.
+        "first_nonfinite": None or the first t scanning t = T..1 whose dL/dh_t has NaN/Inf;
+        health per step t = 1..T, as mlp_backward's ("dead_unit_fractions",
+        "saturated_unit_fractions" of the units of h_t, "zero_grad_fractions",
+        "subnormal_grad_fractions" of dL/dh_t, "mean_abs_activations" of h_t) and
+        "backward_nonfinite_stage" ("activation_backward": dL/dz_{t+1} was NaN/Inf, else
+        "product").
     """
     p = cache["params"]
     dtype = cache["dtype"]
@@ -1200,11 +1351,13 @@ def rnn_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
     db = np.zeros(hidden, dtype=dtype)
     dx = np.zeros_like(x)
     dh = [None] * n_steps  # total dL/dh_t
+    dzs = [None] * n_steps
     carry = np.zeros((batch, hidden), dtype=dtype)  # dL/dh_t through step t + 1
     for t in reversed(range(n_steps)):
         dh[t] = upstream[t] + carry
         h_prev = hs[t - 1] if t > 0 else h0
         dz = _act_backward(act_name, act_grad_fn, zs[t], dh[t], act_p)
+        dzs[t] = dz
         dW_ih += dz.T @ x[t]
         dW_hh += dz.T @ h_prev
         db += dz.sum(axis=0)
@@ -1231,6 +1384,18 @@ def rnn_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
     def norm_of(name: str) -> float:
         return frobenius_norm(grads[name]) if name in grads else 0.0
 
+    backward_stage = None
+    if first_nonfinite is not None and cache.get("forward_first_nonfinite") is None:
+        t = first_nonfinite  # dL/dh_t = ... + dz_{t+1} W_hh: dz_{t+1} is dzs[t]
+        backward_stage = ("activation_backward" if t < n_steps and _has_nonfinite(dzs[t])
+                          else "product")
+    thr = saturation_threshold(_act_of_cache(cache), act_p) if saturation is None \
+        else float(saturation)
+    units = [_unit_health(_call_elementwise(act_grad_fn, zs[t], act_p,
+                                            "activation derivative"), thr)
+             for t in range(n_steps)]
+    gh = [_grad_health(g) for g in dh]
+
     report = {
         "timestep_grad_norms": _norms_array(dh),
         "weight_ih_grad_norm": norm_of("weight_ih_l0"),
@@ -1242,6 +1407,15 @@ def rnn_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
         "h0_grad_norm": frobenius_norm(dh0),
         "global_norm": global_norm(grads),
         "first_nonfinite": first_nonfinite,
+        "dead_unit_fractions": np.array([u[0] for u in units], dtype=np.float64),
+        "saturated_unit_fractions": np.array([u[1] for u in units], dtype=np.float64),
+        "zero_grad_fractions": np.array([h[0] for h in gh], dtype=np.float64),
+        "subnormal_grad_fractions": np.array([h[1] for h in gh], dtype=np.float64),
+        "mean_abs_activations": np.array(
+            [float(np.mean(np.abs(hs[t].astype(np.float64)))) for t in range(n_steps)],
+            dtype=np.float64),
+        "forward_nonfinite_stage": cache.get("forward_nonfinite_stage"),
+        "backward_nonfinite_stage": backward_stage,
     }
     return grads, dx, dh0, report
 

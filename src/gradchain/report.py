@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GradReport", "RNNGradReport"]
+__all__ = ["GradReport", "NonFiniteOrigin", "RNNGradReport"]
 
 
 def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
@@ -51,14 +51,139 @@ def _log10_slope(a: np.ndarray) -> float:
 
 
 def _verdict(r: float, first: int | None, forward_first: int | None, where: str, label: str,
-             threshold: float) -> str:
+             threshold: float, origin: NonFiniteOrigin | None = None) -> str:
     if first is not None or forward_first is not None:
         at = first if first is not None else forward_first
-        return f"non-finite: NaN/Inf first at {where} {at}"
+        born = f" (born in {origin})" if origin is not None else ""
+        return f"non-finite: NaN/Inf first at {where} {at}{born}"
     if math.isnan(r):
         return "no gradient: every norm is 0"
     kind = "vanishing" if r < 1.0 / threshold else "exploding" if r > threshold else "healthy"
     return f"{kind}: {label} = {r:.2e}"
+
+
+# ----------------------------------------------------------------------------- forensics
+_STAGE_TEXT = {
+    "parameter": "a parameter (weight, bias or norm parameter) already held NaN/Inf",
+    "linear": "the linear product z = a W^T + b overflowed",
+    "norm": "the norm layer's normalisation (its statistics) gave NaN/Inf",
+    "activation": "the activation gave NaN/Inf",
+    "residual": "the residual sum a + alpha * act(n) overflowed",
+    "loss": "the loss value is NaN/Inf (e.g. the log of a zero probability)",
+    "loss_gradient": "the loss gradient dL/dy is NaN/Inf",
+    "activation_backward": "dL/dz = dL/da * act' overflowed",
+    "norm_backward": "the norm layer's backward (dL/dz) gave NaN/Inf",
+    "product": "the product dL/dz W (dL/da of the layer below) overflowed",
+    "weight_gradient": "a parameter gradient (dL/dz^T a summed over the batch) overflowed",
+}
+
+
+@dataclass(frozen=True)
+class NonFiniteOrigin:
+    """Where the first NaN/Inf of a pass was *born*: the first layer (or step) whose inputs
+    were finite and whose output was not, as distinct from those that only inherited it
+    (docs/CONVENTIONS.md, "Gradient report").
+
+    Attributes
+    ----------
+    phase : str
+        ``"forward"``, ``"loss"`` or ``"backward"``.
+    index : int or None
+        Forward: the hidden layer ``l`` in ``1..L`` (``L+1``: the output layer), RNN the
+        step ``t`` in ``1..T`` (``T+1``: the readout), as ``forward_first_nonfinite``;
+        backward: the ``l`` of ``dL/da_l`` (RNN the ``t`` of ``dL/dh_t``) as
+        ``first_nonfinite``, or for ``"weight_gradient"`` the linear layer ``l`` of
+        ``weight_grad_norms``; None for the loss.
+    stage : str
+        ``"parameter"``, ``"linear"``, ``"norm"``, ``"activation"``, ``"residual"``
+        (forward); ``"loss"``, ``"loss_gradient"``; ``"activation_backward"``,
+        ``"norm_backward"``, ``"product"``, ``"weight_gradient"`` (backward).
+    where : str
+        ``"layer"`` or ``"step"``.
+    """
+
+    phase: str
+    index: int | None
+    stage: str
+    where: str = "layer"
+
+    def __str__(self) -> str:
+        at = "" if self.index is None else f" {self.where} {self.index}"
+        return f"the {self.phase} pass{at}: {_STAGE_TEXT.get(self.stage, self.stage)}"
+
+
+def _origin(where: str, forward_first: int | None, forward_stage: str | None,
+            loss_stage: str | None, first: int | None, backward_stage: str | None,
+            param_first: int | None) -> NonFiniteOrigin | None:
+    """The birth of the pass's first NaN/Inf from the core's indices and stages: the forward
+    pass first (everything after inherits), then the loss, then the backward pass."""
+    if forward_first is not None:
+        return NonFiniteOrigin("forward", forward_first, forward_stage or "activation", where)
+    if loss_stage is not None:
+        return NonFiniteOrigin("loss", None, loss_stage, where)
+    if first is not None:
+        return NonFiniteOrigin("backward", first, backward_stage or "product", where)
+    if param_first is not None:  # -1: a parameter without a layer index (the RNN's)
+        return NonFiniteOrigin("backward", None if param_first < 0 else param_first,
+                               "weight_gradient", where)
+    return None
+
+
+def _arr(d: dict[str, Any], key: str) -> np.ndarray:
+    v = d.get(key)
+    return np.zeros(0) if v is None else np.asarray(v, dtype=np.float64)
+
+
+def _runs(frac: np.ndarray, level: float) -> tuple[int, int] | None:
+    """The longest run of consecutive entries >= level (first, last, 0-based), or None."""
+    best, start = None, None
+    for i, v in enumerate(list(frac) + [-1.0]):
+        if v >= level and start is None:
+            start = i
+        elif not v >= level and start is not None:
+            if best is None or i - start > best[1] - best[0] + 1:
+                best = (start, i - 1)
+            start = None
+    return best
+
+
+def _health_note(dead: np.ndarray, sat: np.ndarray, where: str, first: int,
+                 level: float = 0.5) -> str:
+    """``"; layers 12-40: 85 % of units saturated"`` for the longest run of layers (steps)
+    where at least ``level`` of the units are dead (else saturated), or ``""``."""
+    for frac, word in ((dead, "dead"), (sat, "saturated")):
+        f = np.nan_to_num(np.asarray(frac, dtype=np.float64), nan=0.0)
+        run = _runs(f, level) if f.size else None
+        if run is not None:
+            a, b = run
+            span = f"{where} {a + first}" if a == b else f"{where}s {a + first}-{b + first}"
+            return f"; {span}: {100 * float(np.mean(f[a:b + 1])):.0f} % of units {word}"
+    return ""
+
+
+def _noise_scale(per_example: np.ndarray, global_norm: float) -> float:
+    """The gradient noise scale ``B_simple = tr(Sigma) / ||G||^2`` (McCandlish et al. 2018)
+    from the per-example gradient norms ``||G_i||`` (B,) of a batch and the norm of its
+    gradient ``G = mean_i G_i``: ``tr(Sigma) = (sum_i ||G_i||^2 - B ||G||^2) / (B - 1)``
+    (the unbiased per-example variance). NaN for B < 2 or ``G = 0``."""
+    g = np.asarray(per_example, dtype=np.float64)
+    B = g.size
+    G2 = float(global_norm) ** 2
+    if B < 2 or not G2 > 0 or not math.isfinite(G2):
+        return math.nan
+    tr = (float(np.sum(g * g)) - B * G2) / (B - 1)
+    return max(tr, 0.0) / G2
+
+
+def _health_lines(rows: list[tuple[str, float, float, float, float, float]]) -> list[str]:
+    """The health table: one line per layer (step)."""
+    out = [f"{'':>6}  {'dead':>6}  {'satur.':>6}  {'zeros':>6}  {'subn.':>6}  {'mean|a|':>10}"]
+    for name, dead, sat, zer, sub, ma in rows:
+        def pc(v: float) -> str:
+            return "   -  " if not math.isfinite(v) else f"{100 * v:5.1f}%"
+        out.append(f"{name:>6}  {pc(dead):>6}  {pc(sat):>6}  {pc(zer):>6}  {pc(sub):>6}  "
+                   f"{_fmt(ma) if math.isfinite(ma) or math.isnan(ma) else str(ma):>10}")
+    return out
 
 
 @dataclass
@@ -85,6 +210,25 @@ class GradReport:
         in the forward pass (``L+1``: only the output ``y``).
     loss : float or None
         The loss value when the report comes from ``loss_and_grad``.
+    dead_unit_fractions, saturated_unit_fractions : (L,) float64
+        Health of hidden layer ``l = 1..L`` (entry ``l-1``): the fraction of its units
+        whose ``act'`` is exactly 0 (dead) / below the activation's saturation threshold
+        (saturated) for every example of the batch (empty with ``report`` off).
+    zero_grad_fractions, subnormal_grad_fractions : (L+1,) float64
+        The fraction of exact zeros / of subnormal numbers among the entries of
+        ``dL/da_l``, ``l = 0..L`` (underflow).
+    mean_abs_activations : (L,) float64
+        ``mean |a_l|`` over the batch and the units of hidden layer ``l = 1..L``.
+    nonfinite_origin : NonFiniteOrigin or None
+        Where the first NaN/Inf was born (forward, loss or backward, which layer, which
+        stage); None when everything is finite.
+    per_example_grad_norms : (B,) float64 or None
+        ``||grad l_i||`` of every example's own loss (``backward(..., per_example=True)``).
+    per_example_layer_grad_norms : (L+1, B) float64 or None
+        The same per linear layer ``l`` (its weight and bias, with its norm layer's
+        ``gamma``, ``beta``).
+    noise_scale : float or None
+        The gradient noise scale ``B_simple = tr(Sigma) / ||G||^2`` of the batch.
     """
 
     weight_grad_norms: np.ndarray
@@ -97,10 +241,20 @@ class GradReport:
     forward_first_nonfinite: int | None = None
     loss: float | None = None
     layer_names: list[str] = field(default_factory=list)
+    dead_unit_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    saturated_unit_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    zero_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    subnormal_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    mean_abs_activations: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    nonfinite_origin: NonFiniteOrigin | None = None
+    per_example_grad_norms: np.ndarray | None = None
+    per_example_layer_grad_norms: np.ndarray | None = None
+    noise_scale: float | None = None
 
     @classmethod
-    def _from_core(cls, d: dict[str, Any], layer_names: list[str]) -> GradReport:
-        return cls(
+    def _from_core(cls, d: dict[str, Any], layer_names: list[str],
+                   loss_stage: str | None = None, batch: int = 1) -> GradReport:
+        rep = cls(
             weight_grad_norms=d["weight_grad_norms"],
             bias_grad_norms=d["bias_grad_norms"],
             activation_grad_norms=d["activation_grad_norms"],
@@ -110,7 +264,34 @@ class GradReport:
             first_nonfinite=d["first_nonfinite"],
             forward_first_nonfinite=d["forward_first_nonfinite"],
             layer_names=layer_names,
+            dead_unit_fractions=_arr(d, "dead_unit_fractions"),
+            saturated_unit_fractions=_arr(d, "saturated_unit_fractions"),
+            zero_grad_fractions=_arr(d, "zero_grad_fractions"),
+            subnormal_grad_fractions=_arr(d, "subnormal_grad_fractions"),
+            mean_abs_activations=_arr(d, "mean_abs_activations"),
         )
+        # the first linear layer (from the output down) whose parameter gradients are NaN/Inf
+        L = rep.depth
+        bad = ~np.isfinite(rep.weight_grad_norms) | ~np.isfinite(rep.bias_grad_norms)
+        if rep.norm_weight_grad_norms.size:
+            bad[:L] |= ~np.isfinite(rep.norm_weight_grad_norms) | ~np.isfinite(
+                rep.norm_bias_grad_norms)
+        param_first = next((lay for lay in range(L, -1, -1) if bad[lay]), None)
+        rep.nonfinite_origin = _origin("layer", rep.forward_first_nonfinite,
+                                       d.get("forward_nonfinite_stage"), loss_stage,
+                                       rep.first_nonfinite, d.get("backward_nonfinite_stage"),
+                                       param_first)
+        shares = d.get("example_layer_shares")
+        if shares is not None:
+            # example i's own loss l_i (L = mean_i l_i): B times its share of the gradient
+            layer = np.asarray(shares, dtype=np.float64) * float(batch)
+            rep.per_example_layer_grad_norms = layer
+            m = np.max(np.abs(layer), axis=0, initial=0.0)
+            with np.errstate(all="ignore"):  # rescaled: no overflow of finite squares
+                scaled = np.where(m > 0, layer / np.where(m > 0, m, 1.0), 0.0)
+                rep.per_example_grad_norms = m * np.sqrt(np.sum(scaled * scaled, axis=0))
+            rep.noise_scale = _noise_scale(rep.per_example_grad_norms, rep.global_norm)
+        return rep
 
     @property
     def depth(self) -> int:
@@ -132,12 +313,37 @@ class GradReport:
         return _log10_slope(self.activation_grad_norms)
 
     def verdict(self, threshold: float = 1e2) -> str:
-        """A one-line reading: vanishing, exploding, non-finite or healthy."""
+        """A one-line reading: vanishing, exploding, non-finite or healthy; then, where a
+        run of hidden layers has at least half of its units dead (else saturated), that
+        run (``"; layers 12-40: 85 % of units saturated"``)."""
         return _verdict(self.ratio, self.first_nonfinite, self.forward_first_nonfinite, "layer",
-                        "||dL/da_0|| / ||dL/da_L||", threshold)
+                        "||dL/da_0|| / ||dL/da_L||", threshold, self.nonfinite_origin) + \
+            _health_note(self.dead_unit_fractions, self.saturated_unit_fractions, "layer", 1)
 
-    def table(self) -> str:
-        """A readable per-layer table (str): layer l's weights and the gradient at its input."""
+    def health_table(self) -> str:
+        """The health statistics per layer (str): for hidden layer ``l = 1..L`` the dead
+        and saturated units and ``mean |a_l|``, and for every ``l = 0..L`` the zero and
+        subnormal fractions of ``dL/da_l`` (empty string when not computed)."""
+        if not self.zero_grad_fractions.size:
+            return ""
+        L = self.depth
+
+        def get(a: np.ndarray, i: int) -> float:  # hidden layer i + 1's entry, NaN for a_0
+            return float(a[i]) if 0 <= i < len(a) else math.nan
+
+        rows = []
+        for layer in range(L + 1):
+            rows.append((str(layer), get(self.dead_unit_fractions, layer - 1),
+                         get(self.saturated_unit_fractions, layer - 1),
+                         float(self.zero_grad_fractions[layer]),
+                         float(self.subnormal_grad_fractions[layer]),
+                         get(self.mean_abs_activations, layer - 1)))
+        return "\n".join(_health_lines(rows))
+
+    def table(self, health: bool = False) -> str:
+        """A readable per-layer table (str): layer l's weights and the gradient at its input;
+        with ``health=True`` also :meth:`health_table`, the per-example norms' summary and
+        where a NaN/Inf was born."""
         a = self.activation_grad_norms
         w = self.weight_grad_norms
         b = self.bias_grad_norms
@@ -159,11 +365,33 @@ class GradReport:
                 f"{_fmt(av):>12}  {lgs}"
             )
         lines.append(f"global grad norm {_fmt(self.global_norm)};  {self.verdict()}")
+        if not health:
+            return "\n".join(lines)
+        text = self.health_table()
+        if text:
+            lines += ["health (hidden layer l: units; dL/da_l: entries)", text]
+        if self.per_example_grad_norms is not None:
+            g = self.per_example_grad_norms
+            lines.append(f"per-example ||grad l_i||: min {_fmt(float(g.min()))}, median "
+                         f"{_fmt(float(np.median(g)))}, max {_fmt(float(g.max()))};  noise "
+                         f"scale B_simple {_fmt(float(self.noise_scale or math.nan))}")
+        if self.nonfinite_origin is not None:
+            lines.append(f"NaN/Inf born in {self.nonfinite_origin}")
         return "\n".join(lines)
+
+    def plot_health(self, ax: Any = None, path: str | os.PathLike[str] | None = None
+                    ) -> tuple[Any, Any]:
+        """The health panel (needs matplotlib): per layer the dead and saturated unit
+        fractions, the zero and subnormal fractions of ``dL/da_l`` (linear scale, 0..1)
+        and ``mean |a_l|`` (right axis). Returns ``(fig, ax)``."""
+        from .plots import health_panel
+
+        return health_panel(self, ax, path)
 
     def plot(self, ax: Any = None, path: str | os.PathLike[str] | None = None, *,
              which: str | Sequence[str] = ("activation", "weight"),
-             label: str | None = None, **line_kwargs: Any) -> tuple[Any, Any]:
+             label: str | None = None, health: bool = False,
+             **line_kwargs: Any) -> tuple[Any, Any]:
         """Per-layer gradient norms on a log scale (needs matplotlib, extra ``plot``).
 
         x is the layer index ``l = 0..L`` (``L = depth``; tick 0 reads "input", tick L
@@ -202,9 +430,15 @@ class GradReport:
             An unknown ``which`` entry; ``path``'s folder does not exist.
         ImportError
             matplotlib is not installed.
-        """
-        from .plots import grad_report  # the drawing lives in the lab (needs matplotlib)
 
+        With ``health=True`` (and ``ax`` None) the figure has a second panel below, the
+        health panel of :meth:`plot_health` (``fig.axes[1]``).
+        """
+        from .plots import grad_report, with_health  # the drawing lives in the lab
+
+        if health:
+            return with_health(self, ax, path, lambda a: grad_report(
+                self, a, None, which, label, line_kwargs))
         return grad_report(self, ax, path, which, label, line_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,6 +456,7 @@ class GradReport:
             "first_nonfinite": self.first_nonfinite,
             "forward_first_nonfinite": self.forward_first_nonfinite,
             "loss": self.loss,
+            **_forensics_dict(self),
         }
 
     def __repr__(self) -> str:
@@ -251,6 +486,12 @@ class RNNGradReport:
         The first ``t`` scanning ``t = T..1`` whose ``dL/dh_t`` holds NaN/Inf.
     forward_first_nonfinite : int or None
         The first ``t`` in ``1..T`` whose ``h_t`` holds NaN/Inf (``T+1``: only the readout).
+    dead_unit_fractions, saturated_unit_fractions, zero_grad_fractions,
+    subnormal_grad_fractions, mean_abs_activations : (T,) float64
+        The health of step ``t = 1..T``, as :class:`GradReport`'s: the units of ``h_t``
+        (dead / saturated for every example), the entries of ``dL/dh_t``, ``mean |h_t|``.
+    nonfinite_origin : NonFiniteOrigin or None
+        Where the first NaN/Inf was born (``where="step"``).
     """
 
     timestep_grad_norms: np.ndarray
@@ -266,20 +507,39 @@ class RNNGradReport:
     first_nonfinite: int | None = None
     forward_first_nonfinite: int | None = None
     loss: float | None = None
+    dead_unit_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    saturated_unit_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    zero_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    subnormal_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    mean_abs_activations: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    nonfinite_origin: NonFiniteOrigin | None = None
 
     _NORMS = ("weight_ih_grad_norm", "weight_hh_grad_norm", "bias_ih_grad_norm",
               "bias_hh_grad_norm", "readout_weight_grad_norm", "readout_bias_grad_norm",
               "h0_grad_norm", "global_norm")
 
     @classmethod
-    def _from_core(cls, d: dict[str, Any], h0_grad: np.ndarray) -> RNNGradReport:
-        return cls(
+    def _from_core(cls, d: dict[str, Any], h0_grad: np.ndarray,
+                   loss_stage: str | None = None) -> RNNGradReport:
+        rep = cls(
             timestep_grad_norms=d["timestep_grad_norms"],
             **{k: float(d[k]) for k in cls._NORMS},
             h0_grad=h0_grad,
             first_nonfinite=d["first_nonfinite"],
             forward_first_nonfinite=d["forward_first_nonfinite"],
+            dead_unit_fractions=_arr(d, "dead_unit_fractions"),
+            saturated_unit_fractions=_arr(d, "saturated_unit_fractions"),
+            zero_grad_fractions=_arr(d, "zero_grad_fractions"),
+            subnormal_grad_fractions=_arr(d, "subnormal_grad_fractions"),
+            mean_abs_activations=_arr(d, "mean_abs_activations"),
         )
+        params_bad = not all(math.isfinite(float(d[k])) for k in cls._NORMS
+                             if k not in ("h0_grad_norm", "global_norm"))
+        rep.nonfinite_origin = _origin("step", rep.forward_first_nonfinite,
+                                       d.get("forward_nonfinite_stage"), loss_stage,
+                                       rep.first_nonfinite, d.get("backward_nonfinite_stage"),
+                                       -1 if params_bad else None)
+        return rep
 
     @property
     def steps(self) -> int:
@@ -297,13 +557,41 @@ class RNNGradReport:
         return _log10_slope(self.timestep_grad_norms)
 
     def verdict(self, threshold: float = 1e2) -> str:
-        """A one-line reading: vanishing, exploding, non-finite or healthy."""
+        """A one-line reading: vanishing, exploding, non-finite or healthy; then, where a
+        run of steps has at least half of the units of ``h_t`` dead (else saturated),
+        that run (``"; steps 3-40: 90 % of units saturated"``)."""
         return _verdict(self.ratio, self.first_nonfinite, self.forward_first_nonfinite, "step",
-                        "||dL/dh_1|| / ||dL/dh_T||", threshold)
+                        "||dL/dh_1|| / ||dL/dh_T||", threshold, self.nonfinite_origin) + \
+            _health_note(self.dead_unit_fractions, self.saturated_unit_fractions, "step", 1)
 
-    def table(self, rows: int = 12) -> str:
+    def health_table(self, rows: int = 12) -> str:
+        """The health statistics at a few steps ``t`` (as :meth:`table` picks them): dead
+        and saturated units of ``h_t``, zero and subnormal fractions of ``dL/dh_t``,
+        ``mean |h_t|`` (empty string when not computed)."""
+        if not self.zero_grad_fractions.size:
+            return ""
+        T = self.steps
+        ts = sorted(set(np.linspace(T, 1, min(rows, T)).round().astype(int).tolist()),
+                    reverse=True)
+        return "\n".join(_health_lines([
+            (str(t), float(self.dead_unit_fractions[t - 1]),
+             float(self.saturated_unit_fractions[t - 1]),
+             float(self.zero_grad_fractions[t - 1]),
+             float(self.subnormal_grad_fractions[t - 1]),
+             float(self.mean_abs_activations[t - 1])) for t in ts]))
+
+    def plot_health(self, ax: Any = None, path: str | os.PathLike[str] | None = None
+                    ) -> tuple[Any, Any]:
+        """The health panel per step (as :meth:`GradReport.plot_health`). Returns
+        ``(fig, ax)``."""
+        from .plots import health_panel
+
+        return health_panel(self, ax, path)
+
+    def table(self, rows: int = 12, health: bool = False) -> str:
         """A summary of the decay along time: ``||dL/dh_t||`` at a few steps, the
-        parameter gradient norms, the fitted per-step factor and the verdict (str)."""
+        parameter gradient norms, the fitted per-step factor and the verdict (str); with
+        ``health=True`` also :meth:`health_table` and where a NaN/Inf was born."""
         a = np.asarray(self.timestep_grad_norms)
         T = len(a)
         ts = sorted(set(np.linspace(T, 1, min(rows, T)).round().astype(int).tolist()),
@@ -323,10 +611,18 @@ class RNNGradReport:
                if self.readout_weight_grad_norm else ""))
         lines.append(f"global grad norm {_fmt(self.global_norm)};  fitted {factor};  "
                      f"{self.verdict()}")
+        if not health:
+            return "\n".join(lines)
+        text = self.health_table(rows)
+        if text:
+            lines += ["health (step t: units of h_t; dL/dh_t: entries)", text]
+        if self.nonfinite_origin is not None:
+            lines.append(f"NaN/Inf born in {self.nonfinite_origin}")
         return "\n".join(lines)
 
     def plot(self, ax: Any = None, path: str | os.PathLike[str] | None = None, *,
-             label: str | None = None, **line_kwargs: Any) -> tuple[Any, Any]:
+             label: str | None = None, health: bool = False,
+             **line_kwargs: Any) -> tuple[Any, Any]:
         """``||dL/dh_t||`` per timestep ``t = 1..T`` on a log scale (needs matplotlib).
 
         Same conventions as :meth:`GradReport.plot`: zero / non-finite norms leave gaps
@@ -352,8 +648,11 @@ class RNNGradReport:
         TypeError, ValueError, ImportError
             As :meth:`GradReport.plot`.
         """
-        from .plots import rnn_grad_report  # the drawing lives in the lab (needs matplotlib)
+        from .plots import rnn_grad_report, with_health  # the drawing lives in the lab
 
+        if health:  # a second panel below: plot_health's (fig.axes[1])
+            return with_health(self, ax, path, lambda a: rnn_grad_report(
+                self, a, None, label, line_kwargs))
         return rnn_grad_report(self, ax, path, label, line_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -364,8 +663,35 @@ class RNNGradReport:
         out.update({k: float(getattr(self, k)) for k in self._NORMS})
         out.update(first_nonfinite=self.first_nonfinite,
                    forward_first_nonfinite=self.forward_first_nonfinite, loss=self.loss)
+        out.update(_forensics_dict(self))
         return out
 
     def __repr__(self) -> str:
         return (f"RNNGradReport(T={self.steps}, global_norm={self.global_norm:.3e}, "
                 f"ratio={self.ratio:.3e}, first_nonfinite={self.first_nonfinite})")
+
+
+def _forensics_dict(rep: Any) -> dict[str, Any]:
+    """The health, origin and per-example entries of ``to_dict`` (plain types)."""
+    def lst(v: Any) -> Any:  # NaN (not defined, e.g. a custom activation's saturation) as None
+        if v is None:
+            return None
+        a = np.asarray(v, dtype=np.float64)
+        out = a.astype(object)
+        out[np.isnan(a)] = None
+        return out.tolist()
+
+    o = rep.nonfinite_origin
+    out: dict[str, Any] = {k: lst(getattr(rep, k)) for k in (
+        "dead_unit_fractions", "saturated_unit_fractions", "zero_grad_fractions",
+        "subnormal_grad_fractions", "mean_abs_activations")}
+    out["nonfinite_origin"] = None if o is None else {
+        "phase": o.phase, "index": o.index, "stage": o.stage, "where": o.where,
+        "text": str(o)}
+    for k in ("per_example_grad_norms", "per_example_layer_grad_norms"):
+        if hasattr(rep, k):
+            out[k] = lst(getattr(rep, k))
+    if hasattr(rep, "noise_scale"):
+        ns = rep.noise_scale
+        out["noise_scale"] = None if ns is None or math.isnan(ns) else float(ns)
+    return out

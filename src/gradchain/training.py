@@ -69,6 +69,15 @@ class History:
         Column names of ``grad_norms`` (``"a0"``.. or ``"h1"``..) and
         ``weight_grad_norms`` (parameter names).
     kind : "mlp" or "rnn"
+    health : dict of str -> (R, n) float64
+        The report's health statistics at the recorded steps, by report field:
+        ``dead_unit_fractions``, ``saturated_unit_fractions``, ``mean_abs_activations``
+        (one column per hidden layer / step), ``zero_grad_fractions``,
+        ``subnormal_grad_fractions`` (one per ``grad_norms`` column).
+    noise_scale : (R,) float64
+        The gradient noise scale ``B_simple`` of each recorded step's mini-batch (from
+        its per-example gradient norms); NaN where the model has none (an RNN, batch norm
+        in training mode).
     """
 
     loss: np.ndarray
@@ -87,6 +96,8 @@ class History:
     grad_norm_labels: list[str] = field(default_factory=list)
     weight_grad_norm_labels: list[str] = field(default_factory=list)
     kind: str = "mlp"
+    health: dict[str, np.ndarray] = field(default_factory=dict)
+    noise_scale: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def num_steps(self) -> int:
@@ -112,6 +123,9 @@ class History:
             "diverged_step": self.diverged_step,
             "grad_norm_labels": list(self.grad_norm_labels),
             "weight_grad_norm_labels": list(self.weight_grad_norm_labels), "kind": self.kind,
+            # NaN (not defined) as None: equal runs give equal dicts
+            "health": {k: _none_for_nan(v) for k, v in self.health.items()},
+            "noise_scale": _none_for_nan(self.noise_scale),
         }
 
     def to_dataframe(self) -> Any:
@@ -262,7 +276,10 @@ def train(
     Every step: ``model.loss_and_grad`` on one mini-batch, then (with ``clip``)
     ``gc.clip_grad_norm(model, clip)``, then ``optimizer.step()``. Every
     ``record_every``-th step (from step 0) the report's per-layer (MLP) or
-    per-timestep (RNN) gradient norms are recorded.
+    per-timestep (RNN) gradient norms are recorded, with its health statistics and,
+    where the model has per-example gradients (``model.supports_per_example()``), the
+    gradient noise scale of the mini-batch (that step's backward computes the
+    per-example norms).
 
     Parameters
     ----------
@@ -345,6 +362,8 @@ def train(
     gnorms: list[np.ndarray] = []
     wnorms: list[np.ndarray] = []
     globals_: list[float] = []
+    health: dict[str, list[np.ndarray]] = {k: [] for k in _HEALTH}
+    noise: list[float] = []
     clipped: list[bool] = []
     acc: list[float] = []
     vloss: list[float] = []
@@ -360,6 +379,10 @@ def train(
         gnorms.append(np.array(axis.of(rep), dtype=np.float64))
         wnorms.append(model.report_weight_norms(rep))
         globals_.append(float(rep.global_norm))
+        for k, v in health.items():
+            v.append(np.array(getattr(rep, k, np.zeros(0)), dtype=np.float64))
+        ns = getattr(rep, "noise_scale", None)
+        noise.append(math.nan if ns is None else float(ns))
 
     bar = tqdm(total=E * n_batches, disable=None if bar_on else True, unit="step",
                desc="train", dynamic_ncols=True)
@@ -373,8 +396,11 @@ def train(
             for b in range(n_batches):
                 idx = order[b * bs:(b + 1) * bs]
                 xb, tb = d.batch(idx)
+                # the recorded steps' backward also takes the per-example norms
+                pe = ({"per_example": True} if step % rec == 0 and
+                      model.supports_per_example() else {})
                 with np.errstate(**_QUIET):
-                    value, rep = model.loss_and_grad(xb, tb, loss=loss, **loss_kw)
+                    value, rep = model.loss_and_grad(xb, tb, loss=loss, **loss_kw, **pe)
                 losses.append(float(value))
                 epoch_of.append(epoch)
                 ep_sum += float(value) * len(idx)
@@ -438,4 +464,30 @@ def train(
         grad_norm_labels=labels,
         weight_grad_norm_labels=wlabels,
         kind=model.kind,
+        health={k: _stack(v) for k, v in health.items()},
+        noise_scale=np.array(noise, dtype=np.float64),
     )
+
+
+# The report's health fields History records (docs/CONVENTIONS.md, "Gradient report").
+_HEALTH = ("dead_unit_fractions", "saturated_unit_fractions", "zero_grad_fractions",
+           "subnormal_grad_fractions", "mean_abs_activations")
+
+
+def _none_for_nan(a: np.ndarray) -> Any:
+    """Nested lists of floats with NaN as None."""
+    out = np.asarray(a, dtype=object)
+    out[np.isnan(np.asarray(a, dtype=np.float64))] = None
+    return out.tolist()
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    """(R, n) from R recorded rows of one health field ((0, 0) when nothing was recorded;
+    rows of unequal length, e.g. a report without health, padded with NaN)."""
+    if not rows:
+        return np.zeros((0, 0))
+    n = max(len(r) for r in rows)
+    out = np.full((len(rows), n), np.nan)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out

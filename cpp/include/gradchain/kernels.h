@@ -28,6 +28,8 @@ struct FwdArgs {
   const T* resid = nullptr;      // (rows, n) residual input a_{l-1}, or null
   T alpha = 1;                   // residual scale
   T eps = 1e-5;                  // layer norm epsilon
+  double* abs_sum = nullptr;     // the report's mean |a|: *abs_sum = sum |a| over the rows
+                                 // this call writes (float64), or null
 
   // The same arguments for the row block starting at row r0 of width n (the residual input
   // moves with it).
@@ -36,6 +38,25 @@ struct FwdArgs {
     if (a.resid) a.resid += r0 * n;
     return a;
   }
+  // rows_from for row block rb starting at row r0, with abs_sum the base of one entry per
+  // block (moved to entry rb).
+  FwdArgs block(int64_t rb, int64_t r0, int64_t n) const {
+    FwdArgs a = rows_from(r0, n);
+    if (a.abs_sum) a.abs_sum += rb;
+    return a;
+  }
+};
+
+// What the health statistics of a backward pass take from one block of rows of an incoming
+// gradient g = dL/da, its activation's derivative d and the resulting dz = dL/dz (the
+// report's dead / saturated units, zero and subnormal fractions, and where a non-finite
+// dz was born). Filled by bwd_plain_health and grad_health; each entry is added to.
+template <class T>
+struct GradHealth {
+  T* dmax = nullptr;      // (n): max |d| per column over the rows (NaN ignored); null: skip
+  double zeros = 0;       // entries of g equal to 0
+  double subnormals = 0;  // entries of g with 0 < |g| < the smallest normal number
+  double dz_check = 0;    // sum(dz * 0): NaN when dz holds NaN/Inf
 };
 
 template <class T>
@@ -77,6 +98,22 @@ struct KernelTable {
   double (*bwd_layernorm)(const T* g, const T* d, const T* xhat, const T* gamma,
                           const T* row_istd, T scale, bool select, T* dz, double* dgamma_acc,
                           double* dbeta_acc, double* db_acc, int64_t rows, int64_t n);
+
+  // bwd_plain (report on) with the health statistics of its rows in one sweep: h's column
+  // maxima of |d| (h->dmax, n), the zero and subnormal counts of g and dz's non-finite
+  // check. Returns sum(g^2).
+  double (*bwd_plain_health)(const T* g, const T* d, T scale, bool select, T* dz,
+                             double* db_acc, int64_t rows, int64_t n, GradHealth<T>* h);
+  // The same statistics as a pass of its own (the norm layers' backward): each of g (its
+  // counts), d (h->dmax) and dz (its check) may be null, then skipped.
+  void (*grad_health)(const T* g, const T* d, const T* dz, int64_t rows, int64_t n,
+                      GradHealth<T>* h);
+  // Per-example gradient norms: out[r] = sum_c x[r, c]^2 (float64), r < rows.
+  void (*row_sumsq)(const T* x, int64_t rows, int64_t n, double* out);
+  // Layer norm's per-example parameter gradients: dn = g * scale * d (the kink rule);
+  // out_gamma[r] = sum_c (dn * xhat)^2, out_beta[r] = sum_c dn^2 (float64).
+  void (*ln_example_ss)(const T* g, const T* d, const T* xhat, T scale, bool select,
+                        int64_t rows, int64_t n, double* out_gamma, double* out_beta);
 
   // --- panel GEMM (the RNN's per-step products; float32 layer products) ----------
   // op(B) (K x N) is packed into panels of two vector widths of columns (pack_panels,

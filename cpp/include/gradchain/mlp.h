@@ -38,6 +38,13 @@ class MlpChain : public ChainBase<T> {
   int64_t num_hidden() const { return L_; }
 
   bool training = true;
+  // The health report's saturation threshold: a hidden unit is saturated when |act'| is
+  // below it for every example of the batch (set by the Python model from the activation's
+  // table row: 1e-3 of act's largest |act'|; NaN: not defined, the fraction is NaN).
+  double health_threshold = 0.0;
+  // Whether a backward with report = true also computes the health statistics and the
+  // non-finite stages (on; the benchmark's A/B switch measures their cost).
+  bool forensics = true;
 
   // x (B, in) -> y (B, out). Keeps what backward needs. Running statistics are
   // updated only once the whole pass has succeeded. Both passes poll the calling
@@ -47,7 +54,10 @@ class MlpChain : public ChainBase<T> {
   // gradient; writes dL/dx (B, in) to dx when it is not null.
   // report = false: gradients only; the report's own passes (sums of squares of every
   // dL/da_l and dW_l) are skipped and its norms are left 0 (the benchmark's baseline).
-  MlpReport backward(const T* gy, T* dx, bool accumulate, bool report = true);
+  // per_example: also example i's share of each layer's gradient (MlpReport::example_layer;
+  // std::invalid_argument with batch norm in training mode, whose examples are coupled).
+  MlpReport backward(const T* gy, T* dx, bool accumulate, bool report = true,
+                     bool per_example = false);
 
   int64_t forward_batch() const { return fwd_B_; }
   // Bytes a pass over a batch of B rows would allocate now, beyond what the chain holds
@@ -89,6 +99,11 @@ class MlpChain : public ChainBase<T> {
   void layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other, MlpReport& rep);
   // The most threads a pass over a batch of B can feed (parallel.h's mlp_work_threads).
   int work_cap(int64_t B) const;
+  // Forensics: the stage of layer l (0-based; L the output layer) whose inputs were finite
+  // and whose output was not (recomputed after the pass, in DZ_ and G0_/G1_), and the
+  // health statistics and per-example norms of a backward into its report.
+  NonfiniteStage diagnose_forward(int64_t l);
+  void fill_forensics(MlpReport& rep, bool health, bool per_example);
 
   MlpConfig cfg_;
   int64_t L_;
@@ -116,6 +131,14 @@ class MlpChain : public ChainBase<T> {
   std::vector<double> colsum_[2];              // the norms' column totals (maxw each)
   std::vector<double> chunk_ss_;
   int fwd_nonfinite_ = -1;
+  NonfiniteStage fwd_stage_ = NonfiniteStage::None;
+  // forensics (plan(B)): HD_ (in ws_) L x nrb x maxw column maxima of |act'|; hcnt_
+  // (L+1) x nrb x 3 (zeros, subnormals of dL/da_l; dz check of hidden layer l-1); fabs_
+  // L x nrb sums |a_{l+1}| of the forward; pe_ 4 x (L+1) x B per-example sums of squares
+  // (dz rows, a rows, layer-norm gamma and beta terms)
+  T* HD_ = nullptr;
+  std::vector<double> hcnt_, fabs_, pe_;
+  bool per_example_ = false;  // the current backward computes per-example norms
 };
 
 }  // namespace gradchain

@@ -91,6 +91,11 @@ struct NormBackwardReport {
   double* bias_norm = nullptr;         // ||db|| (with a bias)
   double* weight_norm = nullptr;       // ||dgamma||, ||dbeta|| (affine norms)
   double* shift_norm = nullptr;
+  // The health statistics (kernels.h's GradHealth), per row block rb, or null (report off):
+  // health[3 rb + 0..2] = zeros and subnormals of g, sum(dz * 0); health_dmax (T values,
+  // rb * n + c) = max |act'| of column c over the block's rows.
+  double* health = nullptr;
+  void* health_dmax = nullptr;
 };
 
 // Workspace values a pass over B rows of n features needs (xhat and the statistics), and

@@ -12,6 +12,21 @@
 
 namespace gradchain {
 
+// Where a non-finite value was born (the report's nonfinite stages): the part of the first
+// layer (or step) whose inputs were finite and whose output was not.
+enum class NonfiniteStage : int {
+  None = 0,
+  Parameter = 1,           // forward: a parameter of the layer holds NaN/Inf
+  Linear = 2,              // forward: the product z = a W^T + b (RNN: + h W_hh^T + b_hh)
+  Norm = 3,                // forward: the norm layer's normalised values (its statistics)
+  Activation = 4,          // forward: act(n) (a custom activation)
+  Residual = 5,            // forward: a + alpha * act(n) overflowed with act(n) finite
+  ActivationBackward = 6,  // backward: dL/dz = dL/da * act' (x alpha)
+  NormBackward = 7,        // backward: the norm layer's dL/dz
+  Product = 8,             // backward: dL/da_{l-1} = dL/dz W (+ the residual), dL/dz finite
+};
+const char* nonfinite_stage_name(NonfiniteStage s);
+
 struct MlpReport {
   std::vector<double> weight, bias;             // L+1: ||dL/dW_l||, ||dL/db_l|| (0 without bias)
   std::vector<double> norm_weight, norm_bias;   // L (empty without norm)
@@ -19,6 +34,15 @@ struct MlpReport {
   double global_norm = 0.0;
   int first_nonfinite = -1;                     // first l scanning L..0 with NaN/Inf in dL/da_l
   int forward_first_nonfinite = -1;             // first l in 1..L (L+1 = y) with NaN/Inf
+  // health (report on): hidden layer l's units (L each) and dL/da_l's entries (L+1 each)
+  std::vector<double> dead, saturated;          // L: fractions of units (every example)
+  std::vector<double> zeros, subnormals;        // L+1: fractions of dL/da_l's entries
+  std::vector<double> mean_abs;                 // L: mean |a_l| of the forward pass
+  NonfiniteStage forward_stage = NonfiniteStage::None;   // at forward_first_nonfinite
+  NonfiniteStage backward_stage = NonfiniteStage::None;  // at first_nonfinite (forward finite)
+  // per_example: (L+1) x B, ||dz_{l,i}|| * sqrt(||a_{l,i}||^2 + bias [+ layer norm terms]),
+  // example i's share of layer l's gradient (without the batch-size factor)
+  std::vector<double> example_layer;
 };
 
 // Raised by clip_grad_norm(error_if_nonfinite=true) on a NaN/Inf total (RuntimeError in Python).

@@ -13,6 +13,7 @@
 
 #include "gradchain/chain_base.h"
 #include "gradchain/kernels.h"
+#include "gradchain/report.h"
 
 namespace gradchain {
 
@@ -32,6 +33,10 @@ struct RnnReport {
   double global_norm = 0;
   int first_nonfinite = -1;          // first t scanning T..1 with NaN/Inf in dL/dh_t
   int forward_first_nonfinite = -1;  // first t in 1..T with NaN/Inf in h_t (T+1: readout only)
+  // health (report on), per step t = 1..T: the units of h_t, the entries of dL/dh_t, mean |h_t|
+  std::vector<double> dead, saturated, zeros, subnormals, mean_abs;
+  NonfiniteStage forward_stage = NonfiniteStage::None;   // at forward_first_nonfinite
+  NonfiniteStage backward_stage = NonfiniteStage::None;  // at first_nonfinite (forward finite)
 };
 
 template <class T>
@@ -42,6 +47,10 @@ class RnnChain : public ChainBase<T> {
   explicit RnnChain(RnnConfig cfg);
 
   const RnnConfig& config() const { return cfg_; }
+  // As MlpChain's: the saturation threshold of the health report (NaN: not defined) and
+  // the switch of the health statistics and non-finite stages.
+  double health_threshold = 0.0;
+  bool forensics = true;
 
   // x (T, B, I), h0 (B, H) or null -> hs (T, B, H) and, with a readout, ys (T, B, K).
   // Both passes poll the calling thread's cancel flag (cancel.h) and throw Cancelled once
@@ -83,6 +92,8 @@ class RnnChain : public ChainBase<T> {
   std::string describe() const;  // "an RNN with input_size=..., ... (float32)"
   void readout_forward(T* ys);
   void custom_steps();
+  NonfiniteStage diagnose_forward(int64_t t);  // t = 1..T (T+1: the readout)
+  void fill_health(RnnReport& rep);
 
   RnnConfig cfg_;
   int64_t w_ih_, w_hh_, b_ih_ = -1, b_hh_ = -1, w_out_ = -1, b_out_ = -1;
@@ -102,6 +113,11 @@ class RnnChain : public ChainBase<T> {
   Buffer<double> part_;
   std::vector<double> blk_;  // per (step, row block): sums of squares / non-finite checks
   int fwd_nonfinite_ = -1;
+  NonfiniteStage fwd_stage_ = NonfiniteStage::None;
+  // forensics (plan): HD_ (in ws_) T x nrb x H column maxima of |act'|; hcnt_ T x nrb x 3
+  // (zeros and subnormals of dL/dh_t, dz_t's check); fabs_ T x nrb sums |h_t|
+  T* HD_ = nullptr;
+  std::vector<double> hcnt_, fabs_;
 };
 
 }  // namespace gradchain

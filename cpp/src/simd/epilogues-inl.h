@@ -4,6 +4,9 @@
 // bias-gradient partials and the incoming gradient's sum of squares), for every norm kind.
 #pragma once
 
+#include <cmath>
+#include <limits>
+
 #include "gradchain/kernels.h"
 #include "activations-inl.h"
 
@@ -18,17 +21,19 @@ namespace GC_ISA_NS {
 // plain argument: GCC vectorises a loop only when no pointer has to be reloaded
 // from a struct inside it and no branch on a loop-invariant pointer remains.
 // ---------------------------------------------------------------------------
-template <class T, class Act, bool kBias, bool kResid>
+template <class T, class Act, bool kBias, bool kResid, bool kAbs>
 static double fwd_plain_rows(const Act act, const T* z, T* a, T* d, const T* bias,
-                             const T* resid, const T alpha, int64_t rows, int64_t n) {
-  double chk = 0.0;
+                             const T* resid, const T alpha, int64_t rows, int64_t n,
+                             double* abs_out) {
+  double chk = 0.0, absum = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * n;
     T* ar = a + r * n;
     T* dr = d + r * n;
     const T* rr = resid + r * n;
     T rowchk = 0;
-#pragma omp simd reduction(+ : rowchk)
+    double rowabs = 0.0;
+#pragma omp simd reduction(+ : rowchk, rowabs)
     for (int64_t c = 0; c < n; ++c) {
       T x = zr[c];
       if constexpr (kBias) x += bias[c];
@@ -39,22 +44,30 @@ static double fwd_plain_rows(const Act act, const T* z, T* a, T* d, const T* bia
       ar[c] = out;
       dr[c] = df;
       rowchk += out * T(0);  // 0 unless out is NaN/Inf
+      if constexpr (kAbs) rowabs += double(std::abs(out));  // the report's mean |a|
     }
     chk += double(rowchk);
+    absum += rowabs;
   }
+  if (abs_out) *abs_out = absum;
   return chk;
 }
 
-// a = [resid + alpha *] act(z + b); d = act'(z + b). One pass; a may alias z.
+// a = [resid + alpha *] act(z + b); d = act'(z + b). One pass; a may alias z. With
+// A.abs_sum also sum |a| (the health report's).
 template <class T>
 static double fwd_plain(const FwdArgs<T>& A, const T* z, T* a, T* d, int64_t rows, int64_t n) {
   return with_act<T>(A.act, [&](auto act) {
     using F = decltype(act);
-    if (A.bias)
-      return A.resid ? fwd_plain_rows<T, F, true, true>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n)
-                     : fwd_plain_rows<T, F, true, false>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n);
-    return A.resid ? fwd_plain_rows<T, F, false, true>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n)
-                   : fwd_plain_rows<T, F, false, false>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n);
+#define GC_FP(B, R, S) \
+  fwd_plain_rows<T, F, B, R, S>(act, z, a, d, A.bias, A.resid, A.alpha, rows, n, A.abs_sum)
+    if (A.abs_sum) {
+      if (A.bias) return A.resid ? GC_FP(true, true, true) : GC_FP(true, false, true);
+      return A.resid ? GC_FP(false, true, true) : GC_FP(false, false, true);
+    }
+    if (A.bias) return A.resid ? GC_FP(true, true, false) : GC_FP(true, false, false);
+    return A.resid ? GC_FP(false, true, false) : GC_FP(false, false, false);
+#undef GC_FP
   });
 }
 
@@ -76,8 +89,8 @@ static inline T norm_act_element(const Act& act, T xh, T g, T b, const T* rr, in
 template <class T, class Act, bool kResid>
 static double fwd_batchnorm_rows(const Act act, const T* z, T* xhat, T* a, T* d, const T* sh,
                                  const T* sc, const T* g, const T* b, const T* resid,
-                                 const T alpha, int64_t rows, int64_t n) {
-  double chk = 0.0;
+                                 const T alpha, int64_t rows, int64_t n, double* abs_out) {
+  double chk = 0.0, absum = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * n;
     T* xr = xhat + r * n;
@@ -85,14 +98,19 @@ static double fwd_batchnorm_rows(const Act act, const T* z, T* xhat, T* a, T* d,
     T* dr = d + r * n;
     const T* rr = resid + r * n;
     T rowchk = 0;
-#pragma omp simd reduction(+ : rowchk)
+    double rowabs = 0.0;
+#pragma omp simd reduction(+ : rowchk, rowabs)
     for (int64_t c = 0; c < n; ++c) {
       const T xh = (zr[c] - sh[c]) * sc[c];
-      rowchk += norm_act_element<T, Act, kResid>(act, xh, g[c], b[c], rr, c, alpha, xr, ar, dr) *
-                T(0);
+      const T out =
+          norm_act_element<T, Act, kResid>(act, xh, g[c], b[c], rr, c, alpha, xr, ar, dr);
+      rowchk += out * T(0);
+      rowabs += double(std::abs(out));
     }
     chk += double(rowchk);
+    absum += rowabs;
   }
+  if (abs_out) *abs_out = absum;
   return chk;
 }
 
@@ -103,9 +121,10 @@ static double fwd_batchnorm(const FwdArgs<T>& A, const T* z, T* xhat, T* a, T* d
   return with_act<T>(A.act, [&](auto act) {
     using F = decltype(act);
     return A.resid ? fwd_batchnorm_rows<T, F, true>(act, z, xhat, a, d, A.col_shift, A.col_scale,
-                                                   A.gamma, A.beta, A.resid, A.alpha, rows, n)
+                                                   A.gamma, A.beta, A.resid, A.alpha, rows, n, A.abs_sum)
                    : fwd_batchnorm_rows<T, F, false>(act, z, xhat, a, d, A.col_shift, A.col_scale,
-                                                    A.gamma, A.beta, A.resid, A.alpha, rows, n);
+                                                    A.gamma, A.beta, A.resid, A.alpha, rows, n,
+                                                    A.abs_sum);
   });
 }
 
@@ -113,8 +132,8 @@ template <class T, class Act, bool kBias, bool kResid>
 static double fwd_layernorm_rows(const Act act, const T* z, T* xhat, T* a, T* d, T* row_mean,
                                  T* row_istd, const T* bias, const T* g, const T* b,
                                  const T* resid, const T alpha, const double eps, int64_t rows,
-                                 int64_t n) {
-  double chk = 0.0;
+                                 int64_t n, double* abs_out) {
+  double chk = 0.0, absum = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * n;
     T* xr = xhat + r * n;
@@ -143,16 +162,21 @@ static double fwd_layernorm_rows(const Act act, const T* z, T* xhat, T* a, T* d,
     row_mean[r] = m;
     row_istd[r] = istd;
     T rowchk = 0;
-#pragma omp simd reduction(+ : rowchk)
+    double rowabs = 0.0;
+#pragma omp simd reduction(+ : rowchk, rowabs)
     for (int64_t c = 0; c < n; ++c) {
       T v = zr[c];
       if constexpr (kBias) v += bias[c];
       const T xh = (v - m) * istd;
-      rowchk += norm_act_element<T, Act, kResid>(act, xh, g[c], b[c], rr, c, alpha, xr, ar, dr) *
-                T(0);
+      const T out =
+          norm_act_element<T, Act, kResid>(act, xh, g[c], b[c], rr, c, alpha, xr, ar, dr);
+      rowchk += out * T(0);
+      rowabs += double(std::abs(out));
     }
     chk += double(rowchk);
+    absum += rowabs;
   }
+  if (abs_out) *abs_out = absum;
   return chk;
 }
 
@@ -165,7 +189,7 @@ static double fwd_layernorm(const FwdArgs<T>& A, const T* z, T* xhat, T* a, T* d
     const double eps = double(A.eps);
 #define GC_LN(B, R)                                                                          \
   fwd_layernorm_rows<T, F, B, R>(act, z, xhat, a, d, row_mean, row_istd, A.bias, A.gamma,    \
-                                 A.beta, A.resid, A.alpha, eps, rows, n)
+                                 A.beta, A.resid, A.alpha, eps, rows, n, A.abs_sum)
     if (A.bias) return A.resid ? GC_LN(true, true) : GC_LN(true, false);
     return A.resid ? GC_LN(false, true) : GC_LN(false, false);
 #undef GC_LN
@@ -351,6 +375,148 @@ static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamm
   if (db_acc) return select ? GC_LNB(true, true) : GC_LNB(true, false);
   return select ? GC_LNB(false, true) : GC_LNB(false, false);
 #undef GC_LNB
+}
+
+
+// ---------------------------------------------------------------------------
+// Health statistics (the report's dead / saturated units, zero / subnormal fractions of
+// dL/da and where a non-finite dz was born) and per-example gradient norms.
+// ---------------------------------------------------------------------------
+template <class T>
+static inline T tiny_of() { return std::numeric_limits<T>::min(); }
+
+template <class T, bool kDb, bool kSelect>
+static double bwd_plain_health_rows(const T* g, const T* d, const T scale, T* dz,
+                                    double* db_acc, T* dmax, int64_t rows, int64_t n,
+                                    GradHealth<T>* h) {
+  const T tiny = tiny_of<T>();
+  double ss = 0.0, zc = 0.0, sc = 0.0, ck = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* dr = d + r * n;
+    T* zr = dz + r * n;
+    double rs = 0.0;
+    T rz = 0, rsub = 0, rck = 0;
+#pragma omp simd reduction(+ : rs, rz, rsub, rck)
+    for (int64_t c = 0; c < n; ++c) {
+      const T gv = gr[c];
+      const T dv = dr[c];
+      const T v = grad_times<T, kSelect>(gv, scale, dv);
+      zr[c] = v;
+      if constexpr (kDb) db_acc[c] += double(v);
+      rs += double(gv) * double(gv);
+      const T ag = std::abs(gv);
+      rz += ag == T(0) ? T(1) : T(0);
+      rsub += (ag > T(0) && ag < tiny) ? T(1) : T(0);
+      const T ad = std::abs(dv);
+      dmax[c] = ad > dmax[c] ? ad : dmax[c];
+      rck += v * T(0);
+    }
+    ss += rs;
+    zc += double(rz);
+    sc += double(rsub);
+    ck += double(rck);
+  }
+  h->zeros += zc;
+  h->subnormals += sc;
+  h->dz_check += ck;
+  return ss;
+}
+
+template <class T>
+static double bwd_plain_health(const T* g, const T* d, T scale, bool select, T* dz,
+                               double* db_acc, int64_t rows, int64_t n, GradHealth<T>* h) {
+  T* dm = h->dmax;
+  if (db_acc)
+    return select ? bwd_plain_health_rows<T, true, true>(g, d, scale, dz, db_acc, dm, rows, n, h)
+                  : bwd_plain_health_rows<T, true, false>(g, d, scale, dz, db_acc, dm, rows, n, h);
+  return select ? bwd_plain_health_rows<T, false, true>(g, d, scale, dz, db_acc, dm, rows, n, h)
+                : bwd_plain_health_rows<T, false, false>(g, d, scale, dz, db_acc, dm, rows, n, h);
+}
+
+template <class T>
+static void grad_health(const T* g, const T* d, const T* dz, int64_t rows, int64_t n,
+                        GradHealth<T>* h) {
+  const T tiny = tiny_of<T>();
+  if (g) {
+    double zc = 0.0, sc = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* gr = g + r * n;
+      T rz = 0, rsub = 0;
+#pragma omp simd reduction(+ : rz, rsub)
+      for (int64_t c = 0; c < n; ++c) {
+        const T ag = std::abs(gr[c]);
+        rz += ag == T(0) ? T(1) : T(0);
+        rsub += (ag > T(0) && ag < tiny) ? T(1) : T(0);
+      }
+      zc += double(rz);
+      sc += double(rsub);
+    }
+    h->zeros += zc;
+    h->subnormals += sc;
+  }
+  if (d && h->dmax) {
+    T* dmax = h->dmax;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* dr = d + r * n;
+#pragma omp simd
+      for (int64_t c = 0; c < n; ++c) {
+        const T ad = std::abs(dr[c]);
+        dmax[c] = ad > dmax[c] ? ad : dmax[c];
+      }
+    }
+  }
+  if (dz) {
+    double ck = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* zr = dz + r * n;
+      T rck = 0;
+#pragma omp simd reduction(+ : rck)
+      for (int64_t c = 0; c < n; ++c) rck += zr[c] * T(0);
+      ck += double(rck);
+    }
+    h->dz_check += ck;
+  }
+}
+
+template <class T>
+static void row_sumsq(const T* x, int64_t rows, int64_t n, double* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * n;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t c = 0; c < n; ++c) s += double(xr[c]) * double(xr[c]);
+    out[r] = s;
+  }
+}
+
+template <class T, bool kSelect>
+static void ln_example_ss_rows(const T* g, const T* d, const T* xhat, const T scale,
+                               int64_t rows, int64_t n, double* og, double* ob) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* dr = d + r * n;
+    const T* xr = xhat + r * n;
+    double sg = 0.0, sb = 0.0;
+#pragma omp simd reduction(+ : sg, sb)
+    for (int64_t c = 0; c < n; ++c) {
+      const double dn = double(grad_times<T, kSelect>(gr[c], scale, dr[c]));
+      const double dg = dn * double(xr[c]);
+      sg += dg * dg;
+      sb += dn * dn;
+    }
+    og[r] = sg;
+    ob[r] = sb;
+  }
+}
+
+template <class T>
+static void ln_example_ss(const T* g, const T* d, const T* xhat, T scale, bool select,
+                          int64_t rows, int64_t n, double* og, double* ob) {
+  if (select)
+    ln_example_ss_rows<T, true>(g, d, xhat, scale, rows, n, og, ob);
+  else
+    ln_example_ss_rows<T, false>(g, d, xhat, scale, rows, n, og, ob);
 }
 
 }  // namespace GC_ISA_NS

@@ -31,6 +31,10 @@ static constexpr KernelTable<T> build_table() {
   t.bwd_bn1 = &bwd_bn1<T>;
   t.bwd_bn2 = &bwd_bn2<T>;
   t.bwd_layernorm = &bwd_layernorm<T>;
+  t.bwd_plain_health = &bwd_plain_health<T>;
+  t.grad_health = &grad_health<T>;
+  t.row_sumsq = &row_sumsq<T>;
+  t.ln_example_ss = &ln_example_ss<T>;
   // panel GEMM
   t.pack_panels = &pack_panels<T>;
   t.gemm_panels = &gemm_panels<T>;

@@ -612,6 +612,26 @@ class Model:
         names them."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------- forensics
+    _nonfinite_origin: Any = None
+
+    @property
+    def nonfinite_origin(self) -> Any:
+        """Where the last backward's first NaN/Inf was born (a
+        :class:`~gradchain.report.NonFiniteOrigin`, as its report's), or None: what
+        ``gc.clip_grad_norm(error_if_nonfinite=True)`` names."""
+        return self._nonfinite_origin
+
+    def supports_per_example(self) -> bool:
+        """Whether ``backward(..., per_example=True)`` applies to the model now (the
+        per-example gradient norms; ``gc.train`` records the noise scale where it does)."""
+        return False
+
+    def _clip_per_example(self, max_norm: float) -> np.ndarray:
+        """``gc.clip_per_example``'s work (a kind with per-example gradients overrides it)."""
+        raise TypeError(f"model: gc.clip_per_example needs per-example gradients, which "
+                        f"{type(self).__name__} does not compute")
+
     # ------------------------------------------------------- buffers, lock, kernels
     def exclusive(self, what: str) -> _Exclusive:
         """A context manager: hold the model's lock for the operation ``what`` (named in

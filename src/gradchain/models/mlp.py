@@ -4,6 +4,7 @@ its place in the model protocol (config, data axes, report axis) and its lab
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, overload
@@ -339,6 +340,8 @@ class MLP(Model):
                 f"({dt.name}) cannot be allocated ({_core_message(e)})") from None
         if act.is_custom:
             self._core.set_custom_activation(_custom_callback(act))
+        # the health report's saturation threshold (NaN for a custom activation)
+        self._core.health_threshold = act.saturation_threshold()
         self.sizes = sizes_
         self.activation = act
         self.init = scheme
@@ -351,6 +354,12 @@ class MLP(Model):
         self.eps = eps_
         self.momentum = mom
         self._input_grad: np.ndarray | None = None
+        # what gc.clip_per_example reruns: the last backward's dL/dy, whether it
+        # accumulated, and its per-example norms (None until a backward)
+        self._last_gy: np.ndarray | None = None
+        self._last_accumulate = False
+        self._example_norms: np.ndarray | None = None
+        self._nonfinite_origin = None
         self._bind_views()
         # one counter per batch-norm layer, as each torch.nn.BatchNorm1d keeps its own
         n_bn = self.depth if self.norm == "batch" else 0
@@ -418,6 +427,7 @@ class MLP(Model):
         xa = contiguous(xa, "x")
         track = self.norm == "batch" and self.training
         done = self._core.forward_count
+        self._last_gy = self._example_norms = None  # a new forward: nothing to clip again
         try:
             y = self._compute("forward", self._core.forward, xa)
         finally:  # counted when the core committed the running statistics (even if a
@@ -430,15 +440,42 @@ class MLP(Model):
 
     @overload
     def backward(self, grad_output: Any, accumulate: bool = ...,
-                 report: Literal[True] = ...) -> GradReport: ...
+                 report: Literal[True] = ..., per_example: bool = ...) -> GradReport: ...
 
     @overload
     def backward(self, grad_output: Any, accumulate: bool = ..., *,
-                 report: Literal[False]) -> None: ...
+                 report: Literal[False], per_example: bool = ...) -> None: ...
+
+    def _check_per_example(self, per_example: Any, report: bool = True) -> bool:
+        pe = check_bool(per_example, "per_example")
+        if pe and not report:
+            raise ValueError("per_example: the per-example norms are part of the report; "
+                             "per_example=True needs report=True")
+        if pe and self.norm == "batch" and self.training:
+            raise ValueError(
+                "per_example: batch norm in training mode couples the examples of a batch "
+                "(each example's gradient depends on the others), so per-example gradients "
+                "are not defined; call model.eval() (running statistics: exact) or use "
+                "norm='layer'")
+        return pe
+
+    def supports_per_example(self) -> bool:
+        """Whether ``per_example=True`` applies now (not with batch norm in training mode)."""
+        return not (self.norm == "batch" and self.training)
+
+    def _report(self, d: dict[str, Any], loss_stage: str | None = None,
+                accumulate: bool = False) -> GradReport:
+        rep = GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)],
+                                    loss_stage, self._core.forward_batch)
+        if accumulate and rep.noise_scale is not None:
+            rep.noise_scale = math.nan  # ||G|| would include the gradients accumulated before
+        self._nonfinite_origin = rep.nonfinite_origin
+        self._example_norms = rep.per_example_grad_norms
+        return rep
 
     @locked
     def backward(self, grad_output: Any, accumulate: bool = False,
-                 report: bool = True) -> GradReport | None:
+                 report: bool = True, per_example: bool = False) -> GradReport | None:
         """Backpropagate ``grad_output = dL/dy (B, out)`` through the last forward pass.
 
         Fills every parameter gradient (``accumulate=True`` adds to them instead)
@@ -452,6 +489,12 @@ class MLP(Model):
         updated only by a complete forward); an interrupted backward keeps the forward
         but leaves the gradients partial: ``gc.optim`` steps refuse them until a
         backward completes or ``zero_grad()`` runs.
+
+        ``per_example=True`` also gives every example's own gradient norm
+        ``||grad l_i||`` (``L = mean_i l_i``: B times the example's share of the
+        gradient), globally and per layer, and the gradient noise scale
+        (``per_example_grad_norms``, ``per_example_layer_grad_norms``, ``noise_scale``);
+        a ValueError with batch norm in training mode (examples are coupled).
         """
         if not self._core.has_forward:
             raise self._no_forward_error()
@@ -459,26 +502,35 @@ class MLP(Model):
         g = float_array(grad_output, "grad_output", self.dtype, (B, self.sizes[-1]))
         acc = check_bool(accumulate, "accumulate")
         rep = check_bool(report, "report")
+        pe = self._check_per_example(per_example, rep)
         require(B * self.sizes[0] * self.dtype.itemsize,  # dL/dx
                 lambda: f"grad_output: the backward pass of {self._describe()} over a "
                         f"batch of {B}")
-        d, dx = self._compute("backward", self._core.backward, g, acc, rep)
+        d, dx = self._compute("backward", self._core.backward, g, acc, rep, pe)
         self._input_grad = dx
+        self._last_gy = np.array(g, dtype=self.dtype, copy=True)
+        self._last_accumulate = acc
+        self._example_norms = None
         if not rep:
+            self._nonfinite_origin = None
             return None
-        return GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)])
+        return self._report(d, accumulate=acc)
 
     @locked
     def loss_and_grad(
-        self, x: Any, target: Any, loss: str = "mse", accumulate: bool = False
+        self, x: Any, target: Any, loss: str = "mse", accumulate: bool = False,
+        per_example: bool = False,
     ) -> tuple[float, GradReport]:
         """Forward, loss and backward in one call: returns ``(loss, report)``.
 
         ``loss="mse"``: ``mean((y - target)^2)``, target ``(B, out)`` in the model's
         dtype; ``loss="cross_entropy"``: integer class targets ``(B,)``.
+        ``per_example=True``: as :meth:`backward`'s (``l_i`` is example i's own loss,
+        the convention of ``torch.func.vmap(grad)``).
         """
         _losses.check_loss(loss)
         check_bool(accumulate, "accumulate")
+        pe = self._check_per_example(per_example)
         xa = float_array(x, "x", self.dtype, (None, self.sizes[0]), copy=False)
         B = xa.shape[0]
         t = check_target(target, loss, self.dtype, (B, self.sizes[-1]))
@@ -490,12 +542,45 @@ class MLP(Model):
         with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
             value, dy = _losses.value_and_grad(y, t, loss)
         # straight to the core: a non-finite dL/dy is a result here (reported), not bad input
-        d, dx = self._compute("backward", self._core.backward,
-                              np.ascontiguousarray(dy, dtype=self.dtype), accumulate, True)
+        gy = np.ascontiguousarray(dy, dtype=self.dtype)
+        d, dx = self._compute("backward", self._core.backward, gy, bool(accumulate), True, pe)
         self._input_grad = dx
-        rep = GradReport._from_core(d, [f"layers.{i}" for i in range(self.depth + 1)])
+        self._last_gy = gy
+        self._last_accumulate = bool(accumulate)
+        loss_stage = None if math.isfinite(value) else "loss"
+        if loss_stage is None and not np.isfinite(gy).all():
+            loss_stage = "loss_gradient"
+        rep = self._report(d, loss_stage, bool(accumulate))
         rep.loss = float(value)
         return float(value), rep
+
+    @locked
+    def _clip_per_example(self, max_norm: float) -> np.ndarray:
+        """``gc.clip_per_example``: the last backward again with every example's dL/dy row
+        scaled by ``min(1, max_norm / (||grad l_i|| + 1e-6))`` (so every dL/dz_i of every
+        layer is), the gradients assigned. Returns the norms before clipping (B,)."""
+        if not self._core.has_forward or self._last_gy is None:
+            raise ValueError("model: gc.clip_per_example needs a backward pass (backward or "
+                             "loss_and_grad) after the last forward pass to clip")
+        if self._last_accumulate:
+            raise ValueError("model: the last backward accumulated (accumulate=True), so the "
+                             "stored gradients mix several batches; gc.clip_per_example "
+                             "clips the examples of one batch")
+        self._check_per_example(True)
+        gy = self._last_gy
+        norms = self._example_norms
+        if norms is None:  # the per-example norms of the last backward, once
+            d, _ = self._compute("backward", self._core.backward, gy, False, True, True)
+            norms = self._report(d).per_example_grad_norms
+        assert norms is not None
+        with np.errstate(all="ignore"):
+            coef = np.minimum(max_norm / (norms + 1e-6), 1.0)
+        scaled = np.ascontiguousarray(gy * coef.astype(self.dtype)[:, None], dtype=self.dtype)
+        _, dx = self._compute("backward", self._core.backward, scaled, False, False, False)
+        self._input_grad = dx
+        self._example_norms = None  # the stored gradients are now the clipped ones
+        self._last_gy = None
+        return np.array(norms, dtype=np.float64)
 
     @property
     def input_grad(self) -> np.ndarray | None:

@@ -228,6 +228,8 @@ class RNN(Model):
                 f"({_core_message(e)})") from None
         if act.is_custom:
             self._core.set_custom_activation(_custom_callback(act))
+        # the health report's saturation threshold (NaN for a custom activation)
+        self._core.health_threshold = act.saturation_threshold()
         self.input_size, self.hidden_size, self.output_size = I_, H, (K or None)
         self.activation = act
         self.init = scheme
@@ -239,6 +241,7 @@ class RNN(Model):
         self._input_grad: np.ndarray | None = None
         self._h0_grad: np.ndarray | None = None
         self._outputs: np.ndarray | None = None
+        self._nonfinite_origin = None
         self._bind_views()
         self.reset_parameters(seed_)
 
@@ -385,8 +388,11 @@ class RNN(Model):
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         if not want:
+            self._nonfinite_origin = None
             return None
-        return RNNGradReport._from_core(d, dh0)
+        rep = RNNGradReport._from_core(d, dh0)
+        self._nonfinite_origin = rep.nonfinite_origin
+        return rep
 
     @locked
     def loss_and_grad(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
@@ -430,7 +436,11 @@ class RNN(Model):
             d, dx, dh0 = self._compute("backward", self._core.backward, g, None, acc)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
-        rep = RNNGradReport._from_core(d, dh0)
+        loss_stage = None if math.isfinite(value) else "loss"
+        if loss_stage is None and not np.isfinite(g).all():
+            loss_stage = "loss_gradient"
+        rep = RNNGradReport._from_core(d, dh0, loss_stage)
+        self._nonfinite_origin = rep.nonfinite_origin
         rep.loss = float(value)
         return float(value), rep
 

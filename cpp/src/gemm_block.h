@@ -13,12 +13,13 @@
 namespace gradchain {
 namespace detail {
 
-// The panel GEMM takes a float32 block when its packed op(B) fits a slot and its inner
-// dimension is short enough to stream from cache. Measured on one model, alternating
-// with OpenBLAS (2 threads; gradchain bench --panel-ab): mlp-tanh 1.04-1.14x,
-// mlp-deep-narrow 1.06-1.07x, rnn-long-narrow 1.04-1.07x faster (no per-call packing of
-// A, no locks, no beta pass); float64 was 2-5% slower on mlp-tanh-f64, so float64 layer
-// products stay on OpenBLAS.
+// The panel GEMM takes a block when its packed op(B) fits a slot and its inner dimension is
+// short enough to stream from cache: float32 always, float64 with AVX-512 (panel_gemm_f64).
+// Measured on one model, alternating with OpenBLAS (2 threads; gradchain bench --panel-ab):
+// mlp-tanh 1.04-1.14x, mlp-deep-narrow 1.06-1.07x, rnn-long-narrow 1.04-1.07x faster (no
+// per-call packing of A, no locks, no beta pass). float64 with AVX2's 6-row tile was 2-5%
+// slower than OpenBLAS on mlp-tanh-f64; AVX-512's 12-row tile is faster (issue 13,
+// benchmarks/README.md). The slot is sized for both dtypes; gemm_block decides per call.
 constexpr int64_t kPanelMaxK = 1024;
 constexpr int64_t kPanelSlot = int64_t(1) << 16;  // values per thread, at most
 template <class T>

@@ -69,11 +69,13 @@ inline double gemm_block_sumsq(const KernelTable<T>& K, const GemmSplit& s, int6
   return ss;
 }
 
-// Whether a layer product with inner dimension K takes the panel GEMM now (its split then
-// prefers columns: gemm_split's prefer_n).
+// Whether a layer product with inner dimension K and N columns, split along its columns,
+// would take the panel GEMM now (its split then prefers columns: gemm_split's prefer_n;
+// products left to OpenBLAS keep their split).
 template <class T>
-inline bool takes_panel(int64_t K) {
-  return K <= kPanelMaxK && (sizeof(T) == 4 ? panel_gemm() : panel_gemm_f64());
+inline bool takes_panel(int64_t K, int64_t N) {
+  return K <= kPanelMaxK && K * panel_round<T>(ceil_div(N, gemm_blocks())) <= kPanelSlot &&
+         (sizeof(T) == 4 ? panel_gemm() : panel_gemm_f64());
 }
 
 // C (M x N) = op(A) op(B) + beta C (beta 0 or 1), for block `blk` of the split `s`: on

@@ -292,7 +292,7 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
   const T* W = params_.data() + ly.w;
   const T* b = ly.b >= 0 ? params_.data() + ly.b : nullptr;
 
-  const GemmSplit gs = gemm_split(B, n, k, detail::takes_panel<T>(k));
+  const GemmSplit gs = gemm_split(B, n, k, detail::takes_panel<T>(k, n));
 #pragma omp for schedule(static)  // z = a_l W^T, over fixed GEMM blocks
   for (int64_t blk = 0; blk < gs.count; ++blk)
     if (!stopping())  // cancelled: skip the rest (the pass will be thrown away)
@@ -336,7 +336,7 @@ void MlpChain<T>::output_forward(T* y) {
   const int64_t B = B_, n = ly.out, k = ly.in;
   const T* W = params_.data() + ly.w;
   const T* b = ly.b >= 0 ? params_.data() + ly.b : nullptr;
-  const GemmSplit gs = gemm_split(B, n, k, detail::takes_panel<T>(k));
+  const GemmSplit gs = gemm_split(B, n, k, detail::takes_panel<T>(k, n));
 #pragma omp for schedule(static)
   for (int64_t blk = 0; blk < gs.count; ++blk)
     if (!stopping())
@@ -456,8 +456,8 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
   const T* W = params_.data() + ly.w;
   const T* a = A_[size_t(l)];
   T* gout = res ? gin : g_other;
-  const GemmSplit sw = gemm_split(n, k, B, detail::takes_panel<T>(B));
-  const GemmSplit sa = gemm_split(B, k, n, detail::takes_panel<T>(n));
+  const GemmSplit sw = gemm_split(n, k, B, detail::takes_panel<T>(B, k));
+  const GemmSplit sa = gemm_split(B, k, n, detail::takes_panel<T>(n, k));
 #pragma omp for schedule(dynamic, 1)
   for (int64_t i = 0; i < sw.count + sa.count; ++i) {
     if (stopping()) continue;  // cancelled: skip the rest
@@ -533,8 +533,8 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
       }
       T* dW = grads + ly.w;
       const T* W = params_.data() + ly.w;
-      const GemmSplit sw = gemm_split(n, k, B, detail::takes_panel<T>(B));
-      const GemmSplit sa = gemm_split(B, k, n, detail::takes_panel<T>(n));
+      const GemmSplit sw = gemm_split(n, k, B, detail::takes_panel<T>(B, k));
+      const GemmSplit sa = gemm_split(B, k, n, detail::takes_panel<T>(n, k));
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < sw.count + sa.count; ++i) {
         if (stopping()) continue;  // cancelled: skip the rest

@@ -110,12 +110,9 @@ static void pack_panels(int64_t K, int64_t N, const T* B, int64_t ldb, bool tran
 #endif
 constexpr int kPanelMR = GC_VBYTES >= 64 ? GC_PANEL_MR : 6;
 
-// The tile's C rows (MR x nr), once stored, add their float64 sum of squares to *ss when ss is
-// set (the report's ||dW|| while the values are in L1: a fixed order per tile, tiles in a
-// fixed order per block).
 template <class T, int MR>
 static inline void panel_tile(int64_t K, const T* A, int64_t ars, int64_t acs, const T* bp,
-                              T* C, int64_t ldc, int64_t nr, bool acc_c, double* ss) {
+                              T* C, int64_t ldc, int64_t nr, bool acc_c) {
   using VT = Vec<T>;
   using V = typename VT::V;
   constexpr int64_t W = VT::W, NR = 2 * W;
@@ -143,24 +140,13 @@ static inline void panel_tile(int64_t K, const T* A, int64_t ars, int64_t acs, c
       for (int64_t j = 0; j < nr; ++j) c[j] = acc_c ? c[j] + tmp[j] : tmp[j];
     }
   }
-  if (ss) {
-    double s = 0.0;
-    for (int i = 0; i < MR; ++i) {
-      const T* c = C + i * ldc;
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = 0; j < nr; ++j) s += double(c[j]) * double(c[j]);
-    }
-    *ss += s;
-  }
 }
 
 // C (m x N) (+)= A op(B), A[i, k] at A[i * ars + k * acs] (row-major: ars = lda, acs = 1;
-// transposed: ars = 1, acs = lda); accumulate adds to C, else C is overwritten. With ss, the
-// float64 sum of squares of the C block as stored, summed tile by tile in a fixed order.
+// transposed: ars = 1, acs = lda); accumulate adds to C, else C is overwritten.
 template <class T>
-static void gemm_panels_impl(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars,
-                             int64_t acs, const T* Bp, T* C, int64_t ldc, bool accumulate,
-                             double* ss) {
+static void gemm_panels(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars,
+                        int64_t acs, const T* Bp, T* C, int64_t ldc, bool accumulate) {
   constexpr int64_t NR = 2 * Vec<T>::W;
   for (int64_t j0 = 0; j0 < N; j0 += NR) {
     const int64_t nr = (N - j0 < NR) ? N - j0 : NR;
@@ -169,35 +155,20 @@ static void gemm_panels_impl(int64_t m, int64_t N, int64_t K, const T* A, int64_
     int64_t i = 0;
     if constexpr (kPanelMR > 6)
       for (; i + kPanelMR <= m; i += kPanelMR)
-        panel_tile<T, kPanelMR>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate,
-                                ss);
+        panel_tile<T, kPanelMR>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
     for (; i + 6 <= m; i += 6)
-      panel_tile<T, 6>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate, ss);
+      panel_tile<T, 6>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
     if (i + 4 <= m) {
-      panel_tile<T, 4>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate, ss);
+      panel_tile<T, 4>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
       i += 4;
     }
     if (i + 2 <= m) {
-      panel_tile<T, 2>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate, ss);
+      panel_tile<T, 2>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
       i += 2;
     }
     if (i < m)
-      panel_tile<T, 1>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate, ss);
+      panel_tile<T, 1>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
   }
-}
-
-template <class T>
-static void gemm_panels(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs,
-                        const T* Bp, T* C, int64_t ldc, bool accumulate) {
-  gemm_panels_impl<T>(m, N, K, A, ars, acs, Bp, C, ldc, accumulate, nullptr);
-}
-
-template <class T>
-static double gemm_panels_sumsq(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars,
-                                int64_t acs, const T* Bp, T* C, int64_t ldc, bool accumulate) {
-  double ss = 0.0;
-  gemm_panels_impl<T>(m, N, K, A, ars, acs, Bp, C, ldc, accumulate, &ss);
-  return ss;
 }
 
 }  // namespace GC_ISA_NS

@@ -34,7 +34,6 @@ static constexpr KernelTable<T> build_table() {
   // panel GEMM
   t.pack_panels = &pack_panels<T>;
   t.gemm_panels = &gemm_panels<T>;
-  t.gemm_panels_sumsq = &gemm_panels_sumsq<T>;
   // reductions and gradient edits
   t.sumsq = &sumsq<T>;
   t.maxabs = &maxabs<T>;

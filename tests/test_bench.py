@@ -239,6 +239,87 @@ def test_kink_rounding_is_excused_only_when_it_looks_like_one() -> None:
             assert "layers.0.weight" in agr["p"].failed
 
 
+def _kink_case(norm: str | None) -> tuple[Any, Any, Any, Any, Any]:
+    """A small ReLU MLP whose float64 reference has one unit (hidden layer 1) right at the
+    kink, and a "float32 side" that rounded it to the other side: the reference with that
+    unit's pre-activation mirrored, cast to float32 (what a real float32 flip gives). The
+    unit is the first whose flip moves the weight-gradient norms beyond the tolerance."""
+    from gradchain import reference
+    from gradchain.bench import cases
+
+    wl = bench.MLPWorkload("kinky", 16, 24, 4, 8, 32, activation="relu", norm=norm,
+                           residual=norm is not None, init="kaiming_normal")
+    base = bench.CASE_MAKERS["mlp"](wl, 3, 1)
+    shift = "norms.1.bias" if norm else "layers.1.bias"
+    tol = bench.tolerance_for("float32")
+    for b, j in [(b, j) for b in range(4) for j in range(24)]:
+        case = bench.Case(wl, base.x, base.grad_y, {k: v.copy() for k, v in base.state.items()},
+                          1, base.extra)
+        _y, cache = cases._mlp_forward64(case, np.float64)
+        n = cache["layers"][1]["n"]
+        if n[b, j] <= 0:
+            continue
+        # move the unit to ~1e-9 above the kink (the shift enters n column-wise)
+        case.state[shift][j] -= np.float32(n[b, j] - 1e-9)
+        truth, refit = bench.TRUTHS["mlp"](case, tol)
+        _y, cache = cases._mlp_forward64(case, np.float64)
+        n = cache["layers"][1]["n"]
+        assert abs(n[b, j]) < 1e-6
+        n[b, j] = -n[b, j]  # the float32 side's rounding: the other side of the kink
+        grads, _dx, rep = reference.mlp_backward(cache, case.grad_y.astype(np.float64))
+        side = bench.Outputs(cache["y"].astype(np.float32),
+                             {k: v.astype(np.float32) for k, v in grads.items()},
+                             np.asarray(rep["activation_grad_norms"]),
+                             np.asarray(rep["weight_grad_norms"]))
+        if bench.agreement_errors(truth, side, wl)["weight_grad_norms"] > 10 * tol:
+            peer = bench.Outputs(truth.y.astype(np.float32),
+                                 {k: v.astype(np.float32) for k, v in truth.grads.items()},
+                                 truth.activation_grad_norms, truth.weight_grad_norms)
+            return wl, truth, refit, side, peer
+    raise AssertionError("no unit of the test network moves the norms by its flip")
+
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_kink_flip_in_the_report_norms_is_excused(norm: str | None) -> None:
+    """Issue 13's false alarm: a float32 side that rounded one ReLU input to the other side of
+    the kink has gradients the rank test excuses, but report norms (weight_grad_norms,
+    activation_grad_norms) that only the float64 reference re-fitted with that flip explains;
+    with the re-fit every peer is right, a wrong norm is still caught, and a smooth activation
+    excuses nothing."""
+    wl, truth, refit, side, peer = _kink_case(norm)
+    tol = bench.tolerance_for("float32")
+    errs = bench.agreement_errors(truth, side, wl)
+    assert errs["weight_grad_norms"] > 10 * tol
+    # without the re-fit: the false alarm (both against the reference and between the peers)
+    agr = bench.arbitrate(side, {"p": peer}, wl, truth=truth)
+    assert not agr["gradchain"].ok and not agr["p"].ok
+    assert "weight_grad_norms" in agr["p"].failed
+    # with it: every quantity the flip moved is excused, for gradchain and the peer alike
+    agr = bench.arbitrate(side, {"p": peer}, wl, truth=truth, refit=refit)
+    assert agr["gradchain"].ok and agr["p"].ok, (agr["gradchain"].failed, agr["p"].failed)
+    assert "weight_grad_norms" in agr["p"].excused
+    assert "weight_grad_norms" in agr["gradchain"].excused
+    # the re-fit found exactly the flip: the side agrees with it to float32 rounding
+    fitted = bench.agreement_errors(refit(side), side, wl)
+    assert max(fitted.values()) < 1e-5
+    # a correct side needs no flip: the re-fit of the peer is the reference itself
+    again = refit(peer)
+    assert again is not None
+    for k, g in truth.grads.items():
+        np.testing.assert_array_equal(again.grads[k], g)
+    # a norm that is wrong on top of the flip is still caught
+    bad = bench.Outputs(side.y, side.grads, side.activation_grad_norms,
+                        side.weight_grad_norms * np.where(np.arange(5) == 3, 1.01, 1.0))
+    agr = bench.arbitrate(bad, {"p": peer}, wl, truth=truth, refit=refit)
+    assert "weight_grad_norms" in agr["p"].failed and not agr["gradchain"].ok
+    # a smooth activation excuses nothing, re-fit or not
+    from dataclasses import replace
+
+    smooth = replace(wl, activation="tanh")
+    agr = bench.arbitrate(side, {"p": peer}, smooth, truth=truth, refit=refit)
+    assert not agr["p"].ok and not agr["p"].excused
+
+
 def test_skipped_peer_is_noted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(bench.PEERS, "absent",
                         bench.PeerInfo("absent", "not here", ("surely_no_such_module_xyz",)))

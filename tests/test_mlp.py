@@ -504,3 +504,50 @@ def test_panel_gemm_is_bitwise_across_threads(restore_panel, restore_threads):
         for k in r[1]:
             assert np.array_equal(r[1][k], runs[0][1][k]), k
         assert np.array_equal(r[2].activation_grad_norms, runs[0][2].activation_grad_norms)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("isa", gc.available_isas())
+def test_panel_products_of_both_dtypes(dtype, isa, restore_panel, restore_isa, restore_threads):
+    """Issue 13: float64 layer products take the panel GEMM too with AVX-512 (its 12-row tile),
+    the forward's W^T is packed through register transposes (K not a multiple of the
+    vector width: a scalar tail), and dW's sum of squares is taken in the tile's store.
+    Every ISA, panel on or off: the reference's numbers, weight_grad_norms equal to the
+    norms of the gradients, and bitwise the same for 1, 2 and 3 threads."""
+    gc.set_isa(isa)
+    sizes, B = [37] + [130] * 3 + [19], 131  # 12-, 6-, 4-, 2-, 1-row tiles; partial panels
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(B, sizes[0])).astype(dtype)
+    g = rng.normal(size=(B, sizes[-1])).astype(dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    results = {}
+    for panel in (True, False):
+        gc._core._set_panel_gemm(panel)
+        runs = []
+        for n in (1, 2, 3):
+            gc.set_num_threads(n)
+            m = gc.MLP(sizes, activation="relu", seed=3, dtype=dtype)
+            runs.append(_run_once(m, x, g))
+        for r in runs[1:]:
+            assert np.array_equal(r[0], runs[0][0]) and np.array_equal(r[3], runs[0][3])
+            for k in r[1]:
+                assert np.array_equal(r[1][k], runs[0][1][k]), k
+            assert np.array_equal(r[2].weight_grad_norms, runs[0][2].weight_grad_norms)
+        y, grads, rep, _dx = runs[0]
+        names = [f"layers.{i}.weight" for i in range(len(sizes) - 1)]
+        np.testing.assert_allclose(
+            rep.weight_grad_norms,
+            [np.linalg.norm(grads[k].astype(np.float64)) for k in names], rtol=1e-12)
+        results[panel] = runs[0]
+    (y1, g1, _r1, dx1), (y2, g2, _r2, dx2) = results[True], results[False]
+    assert_close("y", y1, y2, tol)
+    assert_close("dx", dx1, dx2, tol)
+    for k in g1:
+        assert_close(k, g1[k], g2[k], tol, floor=tol * float(np.max(np.abs(g2[k]))))
+    m = gc.MLP(sizes, activation="relu", seed=3, dtype=dtype)
+    y_ref, cache = ref.mlp_forward(ref_params(m), x.astype(np.float64), activation="relu")
+    grads_ref, _, _ = ref.mlp_backward(cache, g.astype(np.float64))
+    assert_close("y vs reference", y1, y_ref, 1e-3 if dtype == np.float32 else 1e-10)
+    for k in g1:
+        assert_close(k + " vs reference", g1[k], grads_ref[k], 1e-3 if dtype == np.float32
+                     else 1e-10, floor=1e-6 * float(np.max(np.abs(grads_ref[k]))))

@@ -200,6 +200,12 @@ std::atomic<bool>& panel_setting() {
 }  // namespace
 
 bool panel_gemm() { return panel_setting().load(std::memory_order_relaxed); }
+#ifndef GC_PANEL_F64
+#define GC_PANEL_F64 1
+#endif
+bool panel_gemm_f64() {
+  return GC_PANEL_F64 && panel_gemm() && active_isa().load(std::memory_order_relaxed) == kAvx512;
+}
 void set_panel_gemm(bool on) { panel_setting().store(on); }
 
 void set_num_threads(int n) {

@@ -13,12 +13,13 @@
 namespace gradchain {
 namespace detail {
 
-// The panel GEMM takes a float32 block when its packed op(B) fits a slot and its inner
-// dimension is short enough to stream from cache. Measured on one model, alternating
-// with OpenBLAS (2 threads; gradchain bench --panel-ab): mlp-tanh 1.04-1.14x,
-// mlp-deep-narrow 1.06-1.07x, rnn-long-narrow 1.04-1.07x faster (no per-call packing of
-// A, no locks, no beta pass); float64 was 2-5% slower on mlp-tanh-f64, so float64 layer
-// products stay on OpenBLAS.
+// The panel GEMM takes a block when its packed op(B) fits a slot and its inner dimension is
+// short enough to stream from cache: float32 always, float64 with AVX-512 (panel_gemm_f64).
+// Measured on one model, alternating with OpenBLAS (2 threads; gradchain bench --panel-ab):
+// mlp-tanh 1.04-1.14x, mlp-deep-narrow 1.06-1.07x, rnn-long-narrow 1.04-1.07x faster (no
+// per-call packing of A, no locks, no beta pass). float64 with AVX2's 6-row tile was 2-5%
+// slower than OpenBLAS on mlp-tanh-f64; AVX-512's 12-row tile is faster (issue 13,
+// benchmarks/README.md). The slot is sized for both dtypes; gemm_block decides per call.
 constexpr int64_t kPanelMaxK = 1024;
 constexpr int64_t kPanelSlot = int64_t(1) << 16;  // values per thread, at most
 template <class T>
@@ -29,7 +30,6 @@ constexpr int64_t panel_round(int64_t n) {  // n rounded up to the widest ISA's 
 // (0 when none of them would take the panel path).
 template <class T>
 inline int64_t pack_slot(int64_t maxk, int64_t maxn) {
-  if (sizeof(T) != 4) return 0;
   const int64_t k = maxk < kPanelMaxK ? maxk : kPanelMaxK;
   const int64_t need = k * panel_round<T>(maxn);
   return need < kPanelSlot ? need : kPanelSlot;
@@ -51,36 +51,6 @@ inline int64_t pack_scratch_bytes(const Buffer<T>& buf, int64_t slot, int nt) {
   return (slot > 0 && buf.size() < slot * nt) ? slot * nt * int64_t(sizeof(T)) : 0;
 }
 
-// C (M x N) = op(A) op(B) + beta C (beta 0 or 1), for block `blk` of the split `s`: on
-// gradchain's panel kernel when the block qualifies and `ps` has room, else OpenBLAS.
-template <class T>
-inline void gemm_block(const GemmSplit& s, int64_t blk, bool ta, bool tb, int64_t M, int64_t N,
-                       int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
-                       int64_t ldc, const PackScratch<T>& ps = {}) {
-  const int64_t o = blk * s.block;
-  if (ps.base && K <= kPanelMaxK && panel_gemm()) {
-    const int64_t m = s.along_m ? ((o + s.block <= M) ? s.block : M - o) : M;
-    const int64_t n = s.along_m ? N : ((o + s.block <= N) ? s.block : N - o);
-    if (K * panel_round<T>(n) <= ps.slot) {
-      const T* Ab = s.along_m ? (ta ? A + o : A + o * lda) : A;
-      const T* Bb = s.along_m ? B : (tb ? B + o * ldb : B + o);
-      T* Cb = s.along_m ? C + o * ldc : C + o;
-      T* pk = ps.base + int64_t(thread_num()) * ps.slot;
-      const auto& Kt = kernels<T>();
-      Kt.pack_panels(K, n, Bb, ldb, tb, pk);
-      Kt.gemm_panels(m, n, K, Ab, ta ? 1 : lda, ta ? lda : 1, pk, Cb, ldc, beta != T(0));
-      return;
-    }
-  }
-  if (s.along_m) {
-    const int64_t m = (o + s.block <= M) ? s.block : M - o;
-    gemm(ta, tb, m, N, K, T(1), ta ? A + o : A + o * lda, lda, B, ldb, beta, C + o * ldc, ldc);
-  } else {
-    const int64_t n = (o + s.block <= N) ? s.block : N - o;
-    gemm(ta, tb, M, n, K, T(1), A, lda, tb ? B + o * ldb : B + o, ldb, beta, C + o, ldc);
-  }
-}
-
 // Sum of squares (float64) of block `blk` of C (M x N, leading dimension ldc) under split `s`.
 template <class T>
 inline double gemm_block_sumsq(const KernelTable<T>& K, const GemmSplit& s, int64_t blk,
@@ -97,6 +67,51 @@ inline double gemm_block_sumsq(const KernelTable<T>& K, const GemmSplit& s, int6
   double ss = 0.0;
   for (int64_t r = 0; r < M; ++r) ss += K.sumsq(C + r * ldc + o, n);
   return ss;
+}
+
+// Whether a layer product with inner dimension K and N columns, split along its columns,
+// would take the panel GEMM now (its split then prefers columns: gemm_split's prefer_n;
+// products left to OpenBLAS keep their split).
+template <class T>
+inline bool takes_panel(int64_t K, int64_t N) {
+  return K <= kPanelMaxK && K * panel_round<T>(ceil_div(N, gemm_blocks())) <= kPanelSlot &&
+         (sizeof(T) == 4 ? panel_gemm() : panel_gemm_f64());
+}
+
+// C (M x N) = op(A) op(B) + beta C (beta 0 or 1), for block `blk` of the split `s`: on
+// gradchain's panel kernel when the block qualifies and `ps` has room, else OpenBLAS.
+// With ss, *ss = the float64 sum of squares of the block of C as stored (the report's
+// ||dW||), in a pass over the block right after it was written (in L2 for panel blocks).
+// Taking it in the tile's store instead was measured 10% slower in mlp-tanh's backward
+// (1 thread, 8 alternating rounds): the tile's own loop got slower.
+template <class T>
+inline void gemm_block(const GemmSplit& s, int64_t blk, bool ta, bool tb, int64_t M, int64_t N,
+                       int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
+                       int64_t ldc, const PackScratch<T>& ps = {}, double* ss = nullptr) {
+  const int64_t o = blk * s.block;
+  const auto& Kt = kernels<T>();
+  if (ps.base && K <= kPanelMaxK && (sizeof(T) == 4 ? panel_gemm() : panel_gemm_f64())) {
+    const int64_t m = s.along_m ? ((o + s.block <= M) ? s.block : M - o) : M;
+    const int64_t n = s.along_m ? N : ((o + s.block <= N) ? s.block : N - o);
+    if (K * panel_round<T>(n) <= ps.slot) {
+      const T* Ab = s.along_m ? (ta ? A + o : A + o * lda) : A;
+      const T* Bb = s.along_m ? B : (tb ? B + o * ldb : B + o);
+      T* Cb = s.along_m ? C + o * ldc : C + o;
+      T* pk = ps.base + int64_t(thread_num()) * ps.slot;
+      Kt.pack_panels(K, n, Bb, ldb, tb, pk);
+      Kt.gemm_panels(m, n, K, Ab, ta ? 1 : lda, ta ? lda : 1, pk, Cb, ldc, beta != T(0));
+      if (ss) *ss = gemm_block_sumsq(Kt, s, blk, M, N, C, ldc);
+      return;
+    }
+  }
+  if (s.along_m) {
+    const int64_t m = (o + s.block <= M) ? s.block : M - o;
+    gemm(ta, tb, m, N, K, T(1), ta ? A + o : A + o * lda, lda, B, ldb, beta, C + o * ldc, ldc);
+  } else {
+    const int64_t n = (o + s.block <= N) ? s.block : N - o;
+    gemm(ta, tb, M, n, K, T(1), A, lda, tb ? B + o * ldb : B + o, ldb, beta, C + o, ldc);
+  }
+  if (ss) *ss = gemm_block_sumsq(Kt, s, blk, M, N, C, ldc);
 }
 
 }  // namespace detail

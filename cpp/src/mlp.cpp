@@ -28,7 +28,6 @@
 namespace gradchain {
 
 using detail::gemm_block;
-using detail::gemm_block_sumsq;
 
 
 // ---------------------------------------------------------------------------
@@ -134,7 +133,7 @@ MlpChain<T>::MlpChain(MlpConfig cfg)
   // each hidden layer's norm: views of its tensors, initial values
   norms_.resize(size_t(L_));
   for (int64_t l = 0; l < L_; ++l) {
-    const Layer& ly = layers_[size_t(l)];
+  const Layer& ly = layers_[size_t(l)];
     NormLayerView<T>& nv = norms_[size_t(l)];
     nv.n = ly.out;
     if (ly.gamma >= 0) {
@@ -302,7 +301,7 @@ void MlpChain<T>::layer_forward(int64_t l, bool skip_act) {
   const T* W = params_.data() + ly.w;
   const T* b = ly.b >= 0 ? params_.data() + ly.b : nullptr;
 
-  const GemmSplit gs = gemm_split(B, n, k);
+  const GemmSplit gs = gemm_split(B, n, k, detail::takes_panel<T>(k, n));
 #pragma omp for schedule(static)  // z = a_l W^T, over fixed GEMM blocks
   for (int64_t blk = 0; blk < gs.count; ++blk)
     if (!stopping())  // cancelled: skip the rest (the pass will be thrown away)
@@ -354,7 +353,7 @@ void MlpChain<T>::output_forward(T* y) {
   const int64_t B = B_, n = ly.out, k = ly.in;
   const T* W = params_.data() + ly.w;
   const T* b = ly.b >= 0 ? params_.data() + ly.b : nullptr;
-  const GemmSplit gs = gemm_split(B, n, k);
+  const GemmSplit gs = gemm_split(B, n, k, detail::takes_panel<T>(k, n));
 #pragma omp for schedule(static)
   for (int64_t blk = 0; blk < gs.count; ++blk)
     if (!stopping())
@@ -431,7 +430,7 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
   if (fwd_nonfinite_ > 0 && forensics) fwd_stage_ = diagnose_forward(fwd_nonfinite_ - 1);
   // Commit the running statistics only now that the whole pass succeeded.
   for (int64_t l = 0; l < L_; ++l) {
-    const Layer& ly = layers_[size_t(l)];
+  const Layer& ly = layers_[size_t(l)];
     norm_commit(cfg_.norm, norms_[size_t(l)], ly.b >= 0 ? params_.data() + ly.b : nullptr,
                 training, B, cfg_.momentum);
   }
@@ -448,7 +447,6 @@ void MlpChain<T>::forward(const T* x, int64_t B, T* y) {
 template <class T>
 void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
                                  MlpReport& rep) {
-  const auto& K = kernels<T>();
   const Layer& ly = layers_[size_t(l)];
   const int64_t B = B_, n = ly.out, k = ly.in;
   const bool res = cfg_.residual[size_t(l)] != 0;
@@ -500,15 +498,14 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
   const T* W = params_.data() + ly.w;
   const T* a = A_[size_t(l)];
   T* gout = res ? gin : g_other;
-  const GemmSplit sw = gemm_split(n, k, B);
-  const GemmSplit sa = gemm_split(B, k, n);
+  const GemmSplit sw = gemm_split(n, k, B, detail::takes_panel<T>(B, k));
+  const GemmSplit sa = gemm_split(B, k, n, detail::takes_panel<T>(n, k));
 #pragma omp for schedule(dynamic, 1)
   for (int64_t i = 0; i < sw.count + sa.count; ++i) {
     if (stopping()) continue;  // cancelled: skip the rest
     if (i < sw.count) {  // each dW block's sum of squares while it is in cache
       gemm_block(sw, i, true, false, n, k, B, dz, n, a, k, accumulate ? T(1) : T(0), dW, k,
-                 packs());
-      if (report_) chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
+                 packs(), report_ ? &chunk_ss_[size_t(i)] : nullptr);
     } else {
       gemm_block(sa, i - sw.count, false, false, B, k, n, dz, n, W, k, res ? T(1) : T(0), gout, k,
                  packs());
@@ -587,15 +584,15 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
       }
       T* dW = grads + ly.w;
       const T* W = params_.data() + ly.w;
-      const GemmSplit sw = gemm_split(n, k, B);
-      const GemmSplit sa = gemm_split(B, k, n);
+      const GemmSplit sw = gemm_split(n, k, B, detail::takes_panel<T>(B, k));
+      const GemmSplit sa = gemm_split(B, k, n, detail::takes_panel<T>(n, k));
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < sw.count + sa.count; ++i) {
         if (stopping()) continue;  // cancelled: skip the rest
         if (i < sw.count) {
           gemm_block(sw, i, true, false, n, k, B, gy, n, A_[size_t(L_)], k,
-                     accumulate ? T(1) : T(0), dW, k, packs());
-          if (report_) chunk_ss_[size_t(i)] = gemm_block_sumsq(K, sw, i, n, k, dW, k);
+                     accumulate ? T(1) : T(0), dW, k, packs(),
+                     report_ ? &chunk_ss_[size_t(i)] : nullptr);
         } else {
           gemm_block(sa, i - sw.count, false, false, B, k, n, gy, n, W, k, T(0), g, k,
                      packs());

@@ -50,5 +50,9 @@ int64_t gemm_blocks();
 // side by side; results differ only by rounding.
 bool panel_gemm();
 void set_panel_gemm(bool on);
+// Whether float64 layer products may take the panel GEMM too: only with the AVX-512
+// kernels (its 12-row tile beats OpenBLAS's dgemm on the chains' blocks; with AVX2's
+// 6-row tile it was 2-5% slower), and only while panel_gemm() allows it.
+bool panel_gemm_f64();
 
 }  // namespace gradchain

@@ -66,10 +66,12 @@ struct GemmSplit {
   int64_t count;   // number of blocks
 };
 constexpr int64_t kGemmBlocks = 16;  // upper bound of gemm_blocks()
-inline GemmSplit gemm_split(int64_t M, int64_t N, int64_t K) {
+// prefer_n: split along N whenever N has at least 64 columns per block (gradchain's panel
+// GEMM packs only op(B), so a split along M would pack all of op(B) in every block).
+inline GemmSplit gemm_split(int64_t M, int64_t N, int64_t K, bool prefer_n = false) {
   // Splitting along M re-packs op(B) (K x N) once per block; along N re-packs op(A) (M x K).
   (void)K;
-  const bool along_m = M >= N;
+  const bool along_m = (prefer_n && N >= 64 * gemm_blocks()) ? false : M >= N;
   const int64_t dim = along_m ? M : N;
   int64_t block = ceil_div(ceil_div(dim, gemm_blocks()), 16) * 16;
   if (block < 16) block = 16;

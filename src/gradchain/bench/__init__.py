@@ -15,7 +15,8 @@ One module per table: :mod:`.workloads` (:data:`WORKLOADS` maps names to workloa
 descriptions, each of a ``kind``: "mlp": :class:`MLPWorkload`, "rnn": :class:`RNNWorkload`;
 :data:`SMALL` the optional small models),
 :mod:`.cases` (:data:`CASE_MAKERS` builds the shared inputs of a kind, :data:`REFERENCES`
-runs the NumPy spec of a kind in a given dtype), :mod:`.peers` (:data:`PEERS`, and
+runs the NumPy spec of a kind in a given dtype, :data:`TRUTHS` the float64 one with its re-fit
+to a float32 side's kink roundings), :mod:`.peers` (:data:`PEERS`, and
 :data:`BUILDERS`: ``kind -> peer name -> builder``, :data:`THREAD_CONTROL`; one module per
 peer), :mod:`.agreement` (the checks against gradchain and the float64 reference),
 :mod:`.machine` (machine info, GEMM ceiling, load), :mod:`.sweep` (the rows of a thread
@@ -40,7 +41,7 @@ from .agreement import (
     kink_explained,
     tolerance_for,
 )
-from .cases import CASE_MAKERS, REFERENCES, Case, Outputs
+from .cases import CASE_MAKERS, REFERENCES, TRUTHS, Case, Outputs, mlp_refit
 from .cli import main
 from .contention import Competitors
 from .machine import _OPENBLAS_ENV as _OPENBLAS_ENV
@@ -63,11 +64,11 @@ from .workloads import (
 )
 
 __all__ = [
-    "BUILDERS", "CASE_MAKERS", "KINKED_ACTIVATIONS", "KINK_MAX_ERR", "KINK_RANK", "NOISY_CORES",
-    "PEERS", "QUICK", "QUICK_SMALL", "RATIO_LIMIT", "REFERENCES", "SMALL", "THREAD_CONTROL",
-    "WORKLOADS", "Agreement", "Builder", "Case", "Competitors", "CpuMeter", "MLPWorkload",
-    "Outputs", "PeerInfo", "PeerInstance", "RNNWorkload", "ThreadControl", "Variant",
+    "Agreement", "BUILDERS", "Builder", "CASE_MAKERS", "Case", "Competitors", "CpuMeter",
+    "KINKED_ACTIVATIONS", "KINK_MAX_ERR", "KINK_RANK", "MLPWorkload", "NOISY_CORES", "Outputs",
+    "PEERS", "PeerInfo", "PeerInstance", "QUICK", "QUICK_SMALL", "RATIO_LIMIT", "REFERENCES",
+    "RNNWorkload", "SMALL", "THREAD_CONTROL", "TRUTHS", "ThreadControl", "Variant", "WORKLOADS",
     "Workload", "agreement_errors", "arbitrate", "check_agreement", "format_summary",
-    "format_table", "gemm_ceiling", "kink_explained", "machine_info", "main",
-    "measure_memory", "run", "summarize", "tolerance_for", "wait_idle", "workload_table",
+    "format_table", "gemm_ceiling", "kink_explained", "machine_info", "main", "measure_memory",
+    "mlp_refit", "run", "summarize", "tolerance_for", "wait_idle", "workload_table",
 ]

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from . import machine
-from .agreement import arbitrate
-from .cases import CASE_MAKERS, REFERENCES, Outputs, for_kind
+from .agreement import arbitrate, tolerance_for
+from .cases import CASE_MAKERS, REFERENCES, TRUTHS, Outputs, for_kind
 from .contention import Competitors
 from .machine import CpuMeter, _limit_numpy_blas, _loadavg, gemm_ceiling, machine_info
 from .peers import BUILDERS, PEERS, PeerInstance, ThreadControl
@@ -296,11 +296,14 @@ def _run_workload(w: Workload, variants: list[Variant], repeats: int, warmup: in
         except Exception as e:
             rows[key].update(status="error", note=f"outputs: {type(e).__name__}: {e}")
             del instances[key]
-    truth = None
-    if w.dtype == "float32" and w.kind in REFERENCES:
+    truth, refit = None, None
+    if w.dtype == "float32" and w.kind in TRUTHS:  # with its re-fit to kink roundings
+        truth, refit = TRUTHS[w.kind](case, tolerance_for(w.dtype))
+    elif w.dtype == "float32" and w.kind in REFERENCES:
         truth = REFERENCES[w.kind](case, np.float64)
     del case  # each peer holds its own copy
-    agreements = arbitrate(ref, outs, w, truth=truth)
+    agreements = arbitrate(ref, outs, w, truth=truth, refit=refit)
+    del refit  # and the float64 forward it holds
     # the library's own rows at other thread counts: bitwise as its default (determinism)
     mine = {"gradchain": ref, **outs}
     for key in outs:

@@ -12,7 +12,8 @@ Run ``python -m gradchain.bench --help`` (or ``gradchain bench``). Optional peer
 JAX) are imported lazily and skipped with a note when they are not installed.
 
 One module per table: :mod:`.workloads` (:data:`WORKLOADS` maps names to workload
-descriptions, each of a ``kind``: "mlp": :class:`MLPWorkload`, "rnn": :class:`RNNWorkload`;
+descriptions, each of a ``kind``: "mlp": :class:`MLPWorkload`, "rnn": :class:`RNNWorkload`,
+"lstm" / "gru": :class:`LSTMWorkload` / :class:`GRUWorkload`;
 :data:`SMALL` the optional small models),
 :mod:`.cases` (:data:`CASE_MAKERS` builds the shared inputs of a kind, :data:`REFERENCES`
 runs the NumPy spec of a kind in a given dtype), :mod:`.peers` (:data:`PEERS`, and
@@ -56,6 +57,8 @@ from .workloads import (
     QUICK_SMALL,
     SMALL,
     WORKLOADS,
+    GRUWorkload,
+    LSTMWorkload,
     MLPWorkload,
     RNNWorkload,
     Workload,
@@ -65,7 +68,8 @@ from .workloads import (
 __all__ = [
     "BUILDERS", "CASE_MAKERS", "KINKED_ACTIVATIONS", "KINK_MAX_ERR", "KINK_RANK", "NOISY_CORES",
     "PEERS", "QUICK", "QUICK_SMALL", "RATIO_LIMIT", "REFERENCES", "SMALL", "THREAD_CONTROL",
-    "WORKLOADS", "Agreement", "Builder", "Case", "Competitors", "CpuMeter", "MLPWorkload",
+    "WORKLOADS", "Agreement", "Builder", "Case", "Competitors", "CpuMeter", "GRUWorkload",
+    "LSTMWorkload", "MLPWorkload",
     "Outputs", "PeerInfo", "PeerInstance", "RNNWorkload", "ThreadControl", "Variant",
     "Workload", "agreement_errors", "arbitrate", "check_agreement", "format_summary",
     "format_table", "gemm_ceiling", "kink_explained", "machine_info", "main",

@@ -13,7 +13,8 @@ the last step. For each cell and length:
 - a short training run (Adam, lr 3e-3, gradient-norm clipping at 1, batches of 32) and
   the validation MSE against the baseline.
 
-This is ``gradchain demo --cells``; the figure shows every cell's ``||dL/dh_t||`` per step
+It takes a few minutes (1000 Adam steps per cell and length). This is
+``gradchain demo --cells``; the figure shows every cell's ``||dL/dh_t||`` per step
 (the LSTM's ``||dL/dc_t||`` dashed), one panel per length.
 
     python examples/gated_adding.py [--train-steps N] [out.png]
@@ -28,7 +29,7 @@ import gradchain as gc
 from gradchain import demo
 
 
-def results(train_steps: int = 150, steps: tuple[int, ...] = (200, 1000)
+def results(train_steps: int = 1000, steps: tuple[int, ...] = (200, 1000)
             ) -> list[demo.CellResult]:
     """Every cell's result at every length (what the table and the figure show)."""
     gc.set_num_threads(1)  # small matrices: one thread avoids OpenMP synchronisation costs
@@ -38,7 +39,7 @@ def results(train_steps: int = 150, steps: tuple[int, ...] = (200, 1000)
 def main(argv: list[str] | None = None) -> list[demo.CellResult]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("png", nargs="?", default="gated_adding.png")
-    p.add_argument("--train-steps", type=int, default=150)
+    p.add_argument("--train-steps", type=int, default=1000)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     res = results(args.train_steps)

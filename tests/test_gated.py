@@ -649,16 +649,20 @@ def test_demo_cells_on_the_command_line(capsys, tmp_path):
     assert cli.main(["demo", "--cells", "--cell-steps", "1", "-q"]) == 2  # T >= 2
 
 
-def test_gates_carry_the_gradient_further_than_a_tanh_rnn():
-    """The point of the comparison: at initialisation, over 200 steps of the adding
-    problem, the gradient reaching step 1 of the LSTM (forget bias 1) and the GRU is many
-    orders of magnitude above the tanh RNN's."""
+def test_the_lstm_cell_state_carries_the_gradient_further_than_a_tanh_rnn():
+    """At initialisation, over 200 steps of the adding problem, the gradient reaching step
+    1 of the LSTM (forget bias 1: the cell state's additive path) is many orders of
+    magnitude above the tanh RNN's, and the IRNN's (identity W_hh) hardly decays. (A GRU
+    at torch's init does not: its update gate sits near 1/2, so it must learn to open.)"""
     from gradchain import demo
 
     res = demo.run_cells((200,), batch=16, hidden=32, train_steps=1)
     reach = {r.short: r.reach for r in res}
     assert reach["LSTM"] > 1e6 * reach["tanh RNN"]
-    assert reach["GRU"] > 1e6 * reach["tanh RNN"]
+    assert reach["IRNN"] > 1e-2
+    lstm = next(r for r in res if r.short == "LSTM")
+    cell = lstm.report.cell_grad_norms
+    assert cell[0] / cell[-1] > 1e6 * reach["tanh RNN"]
 
 
 def test_the_example_script_runs(tmp_path):

@@ -659,8 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "per cell against the 0.167 baseline); a figure only with --png")
     d.add_argument("--cell-steps", type=_int_arg, nargs="+", default=[200, 1000],
                    metavar="T", help="--cells: the sequence lengths (default 200 1000)")
-    d.add_argument("--train-steps", type=_int_arg, default=150,
-                   help="--cells: Adam steps per cell and length (default 150)")
+    d.add_argument("--train-steps", type=_int_arg, default=1000,
+                   help="--cells: Adam steps per cell and length (default 1000; the run "
+                        "takes minutes)")
     d.add_argument("--json", action="store_true",
                    help="print the reports as JSON instead of the tables (no figure unless "
                         "--png is given; notes go to stderr)")

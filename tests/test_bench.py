@@ -52,6 +52,9 @@ def test_quick_run_gradchain_numpy() -> None:
         if isinstance(wl, bench.RNNWorkload):  # hs, 4 grads, weight and timestep norms
             assert w["kind"] == "rnn" and agr["checked"] == 7
             assert "timestep_grad_norms" in agr["errors"]
+        elif isinstance(wl, bench.LSTMWorkload):  # LSTM / GRU: the same seven checks
+            assert w["kind"] == wl.kind in ("lstm", "gru") and agr["checked"] == 7
+            assert "timestep_grad_norms" in agr["errors"]
         else:
             assert agr["checked"] > 2 * wl.depth  # y, grads, norms
         assert agr["tolerance"] == (1e-3 if w["config"]["dtype"] == "float32" else 1e-9)

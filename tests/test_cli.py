@@ -247,8 +247,8 @@ def test_probe_quiet(capsys, tmp_path):
 @pytest.mark.parametrize("args, match", [
     (["--model", "rnn", "--depth", "3"], "--depth applies to --model mlp only"),
     (["--model", "rnn", "--norm", "batch"], "--norm applies to --model mlp only"),
-    (["--steps", "5"], "--steps applies to --model rnn only"),
-    (["--hidden", "5"], "--hidden applies to --model rnn only"),
+    (["--steps", "5"], "--steps applies to --model rnn or lstm or gru only"),
+    (["--hidden", "5"], "--hidden applies to --model rnn or lstm or gru only"),
     (["--model", "rnn", "--steps", "1"], "--steps: expected an int >= 2, got 1"),
     (["--model", "rnn", "--hidden", "0"], "--hidden: expected an int >= 1, got 0"),
     (["--depth", "0"], "--depth: expected an int >= 1, got 0"),
@@ -271,7 +271,7 @@ def test_probe_bad_values_exit_2(args, match, capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args", [["--model", "gru"], ["--steps", "x"], ["--json-out"]])
+@pytest.mark.parametrize("args", [["--model", "transformer"], ["--steps", "x"], ["--json-out"]])
 def test_probe_bad_flags_exit_2(args):
     out = run("probe", *args)
     assert out.returncode == 2 and "error" in out.stderr and out.stdout == ""

@@ -99,7 +99,7 @@ def _missing(text: str, words: list[str], fmt: str = "{}") -> list[str]:
 def test_conventions_name_every_activation_init_loss_norm_clip_optimiser_and_report_field(
 ) -> None:
     text = _doc("CONVENTIONS.md")
-    report_fields = [f.name for cls in (gc.GradReport, gc.RNNGradReport)
+    report_fields = [f.name for cls in (gc.GradReport, gc.RNNGradReport, gc.GatedGradReport)
                      for f in dataclasses.fields(cls) if f.name != "layer_names"]
     wanted = {
         "activations": list(gc.ACTIVATIONS),
@@ -135,7 +135,8 @@ def test_api_names_every_public_name() -> None:
         "gc.theory": _missing(text, list(gc.theory.__all__), "gc.theory.{}"),
         "gc.init": _missing(text, list(gc.init.SCHEMES), "gc.init.{}("),
     }
-    for cls in (gc.MLP, gc.RNN, gc.GradReport, gc.RNNGradReport, gc.History):
+    for cls in (gc.MLP, gc.RNN, gc.LSTM, gc.GRU, gc.GradReport, gc.RNNGradReport,
+                gc.GatedGradReport, gc.History):
         gaps[cls.__name__] = [n for n in _missing(text, _public(cls), ".{}")
                               ]
     assert not any(gaps.values()), f"docs/API.md does not show: {gaps}"
@@ -147,9 +148,10 @@ def test_workloads_doc_lists_every_workload_and_peer() -> None:
     text = _doc("WORKLOADS.md")
     assert not _missing(text, list(bench.WORKLOADS), "| {} |")
     assert not _missing(text, list(bench.PEERS), "`{}`")
+    formulas = {"mlp": "6 * B * sum(in_l * out_l)", "rnn": "6 * T * B * (I*H + H*H)",
+                "lstm": "6 * T * B * 4 * (I*H + H*H)", "gru": "6 * T * B * 3 * (I*H + H*H)"}
     for w in bench.WORKLOADS.values():  # the FLOP formulas of the table are the code's
-        assert ("6 * B * sum(in_l * out_l)" if w.kind == "mlp"
-                else "6 * T * B * (I*H + H*H)") in text
+        assert formulas[w.kind] in text
 
 
 def _pyproject() -> dict:

@@ -24,18 +24,21 @@ PKG = Path(gc.__file__).resolve().parent
 
 # ----------------------------------------------------------------------------- registry
 def test_the_registry_lists_mlp_and_rnn() -> None:
-    assert list(models.MODELS)[:2] == ["mlp", "rnn"]
+    assert list(models.MODELS)[:4] == ["mlp", "rnn", "lstm", "gru"]
     assert models.MODELS["mlp"] is gc.MLP and models.MODELS["rnn"] is gc.RNN
+    assert models.MODELS["lstm"] is gc.LSTM and models.MODELS["gru"] is gc.GRU
+    assert models.get("LSTM") is gc.LSTM and models.get("GRU") is gc.GRU
     assert models.get("mlp") is gc.MLP and models.get("MLP") is gc.MLP
     assert models.get("rnn") is gc.RNN and models.get("RNN") is gc.RNN
     assert models.config_kinds()["MLP"] is gc.MLP and models.config_kinds()["RNN"] is gc.RNN
     assert models.DEFAULT_KIND == "mlp"
-    for cls in (gc.MLP, gc.RNN):
+    for cls in (gc.MLP, gc.RNN, gc.LSTM, gc.GRU):
         assert issubclass(cls, models.Model) and cls.lab.model is cls
-    for bad in ("lstm", None, 3, ["mlp"]):
-        with pytest.raises(ValueError, match="unknown model kind .* expected one of mlp, rnn"):
+    for bad in ("transformer", None, 3, ["mlp"]):
+        with pytest.raises(ValueError,
+                           match="unknown model kind .* expected one of mlp, rnn, lstm, gru"):
             models.get(bad)
-    assert models.describe_kinds("gc.") == "gc.MLP or gc.RNN"
+    assert models.describe_kinds("gc.") == "gc.MLP, gc.RNN, gc.LSTM or gc.GRU"
 
 
 def test_register_refuses_what_is_not_a_new_model_kind() -> None:
@@ -143,7 +146,9 @@ def test_from_config_checks_the_config() -> None:
     with pytest.raises(ValueError, match="unknown keys"):
         models.from_config({**cfg, "depth": 3})
     with pytest.raises(ValueError, match="unknown model kind"):
-        models.from_config({**cfg, "kind": "GRU"})
+        models.from_config({**cfg, "kind": "Transformer"})
+    with pytest.raises(ValueError, match="malformed gradchain config"):
+        models.from_config({**cfg, "kind": "GRU"})  # a known kind, the MLP's keys
     with pytest.raises(ValueError, match="is not 'RNN'"):
         gc.RNN.from_config(cfg)
     with pytest.raises(TypeError, match="config: expected a dict"):
@@ -152,7 +157,8 @@ def test_from_config_checks_the_config() -> None:
 
 def test_the_protocol_describes_the_tensors_before_building() -> None:
     for model in (gc.MLP([3, 4, 4, 2], norm="batch", bias=False),
-                  gc.RNN(2, 3, output_size=4)):
+                  gc.RNN(2, 3, output_size=4), gc.LSTM(2, 3, output_size=4),
+                  gc.GRU(2, 3, bias=False)):
         cls = type(model)
         kwargs = cls.read_config(model.config(), models.ConfigReader())
         shapes = cls.tensor_shapes(kwargs)
@@ -233,8 +239,8 @@ def test_a_registered_kind_is_picked_up_by_theory(wide) -> None:
 
 
 # ------------------------------------------------------- no kind branches outside models/
-MODEL_NAMES = {"MLP", "RNN"}
-KINDS = {"mlp", "rnn", "MLP", "RNN"}
+MODEL_NAMES = {"MLP", "RNN", "LSTM", "GRU"}
+KINDS = {"mlp", "rnn", "lstm", "gru", "MLP", "RNN", "LSTM", "GRU"}
 
 
 def _literals(node: ast.AST) -> list[object]:

@@ -23,6 +23,7 @@
 #include "gradchain/cancel.h"
 #include "gradchain/activation.h"
 #include "gradchain/dispatch.h"
+#include "gradchain/gated.h"
 #include "gradchain/governor.h"
 #include "gradchain/mlp.h"
 #include "gradchain/norm.h"
@@ -508,6 +509,152 @@ void bind_rnn(py::module_& m, const char* name) {
   bind_shared<C, T>(cls);
 }
 
+// A (rows, cols) float64 array of a row-major vector.
+py::array_t<double> mat(const std::vector<double>& v, int64_t rows, int64_t cols) {
+  py::array_t<double> a({py::ssize_t(rows), py::ssize_t(cols)});
+  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(double));
+  return a;
+}
+
+py::dict gated_report_dict(const GatedReport& r, int gates, int64_t steps) {
+  py::dict d;
+  d["timestep_grad_norms"] = vec(r.timestep.empty() ? std::vector<double>(size_t(steps), 0.0)
+                                                    : r.timestep);
+  d["cell_grad_norms"] = vec(r.cell);
+  d["gate_means"] = mat(r.gate_mean, gates, steps);
+  d["gate_saturation"] = mat(r.gate_sat, gates, steps);
+  auto blocks = [gates](const std::vector<double>& v) {
+    return vec(v.empty() ? std::vector<double>(size_t(gates), 0.0) : v);
+  };
+  d["weight_ih_gate_grad_norms"] = blocks(r.w_ih_gate);
+  d["weight_hh_gate_grad_norms"] = blocks(r.w_hh_gate);
+  d["bias_ih_gate_grad_norms"] = blocks(r.b_ih_gate);
+  d["bias_hh_gate_grad_norms"] = blocks(r.b_hh_gate);
+  d["weight_ih_grad_norm"] = r.weight_ih;
+  d["weight_hh_grad_norm"] = r.weight_hh;
+  d["bias_ih_grad_norm"] = r.bias_ih;
+  d["bias_hh_grad_norm"] = r.bias_hh;
+  d["readout_weight_grad_norm"] = r.readout_weight;
+  d["readout_bias_grad_norm"] = r.readout_bias;
+  d["h0_grad_norm"] = r.h0;
+  d["c0_grad_norm"] = r.c0;
+  add_common(d, r);
+  return d;
+}
+
+template <class T>
+void bind_gated(py::module_& m, const char* name) {
+  using C = GatedChain<T>;
+  py::class_<C> cls(m, name, "The C++ LSTM / GRU chain (use gradchain.LSTM, gradchain.GRU).");
+  cls
+      .def(py::init([](int cell, int64_t I, int64_t H, int64_t K, bool bias) {
+             if (cell != int(Cell::Lstm) && cell != int(Cell::Gru))
+               throw std::invalid_argument("cell: expected 0 (LSTM) or 1 (GRU)");
+             GatedConfig cfg;
+             cfg.cell = Cell(cell);
+             cfg.input_size = I;
+             cfg.hidden_size = H;
+             cfg.output_size = K;
+             cfg.bias = bias;
+             return new C(cfg);
+           }),
+           py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"),
+           py::arg("output_size"), py::arg("bias"))
+      .def_property_readonly("gates", &C::gates)
+      .def_property_readonly("has_forward", &C::has_forward)
+      .def_property_readonly("forward_steps", &C::forward_steps)
+      .def_property_readonly("forward_batch", &C::forward_batch)
+      .def("pass_bytes", &C::pass_bytes, py::arg("steps"), py::arg("batch"),
+           "Bytes a pass over (steps, batch) would allocate now (workspace, packing scratch).")
+      .def(
+          "forward",
+          [](C& c, const CArray<T>& x, py::object h0, py::object c0) {
+            const auto& cfg = c.config();
+            const bool lstm = cfg.cell == Cell::Lstm;
+            if (x.ndim() != 3 || x.shape(2) != cfg.input_size)
+              throw std::invalid_argument("x: expected shape (T, B, " +
+                                          std::to_string(cfg.input_size) + "), got " +
+                                          shape_str(x));
+            const int64_t steps = x.shape(0), B = x.shape(1);
+            const T* h0p = nullptr;
+            const T* c0p = nullptr;
+            CArray<T> h0a, c0a;
+            if (!h0.is_none()) {
+              h0a = h0.cast<CArray<T>>();
+              check_2d<T>(h0a, "h0", cfg.hidden_size, B);
+              h0p = h0a.data();
+            }
+            if (!c0.is_none()) {
+              if (!lstm) throw std::invalid_argument("c0: a GRU has no cell state");
+              c0a = c0.cast<CArray<T>>();
+              check_2d<T>(c0a, "c0", cfg.hidden_size, B);
+              c0p = c0a.data();
+            }
+            const auto shp = std::vector<py::ssize_t>{py::ssize_t(steps), py::ssize_t(B),
+                                                      py::ssize_t(cfg.hidden_size)};
+            CArray<T> hs(shp);
+            py::object cs = py::none(), ys = py::none();
+            T* cp = nullptr;
+            T* yp = nullptr;
+            if (lstm) {
+              CArray<T> ca(shp);
+              cp = ca.mutable_data();
+              cs = ca;
+            }
+            if (cfg.output_size > 0) {
+              CArray<T> ya({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.output_size)});
+              yp = ya.mutable_data();
+              ys = ya;
+            }
+            const T* xp = x.data();
+            T* hp = hs.mutable_data();
+            run_pass(&c, "forward", double(steps) * double(B) * double(c.num_params()),
+                     [&] { c.forward(xp, h0p, c0p, steps, B, hp, cp, yp); });
+            return py::make_tuple(hs, cs, ys);
+          },
+          py::arg("x").noconvert(), py::arg("h0") = py::none(), py::arg("c0") = py::none())
+      .def(
+          "backward",
+          [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate, bool report) {
+            if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
+            const auto& cfg = c.config();
+            const bool lstm = cfg.cell == Cell::Lstm;
+            const int64_t steps = c.forward_steps(), B = c.forward_batch();
+            CArray<T> gh, gy;
+            const T* ghp = nullptr;
+            const T* gyp = nullptr;
+            if (!grad_hs.is_none()) {
+              gh = grad_hs.cast<CArray<T>>();
+              check_3d<T>(gh, "grad_hs", steps, B, cfg.hidden_size);
+              ghp = gh.data();
+            }
+            if (!grad_ys.is_none()) {
+              if (cfg.output_size == 0) throw std::invalid_argument("grad_ys: the model has no readout");
+              gy = grad_ys.cast<CArray<T>>();
+              check_3d<T>(gy, "grad_ys", steps, B, cfg.output_size);
+              gyp = gy.data();
+            }
+            CArray<T> dx({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.input_size)});
+            CArray<T> dh0({py::ssize_t(B), py::ssize_t(cfg.hidden_size)});
+            py::object dc0 = py::none();
+            T* dcp = nullptr;
+            if (lstm) {
+              CArray<T> da({py::ssize_t(B), py::ssize_t(cfg.hidden_size)});
+              dcp = da.mutable_data();
+              dc0 = da;
+            }
+            T* dxp = dx.mutable_data();
+            T* dhp = dh0.mutable_data();
+            GatedReport rep = run_pass(
+                &c, "backward", 2.0 * double(steps) * double(B) * double(c.num_params()),
+                [&] { return c.backward(ghp, gyp, dxp, dhp, dcp, accumulate, report); });
+            return py::make_tuple(gated_report_dict(rep, c.gates(), steps), dx, dh0, dc0);
+          },
+          py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
+          py::arg("accumulate") = false, py::arg("report") = true);
+  bind_shared<C, T>(cls);
+}
+
 // f, d = act(x), act'(x) through the active kernel table (tests measure accuracy per ISA).
 template <class T>
 py::tuple act_eval(int act, double p0, double p1, const CArray<T>& x) {
@@ -627,6 +774,8 @@ PYBIND11_MODULE(_core, m) {
   bind_mlp<double>(m, "MlpChainF64");
   bind_rnn<float>(m, "RnnChainF32");
   bind_rnn<double>(m, "RnnChainF64");
+  bind_gated<float>(m, "GatedChainF32");
+  bind_gated<double>(m, "GatedChainF64");
 
   m.def("act_eval", &act_eval<float>, py::arg("act"), py::arg("p0"), py::arg("p1"),
         py::arg("x").noconvert());

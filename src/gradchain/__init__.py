@@ -26,8 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "Activation", "GradReport", "History", "data", "optim", "train",
-    "IncompatibleKeys", "MLP", "NonFiniteError", "RNN",
-    "RNNGradReport",
+    "IncompatibleKeys", "MLP", "NonFiniteError", "RNN", "LSTM", "GRU",
+    "RNNGradReport", "GatedGradReport",
     "StateError", "tasks", "theory",
     "available_isas", "clip_grad_norm", "clip_grad_norm_per_layer", "clip_grad_value",
     "clip_per_example", "NonFiniteOrigin",
@@ -49,9 +49,9 @@ _LAZY: dict[str, str] = {
     **{m: m for m in (*_SUBMODULES, *_PRIVATE)},
     # core: models, activations, report, clipping, io, runtime settings
     "MLP": "models", "IncompatibleKeys": "models", "StateError": "models",
-    "RNN": "models",
+    "RNN": "models", "LSTM": "models", "GRU": "models",
     "ACTIVATIONS": "activations", "Activation": "activations",
-    "GradReport": "report", "RNNGradReport": "report",
+    "GradReport": "report", "RNNGradReport": "report", "GatedGradReport": "report",
     "NonFiniteError": "_core",
     "clip_grad_norm": "clip", "clip_grad_norm_per_layer": "clip", "clip_grad_value": "clip",
     "clip_per_example": "clip", "grad_norm": "clip", "NonFiniteOrigin": "report",
@@ -95,10 +95,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at r
     from .clip import grad_norm as grad_norm
     from .io import load as load
     from .io import save as save
+    from .models import GRU as GRU
+    from .models import LSTM as LSTM
     from .models import MLP as MLP
     from .models import RNN as RNN
     from .models import IncompatibleKeys as IncompatibleKeys
     from .models import StateError as StateError
+    from .report import GatedGradReport as GatedGradReport
     from .report import GradReport as GradReport
     from .report import NonFiniteOrigin as NonFiniteOrigin
     from .report import RNNGradReport as RNNGradReport

@@ -100,6 +100,37 @@ class _RnnChain(_Chain):
 class RnnChainF32(_RnnChain): ...
 class RnnChainF64(_RnnChain): ...
 
+class _GatedChain(_Chain):
+    """The LSTM (cell 0) and GRU (cell 1) chains (cpp/include/gradchain/gated.h)."""
+
+    def __init__(
+        self, cell: int, input_size: int, hidden_size: int, output_size: int, bias: bool
+    ) -> None: ...
+    @property
+    def gates(self) -> int: ...
+    @property
+    def forward_steps(self) -> int: ...
+    def pass_bytes(self, steps: int, batch: int) -> int:
+        """Bytes a pass over ``(steps, batch)`` would allocate now."""
+    def forward(
+        self,
+        x: npt.NDArray[Any],
+        h0: npt.NDArray[Any] | None = None,
+        c0: npt.NDArray[Any] | None = None,
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None, npt.NDArray[Any] | None]: ...
+    def backward(
+        self,
+        grad_hs: npt.NDArray[Any] | None = None,
+        grad_ys: npt.NDArray[Any] | None = None,
+        accumulate: bool = False,
+        report: bool = True,
+    ) -> tuple[
+        dict[str, Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None
+    ]: ...
+
+class GatedChainF32(_GatedChain): ...
+class GatedChainF64(_GatedChain): ...
+
 def act_eval(
     act: int, p0: float, p1: float, x: npt.NDArray[Any]
 ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]: ...

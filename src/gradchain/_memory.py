@@ -321,3 +321,15 @@ def rnn_bytes(input_size: int, hidden_size: int, output_size: int, bias: bool,
     draw = max(init_bytes(input_init, H, I_), init_bytes(init, H, H),
                init_bytes("torch_default", K, H) if K else 0)
     return 2 * n_params * itemsize + draw
+
+
+def gated_bytes(gates: int, input_size: int, hidden_size: int, output_size: int, bias: bool,
+                itemsize: int, init: str, input_init: str) -> int:
+    """Upper bound on the peak bytes of building ``gc.LSTM(...)`` (``gates=4``) or
+    ``gc.GRU(...)`` (``gates=3``): the flat buffers, then the largest weight block's
+    initialisation temporaries (each gate block is drawn on its own)."""
+    H, I_, K, G = hidden_size, input_size, output_size, gates
+    n_params = G * H * (I_ + H) + K * H + ((2 * G * H + K) if bias else 0)
+    draw = max(init_bytes(input_init, H, I_), init_bytes(init, H, H),
+               init_bytes("torch_default", K, H) if K else 0) + 8 * G * H * max(I_, H)
+    return 2 * n_params * itemsize + draw

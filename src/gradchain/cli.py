@@ -30,7 +30,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "input_size": (1, 65_536), "output_size": (1, 65_536), "batch": (1, 1_000_000),
     "steps": (2, 1_000_000), "residual": (1, 10_000), "seed": (0, 2**63 - 1),
     "workers": (1, 1024), "threads": (1, 1024), "epochs": (1, 100_000),
-    "batch_size": (1, 1_000_000),
+    "batch_size": (1, 1_000_000), "cell_steps": (2, 100_000), "train_steps": (1, 1_000_000),
 }
 _LIMITS_HELP = ("sizes up to 65536, depth up to 10000, batch up to 1000000, steps up to "
                 "1000000; a run whose memory estimate exceeds the machine's memory is refused "
@@ -127,10 +127,68 @@ def _have_matplotlib() -> bool:
     return True
 
 
+def _demo_cells(args: argparse.Namespace) -> int:
+    """``gradchain demo --cells``: the adding problem through a tanh RNN, the IRNN, an LSTM
+    and a GRU at each ``--cell-steps`` length (demo.run_cells)."""
+    from tqdm import tqdm
+
+    from . import demo
+
+    lengths = args.cell_steps
+    for T in lengths:
+        _check_int("--cell-steps", T)
+    _check_int("--train-steps", args.train_steps)
+    _check_int("--seed", args.seed)
+    png = None if args.no_png else args.png
+    _out_path(png, "--png")
+    hidden = 64
+    batch = 32
+    n = args.train_steps * batch
+    _check_memory(3 * max(run_bytes({"model": "lstm", "input_size": 2, "hidden_size": hidden,
+                                     "output_size": 1, "steps": T}, batch) + n * T * 2 * 12
+                          for T in lengths),
+                  f"the cells demo (T = {', '.join(map(str, lengths))}, "
+                  f"{args.train_steps} training steps)")
+    with tqdm(total=len(lengths) * len(demo.cell_cases()), desc="gradchain demo --cells",
+              unit="run", file=sys.stderr, disable=args.quiet, leave=False) as bar:
+        def step(label: str) -> None:
+            bar.set_postfix_str(label, refresh=False)
+            bar.update()
+
+        results = demo.run_cells(tuple(lengths), batch=batch, hidden=hidden,
+                                 train_steps=args.train_steps, seed=args.seed, progress=step)
+    if args.json:
+        print(json.dumps([{"cell": r.label, "T": r.steps, "reach": r.reach,
+                           "val_mse": r.val_mse, "baseline": r.baseline,
+                           "report": r.report.to_dict()} for r in results], indent=1))
+    else:
+        _note(args, f"gradchain demo --cells: hidden {hidden}, a linear readout, batch "
+                    f"{batch}; {args.train_steps} Adam steps (lr 3e-3, clip 1) per cell\n")
+        print(demo.cells_table(results))
+    if png is not None:
+        if not _have_matplotlib():
+            print('gradchain demo: no figure written: matplotlib is not installed '
+                  '(pip install "gradchain[plot]")', file=sys.stderr)
+            return 0
+        from ._plotting import pyplot
+
+        try:
+            fig, _ = demo.cells_figure(results, path=png)
+        except OSError as e:
+            print(f"gradchain demo: error: cannot write {png}: {e}", file=sys.stderr)
+            return 1
+        pyplot().close(fig)
+        _note(args, f"\nfigure written to {png}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import demo
+
+    if args.cells:
+        return _demo_cells(args)
 
     # the figure: --no-png none; --png PATH; else gradchain_demo.png (not with --json)
     png = None if args.no_png else args.png if args.png is not None else (
@@ -595,6 +653,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=_int_arg, default=200,
                    help="RNN sequence length (default 200)")
     d.add_argument("--seed", type=_int_arg, default=0)
+    d.add_argument("--cells", action="store_true",
+                   help="instead: the adding problem through a tanh RNN, the IRNN, an LSTM "
+                        "and a GRU (the gradient reaching step 1, and a short training run "
+                        "per cell against the 0.167 baseline); a figure only with --png")
+    d.add_argument("--cell-steps", type=_int_arg, nargs="+", default=[200, 1000],
+                   metavar="T", help="--cells: the sequence lengths (default 200 1000)")
+    d.add_argument("--train-steps", type=_int_arg, default=1000,
+                   help="--cells: Adam steps per cell and length (default 1000; the run "
+                        "takes minutes)")
     d.add_argument("--json", action="store_true",
                    help="print the reports as JSON instead of the tables (no figure unless "
                         "--png is given; notes go to stderr)")

@@ -256,3 +256,129 @@ def figure(mlp: list[tuple[DemoCase, GradReport]], rnn: list[RnnDemoResult],
     fig.tight_layout()
     save(fig, p)
     return fig, axes
+
+
+# --------------------------------------------------------------------- gradchain demo --cells
+@dataclass
+class CellResult:
+    """One recurrent cell on the adding problem at one length T: the report of one
+    backward pass at initialisation and the training run's history."""
+
+    label: str
+    short: str
+    steps: int  # T
+    report: Any  # RNNGradReport or GatedGradReport at initialisation
+    trained: Any  # the same report after training (on the same batch)
+    history: Any  # gc.History of the short training run
+    val_mse: float  # validation MSE after training
+    baseline: float  # the validation MSE of predicting 1
+
+    @property
+    def reach(self) -> float:
+        """``||dL/dh_1|| / ||dL/dh_T||`` at initialisation: how much of the gradient at the
+        last step reaches the first."""
+        return float(self.report.ratio)
+
+    @property
+    def reach_trained(self) -> float:
+        """``||dL/dh_1|| / ||dL/dh_T||`` after training (the gates may have learnt to keep
+        the path open)."""
+        return float(self.trained.ratio)
+
+    @property
+    def learned(self) -> bool:
+        """Whether training brought the validation MSE below a tenth of the baseline."""
+        return self.val_mse < 0.1 * self.baseline
+
+
+def cell_cases() -> list[tuple[str, str, str, dict[str, Any]]]:
+    """The cells of the comparison: (label, short, model kind, constructor arguments)."""
+    from . import init as gc_init
+
+    return [
+        ("tanh RNN (torch init)", "tanh RNN", "rnn", {"activation": "tanh"}),
+        ("IRNN (relu, identity W_hh)", "IRNN", "rnn",
+         {"activation": "relu", "init": "identity", "input_init": gc_init.normal(0.1)}),
+        ("LSTM (forget bias 1)", "LSTM", "lstm", {"forget_bias": 1.0}),
+        ("GRU (torch init)", "GRU", "gru", {}),
+    ]
+
+
+def run_cells(steps: tuple[int, ...] = (200, 1000), batch: int = 32, hidden: int = 64,
+              train_steps: int = 1000, lr: float = 3e-3, seed: int = 0, dtype: Any = np.float32,
+              progress: Progress | None = None) -> list[CellResult]:
+    """The adding problem (``gc.data.adding``) at each length T of ``steps`` through a tanh
+    RNN, the IRNN, an LSTM and a GRU (:func:`cell_cases`; hidden ``hidden``, a linear
+    readout, loss on the last step): one backward pass at initialisation (how far back
+    the gradient reaches), then ``train_steps`` Adam steps (``lr``, gradient-norm
+    clipping at 1, batches of ``batch``), the same backward pass again, and the
+    validation MSE against the baseline of predicting 1 (0.167 in expectation).
+    ``progress(label)`` is called after each run."""
+    from . import models
+    from .data import adding
+    from .optim import Adam
+    from .training import train
+
+    out = []
+    for T in steps:
+        x, y = adding(T, train_steps * batch, seed=seed, dtype=dtype)
+        xv, yv = adding(T, 500, seed=seed + 1, dtype=dtype)
+        base = float(np.mean((yv.astype(np.float64) - 1.0) ** 2))
+        for label, short, kind, kw in cell_cases():
+            model = models.get(kind)(2, hidden, output_size=1, dtype=dtype, seed=seed, **kw)
+            _, rep = model.loss_and_grad(x[:, :batch], y[:batch], loss="mse", on="last")
+            hist = train(model, (x, y), Adam(model, lr=lr), epochs=1, batch_size=batch,
+                         clip=1.0, val=(xv, yv), seed=seed, progress=False)
+            _, after = model.loss_and_grad(x[:, :batch], y[:batch], loss="mse", on="last")
+            val = float(hist.val_loss[-1]) if hist.val_loss is not None else math.nan
+            out.append(CellResult(label, short, T, rep, after, hist, val, base))
+            if progress is not None:
+                progress(f"{short}, T={T}")
+    return out
+
+
+def cells_table(results: list[CellResult]) -> str:
+    """One row per cell, per length T: the gradient reaching step 1
+    (``||dL/dh_1|| / ||dL/dh_T||``) at initialisation and after training, and the
+    validation MSE after training against the baseline."""
+    lengths = sorted({r.steps for r in results})
+    cells = list(dict.fromkeys(r.label for r in results))
+    by = {(r.label, r.steps): r for r in results}
+    base = {T: next(r.baseline for r in results if r.steps == T) for T in lengths}
+    lines = ["adding problem: the gradient reaching step 1, ||dL/dh_1|| / ||dL/dh_T||, at "
+             "initialisation and after training, and the validation MSE after training",
+             "(predicting 1 scores " + ", ".join(f"{base[T]:.3f} at T={T}" for T in lengths)
+             + ")"]
+    head = f"{'cell':<28}" + "".join(
+        f"{'T=' + str(T) + ' reach':>14}{'trained':>10}{'val MSE':>10}" for T in lengths)
+    lines += [head, "-" * len(head)]
+    for c in cells:
+        row = f"{c:<28}"
+        for T in lengths:
+            r = by[(c, T)]
+            mark = " *" if r.learned else "  "
+            row += f"{r.reach:>14.2e}{r.reach_trained:>10.1e}{r.val_mse:>8.3f}{mark}"
+        lines.append(row)
+    lines.append("* learned: validation MSE below a tenth of the baseline")
+    return "\n".join(lines)
+
+
+def cells_figure(results: list[CellResult], path: str | os.PathLike[str] | None = None
+                 ) -> tuple[Any, Any]:
+    """``||dL/dh_t||`` at initialisation of every cell, one panel per length T, on one log
+    axis each (the LSTM's ``||dL/dc_t||`` dashed). Returns ``(fig, axes)``."""
+    from ._plotting import pyplot, save
+
+    p = check_path(path)
+    plt = pyplot()
+    lengths = sorted({r.steps for r in results})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(6.5 * len(lengths), 4.6), squeeze=False)
+    for ax, T in zip(axes[0], lengths, strict=True):
+        for r in results:
+            if r.steps == T:
+                r.report.plot(ax=ax, label=r.label, marker=None, linewidth=1.6)
+        ax.set_title(f"adding problem, T = {T}: gradient reaching step t at init",
+                     fontsize=10)
+    fig.tight_layout()
+    save(fig, p)
+    return fig, axes

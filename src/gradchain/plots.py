@@ -18,9 +18,10 @@ import numpy as np
 from ._plotting import axes, check_path
 
 if TYPE_CHECKING:
-    from .report import GradReport, RNNGradReport
+    from .report import GatedGradReport, GradReport, RNNGradReport
 
-__all__ = ["grad_report", "health_panel", "rnn_grad_report", "with_health"]
+__all__ = ["gated_grad_report", "grad_report", "health_panel", "rnn_grad_report",
+           "with_health"]
 
 
 def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
@@ -240,6 +241,42 @@ def health_panel(rep: GradReport | RNNGradReport, ax: Any,
     right.set_ylabel("mean |h_t|" if rnn else "mean |a_l|")
     lines = ax.get_lines() + right.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="best")
+    if p is not None:
+        from ._plotting import save
+
+        save(fig, p)
+    return fig, ax
+
+
+def gated_grad_report(rep: GatedGradReport, ax: Any, path: str | os.PathLike[str] | None,
+                      label: str | None, cell_state: bool, line_kwargs: dict[str, Any]
+                      ) -> tuple[Any, Any]:
+    """Draw ``rep`` (a :class:`~gradchain.GatedGradReport`): what ``rep.plot(ax, path,
+    label=label, cell_state=cell_state, **line_kwargs)`` does. Returns ``(fig, ax)``."""
+    label = _check_label(label)
+    if not isinstance(cell_state, (bool, np.bool_)):
+        raise TypeError(f"cell_state: expected a bool, got {type(cell_state).__name__}")
+    p = check_path(path)
+    line_kwargs = _check_line_kwargs(line_kwargs)
+    fig, ax = axes(ax)
+    T = rep.steps
+    verdict = rep.verdict()
+    x = np.arange(1, T + 1)
+    name = (f"{rep.cell.upper()} ||dL/dh_t||" if label is None
+            else f"{label} ({_short_verdict(verdict)})")
+    style = {"marker": "o" if T <= 60 else None, "markersize": 3, "linestyle": "-",
+             "label": name, **line_kwargs}
+    line = _log_series(ax, x, rep.timestep_grad_norms, **style)
+    drew_c = cell_state and len(rep.cell_grad_norms) == T and T > 0
+    if drew_c:
+        cstyle = {**style, "linestyle": "--", "color": line.get_color(),
+                  "label": ("||dL/dc_t||" if label is None else f"{label}: ||dL/dc_t||")}
+        _log_series(ax, x, rep.cell_grad_norms, **cstyle)
+    if rep.first_nonfinite is not None:
+        ax.axvline(rep.first_nonfinite, color="red", linestyle=":", lw=1)
+    _integer_ticks(ax, {})
+    _finish(ax, "timestep t", "gradient norm" if drew_c else "||dL/dh_t||",
+            verdict if label is None else None, label is not None or drew_c)
     if p is not None:
         from ._plotting import save
 

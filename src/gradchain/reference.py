@@ -42,11 +42,15 @@ __all__ = [
     "clip_grad_value",
     "frobenius_norm",
     "global_norm",
+    "gru_backward",
+    "gru_forward",
     "layernorm_backward",
     "layernorm_forward",
     "linear_backward",
     "linear_forward",
     "loss_forward_backward",
+    "lstm_backward",
+    "lstm_forward",
     "mlp_backward",
     "mlp_forward",
     "mlp_per_example_grad_norms",
@@ -1454,3 +1458,392 @@ def rnn_loss_grads(outputs: Any, target: Any, loss: str, on: str = "last"
             return value, d_flat.reshape(outputs.shape)
         return loss_forward_backward(outputs, target, loss)
     raise ValueError(f"on must be 'last' or 'all', got {on!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# gated cells: LSTM and GRU (torch.nn.LSTM / torch.nn.GRU, one layer)
+# ----------------------------------------------------------------------------------------------
+
+LSTM_GATES: tuple[str, ...] = ("i", "f", "g", "o")
+"""The LSTM's gate blocks, in their order in weight_ih_l0 / weight_hh_l0 (torch's)."""
+GRU_GATES: tuple[str, ...] = ("r", "z", "n")
+"""The GRU's gate blocks, in their order in weight_ih_l0 / weight_hh_l0 (torch's)."""
+
+# A unit is saturated where its gate's derivative is below this fraction of the
+# derivative's maximum (sigmoid' <= 1/4 at 0, tanh' <= 1 at 0).
+SATURATION = 1e-3
+
+
+def _gated_params(params: Mapping[str, Any], n_gates: int, cell: str
+                  ) -> dict[str, np.ndarray | None]:
+    """_rnn_params for a cell of n_gates stacked blocks: weight_ih_l0 (G*H, I), ..."""
+    unexpected = sorted(set(params) - set(_RNN_NAMES))
+    if unexpected:
+        raise ValueError(f"unexpected entries in {cell} params: {unexpected}")
+    for required in ("weight_ih_l0", "weight_hh_l0"):
+        if required not in params:
+            raise ValueError(f"{cell} params are missing {required!r}")
+    if ("bias_ih_l0" in params) != ("bias_hh_l0" in params):
+        raise ValueError("give both 'bias_ih_l0' and 'bias_hh_l0' or neither")
+    if "readout.bias" in params and "readout.weight" not in params:
+        raise ValueError("'readout.bias' given without 'readout.weight'")
+    p = {name: (_float_array(params[name], name) if name in params else None)
+         for name in _RNN_NAMES}
+    dtype = p["weight_ih_l0"].dtype
+    _check_same_dtype(dtype, **{name: arr for name, arr in p.items()})
+    W_ih, W_hh = p["weight_ih_l0"], p["weight_hh_l0"]
+    if W_ih.ndim != 2 or W_ih.shape[0] % n_gates or W_ih.shape[0] == 0:
+        raise ValueError(f"weight_ih_l0 must be ({n_gates}H, I), got {W_ih.shape}")
+    hidden = W_ih.shape[0] // n_gates
+    _check_shape(W_hh, (n_gates * hidden, hidden), "weight_hh_l0")
+    if p["bias_ih_l0"] is not None:
+        _check_shape(p["bias_ih_l0"], (n_gates * hidden,), "bias_ih_l0")
+        _check_shape(p["bias_hh_l0"], (n_gates * hidden,), "bias_hh_l0")
+    if p["readout.weight"] is not None:
+        W_out = p["readout.weight"]
+        if W_out.ndim != 2 or W_out.shape[1] != hidden:
+            raise ValueError(f"readout.weight must be (K, {hidden}), got {W_out.shape}")
+        if p["readout.bias"] is not None:
+            _check_shape(p["readout.bias"], (W_out.shape[0],), "readout.bias")
+    return p
+
+
+def _gated_inputs(p: Mapping[str, Any], x: Any, states: Mapping[str, Any], n_gates: int
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    dtype = p["weight_ih_l0"].dtype
+    x = _float_array(x, "x")
+    _check_same_dtype(dtype, x=x)
+    gh, n_inputs = p["weight_ih_l0"].shape
+    hidden = gh // n_gates
+    if x.ndim != 3 or x.shape[0] < 1 or x.shape[2] != n_inputs:
+        raise ValueError(f"x must have shape (T, B, {n_inputs}) with T >= 1, got {x.shape}")
+    batch = x.shape[1]
+    out = {}
+    for name, s in states.items():
+        if s is None:
+            out[name] = np.zeros((batch, hidden), dtype=dtype)
+        else:
+            s = _float_array(s, name)
+            _check_same_dtype(dtype, **{name: s})
+            _check_shape(s, (batch, hidden), name)
+            out[name] = s
+    return x, out
+
+
+def _sigmoid_grad_of(z: np.ndarray) -> np.ndarray:
+    """sigma'(z) = e / (1 + e)^2 with e = exp(-|z|): no cancellation for large |z|."""
+    e = np.exp(-np.abs(z))
+    return e / (1.0 + e) ** 2
+
+
+def _gate_stats(acts: np.ndarray, pre: np.ndarray, kinds: Sequence[str]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per gate block and step: the mean gate value over (B, H) and the fraction of units
+    whose derivative is below SATURATION times its maximum. acts, pre: (T, B, G*H) (the gate
+    values and their pre-activations); kinds: "sigmoid" or "tanh" per block."""
+    n_steps, _, gh = acts.shape
+    hidden = gh // len(kinds)
+    means = np.empty((len(kinds), n_steps))
+    sat = np.empty((len(kinds), n_steps))
+    for k, kind in enumerate(kinds):
+        a = acts[:, :, k * hidden:(k + 1) * hidden].astype(np.float64)
+        z = pre[:, :, k * hidden:(k + 1) * hidden].astype(np.float64)
+        if kind == "sigmoid":
+            d, top = _sigmoid_grad_of(z), 0.25
+        else:
+            t = np.tanh(z)
+            d, top = 1.0 - t * t, 1.0
+        means[k] = a.mean(axis=(1, 2))
+        sat[k] = (d < SATURATION * top).mean(axis=(1, 2))
+    return means, sat
+
+
+def _readout(p: Mapping[str, Any], hs: np.ndarray) -> np.ndarray | None:
+    if p["readout.weight"] is None:
+        return None
+    ys = hs @ p["readout.weight"].T
+    if p["readout.bias"] is not None:
+        ys = ys + p["readout.bias"]
+    return ys
+
+
+def _upstream(cache: Mapping[str, Any], grad_hs: Any, grad_ys: Any
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The gradient reaching each h_t from outside the recurrence, and the readout's
+    parameter gradients (as rnn_backward)."""
+    p, dtype, hs = cache["params"], cache["dtype"], cache["hs"]
+    n_steps, batch, hidden = hs.shape
+    W_out = p["readout.weight"]
+    upstream = np.zeros_like(hs)
+    if grad_hs is not None:
+        grad_hs = _float_array(grad_hs, "grad_hs")
+        _check_same_dtype(dtype, grad_hs=grad_hs)
+        _check_shape(grad_hs, hs.shape, "grad_hs")
+        upstream = upstream + grad_hs
+    readout: dict[str, np.ndarray] = {}
+    if grad_ys is not None:
+        if W_out is None:
+            raise ValueError("grad_ys given but the model has no readout")
+        grad_ys = _float_array(grad_ys, "grad_ys")
+        _check_same_dtype(dtype, grad_ys=grad_ys)
+        _check_shape(grad_ys, cache["ys"].shape, "grad_ys")
+        upstream = upstream + grad_ys @ W_out
+        flat_gy = grad_ys.reshape(n_steps * batch, W_out.shape[0])
+        readout["readout.weight"] = flat_gy.T @ hs.reshape(n_steps * batch, hidden)
+        if p["readout.bias"] is not None:
+            readout["readout.bias"] = flat_gy.sum(axis=0)
+    elif W_out is not None:
+        readout["readout.weight"] = np.zeros_like(W_out)
+        if p["readout.bias"] is not None:
+            readout["readout.bias"] = np.zeros(W_out.shape[0], dtype=dtype)
+    return upstream, readout
+
+
+def _gated_report(grads: Mapping[str, np.ndarray], n_gates: int, dh: Sequence[np.ndarray],
+                  dh0: np.ndarray, means: np.ndarray, sat: np.ndarray,
+                  dc: Sequence[np.ndarray] | None = None, dc0: np.ndarray | None = None
+                  ) -> dict[str, Any]:
+    def norm_of(name: str) -> float:
+        return frobenius_norm(grads[name]) if name in grads else 0.0
+
+    def blocks(name: str) -> np.ndarray:
+        if name not in grads:
+            return np.zeros(n_gates)
+        g = grads[name]
+        hidden = g.shape[0] // n_gates
+        return _norms_array([g[k * hidden:(k + 1) * hidden] for k in range(n_gates)])
+
+    first_nonfinite = None
+    for t in range(len(dh), 0, -1):
+        if _has_nonfinite(dh[t - 1]) or (dc is not None and _has_nonfinite(dc[t - 1])):
+            first_nonfinite = t
+            break
+    return {
+        "timestep_grad_norms": _norms_array(dh),
+        "cell_grad_norms": _norms_array(dc) if dc is not None else np.zeros(0),
+        "gate_means": means,
+        "gate_saturation": sat,
+        "weight_ih_grad_norm": norm_of("weight_ih_l0"),
+        "weight_hh_grad_norm": norm_of("weight_hh_l0"),
+        "bias_ih_grad_norm": norm_of("bias_ih_l0"),
+        "bias_hh_grad_norm": norm_of("bias_hh_l0"),
+        "readout_weight_grad_norm": norm_of("readout.weight"),
+        "readout_bias_grad_norm": norm_of("readout.bias"),
+        "weight_ih_gate_grad_norms": blocks("weight_ih_l0"),
+        "weight_hh_gate_grad_norms": blocks("weight_hh_l0"),
+        "bias_ih_gate_grad_norms": blocks("bias_ih_l0"),
+        "bias_hh_gate_grad_norms": blocks("bias_hh_l0"),
+        "h0_grad_norm": frobenius_norm(dh0),
+        "c0_grad_norm": frobenius_norm(dc0) if dc0 is not None else 0.0,
+        "global_norm": global_norm(grads),
+        "first_nonfinite": first_nonfinite,
+    }
+
+
+@_ieee
+def lstm_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None,
+                 c0: Any | None = None) -> tuple[np.ndarray, dict]:
+    """One-layer torch.nn.LSTM (time-major ``(T, B, I)``) with an optional linear readout.
+
+    With ``z_t = x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh`` (B, 4H) cut into the gate
+    blocks i, f, g, o (in that order, torch's)::
+
+        i = sigmoid(z_i), f = sigmoid(z_f), g = tanh(z_g), o = sigmoid(z_o)
+        c_t = f * c_{t-1} + i * g,   h_t = o * tanh(c_t)
+
+    and with a readout ``y_t = h_t @ W_out.T + b_out``.
+
+    Args:
+        params: "weight_ih_l0" (4H, I), "weight_hh_l0" (4H, H), optionally "bias_ih_l0" and
+            "bias_hh_l0" (4H,) (both or neither), optionally "readout.weight" (K, H) and
+            "readout.bias" (K,).
+        x: (T, B, I), T >= 1.  h0, c0: (B, H) or None (zeros).
+
+    Returns:
+        ``(hs, cache)``: hs (T, B, H) = h_1..h_T; ``cache["cs"]`` (T, B, H) = c_1..c_T,
+        ``cache["gates"]`` (T, B, 4H) the gate values, ``cache["ys"]`` the readout output
+        (T, B, K) or None.
+    """
+    p = _gated_params(params, 4, "LSTM")
+    dtype = p["weight_ih_l0"].dtype
+    x, st = _gated_inputs(p, x, {"h0": h0, "c0": c0}, 4)
+    n_steps, batch, _ = x.shape
+    hidden = p["weight_hh_l0"].shape[1]
+    H = hidden
+    pre = np.empty((n_steps, batch, 4 * H), dtype=dtype)
+    gates = np.empty_like(pre)
+    hs = np.empty((n_steps, batch, H), dtype=dtype)
+    cs = np.empty_like(hs)
+    tcs = np.empty_like(hs)
+    h, c = st["h0"], st["c0"]
+    for t in range(n_steps):
+        z = (linear_forward(x[t], p["weight_ih_l0"], p["bias_ih_l0"])
+             + linear_forward(h, p["weight_hh_l0"], p["bias_hh_l0"]))
+        pre[t] = z
+        i, f = _sigmoid(z[:, :H]), _sigmoid(z[:, H:2 * H])
+        g, o = np.tanh(z[:, 2 * H:3 * H]), _sigmoid(z[:, 3 * H:])
+        gates[t] = np.concatenate([i, f, g, o], axis=1)
+        c = f * c + i * g
+        tcs[t] = np.tanh(c)
+        h = o * tcs[t]
+        cs[t], hs[t] = c, h
+    cache = {"cell": "lstm", "params": p, "dtype": dtype, "x": x, "h0": st["h0"],
+             "c0": st["c0"], "pre": pre, "gates": gates, "hs": hs, "cs": cs, "tcs": tcs,
+             "ys": _readout(p, hs)}
+    return hs, cache
+
+
+@_ieee
+def lstm_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
+                  grad_ys: Any | None = None
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Backpropagation through time for lstm_forward.
+
+    Per step, with ``dh`` the total dL/dh_t and ``dc`` the total dL/dc_t (through h_t and
+    through c_{t+1})::
+
+        dc = dh * o * (1 - tanh(c_t)^2) + dc_{t+1} * f_{t+1}
+        dz_o = dh * tanh(c_t) * o (1 - o),  dz_i = dc * g * i (1 - i),
+        dz_f = dc * c_{t-1} * f (1 - f),    dz_g = dc * i * (1 - g^2)
+        dL/dh_{t-1} gets dz @ W_hh;  dW_ih += dz.T @ x_t;  dW_hh += dz.T @ h_{t-1}
+
+    Returns:
+        ``(grads, dx, dh0, dc0, report)``; report (float64): "timestep_grad_norms" (T,)
+        ``||dL/dh_t||``, "cell_grad_norms" (T,) ``||dL/dc_t||`` (both total derivatives),
+        "gate_means" and "gate_saturation" (4, T) per gate (i, f, g, o) and step: the mean
+        gate value and the fraction of units whose derivative is below 1e-3 of its maximum,
+        the norms of every parameter gradient ("weight_ih_grad_norm", ...) and of each of
+        its four gate blocks ("weight_ih_gate_grad_norms" (4,), ...), "h0_grad_norm",
+        "c0_grad_norm", "global_norm", and "first_nonfinite": None or the first t scanning
+        t = T..1 whose dL/dh_t or dL/dc_t holds NaN/Inf.
+    """
+    p, dtype = cache["params"], cache["dtype"]
+    x, gates, hs, cs, tcs = cache["x"], cache["gates"], cache["hs"], cache["cs"], cache["tcs"]
+    n_steps, batch, H = hs.shape
+    W_ih, W_hh = p["weight_ih_l0"], p["weight_hh_l0"]
+    upstream, readout = _upstream(cache, grad_hs, grad_ys)
+    dW_ih, dW_hh = np.zeros_like(W_ih), np.zeros_like(W_hh)
+    db = np.zeros(4 * H, dtype=dtype)
+    dx = np.zeros_like(x)
+    dh: list[np.ndarray] = [None] * n_steps  # type: ignore[list-item]
+    dc: list[np.ndarray] = [None] * n_steps  # type: ignore[list-item]
+    carry_h = np.zeros((batch, H), dtype=dtype)
+    carry_c = np.zeros((batch, H), dtype=dtype)
+    for t in reversed(range(n_steps)):
+        i, f = gates[t, :, :H], gates[t, :, H:2 * H]
+        g, o = gates[t, :, 2 * H:3 * H], gates[t, :, 3 * H:]
+        c_prev = cs[t - 1] if t > 0 else cache["c0"]
+        h_prev = hs[t - 1] if t > 0 else cache["h0"]
+        dh[t] = upstream[t] + carry_h
+        tc = tcs[t]
+        dc[t] = dh[t] * o * (1 - tc * tc) + carry_c
+        dz = np.concatenate([dc[t] * g * (i * (1 - i)), dc[t] * c_prev * (f * (1 - f)),
+                             dc[t] * i * (1 - g * g), dh[t] * tc * (o * (1 - o))], axis=1)
+        dW_ih += dz.T @ x[t]
+        dW_hh += dz.T @ h_prev
+        db += dz.sum(axis=0)
+        dx[t] = dz @ W_ih
+        carry_h = dz @ W_hh
+        carry_c = dc[t] * f
+    grads: dict[str, np.ndarray] = {"weight_ih_l0": dW_ih, "weight_hh_l0": dW_hh}
+    if p["bias_ih_l0"] is not None:
+        grads["bias_ih_l0"] = db
+        grads["bias_hh_l0"] = db.copy()
+    grads.update(readout)
+    means, sat = _gate_stats(gates, cache["pre"], ("sigmoid", "sigmoid", "tanh", "sigmoid"))
+    report = _gated_report(grads, 4, dh, carry_h, means, sat, dc, carry_c)
+    return grads, dx, carry_h, carry_c, report
+
+
+@_ieee
+def gru_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None
+                ) -> tuple[np.ndarray, dict]:
+    """One-layer torch.nn.GRU (time-major ``(T, B, I)``) with an optional linear readout.
+
+    With ``a = x_t @ W_ih.T + b_ih`` and ``b = h_{t-1} @ W_hh.T + b_hh`` (B, 3H) cut into
+    the gate blocks r, z, n (in that order, torch's)::
+
+        r = sigmoid(a_r + b_r),  z = sigmoid(a_z + b_z),  n = tanh(a_n + r * b_n)
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    Args and returns as lstm_forward (no c0; no cell states): ``cache["gates"]``
+    (T, B, 3H) holds r, z, n.
+    """
+    p = _gated_params(params, 3, "GRU")
+    dtype = p["weight_ih_l0"].dtype
+    x, st = _gated_inputs(p, x, {"h0": h0}, 3)
+    n_steps, batch, _ = x.shape
+    H = p["weight_hh_l0"].shape[1]
+    pre = np.empty((n_steps, batch, 3 * H), dtype=dtype)
+    gates = np.empty_like(pre)
+    hns = np.empty((n_steps, batch, H), dtype=dtype)
+    hs = np.empty_like(hns)
+    h = st["h0"]
+    for t in range(n_steps):
+        a = linear_forward(x[t], p["weight_ih_l0"], p["bias_ih_l0"])
+        b = linear_forward(h, p["weight_hh_l0"], p["bias_hh_l0"])
+        zr, zz = a[:, :H] + b[:, :H], a[:, H:2 * H] + b[:, H:2 * H]
+        r, z = _sigmoid(zr), _sigmoid(zz)
+        hns[t] = b[:, 2 * H:]
+        zn = a[:, 2 * H:] + r * hns[t]
+        n = np.tanh(zn)
+        pre[t] = np.concatenate([zr, zz, zn], axis=1)
+        gates[t] = np.concatenate([r, z, n], axis=1)
+        h = (1 - z) * n + z * h
+        hs[t] = h
+    cache = {"cell": "gru", "params": p, "dtype": dtype, "x": x, "h0": st["h0"], "pre": pre,
+             "gates": gates, "hns": hns, "hs": hs, "ys": _readout(p, hs)}
+    return hs, cache
+
+
+@_ieee
+def gru_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
+                 grad_ys: Any | None = None
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict]:
+    """Backpropagation through time for gru_forward.
+
+    Per step, with ``dh`` the total dL/dh_t and ``b_n = h_{t-1} @ W_hn.T + b_hn``::
+
+        dz_n = dh * (1 - z) * (1 - n^2),  dz_z = dh * (h_{t-1} - n) * z (1 - z),
+        dz_r = dz_n * b_n * r (1 - r)
+        da = [dz_r, dz_z, dz_n]  (the input side: dW_ih, db_ih, dL/dx)
+        db = [dz_r, dz_z, dz_n * r]  (the recurrent side: dW_hh, db_hh)
+        dL/dh_{t-1} gets dh * z + db @ W_hh
+
+    Returns:
+        ``(grads, dx, dh0, report)``, the report as lstm_backward's with three gates
+        (r, z, n), no cell states ("cell_grad_norms" empty, "c0_grad_norm" 0).
+    """
+    p, dtype = cache["params"], cache["dtype"]
+    x, gates, hs, hns = cache["x"], cache["gates"], cache["hs"], cache["hns"]
+    n_steps, batch, H = hs.shape
+    W_ih, W_hh = p["weight_ih_l0"], p["weight_hh_l0"]
+    upstream, readout = _upstream(cache, grad_hs, grad_ys)
+    dW_ih, dW_hh = np.zeros_like(W_ih), np.zeros_like(W_hh)
+    db_ih, db_hh = np.zeros(3 * H, dtype=dtype), np.zeros(3 * H, dtype=dtype)
+    dx = np.zeros_like(x)
+    dh: list[np.ndarray] = [None] * n_steps  # type: ignore[list-item]
+    carry = np.zeros((batch, H), dtype=dtype)
+    for t in reversed(range(n_steps)):
+        r, z, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
+        h_prev = hs[t - 1] if t > 0 else cache["h0"]
+        dh[t] = upstream[t] + carry
+        dzn = dh[t] * (1 - z) * (1 - n * n)
+        dzz = dh[t] * (h_prev - n) * (z * (1 - z))
+        dzr = dzn * hns[t] * (r * (1 - r))
+        da = np.concatenate([dzr, dzz, dzn], axis=1)
+        dbh = np.concatenate([dzr, dzz, dzn * r], axis=1)
+        dW_ih += da.T @ x[t]
+        dW_hh += dbh.T @ h_prev
+        db_ih += da.sum(axis=0)
+        db_hh += dbh.sum(axis=0)
+        dx[t] = da @ W_ih
+        carry = dh[t] * z + dbh @ W_hh
+    grads: dict[str, np.ndarray] = {"weight_ih_l0": dW_ih, "weight_hh_l0": dW_hh}
+    if p["bias_ih_l0"] is not None:
+        grads["bias_ih_l0"] = db_ih
+        grads["bias_hh_l0"] = db_hh
+    grads.update(readout)
+    means, sat = _gate_stats(gates, cache["pre"], ("sigmoid", "sigmoid", "tanh"))
+    report = _gated_report(grads, 3, dh, carry, means, sat)
+    return grads, dx, carry, report

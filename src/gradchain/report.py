@@ -1,4 +1,5 @@
-"""The gradient report: per-layer (and, for RNNs, per-timestep) gradient norms.
+"""The gradient report: per-layer (and, for RNNs, LSTMs and GRUs, per-timestep) gradient
+norms.
 
 All norms are Frobenius/L2 norms over whole tensors (batch included), accumulated
 in float64 by the C++ backward pass, identical whatever the thread count
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GradReport", "NonFiniteOrigin", "RNNGradReport"]
+__all__ = ["GatedGradReport", "GradReport", "NonFiniteOrigin", "RNNGradReport"]
 
 
 def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
@@ -695,3 +696,177 @@ def _forensics_dict(rep: Any) -> dict[str, Any]:
         ns = rep.noise_scale
         out["noise_scale"] = None if ns is None or math.isnan(ns) else float(ns)
     return out
+
+
+_GATED_NORMS = ("weight_ih_grad_norm", "weight_hh_grad_norm", "bias_ih_grad_norm",
+                "bias_hh_grad_norm", "readout_weight_grad_norm", "readout_bias_grad_norm",
+                "h0_grad_norm", "c0_grad_norm", "global_norm")
+_GATED_ARRAYS = ("timestep_grad_norms", "cell_grad_norms", "gate_means", "gate_saturation",
+                 "weight_ih_gate_grad_norms", "weight_hh_gate_grad_norms",
+                 "bias_ih_gate_grad_norms", "bias_hh_gate_grad_norms")
+
+
+@dataclass
+class GatedGradReport:
+    """Gradient norms and gate statistics of one backpropagation-through-time pass of an
+    LSTM or a GRU (``cell``: ``"lstm"`` / ``"gru"``; ``gates``: the gate blocks in torch's
+    order, ``("i", "f", "g", "o")`` / ``("r", "z", "n")``; G = len(gates)).
+
+    Attributes
+    ----------
+    timestep_grad_norms : (T,) float64
+        ``||dL/dh_t||`` for ``t = 1..T``: the total derivative through every later step.
+    cell_grad_norms : (T,) float64
+        LSTM: ``||dL/dc_t||``, the total derivative through the cell state (the additive
+        path the forget gate keeps open); empty for a GRU.
+    gate_means : (G, T) float64
+        The mean value of each gate at each step, over the batch and the hidden units.
+    gate_saturation : (G, T) float64
+        The fraction of units of each gate at each step whose derivative is below 1e-3 of
+        its maximum (``sigmoid'(z) < 2.5e-4``, ``tanh'(z) < 1e-3``): saturated units pass
+        almost no gradient to their pre-activation.
+    weight_ih_grad_norm, weight_hh_grad_norm, bias_ih_grad_norm, bias_hh_grad_norm : float
+    readout_weight_grad_norm, readout_bias_grad_norm : float
+        Per tensor (0.0 for parameters the model does not have).
+    weight_ih_gate_grad_norms, weight_hh_gate_grad_norms : (G,) float64
+    bias_ih_gate_grad_norms, bias_hh_gate_grad_norms : (G,) float64
+        Per gate block of each stacked tensor (rows ``k*H .. (k+1)*H``).
+    h0_grad, c0_grad : (B, H) arrays
+        ``dL/dh_0`` and (LSTM) ``dL/dc_0``; ``h0_grad_norm``, ``c0_grad_norm`` their norms.
+    global_norm : float
+        L2 norm of all parameter gradients (as ``clip_grad_norm``'s total).
+    first_nonfinite : int or None
+        The first ``t`` scanning ``t = T..1`` whose ``dL/dh_t`` (or ``dL/dc_t``) holds NaN/Inf.
+    forward_first_nonfinite : int or None
+        The first ``t`` in ``1..T`` whose ``h_t`` (or ``c_t``) holds NaN/Inf (``T+1``: only
+        the readout).
+    """
+
+    cell: str
+    gates: tuple[str, ...]
+    timestep_grad_norms: np.ndarray
+    cell_grad_norms: np.ndarray
+    gate_means: np.ndarray
+    gate_saturation: np.ndarray
+    weight_ih_grad_norm: float = 0.0
+    weight_hh_grad_norm: float = 0.0
+    bias_ih_grad_norm: float = 0.0
+    bias_hh_grad_norm: float = 0.0
+    readout_weight_grad_norm: float = 0.0
+    readout_bias_grad_norm: float = 0.0
+    weight_ih_gate_grad_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    weight_hh_gate_grad_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    bias_ih_gate_grad_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    bias_hh_gate_grad_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    h0_grad: np.ndarray | None = None
+    h0_grad_norm: float = 0.0
+    c0_grad: np.ndarray | None = None
+    c0_grad_norm: float = 0.0
+    global_norm: float = 0.0
+    first_nonfinite: int | None = None
+    forward_first_nonfinite: int | None = None
+    loss: float | None = None
+
+    @classmethod
+    def _from_core(cls, d: dict[str, Any], cell: str, gates: tuple[str, ...],
+                   h0_grad: np.ndarray, c0_grad: np.ndarray | None) -> GatedGradReport:
+        return cls(
+            cell=cell, gates=gates,
+            **{k: np.asarray(d[k]) for k in _GATED_ARRAYS},
+            **{k: float(d[k]) for k in _GATED_NORMS},
+            h0_grad=h0_grad, c0_grad=c0_grad,
+            first_nonfinite=d["first_nonfinite"],
+            forward_first_nonfinite=d["forward_first_nonfinite"],
+        )
+
+    @property
+    def steps(self) -> int:
+        return len(self.timestep_grad_norms)
+
+    @property
+    def ratio(self) -> float:
+        """``||dL/dh_1|| / ||dL/dh_T||``: below 1 the signal shrinks going back in time."""
+        return _ratio(self.timestep_grad_norms)
+
+    def log10_slope(self) -> float:
+        """Least-squares slope of ``log10 ||dL/dh_t||`` per step back in time (as
+        :meth:`RNNGradReport.log10_slope`)."""
+        return _log10_slope(self.timestep_grad_norms)
+
+    def verdict(self, threshold: float = 1e2) -> str:
+        """A one-line reading of ``||dL/dh_1|| / ||dL/dh_T||``: vanishing, exploding,
+        non-finite or healthy."""
+        return _verdict(self.ratio, self.first_nonfinite, self.forward_first_nonfinite, "step",
+                        "||dL/dh_1|| / ||dL/dh_T||", threshold)
+
+    def gate(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(means, saturated fractions)`` of gate ``name`` (one of :attr:`gates`), (T,) each."""
+        if name not in self.gates:
+            raise ValueError(f"gate: expected one of {', '.join(self.gates)}, got {name!r}")
+        k = self.gates.index(name)
+        return self.gate_means[k], self.gate_saturation[k]
+
+    def table(self, rows: int = 12) -> str:
+        """A summary along time: ``||dL/dh_t||`` (and ``||dL/dc_t||``) at a few steps with
+        each gate's mean value and saturated fraction, the per-gate weight-gradient norms,
+        the fitted per-step factor and the verdict (str)."""
+        a = np.asarray(self.timestep_grad_norms)
+        T = len(a)
+        lstm = len(self.cell_grad_norms) == T and T > 0
+        ts = sorted(set(np.linspace(T, 1, min(rows, T)).round().astype(int).tolist()),
+                    reverse=True)
+        head = f"{'step t':>7}  {'||dL/dh_t||':>12}"
+        if lstm:
+            head += f"  {'||dL/dc_t||':>12}"
+        head += "".join(f"  {g + ' mean/sat':>14}" for g in self.gates)
+        lines = [head]
+        for t in ts:
+            line = f"{t:>7}  {_fmt(float(a[t - 1])):>12}"
+            if lstm:
+                line += f"  {_fmt(float(self.cell_grad_norms[t - 1])):>12}"
+            for k in range(len(self.gates)):
+                line += (f"  {float(self.gate_means[k, t - 1]):>6.3f}/"
+                         f"{float(self.gate_saturation[k, t - 1]):<7.3f}")
+            lines.append(line)
+        h0 = f"{'h_0':>7}  {_fmt(self.h0_grad_norm):>12}"
+        if lstm:
+            h0 += f"  {_fmt(self.c0_grad_norm):>12}"
+        lines.append(h0)
+        lines.append("per gate " + "  ".join(
+            f"{g}: ||dW_ih|| {_fmt(float(wi))} ||dW_hh|| {_fmt(float(wh))}"
+            for g, wi, wh in zip(self.gates, self.weight_ih_gate_grad_norms,
+                                 self.weight_hh_gate_grad_norms, strict=True)))
+        slope = self.log10_slope()
+        factor = f"x{10 ** slope:.4f} per step back" if math.isfinite(slope) else "n/a"
+        lines.append(f"global grad norm {_fmt(self.global_norm)};  fitted {factor};  "
+                     f"{self.verdict()}")
+        return "\n".join(lines)
+
+    def plot(self, ax: Any = None, path: str | os.PathLike[str] | None = None, *,
+             label: str | None = None, cell_state: bool = True,
+             **line_kwargs: Any) -> tuple[Any, Any]:
+        """``||dL/dh_t||`` per timestep on a log scale and, for an LSTM with
+        ``cell_state``, ``||dL/dc_t||`` dashed in the same colour (needs matplotlib).
+
+        Draw several models' reports into one ``ax`` (``label`` each) to compare how far
+        back their gradients reach; an :class:`RNNGradReport`'s plot overlays the same
+        way. Conventions, returns and errors as :meth:`RNNGradReport.plot`.
+        """
+        from .plots import gated_grad_report  # the drawing lives in the lab
+
+        return gated_grad_report(self, ax, path, label, cell_state, line_kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python types (JSON-ready); ``h0_grad`` / ``c0_grad`` are left out."""
+        out: dict[str, Any] = {"cell": self.cell, "gates": list(self.gates)}
+        out.update({k: np.asarray(getattr(self, k), dtype=np.float64).tolist()
+                    for k in _GATED_ARRAYS})
+        out.update({k: float(getattr(self, k)) for k in _GATED_NORMS})
+        out.update(first_nonfinite=self.first_nonfinite,
+                   forward_first_nonfinite=self.forward_first_nonfinite, loss=self.loss)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"GatedGradReport(cell={self.cell!r}, T={self.steps}, "
+                f"global_norm={self.global_norm:.3e}, ratio={self.ratio:.3e}, "
+                f"first_nonfinite={self.first_nonfinite})")

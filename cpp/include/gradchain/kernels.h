@@ -114,6 +114,29 @@ struct KernelTable {
   // out_gamma[r] = sum_c (dn * xhat)^2, out_beta[r] = sum_c dn^2 (float64).
   void (*ln_example_ss)(const T* g, const T* d, const T* xhat, T scale, bool select,
                         int64_t rows, int64_t n, double* out_gamma, double* out_beta);
+  // --- gated cells (simd/gates-inl.h): one recurrent step's fused passes ------------
+  // Gate rows are [block 0 | block 1 | ...], H wide each (LSTM i, f, g, o; GRU r, z, n).
+  // stats (2 per gate, assigned): the sum of the gate's values and the count of its units
+  // whose derivative is below 1e-3 of its maximum. The forward passes return sum(out * 0)
+  // (non-finite detection), the backward ones fill / return float64 sums of squares.
+  // LSTM forward: z (rows, 4H) + bias -> gates a (may alias z), c = f c_prev + i g,
+  // tc = tanh(c), h = o tc.
+  double (*lstm_fwd)(const T* z, const T* bias, const T* c_prev, T* a, T* c, T* h, T* tc,
+                     double* stats, int64_t rows, int64_t H);
+  // LSTM backward: dc = g o (1 - tc^2) [+ dc_next f_next] (the total dL/dc_t), dz (rows, 4H),
+  // db_acc (4H) += dz; ss[0] = sum(g^2), ss[1] = sum(dc^2) when want_ss. dc_next and a_next
+  // (the next step's dL/dc and gates) are null at the last step.
+  void (*lstm_bwd)(const T* g, const T* a, const T* c_prev, const T* tc, const T* dc_next,
+                   const T* a_next, T* dc, T* dz, double* db_acc, bool want_ss, double* ss,
+                   int64_t rows, int64_t H);
+  // GRU forward: xa (rows, 3H) = x W_ih^T, hb (rows, 3H) = h_prev W_hh^T, biases (3H) ->
+  // gates a (may alias xa), hn = hb_n + b_hn, h = (1 - z) n + z h_prev.
+  double (*gru_fwd)(const T* xa, const T* hb, const T* b_ih, const T* b_hh, const T* h_prev,
+                    T* a, T* hn, T* h, double* stats, int64_t rows, int64_t H);
+  // GRU backward: da = [dz_r, dz_z, dz_n], dhb = [dz_r, dz_z, dz_n r] (rows, 3H),
+  // g_prev += g z; dbi += da, dbh += dhb; returns sum(g^2) (0 unless want_ss).
+  double (*gru_bwd)(const T* g, const T* a, const T* hn, const T* h_prev, T* da, T* dhb,
+                    T* g_prev, double* dbi, double* dbh, bool want_ss, int64_t rows, int64_t H);
 
   // --- panel GEMM (the RNN's per-step products; float32 layer products) ----------
   // op(B) (K x N) is packed into panels of two vector widths of columns (pack_panels,

@@ -9,6 +9,7 @@
 #include "math-inl.h"         // exp/expm1, M<T>, Vec<T>
 #include "activations-inl.h"  // the activation functors and their dispatch
 #include "epilogues-inl.h"    // the fused forward / backward passes (every norm kind)
+#include "gates-inl.h"        // the gated cells' per-step passes (LSTM, GRU)
 #include "gemm-inl.h"         // the panel GEMM
 #include "reductions-inl.h"   // column sums, sums of squares, gradient edits
 
@@ -35,6 +36,11 @@ static constexpr KernelTable<T> build_table() {
   t.grad_health = &grad_health<T>;
   t.row_sumsq = &row_sumsq<T>;
   t.ln_example_ss = &ln_example_ss<T>;
+  // gated cells
+  t.lstm_fwd = &lstm_fwd<T>;
+  t.lstm_bwd = &lstm_bwd<T>;
+  t.gru_fwd = &gru_fwd<T>;
+  t.gru_bwd = &gru_bwd<T>;
   // panel GEMM
   t.pack_panels = &pack_panels<T>;
   t.gemm_panels = &gemm_panels<T>;

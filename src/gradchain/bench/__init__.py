@@ -12,7 +12,8 @@ Run ``python -m gradchain.bench --help`` (or ``gradchain bench``). Optional peer
 JAX) are imported lazily and skipped with a note when they are not installed.
 
 One module per table: :mod:`.workloads` (:data:`WORKLOADS` maps names to workload
-descriptions, each of a ``kind``: "mlp": :class:`MLPWorkload`, "rnn": :class:`RNNWorkload`;
+descriptions, each of a ``kind``: "mlp": :class:`MLPWorkload`, "rnn": :class:`RNNWorkload`,
+"lstm" / "gru": :class:`LSTMWorkload` / :class:`GRUWorkload`;
 :data:`SMALL` the optional small models),
 :mod:`.cases` (:data:`CASE_MAKERS` builds the shared inputs of a kind, :data:`REFERENCES`
 runs the NumPy spec of a kind in a given dtype, :data:`TRUTHS` the float64 one with its re-fit
@@ -57,6 +58,8 @@ from .workloads import (
     QUICK_SMALL,
     SMALL,
     WORKLOADS,
+    GRUWorkload,
+    LSTMWorkload,
     MLPWorkload,
     RNNWorkload,
     Workload,
@@ -65,9 +68,10 @@ from .workloads import (
 
 __all__ = [
     "Agreement", "BUILDERS", "Builder", "CASE_MAKERS", "Case", "Competitors", "CpuMeter",
-    "KINKED_ACTIVATIONS", "KINK_MAX_ERR", "KINK_RANK", "MLPWorkload", "NOISY_CORES", "Outputs",
-    "PEERS", "PeerInfo", "PeerInstance", "QUICK", "QUICK_SMALL", "RATIO_LIMIT", "REFERENCES",
-    "RNNWorkload", "SMALL", "THREAD_CONTROL", "TRUTHS", "ThreadControl", "Variant", "WORKLOADS",
+    "GRUWorkload", "KINKED_ACTIVATIONS", "KINK_MAX_ERR", "KINK_RANK", "LSTMWorkload",
+    "MLPWorkload", "NOISY_CORES", "Outputs", "PEERS", "PeerInfo", "PeerInstance", "QUICK",
+    "QUICK_SMALL", "RATIO_LIMIT", "REFERENCES", "RNNWorkload", "SMALL", "THREAD_CONTROL",
+    "TRUTHS", "ThreadControl", "Variant", "WORKLOADS",
     "Workload", "agreement_errors", "arbitrate", "check_agreement", "format_summary",
     "format_table", "gemm_ceiling", "kink_explained", "machine_info", "main", "measure_memory",
     "mlp_refit", "run", "summarize", "tolerance_for", "wait_idle", "workload_table",

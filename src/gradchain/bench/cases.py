@@ -16,7 +16,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from .workloads import MLPWorkload, RNNWorkload, Workload
+from .workloads import LSTMWorkload, MLPWorkload, RNNWorkload, Workload
 
 _V = TypeVar("_V")
 
@@ -269,12 +269,45 @@ def _rnn_reference(case: Case, dtype: Any) -> Outputs:
     return _rnn_outputs(hs, grads, rep)
 
 
-CASE_MAKERS: dict[str, Callable[[Workload, int, int], Case]] = {"mlp": _mlp_case,
-                                                                "rnn": _rnn_case}
+def _gated_case(workload: Workload, seed: int, threads: int) -> Case:
+    w = cast(LSTMWorkload, workload)
+    model = gc_model(w, seed)
+    rng = np.random.default_rng(seed + 1)
+    dt = _dtype(w)
+    x = rng.standard_normal((w.steps, w.batch, w.input_size)).astype(dt)
+    ghs = rng.standard_normal((w.steps, w.batch, w.hidden_size)).astype(dt)
+    state = {k: np.array(v) for k, v in model.state_dict().items()}
+    return Case(w, x, ghs, state, threads)
+
+
+def gated_reference(w: LSTMWorkload, params: Mapping[str, np.ndarray], x: np.ndarray,
+                    grad_hs: np.ndarray) -> Outputs:
+    """``gradchain.reference``'s LSTM / GRU forward and backward (``w.cell_state``: the
+    LSTM's), as :class:`Outputs`."""
+    from .. import reference
+
+    if w.cell_state:
+        hs, cache = reference.lstm_forward(params, x)
+        grads, _dx, _dh0, _dc0, rep = reference.lstm_backward(cache, grad_hs)
+    else:
+        hs, cache = reference.gru_forward(params, x)
+        grads, _dx, _dh0, rep = reference.gru_backward(cache, grad_hs)
+    return _rnn_outputs(hs, grads, rep)
+
+
+def _gated_reference(case: Case, dtype: Any) -> Outputs:
+    params = {k: np.asarray(v, dtype=dtype) for k, v in case.state.items()}
+    return gated_reference(cast(LSTMWorkload, case.workload), params, case.x.astype(dtype),
+                           case.grad_y.astype(dtype))
+
+
+CASE_MAKERS: dict[str, Callable[[Workload, int, int], Case]] = {
+    "mlp": _mlp_case, "rnn": _rnn_case, "lstm": _gated_case, "gru": _gated_case}
 """kind -> ``make(workload, seed, threads) -> Case``."""
 
-REFERENCES: dict[str, Callable[[Case, Any], Outputs]] = {"mlp": _mlp_reference,
-                                                         "rnn": _rnn_reference}
+REFERENCES: dict[str, Callable[[Case, Any], Outputs]] = {
+    "mlp": _mlp_reference, "rnn": _rnn_reference, "lstm": _gated_reference,
+    "gru": _gated_reference}
 """kind -> ``reference(case, dtype) -> Outputs``: the NumPy spec in the given dtype (float64
 arbitrates the float32 checks)."""
 
@@ -297,6 +330,7 @@ def _rnn_report_outputs(y: np.ndarray, grads: dict[str, np.ndarray], r: Any) -> 
 
 
 REPORT_OUTPUTS: dict[str, Callable[[np.ndarray, dict[str, np.ndarray], Any], Outputs]] = {
-    "mlp": _mlp_report_outputs, "rnn": _rnn_report_outputs}
+    "mlp": _mlp_report_outputs, "rnn": _rnn_report_outputs, "lstm": _rnn_report_outputs,
+    "gru": _rnn_report_outputs}
 """kind -> ``outputs(y, grads, report) -> Outputs``: a gradchain model's results (the
 gradchain peer's)."""

@@ -1,5 +1,6 @@
 """The standard workloads of ``docs/WORKLOADS.md``: one dataclass per kind (``"mlp"``:
-:class:`MLPWorkload`, ``"rnn"``: :class:`RNNWorkload`; a workload's ``kind`` is its
+:class:`MLPWorkload`, ``"rnn"``: :class:`RNNWorkload`, ``"lstm"`` / ``"gru"``:
+:class:`LSTMWorkload` / :class:`GRUWorkload`; a workload's ``kind`` is its
 gradchain model's, ``gradchain.models.MODELS``), the table :data:`WORKLOADS` and its
 scaled-down copy :data:`QUICK`, and the optional small models of issue 12 (:data:`SMALL`: run
 only when named, or with ``-w all``). Each kind says what the harness asks of it:
@@ -130,7 +131,65 @@ class RNNWorkload:
         return set()
 
 
-Workload = MLPWorkload | RNNWorkload
+@dataclass(frozen=True)
+class LSTMWorkload:
+    """A one-layer LSTM (``torch.nn.LSTM``): ``steps`` time steps of batch ``batch``,
+    ``input_size -> hidden_size``, torch's default init; the upstream gradient is
+    ``dL/dh_t`` for every step."""
+
+    kind: ClassVar[str] = "lstm"
+    gates: ClassVar[int] = 4
+    cell_state: ClassVar[bool] = True  # whether the cell carries c_t beside h_t
+    name: str
+    steps: int
+    batch: int
+    input_size: int
+    hidden_size: int
+    init: str = "torch_default"
+    input_init: str = "torch_default"
+    dtype: str = "float32"
+
+    def flops(self) -> float:
+        """docs/WORKLOADS.md: ``6 * T * B * G * (I*H + H*H)`` with G gate blocks (LSTM 4,
+        GRU 3)."""
+        I_, H = self.input_size, self.hidden_size
+        return 6.0 * self.steps * self.batch * self.gates * (I_ * H + H * H)
+
+    def quick(self) -> LSTMWorkload:
+        """A scaled-down copy for smoke runs (T / 8, batch / 4, input and hidden / 4)."""
+        return replace(self, steps=max(8, self.steps // 8), batch=max(4, self.batch // 4),
+                       input_size=max(8, self.input_size // 4),
+                       hidden_size=max(16, self.hidden_size // 4))
+
+    def describe(self) -> str:
+        return (f"{self.kind.upper()} T {self.steps}, batch {self.batch}, input "
+                f"{self.input_size}, hidden {self.hidden_size}; init W_hh {self.init}, W_ih "
+                f"{self.input_init}, {self.dtype}")
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """``gc.LSTM(**model_kwargs(), seed=...)`` (``gc.GRU`` for a GRU workload)."""
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "init": self.init, "input_init": self.input_init,
+                "dtype": np.dtype(self.dtype)}
+
+    def skipped_grads(self) -> set[str]:
+        """None: every gradient is compared."""
+        return set()
+
+
+@dataclass(frozen=True)
+class GRUWorkload(LSTMWorkload):
+    """A one-layer GRU (``torch.nn.GRU``), as :class:`LSTMWorkload`."""
+
+    kind: ClassVar[str] = "gru"
+    gates: ClassVar[int] = 3
+    cell_state: ClassVar[bool] = False
+
+
+Workload = MLPWorkload | RNNWorkload | LSTMWorkload
 
 _MLP_TANH = MLPWorkload("mlp-tanh", 256, 256, 64, 256, 128, activation="tanh",
                         init="xavier_normal")
@@ -145,6 +204,8 @@ WORKLOADS: dict[str, Workload] = {
         replace(_MLP_TANH, name="mlp-tanh-f64", dtype="float64"),
         RNNWorkload("rnn-mid", 512, 32, 64, 256, activation="tanh"),
         RNNWorkload("rnn-long-narrow", 4096, 16, 32, 64, activation="tanh"),
+        LSTMWorkload("lstm-mid", 512, 32, 64, 256),
+        GRUWorkload("gru-mid", 512, 32, 64, 256),
     )
 }
 """The standard workloads of docs/WORKLOADS.md, by name."""

@@ -1,8 +1,9 @@
 """The models and their registry: :class:`MLP` (a deep chain of Linear -> [Norm] ->
-activation layers) and :class:`RNN` (a one-layer vanilla RNN), both :class:`Model`
-subclasses registered in :data:`MODELS` by kind.
+activation layers), :class:`RNN` (a one-layer vanilla RNN) and the gated cells
+:class:`LSTM` and :class:`GRU`, all :class:`Model` subclasses registered in
+:data:`MODELS` by kind.
 
-    gradchain.models.MODELS                    # {"mlp": MLP, "rnn": RNN}
+    gradchain.models.MODELS    # {"mlp": MLP, "rnn": RNN, "lstm": LSTM, "gru": GRU}
     gradchain.models.get("rnn")                # the class of a kind ("RNN" works too)
     gradchain.models.from_config(m.config())   # a new model of the same configuration
 
@@ -58,7 +59,8 @@ from .mlp import _sizes as _sizes
 from .rnn import RNN
 
 __all__ = [
-    "DEFAULT_KIND", "ConfigReader", "DataSet", "GradKernels", "IncompatibleKeys", "Lab", "MLP",
+    "DEFAULT_KIND", "ConfigReader", "DataSet", "GRU", "GradKernels", "IncompatibleKeys", "LSTM",
+    "Lab", "MLP",
     "MODELS", "Model", "NORMS", "ProbeFlag", "ProbeShapes", "RNN", "ReportAxis", "StateError",
     "check_not_running", "check_target", "config_kinds", "describe_kinds", "from_config",
     "get", "locked", "no_forward_message", "register", "tracks_forward",
@@ -68,6 +70,8 @@ __all__ = [
 for _info in _pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_") and _info.name not in ("base", "mlp", "rnn"):
         _importlib.import_module(f"{__name__}.{_info.name}")
+
+from .gated import GRU, LSTM  # noqa: E402  (imported by the loop above, after MLP and RNN)
 
 
 def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)

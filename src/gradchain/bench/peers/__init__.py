@@ -16,9 +16,9 @@ from ..cases import Case, Outputs
 from ..machine import numpy_blas_threads, set_numpy_blas_threads
 from . import gradchain_peer, torch_peer
 from .gradchain_peer import _Gradchain
-from .jax_peer import _JaxMLP, _JaxRNN
-from .numpy_peer import _NumpyMLP, _NumpyRNN
-from .torch_peer import _TorchMLP, _TorchRNN
+from .jax_peer import _JaxGated, _JaxMLP, _JaxRNN
+from .numpy_peer import _NumpyGated, _NumpyMLP, _NumpyRNN
+from .torch_peer import _TorchGated, _TorchMLP, _TorchRNN
 
 
 class PeerInstance(Protocol):
@@ -74,6 +74,14 @@ BUILDERS: dict[str, dict[str, Builder]] = {
         "jax": _JaxRNN,
         "numpy": _NumpyRNN,
     },
+    **{kind: {
+        "gradchain": _Gradchain,
+        "gradchain-grads": lambda c: _Gradchain(c, report=False),
+        "torch": lambda c: _TorchGated(c, report=True),
+        "torch-grads": lambda c: _TorchGated(c, report=False),
+        "jax": _JaxGated,
+        "numpy": _NumpyGated,
+    } for kind in ("lstm", "gru")},
 }
 """kind -> peer name -> ``build(case) -> PeerInstance``."""
 

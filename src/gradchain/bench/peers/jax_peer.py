@@ -10,7 +10,7 @@ from typing import Any, cast
 import numpy as np
 
 from ..cases import _RNN_PARAMS, Case, Outputs
-from ..workloads import MLPWorkload, RNNWorkload
+from ..workloads import LSTMWorkload, MLPWorkload, RNNWorkload
 
 
 def _import_jax(threads: int) -> Any:
@@ -155,6 +155,81 @@ class _JaxRNN:
             hs, vjp = jax.vjp(lambda p_, pr: forward(p_, x, pr), p, jnp.zeros_like(ghs))
             gp, gh = vjp(ghs)
             t_norms = jnp.sqrt(jnp.sum(jnp.square(gh), axis=(1, 2)))
+            w_norms = jnp.stack([jnp.linalg.norm(gp["weight_ih_l0"]),
+                                 jnp.linalg.norm(gp["weight_hh_l0"])])
+            return hs, gp, t_norms, w_norms
+
+        self.jax = jax
+        self._fn = jax.jit(step)
+        self.params = {k: jnp.asarray(case.state[k]) for k in _RNN_PARAMS}
+        self.x = jnp.asarray(case.x)
+        self.ghs = jnp.asarray(case.grad_y)
+        self._out: Any = None
+
+    def step(self) -> None:
+        out = self._fn(self.params, self.x, self.ghs)
+        self.jax.block_until_ready(out)
+        self._out = out
+
+    def outputs(self) -> Outputs:
+        hs, gp, t_norms, w_norms = self._out
+        return Outputs(np.asarray(hs), {k: np.asarray(gp[k]) for k in _RNN_PARAMS},
+                       weight_grad_norms=np.asarray(w_norms, dtype=np.float64),
+                       timestep_grad_norms=np.asarray(t_norms, dtype=np.float64))
+
+
+class _JaxGated:
+    """One ``jax.jit`` function for an LSTM / GRU workload: the input projection of all
+    steps in one matmul, the recurrence as ``jax.lax.scan``, ``jax.vjp`` with the fixed
+    ``grad_hs``, and the norms. The total ``dL/dh_t`` (and the LSTM's ``dL/dc_t``) come
+    from zero "probes" added to each ``h_t`` (``c_t``) inside the scan, as for the RNN."""
+
+    def __init__(self, case: Case) -> None:
+        jax = _import_jax(case.threads)
+        import jax.numpy as jnp
+
+        w = cast(LSTMWorkload, case.workload)
+        if w.dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        B, H = case.x.shape[1], case.grad_y.shape[2]
+        lstm = w.cell_state
+
+        def forward(p: Any, x: Any, probes: Any) -> Any:
+            w_hh_t = p["weight_hh_l0"].T
+            if lstm:
+                xw = x @ p["weight_ih_l0"].T + (p["bias_ih_l0"] + p["bias_hh_l0"])
+
+                def cell(carry: Any, inp: Any) -> tuple[Any, Any]:
+                    h, c = carry
+                    xw_t, ph, pc = inp
+                    i, f, g, o = jnp.split(xw_t + h @ w_hh_t, 4, axis=1)
+                    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g) + pc
+                    h = jax.nn.sigmoid(o) * jnp.tanh(c) + ph
+                    return (h, c), h
+
+                init = (jnp.zeros((B, H), x.dtype), jnp.zeros((B, H), x.dtype))
+                _, hs = jax.lax.scan(cell, init, (xw, probes[0], probes[1]))
+                return hs
+            xw = x @ p["weight_ih_l0"].T + p["bias_ih_l0"]
+
+            def gcell(h: Any, inp: Any) -> tuple[Any, Any]:
+                xw_t, ph = inp
+                a_r, a_z, a_n = jnp.split(xw_t, 3, axis=1)
+                b_r, b_z, b_n = jnp.split(h @ w_hh_t + p["bias_hh_l0"], 3, axis=1)
+                r = jax.nn.sigmoid(a_r + b_r)
+                z = jax.nn.sigmoid(a_z + b_z)
+                n = jnp.tanh(a_n + r * b_n)
+                h = (1 - z) * n + z * h + ph
+                return h, h
+
+            _, hs = jax.lax.scan(gcell, jnp.zeros((B, H), x.dtype), (xw, probes[0]))
+            return hs
+
+        def step(p: Any, x: Any, ghs: Any) -> Any:
+            probes = (jnp.zeros_like(ghs), jnp.zeros_like(ghs))
+            hs, vjp = jax.vjp(lambda p_, pr: forward(p_, x, pr), p, probes)
+            gp, gprobes = vjp(ghs)
+            t_norms = jnp.sqrt(jnp.sum(jnp.square(gprobes[0]), axis=(1, 2)))
             w_norms = jnp.stack([jnp.linalg.norm(gp["weight_ih_l0"]),
                                  jnp.linalg.norm(gp["weight_hh_l0"])])
             return hs, gp, t_norms, w_norms

@@ -7,9 +7,9 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..cases import Case, Outputs, _rnn_outputs
+from ..cases import Case, Outputs, _rnn_outputs, gated_reference
 from ..machine import _limit_numpy_blas
-from ..workloads import MLPWorkload, RNNWorkload
+from ..workloads import LSTMWorkload, MLPWorkload, RNNWorkload
 
 
 class _NumpyMLP:
@@ -62,6 +62,24 @@ class _NumpyRNN:
         hs, cache = self.ref.rnn_forward(self.params, self.x, activation=self.activation)
         grads, _dx, _dh0, report = self.ref.rnn_backward(cache, self.ghs)
         self._last = _rnn_outputs(hs, grads, report)
+
+    def outputs(self) -> Outputs:
+        assert self._last is not None
+        return replace(self._last, grads=dict(self._last.grads))
+
+
+class _NumpyGated:
+    """``gradchain.reference``'s LSTM / GRU forward and backward (dtype kept)."""
+
+    def __init__(self, case: Case) -> None:
+        _limit_numpy_blas(case.threads)
+        self.w = cast(LSTMWorkload, case.workload)
+        self.params = {k: np.array(v) for k, v in case.state.items()}
+        self.x, self.ghs = case.x, case.grad_y
+        self._last: Outputs | None = None
+
+    def step(self) -> None:
+        self._last = gated_reference(self.w, self.params, self.x, self.ghs)
 
     def outputs(self) -> Outputs:
         assert self._last is not None

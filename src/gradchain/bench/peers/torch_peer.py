@@ -11,7 +11,7 @@ import numpy as np
 
 from ...activations import SPECS
 from ..cases import Case, Outputs
-from ..workloads import MLPWorkload, RNNWorkload
+from ..workloads import LSTMWorkload, MLPWorkload, RNNWorkload
 
 
 class _TorchMLP:
@@ -159,6 +159,101 @@ class _TorchRNN:
 
     def outputs(self) -> Outputs:
         grads = {k: p.grad.detach().numpy().copy() for k, p in self.rnn.named_parameters()}
+        out = Outputs(y=self._hs.detach().numpy().copy(), grads=grads)
+        if self.report:
+            out.timestep_grad_norms = self._t_norms.detach().numpy().astype(np.float64)
+            out.weight_grad_norms = self._w_norms.detach().numpy().astype(np.float64)
+        return out
+
+
+class _TorchGated:
+    """PyTorch eager on ``torch.nn.LSTM`` / ``torch.nn.GRU``'s parameters (gradchain's
+    state dict loads as is).
+
+    ``report=False``: the fused module itself (``torch.nn.LSTM`` / ``GRU``, oneDNN on the
+    CPU), ``hs.backward(grad_hs)``, parameter gradients only. ``report=True``: the cells
+    unrolled by hand on the same parameters, as a PyTorch user has to (the fused module
+    keeps its ``h_t`` and ``c_t`` internal): the input projection of all steps in one
+    matmul, ``unbind``, then per step one ``addmm`` and the gate arithmetic of
+    ``torch.nn.LSTMCell`` / ``GRUCell``, with ``retain_grad()`` on every ``h_t`` (and
+    ``c_t``); after ``backward``, ``||h_t.grad||`` for every t (one batched norm), the
+    LSTM's ``||c_t.grad||`` likewise, and ``||dW_ih||``, ``||dW_hh||``.
+    """
+
+    def __init__(self, case: Case, report: bool) -> None:
+        import torch
+        from torch import nn
+
+        w = cast(LSTMWorkload, case.workload)
+        torch.set_num_threads(case.threads)
+        tdt = torch.float32 if w.dtype == "float32" else torch.float64
+        self.torch = torch
+        self.lstm = w.cell_state
+        cls = nn.LSTM if self.lstm else nn.GRU
+        self.mod: Any = cls(w.input_size, w.hidden_size, batch_first=False).to(tdt)
+        self.mod.load_state_dict({k: torch.from_numpy(np.array(v))
+                                  for k, v in case.state.items()})
+        self.report = report
+        self.x = torch.from_numpy(case.x.copy())
+        self.ghs = torch.from_numpy(case.grad_y.copy())
+        self._hs: Any = None
+        self._t_norms: Any = None
+        self._c_norms: Any = None
+        self._w_norms: Any = None
+
+    def step(self) -> None:
+        torch = self.torch
+        mod = self.mod
+        mod.zero_grad(set_to_none=True)
+        if not self.report:
+            hs, _ = mod(self.x)
+            hs.backward(self.ghs)
+            self._hs = hs
+            return
+        T, B = self.x.shape[0], self.x.shape[1]
+        w_ih, w_hh = mod.weight_ih_l0, mod.weight_hh_l0
+        H = w_hh.shape[1]
+        w_hh_t = w_hh.t()
+        h = torch.zeros(B, H, dtype=self.x.dtype)
+        keep_h: list[Any] = []
+        keep_c: list[Any] = []
+        if self.lstm:
+            xws = torch.nn.functional.linear(self.x, w_ih,
+                                             mod.bias_ih_l0 + mod.bias_hh_l0).unbind(0)
+            c = torch.zeros(B, H, dtype=self.x.dtype)
+            for t in range(T):
+                z = torch.addmm(xws[t], h, w_hh_t)
+                i, f, g, o = z.chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                c.retain_grad()
+                h.retain_grad()
+                keep_c.append(c)
+                keep_h.append(h)
+        else:
+            xws = torch.nn.functional.linear(self.x, w_ih, mod.bias_ih_l0).unbind(0)
+            b_hh = mod.bias_hh_l0
+            for t in range(T):
+                a_r, a_z, a_n = xws[t].chunk(3, 1)
+                b_r, b_z, b_n = torch.addmm(b_hh, h, w_hh_t).chunk(3, 1)
+                r = torch.sigmoid(a_r + b_r)
+                zg = torch.sigmoid(a_z + b_z)
+                n = torch.tanh(a_n + r * b_n)
+                h = (1 - zg) * n + zg * h
+                h.retain_grad()
+                keep_h.append(h)
+        hs = torch.stack(keep_h)
+        hs.backward(self.ghs)
+        self._t_norms = torch.linalg.vector_norm(torch.stack([v.grad for v in keep_h]),
+                                                 dim=(1, 2))
+        if self.lstm:
+            self._c_norms = torch.linalg.vector_norm(torch.stack([v.grad for v in keep_c]),
+                                                     dim=(1, 2))
+        self._w_norms = torch.stack([w_ih.grad.norm(), w_hh.grad.norm()])
+        self._hs = hs
+
+    def outputs(self) -> Outputs:
+        grads = {k: p.grad.detach().numpy().copy() for k, p in self.mod.named_parameters()}
         out = Outputs(y=self._hs.detach().numpy().copy(), grads=grads)
         if self.report:
             out.timestep_grad_norms = self._t_norms.detach().numpy().astype(np.float64)

@@ -1,0 +1,634 @@
+"""The gated recurrent chains: :class:`LSTM` (``torch.nn.LSTM``) and :class:`GRU`
+(``torch.nn.GRU``), one layer with an optional linear readout, run by the C++ core
+(``GatedChainF32`` / ``GatedChainF64``), with per-timestep gradient reports
+(:class:`~gradchain.GatedGradReport`: ``||dL/dh_t||``, the LSTM's ``||dL/dc_t||``, every
+gate's mean value and saturated fraction per step, per-gate weight-gradient norms); their
+place in the model protocol and their lab (:class:`GatedLab`: the adding problem, sweeps
+and ``gradchain probe --model lstm``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, overload
+
+import numpy as np
+
+from .. import _core
+from .. import activations as _acts
+from .. import init as _init
+from .. import losses as _losses
+from .._memory import BLAS_INT_MAX, gated_bytes
+from .._validate import (
+    as_array,
+    check_bool,
+    contiguous,
+    float_array,
+    model_dtype,
+    positive_int,
+    shape_str,
+)
+from ..losses import check_target
+from ..report import GatedGradReport
+from .base import (
+    ConfigReader,
+    DataSet,
+    Model,
+    ReportAxis,
+    _check_seed,
+    _core_message,
+    locked,
+    register,
+    tracks_forward,
+)
+from .base import _require as require
+from .rnn import ON, RNNLab
+
+__all__ = ["GRU", "LSTM", "GatedLab"]
+
+
+def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
+    return sorted(__all__)
+
+
+_GATED_DEFAULTS: dict[str, Any] = {
+    "init": "torch_default", "input_init": "torch_default", "sigma_w": None, "sigma_b": None,
+    "hidden_size": 64, "input_size": 8, "output_size": None, "steps": 100, "batch": 32,
+    "on": "last", "bias": True, "dtype": "float32", "loss": "mse",
+}
+
+_MAX_SIZE = 1 << 22  # the core's bound on input_size, hidden_size and output_size
+
+
+class GatedLab(RNNLab):
+    """An LSTM or GRU in the lab: the RNN's sweep options less the activation (``init``
+    and ``input_init`` per gate block), its probe batch and training data (the adding
+    problem) and ``gradchain probe``'s ``--steps`` / ``--hidden``."""
+
+    sweep_defaults = _GATED_DEFAULTS
+
+    def resolve(self, cfg: dict[str, Any], where: str) -> None:
+        for k in ("hidden_size", "input_size", "output_size"):
+            if cfg[k] is not None and cfg[k] > _MAX_SIZE:
+                raise MemoryError(f"{k}: {cfg[k]} cannot be allocated (in {where})")
+
+    def build(self, cfg: Mapping[str, Any], init: Any, dtype: np.dtype, seed: int) -> Model:
+        return self.model(cfg["input_size"], cfg["hidden_size"], init=init,
+                          input_init=cfg["input_init"], bias=cfg["bias"],
+                          output_size=cfg["output_size"], dtype=dtype, seed=seed)
+
+    def run_bytes(self, cfg: Mapping[str, Any], batch: int) -> int:
+        s = np.dtype(cfg.get("dtype", "float32")).itemsize
+        G = self.model._GATES_N
+        I_, H, K, T = (cfg["input_size"], cfg["hidden_size"], cfg["output_size"] or 0,
+                       cfg["steps"])
+        n = G * H * (I_ + H + 2) + K * (H + 1)
+        params = 2 * n * s + 5 * G * H * H * 8
+        work = (T * batch * (3 * I_ + (3 * G + 8) * H + 2 * K) + 4 * batch * G * H) * s
+        data = T * batch * (I_ + max(K, H)) * (8 + s)
+        return params + work + data
+
+    def probe_what(self, opts: Any, init: str) -> str:
+        return (f"{self.model.__name__} + {init} W_hh, hidden {opts.hidden}, "
+                f"T = {opts.steps}, batch {opts.batch}, {opts.dtype}")
+
+    def probe_model(self, opts: Any, init: Any, dtype: Any) -> tuple[tuple[Any, ...],
+                                                                    dict[str, Any]]:
+        return ((2, opts.hidden), {"init": init, "output_size": 1, "dtype": dtype,
+                                   "seed": opts.seed})
+
+
+class _Gated(Model):
+    """What :class:`LSTM` and :class:`GRU` share (not registered itself)."""
+
+    #: the core's cell id (0: LSTM, 1: GRU), the gate blocks (torch's order)
+    _CELL: ClassVar[int]
+    GATES: ClassVar[tuple[str, ...]]
+    _GATES_N: ClassVar[int]
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        output_size: int | None = None,
+        bias: bool = True,
+        dtype: Any = np.float32,
+        seed: int | None = None,
+        init: str | _init.Init = "torch_default",
+        input_init: str | _init.Init = "torch_default",
+        batch_first: bool = False,
+        forget_bias: float | None = None,
+    ) -> None:
+        I_ = positive_int(input_size, "input_size")
+        H = positive_int(hidden_size, "hidden_size")
+        K = 0 if output_size is None else positive_int(output_size, "output_size")
+        for name, v in (("input_size", I_), ("hidden_size", H), ("output_size", K)):
+            if v > _MAX_SIZE:
+                raise MemoryError(f"{name}: {v} cannot be allocated")
+        G = self._GATES_N
+        if G * H * (H + I_) + H * K > 1 << 34:
+            raise MemoryError(f"hidden_size: an {type(self).__name__} of size {H} cannot be "
+                              "allocated")
+        scheme = _init.resolve(init)
+        in_scheme = _init.resolve(input_init)
+        for name, v in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+        fb = self._check_forget_bias(forget_bias, bool(bias))
+        dt = model_dtype(dtype)
+        seed_ = _check_seed(seed)
+        cls = _core.GatedChainF32 if dt == np.float32 else _core.GatedChainF64
+        name = type(self).__name__
+        require(gated_bytes(G, I_, H, K, bool(bias), dt.itemsize, scheme.name, in_scheme.name),
+                lambda: f"gc.{name}(input_size={I_}, hidden_size={H}, output_size={K or None}"
+                        f", dtype={dt.name}, init={scheme.name!r}): its parameters, "
+                        "gradients and initialisation")
+        try:
+            self._core = cls(self._CELL, I_, H, K, bool(bias))
+        except MemoryError as e:  # the core names the buffer and the bytes
+            raise MemoryError(
+                f"hidden_size: the parameters of an {name} with input_size={I_}, "
+                f"hidden_size={H}, output_size={K or None} ({dt.name}) cannot be allocated "
+                f"({_core_message(e)})") from None
+        self.input_size, self.hidden_size, self.output_size = I_, H, (K or None)
+        #: the candidate's nonlinearity (fixed: tanh, as torch's cells)
+        self.activation = _acts.Activation("tanh")
+        self.init = scheme
+        self.input_init = in_scheme
+        self.bias = bool(bias)
+        self.dtype = dt
+        self.seed = seed_
+        self.batch_first = bool(batch_first)
+        self.forget_bias = fb
+        self._input_grad: np.ndarray | None = None
+        self._h0_grad: np.ndarray | None = None
+        self._c0_grad: np.ndarray | None = None
+        self._outputs: np.ndarray | None = None
+        self._cell_states: np.ndarray | None = None
+        self._bind_views()
+        self.reset_parameters(seed_)
+
+    _LAST_PASS = ("_input_grad", "_h0_grad", "_c0_grad", "_outputs", "_cell_states")
+
+    def _check_forget_bias(self, forget_bias: Any, bias: bool) -> float | None:
+        if forget_bias is not None:
+            raise TypeError(f"forget_bias: a {type(self).__name__} has no forget gate "
+                            "(only gc.LSTM takes forget_bias)")
+        return None
+
+    @locked
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Draw every parameter again: ``torch_default`` is ``U(+-1/sqrt(H))`` on every
+        tensor (``torch.nn.LSTM`` / ``GRU``); any other scheme draws each gate block
+        (``(H, H)`` of ``weight_hh_l0``, ``(H, I)`` of ``weight_ih_l0``) on its own."""
+        rng = np.random.default_rng(_check_seed(seed))
+        H, I_, G = self.hidden_size, self.input_size, self._GATES_N
+        p = self._params
+        bound = 1.0 / math.sqrt(H)
+
+        def draw(scheme: _init.Init, cols: int) -> np.ndarray:
+            if scheme.name == "torch_default":
+                return rng.uniform(-bound, bound, size=(G * H, cols))
+            return np.concatenate([scheme.weight(rng, (H, cols), self.activation)
+                                   for _ in range(G)])
+
+        p["weight_ih_l0"][...] = draw(self.input_init, I_)
+        p["weight_hh_l0"][...] = draw(self.init, H)
+        if self.bias:
+            for name, scheme in (("bias_ih_l0", self.input_init), ("bias_hh_l0", self.init)):
+                if scheme.name == "torch_default":
+                    p[name][...] = rng.uniform(-bound, bound, size=G * H)
+                elif scheme.name == "normal" and name == "bias_hh_l0":
+                    p[name][...] = rng.normal(0.0, scheme.params["sigma_b"], size=G * H)
+                else:
+                    p[name][...] = 0.0
+            self._apply_forget_bias()
+        if self.output_size:
+            lin = _init.torch_default()
+            p["readout.weight"][...] = lin.weight(rng, (self.output_size, H))
+            if self.bias:
+                p["readout.bias"][...] = lin.bias(rng, self.output_size, H)
+        self._core.invalidate()
+
+    def _apply_forget_bias(self) -> None:
+        """LSTM: the forget gate's bias (nothing for a GRU)."""
+
+    # ------------------------------------------------------------------ compute
+    def _time_major(self, a: np.ndarray, name: str = "x") -> np.ndarray:
+        return contiguous(a.transpose(1, 0, 2) if self.batch_first else a, name)
+
+    def _user_major(self, a: np.ndarray) -> np.ndarray:
+        return a.transpose(1, 0, 2) if self.batch_first else a
+
+    def _check_x(self, x: Any) -> np.ndarray:
+        a = as_array(x, "x")
+        lead = ("B", "T") if self.batch_first else ("T", "B")
+        want = f"({lead[0]}, {lead[1]}, {self.input_size})"
+        if a.ndim != 3 or a.shape[2] != self.input_size:
+            raise ValueError(f"x: expected shape {want}, got {shape_str(a.shape)}")
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise ValueError(f"x: expected shape {want} with {lead[0]}, {lead[1]} >= 1, "
+                             f"got {shape_str(a.shape)}")
+        xa = float_array(a, "x", self.dtype, (None, None, self.input_size), copy=False)
+        tm = xa.transpose(1, 0, 2) if self.batch_first else xa
+        T, B = tm.shape[0], tm.shape[1]
+        if T * B > BLAS_INT_MAX:
+            raise ValueError(f"x: T*B = {T}*{B} = {T * B} rows exceed the BLAS's 32-bit "
+                             f"limit (2**31-1 = {BLAS_INT_MAX})")
+        H, K = self.hidden_size, self.output_size or 0
+        n_out = H * (2 if self._CELL == 0 else 1) + K  # hs (and cs), ys
+        require(self._core.pass_bytes(T, B) + T * B * n_out * self.dtype.itemsize
+                + (0 if tm.flags.c_contiguous else tm.nbytes),
+                lambda: f"x: the forward pass over shape {shape_str(tm.shape)} (time-major) "
+                        f"of {self._describe()}")
+        return self._time_major(xa)
+
+    def _check_states(self, B: int, h0: Any, c0: Any) -> tuple[Any, Any]:
+        """h0 and c0, checked: (B, H) in the model's dtype, finite; c0 only for an LSTM."""
+        if c0 is not None and self._CELL != 0:
+            raise ValueError(f"c0: a {type(self).__name__} has no cell state (only gc.LSTM "
+                             "takes c0); pass h0 alone")
+        h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
+        c0a = None if c0 is None else float_array(c0, "c0", self.dtype, (B, self.hidden_size))
+        return h0a, c0a
+
+    @locked
+    @tracks_forward
+    def forward(self, x: Any, h0: Any = None, c0: Any = None) -> np.ndarray:
+        """``x (T, B, I) -> hs (T, B, H)`` (batch-first layouts with ``batch_first``).
+
+        ``h0 (B, H)`` (and, LSTM, ``c0 (B, H)``) default to zeros. The LSTM's cell states
+        are in :attr:`cell_states` afterwards, a readout's outputs ``(T, B, K)`` in
+        :attr:`outputs`. Keeps what ``backward`` needs.
+        """
+        xa = self._check_x(x)
+        h0a, c0a = self._check_states(xa.shape[1], h0, c0)
+        hs, _ = self._core_forward(xa, h0a, c0a)
+        return self._user_major(hs)
+
+    def _core_forward(self, xa: np.ndarray, h0a: Any, c0a: Any) -> tuple[Any, Any]:
+        try:
+            hs, cs, ys = self._compute("forward", self._core.forward, xa, h0a, c0a)
+        except MemoryError as e:
+            if str(e) != "std::bad_alloc":
+                raise
+            raise MemoryError(
+                f"x: the forward pass over shape {shape_str(xa.shape)} (time-major) with "
+                f"hidden_size={self.hidden_size} ({self.dtype.name}) cannot be allocated"
+            ) from None
+        self._outputs = ys
+        self._cell_states = cs
+        return hs, ys
+
+    __call__ = forward
+
+    @property
+    def outputs(self) -> np.ndarray | None:
+        """The readout outputs ``(T, B, K)`` of the last forward (None without a readout)."""
+        return None if self._outputs is None else self._user_major(self._outputs)
+
+    @property
+    def cell_states(self) -> np.ndarray | None:
+        """LSTM: the cell states ``c_1..c_T`` ``(T, B, H)`` of the last forward (None for a
+        GRU, or before any forward)."""
+        return None if self._cell_states is None else self._user_major(self._cell_states)
+
+    @overload
+    def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ...,
+                 report: Literal[True] = ...) -> GatedGradReport: ...
+
+    @overload
+    def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ..., *,
+                 report: Literal[False]) -> None: ...
+
+    @locked
+    def backward(self, grad_hs: Any = None, grad_ys: Any = None,
+                 accumulate: bool = False, report: bool = True) -> GatedGradReport | None:
+        """Backpropagation through time from ``grad_hs = dL/dh_t (T, B, H)`` and/or
+        ``grad_ys = dL/dy_t (T, B, K)`` (the readout's); either may be None (zeros).
+
+        Fills every parameter gradient (``accumulate=True`` adds), ``input_grad``,
+        ``h0_grad`` (and, LSTM, ``c0_grad``); returns the
+        :class:`~gradchain.GatedGradReport` (None with ``report=False``: gradients only).
+        """
+        if not self._core.has_forward:
+            raise self._no_forward_error()
+        T, B = self._core.forward_steps, self._core.forward_batch
+        lead = (B, T) if self.batch_first else (T, B)
+        if grad_hs is None and grad_ys is None:
+            raise ValueError("backward: give grad_hs and/or grad_ys")
+        gh = gy = None
+        if grad_hs is not None:
+            gh = self._time_major(float_array(grad_hs, "grad_hs", self.dtype,
+                                              (*lead, self.hidden_size), copy=False),
+                                  "grad_hs")
+        if grad_ys is not None:
+            if not self.output_size:
+                raise ValueError(f"grad_ys: this {type(self).__name__} has no readout "
+                                 "(output_size=None)")
+            gy = self._time_major(float_array(grad_ys, "grad_ys", self.dtype,
+                                              (*lead, self.output_size), copy=False),
+                                  "grad_ys")
+        want = check_bool(report, "report")
+        acc = check_bool(accumulate, "accumulate")
+        return self._backward(gh, gy, acc, want, T, B)
+
+    def _backward(self, gh: Any, gy: Any, acc: bool, want: bool, T: int, B: int
+                  ) -> GatedGradReport | None:
+        require((T * B * self.input_size + 2 * B * self.hidden_size) * self.dtype.itemsize,
+                lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
+                        f"B={B}")
+        d, dx, dh0, dc0 = self._compute("backward", self._core.backward, gh, gy, acc, want)
+        self._input_grad = self._user_major(dx)
+        self._h0_grad = dh0
+        self._c0_grad = dc0
+        if not want:
+            return None
+        return GatedGradReport._from_core(d, self.kind, self.GATES, dh0, dc0)
+
+    @locked
+    def loss_and_grad(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
+                      h0: Any = None, c0: Any = None, accumulate: bool = False
+                      ) -> tuple[float, GatedGradReport]:
+        """Forward, loss and BPTT in one call; returns ``(loss, report)``.
+
+        The loss applies to the readout outputs when there is a readout, else to the
+        hidden states; ``on="last"`` (target ``(B, F)`` for mse, ``(B,)`` for
+        cross_entropy) or ``on="all"`` (``(T, B, F)`` / ``(T, B)``), as
+        :meth:`gradchain.RNN.loss_and_grad`.
+        """
+        _losses.check_loss(loss)
+        if on not in ON:
+            raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
+        xa = self._check_x(x)
+        T, B = xa.shape[0], xa.shape[1]
+        F = self.output_size or self.hidden_size
+        if on == "last":
+            t_shape: tuple[int, ...] = (B, F)
+        else:
+            t_shape = (B, T, F) if self.batch_first else (T, B, F)
+        t = check_target(target, loss, self.dtype, t_shape)
+        if on == "all" and self.batch_first:
+            t = np.ascontiguousarray(np.swapaxes(t, 0, 1))
+        h0a, c0a = self._check_states(B, h0, c0)
+        acc = check_bool(accumulate, "accumulate")
+        hs, ys = self._core_forward(xa, h0a, c0a)
+        outputs = ys if self.output_size else hs
+        require(6 * outputs.size * 8, lambda: f"x: the loss over T={T}, B={B} of "
+                                              f"{self._describe()}")
+        with np.errstate(all="ignore"):
+            value, g = _losses.sequence_value_and_grad(outputs, t, loss, on)
+        g = np.ascontiguousarray(g, dtype=self.dtype)
+        if self.output_size:
+            rep = self._backward(None, g, acc, True, T, B)
+        else:
+            rep = self._backward(g, None, acc, True, T, B)
+        assert rep is not None
+        rep.loss = float(value)
+        return float(value), rep
+
+    @property
+    def input_grad(self) -> np.ndarray | None:
+        """``dL/dx`` of the last backward (None before any)."""
+        return self._input_grad
+
+    @property
+    def h0_grad(self) -> np.ndarray | None:
+        """``dL/dh_0 (B, H)`` of the last backward."""
+        return self._h0_grad
+
+    @property
+    def c0_grad(self) -> np.ndarray | None:
+        """LSTM: ``dL/dc_0 (B, H)`` of the last backward (None for a GRU)."""
+        return self._c0_grad
+
+    def _ctor_args(self) -> dict[str, Any]:
+        out = {"input_size": self.input_size, "hidden_size": self.hidden_size,
+               "init": self.init, "input_init": self.input_init, "bias": self.bias,
+               "output_size": self.output_size, "dtype": self.dtype,
+               "batch_first": self.batch_first}
+        if self._CELL == 0:
+            out["forget_bias"] = self.forget_bias
+        return out
+
+    def _rebuild(self, kwargs: dict[str, Any]) -> None:
+        type(self).__init__(self, **kwargs)
+
+    def config(self) -> dict[str, Any]:
+        cfg = {
+            "kind": self.config_kind,
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "output_size": self.output_size,
+            "activation": self.activation.to_config(),
+            "init": self.init.to_config(),
+            "input_init": self.input_init.to_config(),
+            "bias": self.bias,
+            "dtype": self.dtype.name,
+            "batch_first": self.batch_first,
+        }
+        if self._CELL == 0:
+            cfg["forget_bias"] = self.forget_bias
+        return cfg
+
+    # ------------------------------------------------------------ the model protocol
+    config_keys = frozenset({"input_size", "hidden_size", "output_size", "input_init",
+                             "batch_first"})
+    report_axis = ReportAxis("timestep", "h", 1, "timestep_grad_norms",
+                             "timestep t (||dL/dh_t||)", "||dL/dh_1||/||dL/dh_T||")
+
+    @classmethod
+    def read_config(cls, cfg: Mapping[str, Any], reader: ConfigReader, activation: Any = None,
+                    n_members: int | None = None) -> dict[str, Any]:
+        kwargs = super().read_config(cfg, reader, None, n_members)
+        act = kwargs.pop("activation")
+        if activation is not None or act.name != "tanh" or act.params:
+            raise reader.fail(f"config: a {cls.__name__}'s activation is tanh (fixed), got "
+                              f"{reader.short(cfg['activation'])}"
+                              + (" and an activation argument" if activation is not None
+                                 else ""))
+        return kwargs
+
+    @classmethod
+    def _read_config(cls, cfg: Mapping[str, Any], reader: ConfigReader,
+                     n_members: int | None) -> dict[str, Any]:
+        out = cfg["output_size"]
+        return {
+            "input_size": reader.integer(cfg["input_size"], "input_size", hi=_MAX_SIZE),
+            "hidden_size": reader.integer(cfg["hidden_size"], "hidden_size", hi=_MAX_SIZE),
+            "output_size": None if out is None else reader.integer(out, "output_size",
+                                                                   hi=_MAX_SIZE),
+            "input_init": reader.init(cfg["input_init"], "input_init"),
+            "batch_first": reader.flag(cfg["batch_first"], "batch_first"),
+        }
+
+    @classmethod
+    def tensor_shapes(cls, kwargs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        H, I_, K = kwargs["hidden_size"], kwargs["input_size"], kwargs.get("output_size")
+        G = cls._GATES_N
+        bias = kwargs.get("bias", True)
+        out: dict[str, tuple[int, ...]] = {"weight_ih_l0": (G * H, I_),
+                                           "weight_hh_l0": (G * H, H)}
+        if bias:
+            out["bias_ih_l0"] = (G * H,)
+            out["bias_hh_l0"] = (G * H,)
+        if K:
+            out["readout.weight"] = (K, H)
+            if bias:
+                out["readout.bias"] = (K,)
+        return out
+
+    @classmethod
+    def describe_config(cls, kwargs: Mapping[str, Any]) -> str:
+        dt = np.dtype(kwargs.get("dtype", np.float32))
+        return (f"{cls.__name__} with input_size={kwargs['input_size']}, "
+                f"hidden_size={kwargs['hidden_size']}, "
+                f"output_size={kwargs.get('output_size')} ({dt.name})")
+
+    def check_data(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
+                   name: str = "data") -> DataSet:
+        """``x (T, N, I)`` (``(N, T, I)`` with ``batch_first``); the target as
+        :meth:`loss_and_grad` takes it for ``on``, with N samples."""
+        dt = self.dtype
+        bf = self.batch_first
+        spec = ("N", "T", self.input_size) if bf else ("T", "N", self.input_size)
+        xa = float_array(x, f"{name}[0]", dt, spec)
+        bx = 0 if bf else 1
+        n, T = xa.shape[bx], xa.shape[1 - bx]
+        F = self.output_size or self.hidden_size
+        if on == "last":
+            t = check_target(target, loss, dt, (n, F), f"{name}[1]")
+            return DataSet(xa, t, bx, 0, n)
+        shape = (n, T, F) if bf else (T, n, F)
+        t = check_target(target, loss, dt, shape, f"{name}[1]")
+        return DataSet(xa, t, bx, bx, n)
+
+    def loss_options(self, on: str = "last") -> dict[str, Any]:
+        if on not in ON:
+            raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
+        return {"on": on}
+
+    def loss_outputs(self, x: Any, on: str = "last") -> np.ndarray:
+        hs = self.forward(x)
+        out = self.outputs if self.output_size else hs
+        assert out is not None
+        if on == "last":
+            return np.asarray(out[:, -1] if self.batch_first else out[-1])
+        return np.asarray(out)
+
+    def grad_norm_labels(self, data: DataSet) -> list[str]:
+        return self.report_axis.labels(data.x.shape[1 - data.x_axis])
+
+    def weight_norm_labels(self) -> list[str]:
+        return ["weight_ih_l0", "weight_hh_l0"] + (
+            ["readout.weight"] if self.output_size else [])
+
+    def report_weight_norms(self, report: Any) -> np.ndarray:
+        w = [report.weight_ih_grad_norm, report.weight_hh_grad_norm]
+        if self.output_size:
+            w.append(report.readout_weight_grad_norm)
+        return np.array(w, dtype=np.float64)
+
+    def _describe(self) -> str:
+        return (f"gc.{type(self).__name__}(input_size={self.input_size}, "
+                f"hidden_size={self.hidden_size}, output_size={self.output_size}, "
+                f"dtype={self.dtype.name})")
+
+    def __repr__(self) -> str:
+        ro = f", output_size={self.output_size}" if self.output_size else ""
+        return (f"{type(self).__name__}(input_size={self.input_size}, "
+                f"hidden_size={self.hidden_size}{ro}, init={self.init!r}, "
+                f"dtype={self.dtype.name})")
+
+
+@register
+class LSTM(_Gated):
+    """A one-layer LSTM run by the C++ core (``torch.nn.LSTM`` semantics and names)::
+
+        z_t = x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh     (B, 4H): blocks i, f, g, o
+        i, f, o = sigmoid(z_i), sigmoid(z_f), sigmoid(z_o);  g = tanh(z_g)
+        c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
+        y_t = h_t @ W_out.T + b_out            (optional readout, output_size=K)
+
+    Shapes: ``x (T, B, I)`` (``(B, T, I)`` with ``batch_first=True``), ``h0, c0 (B, H)``,
+    ``hs (T, B, H)``; parameters ``weight_ih_l0 (4H, I)``, ``weight_hh_l0 (4H, H)``,
+    ``bias_ih_l0``, ``bias_hh_l0 (4H,)`` (torch's layout: ``torch.nn.LSTM`` loads the
+    state dict as it is).
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    output_size : int or None
+        Adds a linear readout ``readout.weight (K, H)``, ``readout.bias (K,)``.
+    bias : bool
+    dtype : np.float32 or np.float64
+    seed : int or None
+    init : str or gc.init.Init
+        ``W_hh``'s scheme: ``"torch_default"`` (default: ``U(+-1/sqrt(H))`` on every
+        parameter, as torch), ``"orthogonal"`` (each of the four ``(H, H)`` gate blocks
+        orthogonal), or any other scheme of ``gc.init``, drawn per gate block.
+    input_init : str or gc.init.Init
+        ``W_ih``'s scheme (default ``"torch_default"``), per gate block.
+    batch_first : bool
+    forget_bias : float or None
+        Sets the forget gate's bias: ``bias_ih_l0[H:2H] = forget_bias`` and
+        ``bias_hh_l0[H:2H] = 0`` (1.0 as Jozefowicz et al. recommend); needs ``bias``.
+    """
+
+    kind = "lstm"
+    config_kind = "LSTM"
+    _CELL = 0
+    GATES = ("i", "f", "g", "o")
+    _GATES_N = 4
+    config_keys = _Gated.config_keys | {"forget_bias"}
+    lab = GatedLab()
+
+    def _check_forget_bias(self, forget_bias: Any, bias: bool) -> float | None:
+        if forget_bias is None:
+            return None
+        if isinstance(forget_bias, (bool, np.bool_)) or not isinstance(
+                forget_bias, (int, float, np.integer, np.floating)):
+            raise TypeError(f"forget_bias: expected a float or None, got "
+                            f"{type(forget_bias).__name__}")
+        v = float(forget_bias)
+        if not math.isfinite(v):
+            raise ValueError(f"forget_bias: expected a finite number, got {forget_bias!r}")
+        if not bias:
+            raise ValueError("forget_bias: the LSTM has no biases (bias=False)")
+        return v
+
+    def _apply_forget_bias(self) -> None:
+        if self.forget_bias is not None:
+            H = self.hidden_size
+            self._params["bias_ih_l0"][H:2 * H] = self.forget_bias
+            self._params["bias_hh_l0"][H:2 * H] = 0.0
+
+    @classmethod
+    def _read_config(cls, cfg: Mapping[str, Any], reader: ConfigReader,
+                     n_members: int | None) -> dict[str, Any]:
+        out = super()._read_config(cfg, reader, n_members)
+        fb = cfg["forget_bias"]
+        out["forget_bias"] = None if fb is None else reader.number(fb, "forget_bias")
+        return out
+
+
+@register
+class GRU(_Gated):
+    """A one-layer GRU run by the C++ core (``torch.nn.GRU`` semantics and names)::
+
+        a = x_t @ W_ih.T + b_ih,  b = h_{t-1} @ W_hh.T + b_hh     (B, 3H): blocks r, z, n
+        r = sigmoid(a_r + b_r),  z = sigmoid(a_z + b_z),  n = tanh(a_n + r * b_n)
+        h_t = (1 - z) * n + z * h_{t-1}
+        y_t = h_t @ W_out.T + b_out            (optional readout, output_size=K)
+
+    Shapes as :class:`LSTM` with three gate blocks (``weight_ih_l0 (3H, I)``, ...) and no
+    cell state (``c0`` is refused). Parameters as :class:`LSTM`, without ``forget_bias``.
+    """
+
+    kind = "gru"
+    config_kind = "GRU"
+    _CELL = 1
+    GATES = ("r", "z", "n")
+    _GATES_N = 3
+    lab = GatedLab()

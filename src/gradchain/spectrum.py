@@ -228,10 +228,11 @@ def _exact(J: np.ndarray, k: int | None, at: int | None) -> JacobianSpectrum:
 
 def plot_spectra(spectra: Mapping[int, JacobianSpectrum] | Sequence[JacobianSpectrum],
                  ax: Any = None, path: str | os.PathLike[str] | None = None, bins: int = 50,
-                 labels: Sequence[str] | None = None) -> tuple[Any, Any]:
+                 labels: Sequence[str] | None = None, log: bool = False) -> tuple[Any, Any]:
     """Histograms (densities) of the singular values of several spectra on one axes, one
     colour each (needs matplotlib): the "spectrum versus depth" figure. ``labels``
-    default to ``at``. Returns ``(fig, ax)``."""
+    default to ``at``; ``log=True`` bins on a log scale (down to 1e-6 of the largest
+    value; smaller ones are left out). Returns ``(fig, ax)``."""
     p = check_path(path)
     items = list(spectra.items()) if isinstance(spectra, Mapping) else [
         (s.at, s) for s in spectra]
@@ -243,7 +244,12 @@ def plot_spectra(spectra: Mapping[int, JacobianSpectrum] | Sequence[JacobianSpec
         raise ValueError(f"labels: expected {len(items)} labels, got {len(labels)}")
     fig, ax = axes(ax, (6.5, 4.0))
     hi = max(float(s.singular_values.max()) for _, s in items)
-    edges = np.linspace(0.0, hi * 1.02 if hi > 0 else 1.0, int(bins) + 1)
+    if log:
+        top = hi * 1.02 if hi > 0 else 1.0
+        edges = np.logspace(math.log10(top * 1e-6), math.log10(top), int(bins) + 1)
+        ax.set_xscale("log")
+    else:
+        edges = np.linspace(0.0, hi * 1.02 if hi > 0 else 1.0, int(bins) + 1)
     for i, (at, s) in enumerate(items):
         lab = labels[i] if labels is not None else (f"depth {at}" if at is not None
                                                      else "J")

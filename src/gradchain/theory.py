@@ -1225,7 +1225,8 @@ def propagate(model: Any, x: Any, *, pairs: Any = None) -> Propagation:
     chic = _chi_c(info, sw2, qs, cs)
     return Propagation(
         activation=info.name, sigma_w=sw, sigma_b=sb, q=qm, q_predicted=qp, c=cm,
-        c_predicted=cp, q_step=qs_, c_step=cs_, pairs=pr, q_input=q_in, c_input=c_in, q_star=qs, c_star=cs,
+        c_predicted=cp, q_step=qs_, c_step=cs_, pairs=pr, q_input=q_in, c_input=c_in,
+        q_star=qs, c_star=cs,
         chi1=c1, chi_c=chic, xi_c=_xi(chic), xi_grad=_xi(c1))
 
 

@@ -253,10 +253,13 @@ def plot_spectra(spectra: Mapping[int, JacobianSpectrum] | Sequence[JacobianSpec
     for i, (at, s) in enumerate(items):
         lab = labels[i] if labels is not None else (f"depth {at}" if at is not None
                                                      else "J")
-        ax.hist(s.singular_values, bins=edges, density=True, histtype="step", lw=1.5,
-                label=lab)
+        v = s.singular_values
+        # log bins: the fraction of the values per bin (a density would weigh the narrow
+        # bins near 0 up)
+        kw = {"weights": np.full(v.size, 1.0 / v.size)} if log else {"density": True}
+        ax.hist(v, bins=edges, histtype="step", lw=1.5, label=lab, **kw)
     ax.set_xlabel("singular value of the input-output Jacobian")
-    ax.set_ylabel("density")
+    ax.set_ylabel("fraction of the singular values" if log else "density")
     ax.legend(fontsize=8)
     if p is not None:
         from ._plotting import save

@@ -28,9 +28,9 @@ PKG = Path(gc.__file__).resolve().parent
 
 # each module's floor, by the first part of its name below ``gradchain``
 CORE = {"models", "rnn", "activations", "init", "losses", "clip", "optim", "report", "io",
-        "runtime", "_validate", "_memory", "_core"}
+        "runtime", "_validate", "_memory", "_core", "linearize"}
 LAB = {"theory", "training", "sweeps", "data", "tasks", "plots", "_plotting", "demo", "cli",
-       "__main__"}
+       "__main__", "spectrum"}
 BENCH = {"bench"}
 ORACLE = {"reference"}
 FLOORS = {**{m: "core" for m in CORE}, **{m: "lab" for m in LAB},

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -25,6 +26,7 @@
 #include "gradchain/dispatch.h"
 #include "gradchain/gated.h"
 #include "gradchain/governor.h"
+#include "gradchain/jacobian.h"
 #include "gradchain/mlp.h"
 #include "gradchain/norm.h"
 #include "gradchain/report.h"
@@ -328,6 +330,70 @@ void bind_shared(py::class_<C>& cls) {
       });
 }
 
+// An MLP linearised at given inputs (jacobian.h), with the chain it reads kept alive.
+template <class T>
+struct LinearHandle {
+  py::object chain;  // the MlpChain<T>: its parameters are read by every product
+  const void* chain_ptr = nullptr;
+  std::vector<int64_t> sizes;
+  double num_params = 0.0;
+  std::unique_ptr<MlpLinearization<T>> lin;
+};
+
+template <class T>
+void bind_linear(py::module_& m, const char* name) {
+  using H = LinearHandle<T>;
+  py::class_<H>(m, name, "An MLP linearised at given inputs (use gradchain.MLP.linearize).")
+      .def_property_readonly("batch", [](const H& h) { return h.lin->batch(); })
+      .def_property_readonly("forward_only", [](const H& h) { return h.lin->forward_only(); })
+      .def(
+          "jvp",
+          [](H& h, const CArray<T>& V, std::vector<int64_t> record) {
+            check_2d<T>(V, "tangents", h.sizes.front());
+            const int64_t R = V.shape(0), L = int64_t(h.sizes.size()) - 2;
+            CArray<T> out({py::ssize_t(R), py::ssize_t(h.sizes.back())});
+            py::dict recd;
+            std::vector<std::pair<int64_t, T*>> rec;
+            for (int64_t l : record) {
+              if (l < 0 || l > L)
+                throw std::invalid_argument("record: layer " + std::to_string(l) +
+                                            " is not in 0.." + std::to_string(L));
+              CArray<T> a({py::ssize_t(R), py::ssize_t(h.sizes[size_t(l)])});
+              rec.emplace_back(l, a.mutable_data());
+              recd[py::int_(l)] = a;
+            }
+            const T* vp = V.data();
+            T* op = out.mutable_data();
+            run_pass(h.chain_ptr, "jvp", double(R) * h.num_params,
+                     [&] { h.lin->jvp(vp, R, op, rec); });
+            return py::make_tuple(out, recd);
+          },
+          py::arg("tangents").noconvert(), py::arg("record") = std::vector<int64_t>{},
+          "Forward mode: tangents (R, in) -> (their tangents of y (R, out), {l: of a_l}).")
+      .def(
+          "vjp",
+          [](H& h, const CArray<T>& U, bool want_dx) {
+            check_2d<T>(U, "cotangents", h.sizes.back());
+            const int64_t R = U.shape(0), L = int64_t(h.sizes.size()) - 2;
+            CArray<double> ss({py::ssize_t(L + 1), py::ssize_t(R)});
+            py::object dxo = py::none();
+            T* dxp = nullptr;
+            if (want_dx) {
+              CArray<T> dx({py::ssize_t(R), py::ssize_t(h.sizes.front())});
+              dxp = dx.mutable_data();
+              dxo = dx;
+            }
+            const T* up = U.data();
+            double* sp = ss.mutable_data();
+            run_pass(h.chain_ptr, "vjp", 2.0 * double(R) * h.num_params,
+                     [&] { h.lin->vjp(up, R, dxp, sp); });
+            return py::make_tuple(ss, dxo);
+          },
+          py::arg("cotangents").noconvert(), py::arg("want_dx") = true,
+          "Reverse mode: cotangents (R, out) -> (row sums of squares (L+1, R) at a_0..a_L, "
+          "the cotangents of x (R, in) or None).");
+}
+
 template <class T>
 void bind_mlp(py::module_& m, const char* name) {
   using C = MlpChain<T>;
@@ -393,7 +459,46 @@ void bind_mlp(py::module_& m, const char* name) {
             return py::make_tuple(report_dict(rep, c.forward_batch()), dx);
           },
           py::arg("grad_output").noconvert(), py::arg("accumulate") = false,
-          py::arg("report") = true, py::arg("per_example") = false);
+          py::arg("report") = true, py::arg("per_example") = false)
+      .def(
+          "linearize",
+          [](py::object self, const CArray<T>& x, bool forward_only, bool keep_pre,
+             bool keep_y) {
+            C& c = self.cast<C&>();
+            const auto& sizes = c.config().sizes;
+            check_2d<T>(x, "x", sizes.front());
+            const int64_t B = x.shape(0);
+            int64_t hidden = 0;
+            for (size_t i = 1; i + 1 < sizes.size(); ++i) hidden += sizes[i];
+            auto h = std::make_unique<LinearHandle<T>>();
+            h->chain = self;
+            h->chain_ptr = &c;
+            h->sizes = sizes;
+            h->num_params = double(c.num_params());
+            py::object pre = py::none(), y = py::none();
+            T* prep = nullptr;
+            T* yp = nullptr;
+            if (keep_pre) {
+              CArray<T> a({py::ssize_t(B * hidden)});
+              prep = a.mutable_data();
+              pre = a;
+            }
+            if (keep_y) {
+              CArray<T> a({py::ssize_t(B), py::ssize_t(sizes.back())});
+              yp = a.mutable_data();
+              y = a;
+            }
+            const T* xp = x.data();
+            LinearHandle<T>* hp = h.get();
+            run_pass(&c, "linearize", double(B) * double(c.num_params()), [&] {
+              hp->lin = std::make_unique<MlpLinearization<T>>(c, xp, B, forward_only, prep, yp);
+            });
+            return py::make_tuple(py::cast(std::move(h)), pre, y);
+          },
+          py::arg("x").noconvert(), py::arg("forward_only") = false, py::arg("keep_pre") = false,
+          py::arg("keep_y") = false,
+          "The chain linearised at x (B, in): (handle, pre-activations (B * sum h_l,) or None, "
+          "y (B, out) or None). The saved forward pass and the gradients are left alone.");
   bind_shared<C, T>(cls);
 }
 
@@ -770,6 +875,8 @@ PYBIND11_MODULE(_core, m) {
   pthread_atfork(nullptr, nullptr, sigint_after_fork_child);
   py::register_exception<NonFiniteError>(m, "NonFiniteError", PyExc_RuntimeError);
 
+  bind_linear<float>(m, "MlpLinearF32");
+  bind_linear<double>(m, "MlpLinearF64");
   bind_mlp<float>(m, "MlpChainF32");
   bind_mlp<double>(m, "MlpChainF64");
   bind_rnn<float>(m, "RnnChainF32");

@@ -31,15 +31,17 @@ __all__ = [
     "StateError", "tasks", "theory",
     "available_isas", "clip_grad_norm", "clip_grad_norm_per_layer", "clip_grad_value",
     "clip_per_example", "NonFiniteOrigin",
-    "get_isa", "get_num_threads", "grad_norm", "init", "load", "reference", "save", "set_isa",
+    "get_isa", "get_num_threads", "grad_norm", "init", "jacobian", "jacobian_spectrum",
+    "load", "reference", "save", "set_isa",
     "set_num_threads", "sweep", "runtime", "set_adaptive_threads", "thread_policy",
 ]
 
 # The submodules that ``dir(gradchain)`` has always shown (what the package loaded for
 # itself when it imported everything eagerly), loaded on first use.
 _SUBMODULES = (
-    "activations", "clip", "data", "init", "io", "losses", "models", "optim", "reference",
-    "report", "rnn", "runtime", "sweeps", "tasks", "theory", "training",
+    "activations", "clip", "data", "init", "io", "linearize", "losses", "models", "optim",
+    "reference", "report", "rnn", "runtime", "spectrum", "sweeps", "tasks", "theory",
+    "training",
 )
 # Private modules reachable as attributes, as before (``gc._core`` in tests and tools).
 _PRIVATE = ("_core", "_memory", "_plotting", "_validate")
@@ -62,6 +64,8 @@ _LAZY: dict[str, str] = {
     # lab: training and sweeps
     "History": "training", "train": "training",
     "sweep": "sweeps",
+    # lab: the input-output Jacobian and its spectrum
+    "jacobian": "spectrum", "jacobian_spectrum": "spectrum",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at run time
@@ -74,6 +78,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at r
     from . import data as data
     from . import init as init
     from . import io as io
+    from . import linearize as linearize
     from . import losses as losses
     from . import models as models
     from . import optim as optim
@@ -81,6 +86,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at r
     from . import report as report
     from . import rnn as rnn
     from . import runtime as runtime
+    from . import spectrum as spectrum
     from . import sweeps as sweeps
     from . import tasks as tasks
     from . import theory as theory
@@ -112,6 +118,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names _LAZY loads at r
     from .runtime import set_isa as set_isa
     from .runtime import set_num_threads as set_num_threads
     from .runtime import thread_policy as thread_policy
+    from .spectrum import jacobian as jacobian
+    from .spectrum import jacobian_spectrum as jacobian_spectrum
     from .sweeps import sweep as sweep
     from .training import History as History
     from .training import train as train

@@ -65,6 +65,32 @@ class _MlpChain(_Chain):
         report: bool = True,
         per_example: bool = False,
     ) -> tuple[dict[str, Any], npt.NDArray[Any]]: ...
+    def linearize(
+        self, x: npt.NDArray[Any], forward_only: bool = False, keep_pre: bool = False,
+        keep_y: bool = False,
+    ) -> tuple[_MlpLinear, npt.NDArray[Any] | None, npt.NDArray[Any] | None]:
+        """The chain linearised at x (B, in): (handle, pre-activations (B * sum h_l,) or
+        None, y (B, out) or None); the saved forward pass and the gradients are left alone."""
+
+class _MlpLinear:
+    """An MLP linearised at given inputs (cpp/include/gradchain/jacobian.h)."""
+
+    @property
+    def batch(self) -> int: ...
+    @property
+    def forward_only(self) -> bool: ...
+    def jvp(
+        self, tangents: npt.NDArray[Any], record: list[int] = ...
+    ) -> tuple[npt.NDArray[Any], dict[int, npt.NDArray[Any]]]:
+        """Forward mode: tangents (R, in) -> (tangents of y (R, out), {l: of a_l (R, h_l)})."""
+    def vjp(
+        self, cotangents: npt.NDArray[Any], want_dx: bool = True
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any] | None]:
+        """Reverse mode: cotangents (R, out) -> (row sums of squares (L+1, R) of the
+        cotangents of a_0..a_L, the cotangents of x (R, in) or None)."""
+
+class MlpLinearF32(_MlpLinear): ...
+class MlpLinearF64(_MlpLinear): ...
 
 class MlpChainF32(_MlpChain): ...
 class MlpChainF64(_MlpChain): ...

@@ -299,10 +299,12 @@ def _probe(args: argparse.Namespace) -> int:
     _probe_sizes(args)
     _out_path(args.png, "--png")
     _out_path(args.json_out, "--json-out")
-    if args.png is not None and not _have_matplotlib():
-        print('gradchain probe: error: --png needs matplotlib (pip install "gradchain[plot]")',
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
+    _out_path(args.spectrum, "--spectrum")
+    for flag, value in (("--png", args.png), ("--spectrum", args.spectrum)):
+        if value is not None and not _have_matplotlib():
+            print(f'gradchain probe: error: {flag} needs matplotlib (pip install '
+                  '"gradchain[plot]")', file=sys.stderr)
+            return EXIT_BAD_INPUT
     lab = _models.get(args.model).lab
     _check_memory(run_bytes(lab.probe_config(args), args.batch),
                   f"the probe ({_probe_what(args)})")
@@ -317,14 +319,29 @@ def _probe(args: argparse.Namespace) -> int:
         model = cls(*pos, **kw)
     except MemoryError as e:  # a size that cannot be allocated is a bad value here
         raise ValueError(str(e)) from None
+    if args.forward:  # before any work: the q/c maps need the mean-field setting
+        if not lab.mean_field_theory:
+            raise ValueError(f"--forward: the mean-field q/c maps describe "
+                             f"{_models.describe_kinds(where=lambda c: c.lab.mean_field_theory)}"
+                             f" models, not --model {args.model}")
+        lab.mean_field(model)  # ValueError naming what is in the way (norm, init, ...)
     x, t, loss_kw = lab.probe_batch(args, dtype)
     _, rep = model.loss_and_grad(x, t, loss="mse", **loss_kw)
     data = {"model": model.config(), "report": rep.to_dict()}
+    prop = None
+    if args.forward:
+        from . import theory
+
+        prop = theory.propagate(model, x)
+        data["forward"] = prop.to_dict()
     if args.json:
         print(json.dumps(data, indent=1))
     else:
         _note(args, repr(model))
         print(rep.table(health=args.health))
+        if prop is not None:
+            print()
+            print(prop.table())
     try:
         if args.json_out is not None:
             with open(args.json_out, "w") as f:
@@ -339,6 +356,23 @@ def _probe(args: argparse.Namespace) -> int:
             save(fig, args.png)
             pyplot().close(fig)
             _note(args, f"figure written to {args.png}")
+        if args.spectrum is not None:
+            from . import spectrum
+            from ._plotting import pyplot
+
+            # the Jacobian at the batch's first sample, batch norm with its running statistics
+            first = model.check_data(x, t, loss="mse", **loss_kw).batch(np.array([0]))[0]
+            if model.has_modes:
+                model.eval()
+            sp = spectrum.jacobian_spectrum(model, first)
+            fig, ax = sp.plot(label=f"J {sp.shape[0]}x{sp.shape[1]}")
+            ax.set_title(f"{_probe_what(args)}\nJacobian singular values: mean s^2 = "
+                         f"{sp.mean_sq:.4g}, max {sp.singular_values[0]:.4g}", fontsize=9)
+            from ._plotting import save
+
+            save(fig, args.spectrum)
+            pyplot().close(fig)
+            _note(args, f"spectrum written to {args.spectrum}")
     except OSError as e:
         print(f"gradchain probe: error: cannot write: {e}", file=sys.stderr)
         return 1
@@ -702,6 +736,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write that JSON to PATH")
     q.add_argument("--png", metavar="PATH", default=None,
                    help="also write the report's plot (log scale) to PATH (needs matplotlib)")
+    q.add_argument("--spectrum", metavar="PATH", default=None,
+                   help="also write a histogram of the singular values of the input-output "
+                        "Jacobian at the batch's first sample to PATH (MLP: dy/dx; RNN: "
+                        "dh_T/dh_0; needs matplotlib)")
+    q.add_argument("--forward", action="store_true",
+                   help="also print the forward q/c table: measured pre-activation lengths "
+                        "and pair correlations beside the mean-field maps (MLP with "
+                        "--sigma-w or --init orthogonal, no norm, no residual)")
     q.add_argument("--quiet", "-q", action="store_true",
                    help="print the table (or the JSON) only: no model line, no notes")
     q.add_argument("--health", action="store_true",

@@ -40,11 +40,13 @@ import numpy as np
 
 from . import activations as _acts
 from ._plotting import axes, check_path
+from .linearize import ProbeReport
 from .report import GradReport
 
 __all__ = [
-    "Comparison", "PhaseDiagram", "chi1", "compare", "depth_scale", "fixed_point",
-    "gaussian_expectation", "phase_diagram",
+    "Comparison", "PhaseDiagram", "Propagation", "chi1", "compare",
+    "correlation_fixed_point", "depth_scale", "fixed_point", "gaussian_expectation",
+    "jacobian_moments", "phase_diagram", "propagate",
 ]
 
 
@@ -464,7 +466,9 @@ def _measured_points(measured: Any) -> np.ndarray:
         sw = _sigma(item[0], f"measured[{i}][0] (sigma_w)")
         sb = _sigma(item[1], f"measured[{i}][1] (sigma_b)")
         v = item[2]
-        if isinstance(v, GradReport):
+        if isinstance(v, ProbeReport) and v.axis == "layer":
+            v = _ProbeAsReport(v)
+        if isinstance(v, (GradReport, _ProbeAsReport)):
             try:
                 pair = _skip(_DEFAULT_SKIP, v.depth)
             except ValueError as e:
@@ -633,9 +637,17 @@ def _skip(skip: Any, depth: int) -> tuple[int, int]:
     return pair
 
 
-def _fit(report: GradReport, pair: tuple[int, int]) -> tuple[float, int, int]:
+def _norms(report: Any) -> np.ndarray:
+    """The per-layer norms a report measures: ``||dL/da_l||`` of a GradReport, or
+    ``sqrt(E||J_l^T u||^2 / E||u||^2)`` of an MLP's ProbeReport."""
+    if isinstance(report, ProbeReport):
+        return np.sqrt(report.factor)
+    return np.asarray(report.activation_grad_norms, dtype=np.float64)
+
+
+def _fit(report: Any, pair: tuple[int, int]) -> tuple[float, int, int]:
     """(slope of log10 ||dL/da_l|| per layer going down, lo, hi) over l = lo..hi."""
-    a = np.asarray(report.activation_grad_norms, dtype=np.float64)
+    a = _norms(report)
     L = a.size - 1
     hi, lo = L - pair[0], pair[1]
     seg = a[lo:hi + 1]
@@ -730,6 +742,14 @@ class Comparison:
         }
 
 
+class _ProbeAsReport:
+    """A ProbeReport read as compare() reads a GradReport: ``sqrt(factor)`` per layer."""
+
+    def __init__(self, probe: ProbeReport) -> None:
+        self.activation_grad_norms = np.sqrt(probe.factor)
+        self.depth = probe.factor.size - 1
+
+
 def _from_model(model: Any) -> tuple[_acts.Activation, float, float, int]:
     """The mean-field setting of a model whose kind the theory describes (its lab's
     ``mean_field``); TypeError for any other object."""
@@ -755,9 +775,11 @@ def compare(report: GradReport, activation: str | _acts.Activation | None = None
 
     Parameters
     ----------
-    report : GradReport
-        From ``MLP.backward`` / ``loss_and_grad`` of a model with
-        ``init=gc.init.normal(sigma_w, sigma_b)``, no norm layers, no residuals.
+    report : GradReport or ProbeReport
+        From ``MLP.backward`` / ``loss_and_grad`` (or ``MLP.probe``: its
+        ``sqrt(factor)`` per layer) of a model with ``init=gc.init.normal(sigma_w,
+        sigma_b)`` (or ``gc.init.orthogonal(gain)``: ``sigma_w = gain``, ``sigma_b = 0``),
+        no norm layers, no residuals.
     activation, sigma_w, sigma_b :
         The model's; or give ``model=`` instead (not both).
     model : gc.MLP
@@ -772,9 +794,11 @@ def compare(report: GradReport, activation: str | _acts.Activation | None = None
     -------
     Comparison
     """
-    if not isinstance(report, GradReport):
-        raise TypeError(f"report: expected a gc.GradReport (from an MLP), got "
-                        f"{type(report).__name__}")
+    if isinstance(report, ProbeReport) and report.axis == "layer":
+        report = _ProbeAsReport(report)
+    if not isinstance(report, (GradReport, _ProbeAsReport)):
+        raise TypeError(f"report: expected a gc.GradReport or a ProbeReport (from an MLP), "
+                        f"got {type(report).__name__}")
     if model is not None:
         if activation is not None or sigma_w is not None or sigma_b is not None:
             raise ValueError("compare: give model= or activation/sigma_w/sigma_b, not both")
@@ -796,7 +820,7 @@ def compare(report: GradReport, activation: str | _acts.Activation | None = None
     c_meas = 10.0 ** (2.0 * slope) if math.isfinite(slope) else math.nan
     with np.errstate(divide="ignore"):
         f_pred = 0.5 * math.log10(c) if c > 0 else -math.inf
-    a = np.asarray(report.activation_grad_norms, dtype=np.float64)
+    a = _norms(report)
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(np.isfinite(a) & (a > 0), np.log10(np.where(a > 0, a, 1.0)), np.nan)
     L = a.size - 1
@@ -807,3 +831,455 @@ def compare(report: GradReport, activation: str | _acts.Activation | None = None
         chi1_measured=c_meas, log10_factor=f_pred, log10_factor_measured=slope,
         depth_scale=_xi(c), depth_scale_measured=_xi(c_meas), layers=(lo, hi),
         log10_norms=logs, log10_norms_predicted=pred)
+
+
+# ============================================================== signal propagation (issue 15)
+# Two correlated pre-activations (u_a, u_b), variances qa, qb and correlation c:
+#   u_a = sqrt(qa) z1,  u_b = sqrt(qb) (c z1 + s z2),  s = sqrt(1 - c^2),
+#   E[h(u_a) h(u_b)] = E_x1[ h(x1) g(x1) ],  g(x1) = E_z2[ h(beta x1 + sig z2) ],
+# beta = c sqrt(qb / qa), sig = s sqrt(qb). The inner expectation is the piecewise
+# Gauss-Legendre rule of _expect around a shifted centre; the outer one adds breakpoints
+# where g changes shape: g is h smoothed at scale sig, so each kink k of h becomes a feature
+# of width sig / |beta| at x1 = k / beta (the pieces (k + sig U) / beta cover it), and the
+# activation-scale points move to x / beta. Near c = +-1 (s < 1e-7) the pair is one
+# variable: E[h(sqrt(qa) z) h(+-sqrt(qb) z)].
+_C_ONE = 1e-7
+
+
+def _expect_shift(h: Callable[[np.ndarray], np.ndarray], m: np.ndarray, sig: float,
+                  xbps: np.ndarray) -> np.ndarray:
+    """``E[h(m + sig u)]`` for each entry of ``m`` (1-D float64), ``sig > 0``."""
+    out = np.empty(m.shape, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        for start in range(0, m.size, _CHUNK):
+            mm = m[start:start + _CHUNK][:, None]                          # (k, 1)
+            lim = _U_BPS[-1] * sig
+            bps = np.sort(np.concatenate(
+                [mm + sig * _U_ALL[None, :], np.clip(xbps[None, :], mm - lim, mm + lim)],
+                axis=1), axis=1)
+            half = 0.5 * np.diff(bps, axis=1)
+            mid = 0.5 * (bps[:, 1:] + bps[:, :-1])
+            x = mid[..., None] + half[..., None] * _GL_NODES               # (k, P, n)
+            z = (x - mm[..., None]) / sig
+            w = (half[..., None] * _GL_WEIGHTS) * np.exp(-0.5 * z * z) * (_INV_SQRT_2PI / sig)
+            fx = _call(h, x.reshape(x.shape[0], -1)).reshape(x.shape)
+            out[start:start + mm.shape[0]] = np.where(w > 0.0, w * fx, 0.0).sum(axis=(1, 2))
+    return out
+
+
+def _outer_rule(q: float, bps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of ``E[f(sqrt(q) z)]`` over the pieces ending at ``bps`` (x)."""
+    s = math.sqrt(q)
+    lim = _U_BPS[-1] * s
+    b = np.unique(np.concatenate([s * _U_ALL, np.clip(bps, -lim, lim)]))
+    half = 0.5 * np.diff(b)
+    mid = 0.5 * (b[1:] + b[:-1])
+    x = (mid[:, None] + half[:, None] * _GL_NODES).ravel()
+    w = ((half[:, None] * _GL_WEIGHTS).ravel() * np.exp(-0.5 * (x / s) ** 2)
+         * (_INV_SQRT_2PI / s))
+    return x, w
+
+
+def _expect_pair(h: Callable[[np.ndarray], np.ndarray], qa: float, qb: float, c: float,
+                 info: _ActInfo) -> float:
+    """``E[h(u_a) h(u_b)]`` for centred Gaussians of variances qa, qb, correlation c."""
+    c = min(max(c, -1.0), 1.0)
+    with np.errstate(all="ignore"):
+        if qa == 0.0 or qb == 0.0:
+            h0 = float(_call(h, np.zeros((1, 1)))[0, 0])
+            q = qb if qa == 0.0 else qa
+            return h0 * (h0 if q == 0.0 else float(_expect(h, np.array([q]), info.xbps)[0]))
+        s = math.sqrt(max(1.0 - c * c, 0.0))
+        pts = info.xbps  # activation-scale points, then the kinks
+        kinks = pts[_X_ALL.size:]
+        if s < _C_ONE:
+            r = math.copysign(math.sqrt(qb / qa), c)
+            bps = np.concatenate([pts, pts / r])
+            x, w = _outer_rule(qa, bps)
+            f = _call(h, x[None, :])[0] * _call(h, (r * x)[None, :])[0]
+            return float(np.where(w > 0, w * f, 0.0).sum())
+        beta = c * math.sqrt(qb / qa)
+        sig = s * math.sqrt(qb)
+        extra = [pts]
+        if beta != 0.0:
+            extra.append(pts / beta)
+            extra += [(k + sig * _U_ALL) / beta for k in kinks]
+        x, w = _outer_rule(qa, np.concatenate(extra))
+        g = _expect_shift(h, beta * x, sig, info.xbps)
+        f = _call(h, x[None, :])[0] * g
+        return float(np.where(w > 0, w * f, 0.0).sum())
+
+
+def _act_fn(info: _ActInfo) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x: np.asarray(info.act(x), dtype=np.float64)
+
+
+def _grad_fn(info: _ActInfo) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x: np.asarray(info.act.grad(x), dtype=np.float64)
+
+
+def _c_map(info: _ActInfo, sw2: float, sb2: float, q: float, c: float) -> float:
+    """One layer of the c-map at the fixed variance q (both inputs at q)."""
+    if q == 0.0 or not math.isfinite(q):
+        return math.nan
+    return (sw2 * _expect_pair(_act_fn(info), q, q, c, info) + sb2) / q
+
+
+def _c_star(info: _ActInfo, sw2: float, sb2: float, q: float) -> float:
+    """The stable fixed point of the c-map at q*: 1 in the ordered phase, below 1 in the
+    chaotic one (bisection on g(c) = c_map(c) - c over [-1 + 1e-6, 1 - 1e-6], where g changes sign
+    from + to - when c* < 1)."""
+    if q == 0.0 or not math.isfinite(q):
+        return 1.0
+    hi = 1.0 - 1e-6
+    if _c_map(info, sw2, sb2, q, hi) - hi >= 0.0:
+        return 1.0  # c = 1 attracts: the ordered phase
+    lo = -hi  # c = -1 is a fixed point too for an odd activation without bias (unstable)
+    if _c_map(info, sw2, sb2, q, lo) - lo <= 0.0:
+        return -1.0
+    for _ in range(44):  # 2 / 2^44: 1e-13
+        mid = 0.5 * (lo + hi)
+        if _c_map(info, sw2, sb2, q, mid) - mid > 0.0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)
+
+
+def _chi_c(info: _ActInfo, sw2: float, q: float, c: float) -> float:
+    """``sigma_w^2 E[act'(u_a) act'(u_b)]`` at (q, q, c): the c-map's slope at c (c = 1:
+    chi_1)."""
+    if c >= 1.0:
+        return float(_chi1_at(info, np.array([sw2]), np.array([q]))[0])
+    qe = _Q_ZERO if q == 0.0 else (_Q_INF if math.isinf(q) else q)
+    return sw2 * _expect_pair(_grad_fn(info), qe, qe, c, info)
+
+
+def correlation_fixed_point(activation: str | _acts.Activation, sigma_w: float,
+                            sigma_b: float) -> tuple[float, float, float]:
+    """The c-map's stable fixed point and its slope: ``(c*, chi_c, xi_c)``.
+
+    For two inputs at ``q*`` the correlation of their pre-activations follows
+    ``c_{l+1} = (sigma_w^2 E[act(u_a) act(u_b)] + sigma_b^2) / q*`` (``u_a, u_b`` at
+    correlation ``c_l``). ``c* = 1`` in the ordered phase (``chi_1 <= 1``: inputs become
+    alike), ``c* < 1`` in the chaotic one. ``chi_c = sigma_w^2 E[act'(u_a) act'(u_b)]`` at
+    ``c*`` (= ``chi_1`` when ``c* = 1``) and the correlation depth scale
+    ``xi_c = -1 / log(chi_c)``, the e-folding depth of ``|c_l - c*|`` (Schoenholz et al.
+    2017); it diverges on the critical line. Expectations to ~1e-12 (nested piecewise
+    Gauss-Legendre), ``c*`` to ~1e-10.
+    """
+    info = _info(activation)
+    sw = _sigma(sigma_w, "sigma_w")
+    sb = _sigma(sigma_b, "sigma_b")
+    q = float(_solve_q(info, np.array([sw * sw]), np.array([sb * sb]), 1.0, 1e-13, 200)[0])
+    cs = _c_star(info, sw * sw, sb * sb, q)
+    chic = _chi_c(info, sw * sw, q, cs)
+    return cs, chic, _xi(chic)
+
+
+def _pairs(pairs: Any, B: int) -> np.ndarray:
+    if pairs is None:
+        n = min(B // 2, 8)
+        return np.array([(2 * i, 2 * i + 1) for i in range(n)], dtype=np.int64).reshape(-1, 2)
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence | np.ndarray):
+        raise TypeError(f"pairs: expected a sequence of (i, j) index pairs, got "
+                        f"{type(pairs).__name__}")
+    out = []
+    for k, p in enumerate(pairs):
+        if isinstance(p, (str, bytes)) or not isinstance(p, Sequence | np.ndarray) or len(p) != 2:
+            raise TypeError(f"pairs[{k}]: expected an (i, j) pair, got {p!r}")
+        ij = []
+        for v in p:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"pairs[{k}]: expected two ints, got {p!r}")
+            if not 0 <= int(v) < B:
+                raise ValueError(f"pairs[{k}]: expected sample indices in 0..{B - 1}, got {p!r}")
+            ij.append(int(v))
+        if ij[0] == ij[1]:
+            raise ValueError(f"pairs[{k}]: expected two different samples, got {p!r}")
+        out.append(ij)
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+@dataclass
+class Propagation:
+    """Forward signal propagation, measured layer by layer beside the mean-field maps.
+
+    Layers ``l = 1..L`` are the hidden layers' pre-activations ``z_l`` (index ``l - 1``).
+    Measured: ``q[l-1, b] = mean_i z_{l,i}^2`` of sample ``b`` and ``c[l-1, p] = z_a . z_b /
+    (|z_a| |z_b|)`` of pair ``p = (a, b)``. Predicted: the q-map and c-map iterated from the
+    measured input statistics (``q_1 = sigma_w^2 |x|^2 / in + sigma_b^2``, ``c_1`` from
+    ``x_a . x_b`` likewise), not only their fixed points.
+
+    Attributes
+    ----------
+    activation : str
+    sigma_w, sigma_b : float
+    q, q_predicted : (L, B) float64
+    c, c_predicted : (L, P) float64
+    pairs : (P, 2) int64
+    q_step, c_step : (L, B), (L, P) float64
+        The maps applied one layer at a time to the previous layer's measured q and c
+        (layer 1: from the inputs). The iterated maps drift from a finite network by a
+        random walk of about ``sqrt(2 l / width)`` (relu at criticality has no restoring
+        force); one step is off by only that layer's own ``sqrt(2 / width)``.
+    q_input : (B,) float64
+        ``|x_b|^2 / in``.
+    c_input : (P,) float64
+        The inputs' own correlations.
+    q_star, c_star, chi1, chi_c : float
+        The fixed points, ``chi_1`` and the c-map's slope at ``c*``.
+    xi_c, xi_grad : float
+        Correlation depth scale ``-1/log chi_c`` and gradient depth scale ``-1/log chi_1``.
+    """
+
+    activation: str
+    sigma_w: float
+    sigma_b: float
+    q: np.ndarray = field(repr=False)
+    q_predicted: np.ndarray = field(repr=False)
+    c: np.ndarray = field(repr=False)
+    c_predicted: np.ndarray = field(repr=False)
+    q_step: np.ndarray = field(repr=False)
+    c_step: np.ndarray = field(repr=False)
+    pairs: np.ndarray = field(repr=False)
+    q_input: np.ndarray = field(repr=False)
+    c_input: np.ndarray = field(repr=False)
+    q_star: float
+    c_star: float
+    chi1: float
+    chi_c: float
+    xi_c: float
+    xi_grad: float
+
+    @property
+    def depth(self) -> int:
+        return int(self.q.shape[0])
+
+    @property
+    def q_error(self) -> float:
+        """``max_l |mean_b (q / q_predicted) - 1|``: the largest relative error of a layer,
+        averaged over the samples (one sample's q fluctuates by ``sqrt(2 / width)``)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.nanmax(np.abs(np.mean(self.q / self.q_predicted, axis=1) - 1.0)))
+
+    @property
+    def q_step_error(self) -> float:
+        """``max_l |mean_b (q / q_step) - 1|``: the maps one layer at a time."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.nanmax(np.abs(np.mean(self.q / self.q_step, axis=1) - 1.0)))
+
+    @property
+    def c_step_error(self) -> float:
+        """``max_l |mean_p (c - c_step)|`` (NaN without pairs)."""
+        if self.c.size == 0:
+            return math.nan
+        return float(np.nanmax(np.abs(np.mean(self.c - self.c_step, axis=1))))
+
+    @property
+    def c_error(self) -> float:
+        """``max_l |mean_p (c - c_predicted)|`` (NaN without pairs): one pair's c
+        fluctuates by about ``1 / sqrt(width)``."""
+        if self.c.size == 0:
+            return math.nan
+        return float(np.nanmax(np.abs(np.mean(self.c - self.c_predicted, axis=1))))
+
+    def table(self) -> str:
+        """Per-layer means of the measured and predicted q and c (str)."""
+        lines = [
+            f"signal propagation: {self.activation}, sigma_w={self.sigma_w:g}, "
+            f"sigma_b={self.sigma_b:g}; q*={self.q_star:.5g}, c*={self.c_star:.6g}, "
+            f"chi_1={self.chi1:.5g}, chi_c={self.chi_c:.5g}",
+            f"depth scales: correlation xi_c={self.xi_c:.4g}, gradient xi_grad="
+            f"{self.xi_grad:.4g}; {self.q.shape[1]} inputs, {self.pairs.shape[0]} pairs",
+            f"{'layer':>6}  {'q':>11}  {'q predicted':>11}  {'c':>10}  {'c predicted':>11}",
+        ]
+        qi = float(np.mean(self.q_input))
+        ci = float(np.mean(self.c_input)) if self.c_input.size else math.nan
+        lines.append(f"{'input':>6}  {qi:>11.5g}  {'':>11}  {ci:>10.6f}  {'':>11}")
+        for layer in range(self.depth):
+            cm = float(np.mean(self.c[layer])) if self.c.shape[1] else math.nan
+            cp = float(np.mean(self.c_predicted[layer])) if self.c.shape[1] else math.nan
+            lines.append(f"{layer + 1:>6}  {float(np.mean(self.q[layer])):>11.5g}  "
+                         f"{float(np.mean(self.q_predicted[layer])):>11.5g}  {cm:>10.6f}  "
+                         f"{cp:>11.6f}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python types: JSON-ready."""
+        return {
+            "activation": self.activation, "sigma_w": self.sigma_w, "sigma_b": self.sigma_b,
+            "q": self.q.tolist(), "q_predicted": self.q_predicted.tolist(),
+            "c": self.c.tolist(), "c_predicted": self.c_predicted.tolist(),
+            "q_step": self.q_step.tolist(), "c_step": self.c_step.tolist(),
+            "pairs": self.pairs.tolist(), "q_input": self.q_input.tolist(),
+            "c_input": self.c_input.tolist(), "q_star": self.q_star, "c_star": self.c_star,
+            "chi1": self.chi1, "chi_c": self.chi_c, "xi_c": self.xi_c,
+            "xi_grad": self.xi_grad,
+        }
+
+    def plot(self, ax: Any = None, path: str | os.PathLike[str] | None = None
+             ) -> tuple[Any, Any]:
+        """q_l (left axis, log) and c_l (right axis) measured (markers) against the maps
+        (lines), the fixed points dashed (needs matplotlib). Returns ``(fig, ax)``."""
+        p = check_path(path)
+        fig, ax = axes(ax, (7.0, 4.5))
+        layers = np.arange(1, self.depth + 1)
+        ax.plot(layers, self.q.mean(axis=1), "o", color="C0", ms=4, label="q measured")
+        ax.plot(layers, self.q_predicted.mean(axis=1), "-", color="C0", label="q-map")
+        if math.isfinite(self.q_star) and self.q_star > 0:
+            ax.axhline(self.q_star, color="C0", ls="--", lw=0.8, label="q*")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer l")
+        ax.set_ylabel(r"$q_l$ (mean squared pre-activation)")
+        ax2 = ax.twinx()
+        if self.c.shape[1]:
+            ax2.plot(layers, self.c.mean(axis=1), "s", color="C3", ms=4, label="c measured")
+            ax2.plot(layers, self.c_predicted.mean(axis=1), "-", color="C3", label="c-map")
+            ax2.axhline(self.c_star, color="C3", ls="--", lw=0.8, label="c*")
+        ax2.set_ylabel(r"$c_l$ (correlation of pairs)")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="best")
+        ax.set_title(f"{self.activation}, sigma_w={self.sigma_w:g}, sigma_b={self.sigma_b:g}: "
+                     f"xi_c={self.xi_c:.3g}, xi_grad={self.xi_grad:.3g}", fontsize=9)
+        if p is not None:
+            from ._plotting import save
+
+            save(fig, p)
+        return fig, ax
+
+
+def propagate(model: Any, x: Any, *, pairs: Any = None) -> Propagation:
+    """Measured forward propagation beside the mean-field q-map and c-map.
+
+    Parameters
+    ----------
+    model : gc.MLP
+        With ``init=gc.init.normal(sigma_w, sigma_b)`` (or ``gc.init.orthogonal(gain)``:
+        ``sigma_w = gain``, ``sigma_b = 0``), no norm layers, no residuals.
+    x : (B, in) array of the model's dtype
+        The inputs; the maps start from their own statistics.
+    pairs : sequence of (i, j) or None
+        The input pairs whose correlation is followed; default ``(0, 1), (2, 3), ...``
+        (at most 8 pairs).
+
+    Returns
+    -------
+    Propagation (``table()``, ``plot()``, ``to_dict()``).
+    """
+    act, sw, sb, depth = _from_model(model)
+    info = _info(act)
+    z = model.preactivations(x)
+    xa = np.asarray(x, dtype=np.float64)
+    B, n_in = xa.shape
+    pr = _pairs(pairs, B)
+    sw2, sb2 = sw * sw, sb * sb
+    q_in = (xa * xa).sum(axis=1) / n_in
+    gram_in = xa @ xa.T / n_in
+    qm = np.empty((depth, B))
+    cm = np.empty((depth, pr.shape[0]))
+    for layer, zl in enumerate(z):
+        zz = np.asarray(zl, dtype=np.float64)
+        sq = (zz * zz).sum(axis=1)
+        qm[layer] = sq / zz.shape[1]
+        for k, (a, b) in enumerate(pr):
+            den = math.sqrt(sq[a] * sq[b])
+            cm[layer, k] = float(zz[a] @ zz[b]) / den if den > 0 else math.nan
+    # the maps from the inputs' own statistics
+    qp = np.empty((depth, B))
+    cp = np.empty((depth, pr.shape[0]))
+    cov = sw2 * gram_in[pr[:, 0], pr[:, 1]] + sb2 if pr.size else np.zeros(0)
+    q = sw2 * q_in + sb2
+    fsq = _act_fn(info)
+    for layer in range(depth):
+        qp[layer] = q
+        for k, (a, b) in enumerate(pr):
+            den = math.sqrt(q[a] * q[b])
+            cp[layer, k] = cov[k] / den if den > 0 else math.nan
+        if layer + 1 < depth:
+            cov = np.array([sw2 * _expect_pair(fsq, float(q[a]), float(q[b]),
+                                               float(cp[layer, k]), info) + sb2
+                            for k, (a, b) in enumerate(pr)])
+            q = sw2 * _expect(info.sq, q, info.xbps) + sb2
+    # one layer at a time: the maps applied to the previous layer's measurement (free of
+    # the finite-width drift that accumulates along the iterated maps)
+    qs_ = np.empty((depth, B))
+    cs_ = np.empty((depth, pr.shape[0]))
+    if depth:
+        qs_[0], cs_[0] = qp[0], cp[0]
+    for layer in range(1, depth):
+        qs_[layer] = sw2 * _expect(info.sq, qm[layer - 1], info.xbps) + sb2
+        for k, (a, b) in enumerate(pr):
+            cv = sw2 * _expect_pair(fsq, float(qm[layer - 1, a]), float(qm[layer - 1, b]),
+                                    float(cm[layer - 1, k]), info) + sb2
+            cs_[layer, k] = cv / math.sqrt(qs_[layer, a] * qs_[layer, b])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c_in = np.array([gram_in[a, b] / math.sqrt(gram_in[a, a] * gram_in[b, b])
+                         if gram_in[a, a] * gram_in[b, b] > 0 else math.nan for a, b in pr])
+    qs = float(_solve_q(info, np.array([sw2]), np.array([sb2]), 1.0, 1e-13, 200)[0])
+    c1 = float(_chi1_at(info, np.array([sw2]), np.array([qs]))[0])
+    cs = _c_star(info, sw2, sb2, qs)
+    chic = _chi_c(info, sw2, qs, cs)
+    return Propagation(
+        activation=info.name, sigma_w=sw, sigma_b=sb, q=qm, q_predicted=qp, c=cm,
+        c_predicted=cp, q_step=qs_, c_step=cs_, pairs=pr, q_input=q_in, c_input=c_in,
+        q_star=qs, c_star=cs,
+        chi1=c1, chi_c=chic, xi_c=_xi(chic), xi_grad=_xi(c1))
+
+
+# ------------------------------------------------------------------ Jacobian spectrum theory
+_S1 = {"gaussian": -1.0, "orthogonal": 0.0}
+
+
+def jacobian_moments(activation: str | _acts.Activation, sigma_w: float, sigma_b: float,
+                     depth: int, weights: str = "gaussian") -> tuple[float, float]:
+    """The predicted mean and variance of the squared singular values of the Jacobian
+    ``J = D_L W_L ... D_1 W_1`` of ``depth`` layers at the fixed point ``q*`` (free
+    probability: Pennington, Schoenholz & Ganguli 2017).
+
+    ``mean = chi_1^L`` and ``variance = L mean^2 (mu_2 / mu_1^2 - 1 - s_1)``, with
+    ``mu_k = E[act'(sqrt(q*) u)^(2k)]`` and ``s_1 = -1`` for Gaussian weights, 0 for
+    orthogonal ones. The variance is the sum of the layers' relative variances (the
+    factors are asymptotically free): each ``D^2`` contributes ``mu_2/mu_1^2 - 1``, each
+    ``W W^T`` ``-s_1`` (Marchenko-Pastur: 1; orthogonal: 0). Exact cases: a linear network
+    with Gaussian weights has mean 1 and second moment ``L + 1`` (the Fuss-Catalan
+    moments), with orthogonal ones every singular value is 1. It describes
+    ``da_L/dx`` of an MLP whose first layer's input has ``q_1 = q*``
+    (``|x|^2 / in = (q* - sigma_b^2) / sigma_w^2``); the output layer multiplies the mean
+    by ``sigma_w^2`` (no activation there).
+
+    Parameters
+    ----------
+    activation : str or gc.Activation
+    sigma_w, sigma_b : float
+    depth : int
+        ``L >= 1``, the number of layers ``D_l W_l``.
+    weights : "gaussian" or "orthogonal"
+
+    Returns
+    -------
+    (mean, variance) : floats.
+    """
+    info = _info(activation)
+    sw = _sigma(sigma_w, "sigma_w")
+    sb = _sigma(sigma_b, "sigma_b")
+    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)):
+        raise TypeError(f"depth: expected an int, got {type(depth).__name__}")
+    if depth < 1:
+        raise ValueError(f"depth: expected an int >= 1, got {depth}")
+    if not isinstance(weights, str) or weights not in _S1:
+        raise ValueError(f"weights: expected 'gaussian' or 'orthogonal', got {weights!r}")
+    sw2 = sw * sw
+    q = _solve_q(info, np.array([sw2]), np.array([sb * sb]), 1.0, 1e-13, 200)
+    qe = np.where(q == 0.0, _Q_ZERO, np.where(np.isinf(q), _Q_INF, q))
+    mu1 = float(_expect(info.dsq, qe, info.xbps)[0])
+    mu2 = float(_expect(lambda x: np.square(info.dsq(x)), qe, info.xbps)[0])
+    L = int(depth)
+    mean = (sw2 * mu1) ** L
+    if mu1 == 0.0:
+        return mean, 0.0
+    var = L * mean * mean * (mu2 / (mu1 * mu1) - 1.0 - _S1[weights])
+    return float(mean), float(max(var, 0.0))

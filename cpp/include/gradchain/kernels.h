@@ -155,6 +155,17 @@ struct KernelTable {
   void (*scale)(T* x, int64_t n, T s);             // x *= s
   void (*clamp)(T* x, int64_t n, T lo, T hi);      // x = clamp(x, lo, hi), NaN kept
   void (*act_apply)(const ActParams& act, const T* x, T* f, T* d, int64_t n);  // f, d = act(x), act'(x)
+
+  // --- tangents: one row through a linearised hidden layer (cpp/src/jacobian.cpp) ----
+  // m (n): the primal's act' times the norm's per-feature factor. Forward mode:
+  // out = scale * m * u [+ resid] (out may alias u); layer norm: out = scale * m * istd *
+  // (u - mean(u) - xhat * mean(u * xhat)) [+ resid]. Reverse mode: dz = scale * m * g (layer
+  // norm: projected as in bwd_layernorm), returning sum(g^2) in float64.
+  void (*tan_fwd)(const T* u, const T* m, T scale, const T* resid, T* out, int64_t n);
+  void (*tan_fwd_ln)(const T* u, const T* m, const T* xhat, T istd, T scale, const T* resid,
+                     T* out, int64_t n);
+  double (*tan_bwd)(const T* g, const T* m, T scale, T* dz, int64_t n);
+  double (*tan_bwd_ln)(const T* g, const T* m, const T* xhat, T istd, T scale, T* dz, int64_t n);
 };
 
 }  // namespace gradchain

@@ -28,7 +28,12 @@ struct MlpConfig {
 };
 
 template <class T>
+class MlpLinearization;  // jacobian.h: the chain linearised at given inputs
+
+template <class T>
 class MlpChain : public ChainBase<T> {
+  friend class MlpLinearization<T>;  // reads the layout, config and norm views
+
  public:
   // Throws std::invalid_argument on a bad config (a size past the BLAS's 32-bit range
   // included) and AllocError when the flat buffers cannot be allocated.

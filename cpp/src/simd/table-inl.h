@@ -12,6 +12,7 @@
 #include "gates-inl.h"        // the gated cells' per-step passes (LSTM, GRU)
 #include "gemm-inl.h"         // the panel GEMM
 #include "reductions-inl.h"   // column sums, sums of squares, gradient edits
+#include "tangents-inl.h"     // tangent / cotangent rows (Jacobian products)
 
 namespace gradchain {
 namespace GC_ISA_NS {
@@ -50,6 +51,11 @@ static constexpr KernelTable<T> build_table() {
   t.scale = &scale<T>;
   t.clamp = &clamp<T>;
   t.act_apply = &act_apply<T>;
+  // tangents
+  t.tan_fwd = &tan_fwd<T>;
+  t.tan_fwd_ln = &tan_fwd_ln<T>;
+  t.tan_bwd = &tan_bwd<T>;
+  t.tan_bwd_ln = &tan_bwd_ln<T>;
   return t;
 }
 

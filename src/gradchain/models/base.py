@@ -661,6 +661,27 @@ class Model:
         step, a load), so a backward must follow a new forward."""
         self._core.invalidate()
 
+    # ----------------------------------------------------------- signal propagation
+    # (docs/CONVENTIONS.md, "Signal propagation"; gc.jacobian, gc.jacobian_spectrum and
+    # gc.theory.propagate use a model only through these.)
+    def probe(self, x: Any, n: int = 16, seed: int | None = 0) -> Any:
+        """``n`` Gaussian probe vectors at the output pulled back through the model
+        linearised at ``x``: a :class:`gradchain.linearize.ProbeReport`."""
+        raise NotImplementedError(f"{type(self).__name__} has no probe()")
+
+    def jacobian(self, x: Any, at: Any = None) -> Any:
+        """The Jacobian of the model's function at one input (its kind says which)."""
+        raise NotImplementedError(f"{type(self).__name__} has no jacobian()")
+
+    def linearize(self, x: Any) -> Any:
+        """The model linearised at ``x``: a :class:`gradchain.linearize.Linearization`
+        (Jacobian-vector products in both directions)."""
+        raise NotImplementedError(f"{type(self).__name__} has no linearize()")
+
+    def preactivations(self, x: Any) -> list[np.ndarray]:
+        """Each layer's pre-activations at ``x`` (the measured side of the q/c maps)."""
+        raise NotImplementedError(f"{type(self).__name__} has no preactivations()")
+
     def _bind_views(self) -> None:
         self._lock = threading.RLock()
         self._running: str | None = None  # the pass in progress ("forward"), see _compute

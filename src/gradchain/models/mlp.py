@@ -25,6 +25,7 @@ from .._validate import (
     real,
     shape_str,
 )
+from ..linearize import Linearization, ProbeReport, check_at, probe_vectors
 from ..losses import check_target
 from ..report import GradReport
 from .base import (
@@ -253,9 +254,13 @@ class MLPLab(Lab):
             raise ValueError("model: has residual connections; the mean-field theory applies "
                              "only to a plain chain")
         init = cfg["init"]
+        if init["name"] == "orthogonal":  # the same q-map and chi_1 in the wide limit
+            gain = init.get("gain")
+            return model.activation, 1.0 if gain is None else float(gain), 0.0, model.depth
         if init["name"] != "normal":
             raise ValueError(f"model: init is {init['name']!r}; the mean-field theory needs "
-                             "init=gc.init.normal(sigma_w, sigma_b)")
+                             "init=gc.init.normal(sigma_w, sigma_b) (or gc.init.orthogonal("
+                             "gain): sigma_w = gain, sigma_b = 0)")
         sb = float(init["sigma_b"]) if cfg["bias"] else 0.0  # bias=False: no b at all
         return model.activation, float(init["sigma_w"]), sb, model.depth
 
@@ -586,6 +591,124 @@ class MLP(Model):
     def input_grad(self) -> np.ndarray | None:
         """``dL/dx (B, in)`` of the last backward pass (None before any)."""
         return self._input_grad
+
+    # ------------------------------------------------------------ signal propagation
+    def _signal_input(self, x: Any, name: str = "x") -> np.ndarray:
+        xa = float_array(x, name, self.dtype, (None, self.sizes[0]))
+        check_blas_dim(xa.shape[0], f"{name}: batch size")
+        return xa
+
+    def _primal_bytes(self, B: int) -> int:
+        """The core's primal pass of a linearisation over B rows (a generous bound)."""
+        s = self.dtype.itemsize
+        hidden = sum(self.sizes[1:-1])
+        norm = (B + 2) * hidden if self.norm else 0
+        return (B * (self.sizes[0] + 3 * hidden + self.sizes[-1]) + norm
+                + 3 * max(self.sizes)) * s + (3 * B + 8) * max(self.sizes) * 8
+
+    def _check_linearizable(self, what: str) -> None:
+        if self.norm == "batch" and self.training:
+            raise ValueError(
+                f"{what}: batch norm in training mode normalises with the batch's own "
+                "statistics, so its Jacobian couples the samples of the batch; call "
+                "model.eval() first (it is then linearised with its running statistics)")
+
+    @locked
+    def linearize(self, x: Any) -> Linearization:
+        """The model linearised at ``x (B, in)``: Jacobian-vector products in both
+        directions (:class:`gradchain.linearize.Linearization`: ``jvp``, ``vjp``).
+
+        The core runs its own primal pass at ``x``; the saved forward pass, the gradients
+        and the batch-norm running statistics are left as they are. Batch norm must be in
+        eval mode (a ValueError otherwise: in training mode its Jacobian couples the
+        batch).
+        """
+        xa = self._signal_input(x)
+        handle = self._linear_handle(xa, "linearize", self.flat_parameters().nbytes)
+        return Linearization(self, handle, xa.copy())
+
+    def _linear_handle(self, xa: np.ndarray, what: str, extra: int = 0) -> Any:
+        """The core's linearisation at the checked input ``xa`` (its primal pass)."""
+        self._check_linearizable(what)
+        require(self._primal_bytes(xa.shape[0]) + extra,
+                lambda: f"{what}: the primal pass of {self._describe()} over shape "
+                        f"{shape_str(xa.shape)}")
+        return self._core.linearize(xa, False, False, False)[0]
+
+    @locked
+    def preactivations(self, x: Any) -> list[np.ndarray]:
+        """``z_l = a_{l-1} W_l^T + b_l`` of every hidden layer ``l = 1..L`` at ``x (B, in)``
+        (before the norm): a list of ``(B, h_l)`` arrays, the measured side of
+        ``gc.theory.propagate``. A forward pass that keeps nothing: the saved forward
+        pass, the gradients and the running statistics are left as they are (batch norm in
+        training mode normalises with the batch's statistics, as a forward pass would).
+        """
+        xa = self._signal_input(x)
+        B = xa.shape[0]
+        if self.norm == "batch" and self.training and B == 1:
+            raise ValueError("x: batch norm in training mode needs more than 1 sample per "
+                             "batch, got shape (1, ...) (use model.eval())")
+        require(self._primal_bytes(B) + B * sum(self.sizes[1:-1]) * self.dtype.itemsize,
+                lambda: f"preactivations: a forward pass of {self._describe()} over shape "
+                        f"{shape_str(xa.shape)}")
+        _, pre, _ = self._core.linearize(xa, True, True, False)
+        out, at = [], 0
+        for h in self.sizes[1:-1]:
+            out.append(pre[at:at + B * h].reshape(B, h))
+            at += B * h
+        return out
+
+    @locked
+    def jacobian(self, x: Any, at: Any = None) -> np.ndarray | dict[int, np.ndarray]:
+        """The input-output Jacobian ``dy/dx (out, in)`` at one input ``x`` (``(in,)`` or
+        ``(1, in)``), computed in the core in forward mode: the identity pushed through
+        the chain as ``in`` tangents (a chain of GEMMs, about the cost of a forward pass
+        over a batch of ``in``).
+
+        ``at``: a layer ``l`` in ``0..L+1`` gives the partial Jacobian ``da_l/dx (h_l,
+        in)`` instead (``a_0 = x``: the identity; ``L+1``: ``y``); a sequence of them
+        gives ``{l: Jacobian}``. Batch norm must be in eval mode.
+        """
+        a = np.asarray(x) if not isinstance(x, np.ndarray) else x
+        if getattr(a, "ndim", 0) == 1:
+            a = a.reshape(1, -1)
+        xa = self._signal_input(a)
+        if xa.shape[0] != 1:
+            raise ValueError(f"x: expected one input, shape ({self.sizes[0]},) or "
+                             f"(1, {self.sizes[0]}), got {shape_str(np.shape(x))}")
+        top = self.depth + 1
+        layers, single = check_at(top if at is None else at, top)
+        n = self.sizes[0]
+        require(n * (n + 4 * max(self.sizes) + sum(self.sizes[i] for i in layers))
+                * self.dtype.itemsize,
+                lambda: f"jacobian: {n} tangents through {self._describe()}")
+        handle = self._linear_handle(xa, "jacobian")
+        out, rec = handle.jvp(np.eye(n, dtype=self.dtype), [i for i in layers if i < top])
+        res = {i: np.ascontiguousarray((out if i == top else rec[i]).T) for i in layers}
+        return res[layers[0]] if (at is None or single) else res
+
+    @locked
+    def probe(self, x: Any, n: int = 16, seed: int | None = 0) -> ProbeReport:
+        """Loss-independent probes: ``n`` Gaussian vectors ``u (B, out)`` at the output,
+        pulled back through the model linearised at ``x (B, in)`` in one batched pass
+        through the core (``n * B`` cotangent rows). Returns a
+        :class:`gradchain.linearize.ProbeReport` with ``||J_l^T u_p||^2`` per probe at
+        every ``a_l`` (``l = 0..L``): ``factor`` (``E||J_l^T u||^2 / E||u||^2``), its
+        ``spread`` over the probes and the per-layer ``step_factor`` that ``chi_1``
+        predicts. Batch norm must be in eval mode. ``seed`` draws the probes.
+        """
+        xa = self._signal_input(x)
+        self._check_linearizable("probe")
+        B, K, L = xa.shape[0], self.sizes[-1], self.depth
+        k = positive_int(n, "n")
+        rows = k * B
+        require(rows * (K + 3 * max(self.sizes)) * self.dtype.itemsize + rows * (L + 2) * 8,
+                lambda: f"probe: {k} probes of a batch of {B} through {self._describe()}")
+        U = probe_vectors(k, B, K, seed, self.dtype)
+        ss = self._linear_handle(xa, "probe").vjp(U, False)[0]
+        sq = ss.reshape(L + 1, k, B).sum(axis=2).T
+        u_sq = np.square(U.astype(np.float64)).reshape(k, B * K).sum(axis=1)
+        return ProbeReport("layer", self.report_axis.labels(L + 1), sq, u_sq, B)
 
     # ----------------------------------------------------- parameters, state
     def _state_keys(self) -> list[str]:

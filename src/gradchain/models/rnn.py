@@ -24,6 +24,7 @@ from .._validate import (
     positive_int,
     shape_str,
 )
+from ..linearize import ProbeReport, check_at, probe_vectors
 from ..losses import check_target
 from ..report import RNNGradReport
 from .base import (
@@ -448,6 +449,90 @@ class RNN(Model):
     def input_grad(self) -> np.ndarray | None:
         """``dL/dx`` of the last backward (None before any)."""
         return self._input_grad
+
+    # ------------------------------------------------------------ signal propagation
+    def _twin(self) -> Any:
+        """A core chain holding this model's parameters: probes and Jacobians run on it,
+        so the model's saved forward pass, gradients and last results stay as they are."""
+        require(2 * self.flat_parameters().nbytes,
+                lambda: f"a copy of the parameters of {self._describe()}")
+        aid, p0, p1 = self.activation._core_spec(_core.ACTIVATION_IDS)
+        twin = type(self._core)(self.input_size, self.hidden_size, self.output_size or 0,
+                                aid, p0, p1, self.bias)
+        twin.param_array()[...] = self._core.param_array()
+        if self.activation.is_custom:
+            twin.set_custom_activation(_custom_callback(self.activation))
+        return twin
+
+    @locked
+    def probe(self, x: Any, n: int = 16, seed: int | None = 0) -> ProbeReport:
+        """Loss-independent probes through time: ``n`` Gaussian vectors ``u (B, F)`` at the
+        last step's output (the readout's ``y_T``, else ``h_T``), pulled back to every
+        ``h_t``. Returns a :class:`gradchain.linearize.ProbeReport` along the timesteps
+        (``h1..hT``): ``factor[t] = E||dh_T/dh_t^T ...u||^2 / E||u||^2``, its spread, and
+        the per-step ``step_factor`` (the empirical counterpart of the report's fitted
+        per-step factor). One forward pass at ``x (T, B, I)``, then one backward pass per
+        probe, on a copy of the core: the model's saved pass and gradients are kept.
+        """
+        xa = self._check_x(x)
+        T, B = xa.shape[0], xa.shape[1]
+        k = positive_int(n, "n")
+        F = self.output_size or self.hidden_size
+        require((k * B * F + 2 * T * B * F + T * B * self.input_size) * self.dtype.itemsize,
+                lambda: f"probe: {k} probes of a batch of {B} through {self._describe()}")
+        U = probe_vectors(k, B, F, seed, self.dtype).reshape(k, B, F)
+        twin = self._twin()
+        twin.forward(xa, None)
+        g = np.zeros((T, B, F), dtype=self.dtype)
+        sq = np.empty((k, T))
+        for p in range(k):
+            g[-1] = U[p]
+            d, _, _ = (twin.backward(None, g, False, True) if self.output_size
+                       else twin.backward(g, None, False, True))
+            sq[p] = np.square(np.asarray(d["timestep_grad_norms"], dtype=np.float64))
+        u_sq = np.square(U.astype(np.float64)).reshape(k, B * F).sum(axis=1)
+        return ProbeReport("timestep", self.report_axis.labels(T), sq, u_sq, B)
+
+    @locked
+    def jacobian(self, x: Any, at: Any = None, h0: Any = None
+                 ) -> np.ndarray | dict[int, np.ndarray]:
+        """``dh_T/dh_t (H, H)`` at one sequence ``x`` (``(T, I)``, or ``(T, 1, I)``;
+        ``(1, T, I)`` with ``batch_first``), row ``i`` the gradient of ``h_T[i]``.
+
+        ``at``: ``t`` in ``0..T`` (default 0: ``dh_T/dh_0``; ``T``: the identity), or a
+        sequence of them for ``{t: Jacobian}``. ``h0 (1, H)`` defaults to zeros. Each is one
+        batched backward pass of ``H`` one-hot cotangents through steps ``t+1..T`` of the
+        core (on a copy: the model's saved pass and gradients are kept).
+        """
+        a = as_array(x, "x")
+        if a.ndim == 2:
+            a = a[None] if self.batch_first else a[:, None]
+        xa = self._check_x(a)
+        T, B, H = xa.shape[0], xa.shape[1], self.hidden_size
+        if B != 1:
+            raise ValueError(f"x: expected one sequence, got a batch of {B}")
+        steps, single = check_at(0 if at is None else at, T, "at")
+        h0a = (np.zeros((1, H), dtype=self.dtype) if h0 is None
+               else float_array(h0, "h0", self.dtype, (1, H)))
+        require(T * H * (self.input_size + 2 * H + (self.output_size or 0))
+                * self.dtype.itemsize * 2,
+                lambda: f"jacobian: {H} one-hot cotangents through {T} steps of "
+                        f"{self._describe()}")
+        twin = self._twin()
+        hs, _ = twin.forward(xa, h0a)
+        res: dict[int, np.ndarray] = {}
+        for t in steps:
+            if t == T:
+                res[t] = np.eye(H, dtype=self.dtype)
+                continue
+            ht = h0a if t == 0 else hs[t - 1]
+            xr = np.ascontiguousarray(np.broadcast_to(xa[t:], (T - t, H, self.input_size)))
+            twin.forward(xr, np.ascontiguousarray(np.broadcast_to(ht, (H, H))))
+            g = np.zeros((T - t, H, H), dtype=self.dtype)
+            g[-1] = np.eye(H, dtype=self.dtype)
+            _, _, dh0 = twin.backward(g, None, False, False)
+            res[t] = dh0
+        return res[steps[0]] if (at is None or single) else res
 
     @property
     def h0_grad(self) -> np.ndarray | None:

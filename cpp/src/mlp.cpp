@@ -482,13 +482,14 @@ void MlpChain<T>::layer_backward(int64_t l, bool accumulate, T*& g, T*& g_other,
     const T* xh = norms_[size_t(l)].xhat;
     const bool affine = cfg_.norm != NormKind::None;
     const bool sel = act_selects(cfg_.act.kind);
+    const auto& Kx = kernels<T>();
 #pragma omp for schedule(static)
     for (int64_t rb = 0; rb < nrb_; ++rb) {
       const int64_t r0 = rb * kRowBlock, rows = rows_in_block(rb, B);
-      K.row_sumsq(dz + r0 * n, rows, n, pz + r0);
-      K.row_sumsq(A_[size_t(l)] + r0 * k, rows, k, pa + r0);
+      Kx.row_sumsq(dz + r0 * n, rows, n, pz + r0);
+      Kx.row_sumsq(A_[size_t(l)] + r0 * k, rows, k, pa + r0);
       if (affine)
-        K.ln_example_ss(gin + r0 * n, D_[size_t(l)] + r0 * n, xh + r0 * n, scale, sel, rows, n,
+        Kx.ln_example_ss(gin + r0 * n, D_[size_t(l)] + r0 * n, xh + r0 * n, scale, sel, rows, n,
                         pg + r0, pb + r0);
     }
   }

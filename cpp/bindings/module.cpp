@@ -502,9 +502,11 @@ void bind_mlp(py::module_& m, const char* name) {
   bind_shared<C, T>(cls);
 }
 
-py::dict rnn_report_dict(const RnnReport& r) {
-  py::dict d;
-  d["timestep_grad_norms"] = vec(r.timestep);
+// The entries every recurrent report has (RecurrentReport); ||dL/dh_t|| as zeros when the
+// report was not computed.
+void add_recurrent(py::dict& d, const RecurrentReport& r, int64_t steps) {
+  d["timestep_grad_norms"] = vec(r.timestep.empty() ? std::vector<double>(size_t(steps), 0.0)
+                                                    : r.timestep);
   d["weight_ih_grad_norm"] = r.weight_ih;
   d["weight_hh_grad_norm"] = r.weight_hh;
   d["bias_ih_grad_norm"] = r.bias_ih;
@@ -513,6 +515,11 @@ py::dict rnn_report_dict(const RnnReport& r) {
   d["readout_bias_grad_norm"] = r.readout_bias;
   d["h0_grad_norm"] = r.h0;
   add_common(d, r);
+}
+
+py::dict rnn_report_dict(const RnnReport& r, int64_t steps) {
+  py::dict d;
+  add_recurrent(d, r, steps);
   add_forensics(d, r);
   return d;
 }
@@ -523,6 +530,66 @@ void check_3d(const CArray<T>& a, const char* name, int64_t steps, int64_t B, in
     throw std::invalid_argument(std::string(name) + ": expected shape (" + std::to_string(steps) +
                                 ", " + std::to_string(B) + ", " + std::to_string(F) + "), got " +
                                 shape_str(a));
+}
+
+// What the recurrent chains' forward and backward bindings share.
+template <class T>
+struct SeqArgs {
+  // x (T, B, I): its (T, B) (a bad shape throws)
+  template <class Cfg>
+  static std::pair<int64_t, int64_t> check_x(const CArray<T>& x, const Cfg& cfg) {
+    if (x.ndim() != 3 || x.shape(2) != cfg.input_size)
+      throw std::invalid_argument("x: expected shape (T, B, " + std::to_string(cfg.input_size) +
+                                  "), got " + shape_str(x));
+    return {x.shape(0), x.shape(1)};
+  }
+  // An optional state (B, H) (h0, c0): its data or null; `keep` holds the array.
+  static const T* state(py::object s, const char* name, int64_t H, int64_t B, CArray<T>& keep) {
+    if (s.is_none()) return nullptr;
+    keep = s.cast<CArray<T>>();
+    check_2d<T>(keep, name, H, B);
+    return keep.data();
+  }
+  // A new (d0, d1, d2) array and its data, or (None, null) when `make` is false.
+  static std::pair<py::object, T*> out(bool make, int64_t d0, int64_t d1, int64_t d2 = -1) {
+    if (!make) return {py::none(), nullptr};
+    std::vector<py::ssize_t> shp{py::ssize_t(d0), py::ssize_t(d1)};
+    if (d2 >= 0) shp.push_back(py::ssize_t(d2));
+    CArray<T> a(shp);
+    T* p = a.mutable_data();
+    return {py::object(std::move(a)), p};
+  }
+  // grad_hs (T, B, H) and grad_ys (T, B, K) of a backward call, checked against the saved
+  // pass's (T, B): None gives null.
+  CArray<T> gh, gy;
+  const T* ghp = nullptr;
+  const T* gyp = nullptr;
+  template <class Cfg>
+  SeqArgs(py::object grad_hs, py::object grad_ys, const Cfg& cfg, int64_t steps, int64_t B) {
+    if (!grad_hs.is_none()) {
+      gh = grad_hs.cast<CArray<T>>();
+      check_3d<T>(gh, "grad_hs", steps, B, cfg.hidden_size);
+      ghp = gh.data();
+    }
+    if (!grad_ys.is_none()) {
+      if (cfg.output_size == 0) throw std::invalid_argument("grad_ys: the model has no readout");
+      gy = grad_ys.cast<CArray<T>>();
+      check_3d<T>(gy, "grad_ys", steps, B, cfg.output_size);
+      gyp = gy.data();
+    }
+  }
+};
+
+// The recurrent chains' shared members: has_forward, the saved pass's shape, pass_bytes,
+// then bind_shared's tensors, views and clipping.
+template <class C, class T>
+void bind_recurrent(py::class_<C>& cls) {
+  cls.def_property_readonly("has_forward", &C::has_forward)
+      .def_property_readonly("forward_steps", &C::forward_steps)
+      .def_property_readonly("forward_batch", &C::forward_batch)
+      .def("pass_bytes", &C::pass_bytes, py::arg("steps"), py::arg("batch"),
+           "Bytes a pass over (steps, batch) would allocate now (workspace, packing scratch).");
+  bind_shared<C, T>(cls);
 }
 
 template <class T>
@@ -544,39 +611,20 @@ void bind_rnn(py::module_& m, const char* name) {
            py::arg("p0"), py::arg("p1"), py::arg("bias"))
       .def_readwrite("health_threshold", &C::health_threshold)
       .def_readwrite("forensics", &C::forensics)
-      .def_property_readonly("has_forward", &C::has_forward)
-      .def_property_readonly("forward_steps", &C::forward_steps)
-      .def_property_readonly("forward_batch", &C::forward_batch)
-      .def("pass_bytes", &C::pass_bytes, py::arg("steps"), py::arg("batch"),
-           "Bytes a pass over (steps, batch) would allocate now (workspace, packing scratch).")
       .def(
           "forward",
           [](C& c, const CArray<T>& x, py::object h0) {
+            using S = SeqArgs<T>;
             const auto& cfg = c.config();
-            if (x.ndim() != 3 || x.shape(2) != cfg.input_size)
-              throw std::invalid_argument("x: expected shape (T, B, " +
-                                          std::to_string(cfg.input_size) + "), got " +
-                                          shape_str(x));
-            const int64_t steps = x.shape(0), B = x.shape(1);
-            const T* h0p = nullptr;
+            const auto tb = S::check_x(x, cfg);
+            const int64_t steps = tb.first, B = tb.second;
             CArray<T> h0a;
-            if (!h0.is_none()) {
-              h0a = h0.cast<CArray<T>>();
-              check_2d<T>(h0a, "h0", cfg.hidden_size, B);
-              h0p = h0a.data();
-            }
-            CArray<T> hs({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.hidden_size)});
-            py::object ys = py::none();
-            T* yp = nullptr;
-            if (cfg.output_size > 0) {
-              CArray<T> ya({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.output_size)});
-              yp = ya.mutable_data();
-              ys = ya;
-            }
+            const T* h0p = S::state(h0, "h0", cfg.hidden_size, B, h0a);
+            auto [hs, hp] = S::out(true, steps, B, cfg.hidden_size);
+            auto [ys, yp] = S::out(cfg.output_size > 0, steps, B, cfg.output_size);
             const T* xp = x.data();
-            T* hp = hs.mutable_data();
             run_pass(&c, "forward", double(steps) * double(B) * double(c.num_params()),
-                     [&] { c.forward(xp, h0p, steps, B, hp, yp); });
+                     [&, hp = hp, yp = yp] { c.forward(xp, h0p, steps, B, hp, yp); });
             return py::make_tuple(hs, ys);
           },
           py::arg("x").noconvert(), py::arg("h0") = py::none())
@@ -584,34 +632,22 @@ void bind_rnn(py::module_& m, const char* name) {
           "backward",
           [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate, bool report) {
             if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
+            using S = SeqArgs<T>;
             const auto& cfg = c.config();
             const int64_t steps = c.forward_steps(), B = c.forward_batch();
-            CArray<T> gh, gy;
-            const T* ghp = nullptr;
-            const T* gyp = nullptr;
-            if (!grad_hs.is_none()) {
-              gh = grad_hs.cast<CArray<T>>();
-              check_3d<T>(gh, "grad_hs", steps, B, cfg.hidden_size);
-              ghp = gh.data();
-            }
-            if (!grad_ys.is_none()) {
-              if (cfg.output_size == 0) throw std::invalid_argument("grad_ys: the model has no readout");
-              gy = grad_ys.cast<CArray<T>>();
-              check_3d<T>(gy, "grad_ys", steps, B, cfg.output_size);
-              gyp = gy.data();
-            }
-            CArray<T> dx({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.input_size)});
-            CArray<T> dh0({py::ssize_t(B), py::ssize_t(cfg.hidden_size)});
-            T* dxp = dx.mutable_data();
-            T* dhp = dh0.mutable_data();
+            const S g(grad_hs, grad_ys, cfg, steps, B);
+            auto [dx, dxp] = S::out(true, steps, B, cfg.input_size);
+            auto [dh0, dhp] = S::out(true, B, cfg.hidden_size);
             RnnReport rep = run_pass(
                 &c, "backward", 2.0 * double(steps) * double(B) * double(c.num_params()),
-                [&] { return c.backward(ghp, gyp, dxp, dhp, accumulate, report); });
-            return py::make_tuple(rnn_report_dict(rep), dx, dh0);
+                [&, dxp = dxp, dhp = dhp] {
+                  return c.backward(g.ghp, g.gyp, dxp, dhp, accumulate, report);
+                });
+            return py::make_tuple(rnn_report_dict(rep, steps), dx, dh0);
           },
           py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
           py::arg("accumulate") = false, py::arg("report") = true);
-  bind_shared<C, T>(cls);
+  bind_recurrent<C, T>(cls);
 }
 
 // A (rows, cols) float64 array of a row-major vector.
@@ -623,8 +659,7 @@ py::array_t<double> mat(const std::vector<double>& v, int64_t rows, int64_t cols
 
 py::dict gated_report_dict(const GatedReport& r, int gates, int64_t steps) {
   py::dict d;
-  d["timestep_grad_norms"] = vec(r.timestep.empty() ? std::vector<double>(size_t(steps), 0.0)
-                                                    : r.timestep);
+  add_recurrent(d, r, steps);
   d["cell_grad_norms"] = vec(r.cell);
   d["gate_means"] = mat(r.gate_mean, gates, steps);
   d["gate_saturation"] = mat(r.gate_sat, gates, steps);
@@ -635,15 +670,7 @@ py::dict gated_report_dict(const GatedReport& r, int gates, int64_t steps) {
   d["weight_hh_gate_grad_norms"] = blocks(r.w_hh_gate);
   d["bias_ih_gate_grad_norms"] = blocks(r.b_ih_gate);
   d["bias_hh_gate_grad_norms"] = blocks(r.b_hh_gate);
-  d["weight_ih_grad_norm"] = r.weight_ih;
-  d["weight_hh_grad_norm"] = r.weight_hh;
-  d["bias_ih_grad_norm"] = r.bias_ih;
-  d["bias_hh_grad_norm"] = r.bias_hh;
-  d["readout_weight_grad_norm"] = r.readout_weight;
-  d["readout_bias_grad_norm"] = r.readout_bias;
-  d["h0_grad_norm"] = r.h0;
   d["c0_grad_norm"] = r.c0;
-  add_common(d, r);
   return d;
 }
 
@@ -666,55 +693,26 @@ void bind_gated(py::module_& m, const char* name) {
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("output_size"), py::arg("bias"))
       .def_property_readonly("gates", &C::gates)
-      .def_property_readonly("has_forward", &C::has_forward)
-      .def_property_readonly("forward_steps", &C::forward_steps)
-      .def_property_readonly("forward_batch", &C::forward_batch)
-      .def("pass_bytes", &C::pass_bytes, py::arg("steps"), py::arg("batch"),
-           "Bytes a pass over (steps, batch) would allocate now (workspace, packing scratch).")
       .def(
           "forward",
           [](C& c, const CArray<T>& x, py::object h0, py::object c0) {
+            using S = SeqArgs<T>;
             const auto& cfg = c.config();
             const bool lstm = cfg.cell == Cell::Lstm;
-            if (x.ndim() != 3 || x.shape(2) != cfg.input_size)
-              throw std::invalid_argument("x: expected shape (T, B, " +
-                                          std::to_string(cfg.input_size) + "), got " +
-                                          shape_str(x));
-            const int64_t steps = x.shape(0), B = x.shape(1);
-            const T* h0p = nullptr;
-            const T* c0p = nullptr;
+            const auto tb = S::check_x(x, cfg);
+            const int64_t steps = tb.first, B = tb.second;
             CArray<T> h0a, c0a;
-            if (!h0.is_none()) {
-              h0a = h0.cast<CArray<T>>();
-              check_2d<T>(h0a, "h0", cfg.hidden_size, B);
-              h0p = h0a.data();
-            }
-            if (!c0.is_none()) {
-              if (!lstm) throw std::invalid_argument("c0: a GRU has no cell state");
-              c0a = c0.cast<CArray<T>>();
-              check_2d<T>(c0a, "c0", cfg.hidden_size, B);
-              c0p = c0a.data();
-            }
-            const auto shp = std::vector<py::ssize_t>{py::ssize_t(steps), py::ssize_t(B),
-                                                      py::ssize_t(cfg.hidden_size)};
-            CArray<T> hs(shp);
-            py::object cs = py::none(), ys = py::none();
-            T* cp = nullptr;
-            T* yp = nullptr;
-            if (lstm) {
-              CArray<T> ca(shp);
-              cp = ca.mutable_data();
-              cs = ca;
-            }
-            if (cfg.output_size > 0) {
-              CArray<T> ya({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.output_size)});
-              yp = ya.mutable_data();
-              ys = ya;
-            }
+            const T* h0p = S::state(h0, "h0", cfg.hidden_size, B, h0a);
+            if (!c0.is_none() && !lstm) throw std::invalid_argument("c0: a GRU has no cell state");
+            const T* c0p = S::state(c0, "c0", cfg.hidden_size, B, c0a);
+            auto [hs, hp] = S::out(true, steps, B, cfg.hidden_size);
+            auto [cs, cp] = S::out(lstm, steps, B, cfg.hidden_size);
+            auto [ys, yp] = S::out(cfg.output_size > 0, steps, B, cfg.output_size);
             const T* xp = x.data();
-            T* hp = hs.mutable_data();
             run_pass(&c, "forward", double(steps) * double(B) * double(c.num_params()),
-                     [&] { c.forward(xp, h0p, c0p, steps, B, hp, cp, yp); });
+                     [&, hp = hp, cp = cp, yp = yp] {
+                       c.forward(xp, h0p, c0p, steps, B, hp, cp, yp);
+                     });
             return py::make_tuple(hs, cs, ys);
           },
           py::arg("x").noconvert(), py::arg("h0") = py::none(), py::arg("c0") = py::none())
@@ -722,42 +720,23 @@ void bind_gated(py::module_& m, const char* name) {
           "backward",
           [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate, bool report) {
             if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
+            using S = SeqArgs<T>;
             const auto& cfg = c.config();
-            const bool lstm = cfg.cell == Cell::Lstm;
             const int64_t steps = c.forward_steps(), B = c.forward_batch();
-            CArray<T> gh, gy;
-            const T* ghp = nullptr;
-            const T* gyp = nullptr;
-            if (!grad_hs.is_none()) {
-              gh = grad_hs.cast<CArray<T>>();
-              check_3d<T>(gh, "grad_hs", steps, B, cfg.hidden_size);
-              ghp = gh.data();
-            }
-            if (!grad_ys.is_none()) {
-              if (cfg.output_size == 0) throw std::invalid_argument("grad_ys: the model has no readout");
-              gy = grad_ys.cast<CArray<T>>();
-              check_3d<T>(gy, "grad_ys", steps, B, cfg.output_size);
-              gyp = gy.data();
-            }
-            CArray<T> dx({py::ssize_t(steps), py::ssize_t(B), py::ssize_t(cfg.input_size)});
-            CArray<T> dh0({py::ssize_t(B), py::ssize_t(cfg.hidden_size)});
-            py::object dc0 = py::none();
-            T* dcp = nullptr;
-            if (lstm) {
-              CArray<T> da({py::ssize_t(B), py::ssize_t(cfg.hidden_size)});
-              dcp = da.mutable_data();
-              dc0 = da;
-            }
-            T* dxp = dx.mutable_data();
-            T* dhp = dh0.mutable_data();
+            const S g(grad_hs, grad_ys, cfg, steps, B);
+            auto [dx, dxp] = S::out(true, steps, B, cfg.input_size);
+            auto [dh0, dhp] = S::out(true, B, cfg.hidden_size);
+            auto [dc0, dcp] = S::out(cfg.cell == Cell::Lstm, B, cfg.hidden_size);
             GatedReport rep = run_pass(
                 &c, "backward", 2.0 * double(steps) * double(B) * double(c.num_params()),
-                [&] { return c.backward(ghp, gyp, dxp, dhp, dcp, accumulate, report); });
+                [&, dxp = dxp, dhp = dhp, dcp = dcp] {
+                  return c.backward(g.ghp, g.gyp, dxp, dhp, dcp, accumulate, report);
+                });
             return py::make_tuple(gated_report_dict(rep, c.gates(), steps), dx, dh0, dc0);
           },
           py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
           py::arg("accumulate") = false, py::arg("report") = true);
-  bind_shared<C, T>(cls);
+  bind_recurrent<C, T>(cls);
 }
 
 // f, d = act(x), act'(x) through the active kernel table (tests measure accuracy per ISA).

@@ -27,70 +27,26 @@ namespace gradchain {
 
 using detail::gemm_block;
 
-namespace {
-// Rows per block of the time loops (a function of B only, never of the thread count).
-inline int64_t step_rows(int64_t B) { return B <= 16 ? 8 : 16; }
-// The per-step products run on the panel kernel with W_hh (G*H x H) packed once per
-// pass while it stays cache-sized (the RNN's bound: 512 x 512 values); above, OpenBLAS.
-inline bool panel_steps(int64_t GH, int64_t H) { return GH * H <= 512 * 512; }
+using recurrent::panel_steps;
+using recurrent::step_bwd_gemm;
+using recurrent::step_fwd_gemm;
+using recurrent::step_rows;
 
-// Forward step: C (rows x GH) (+)= A (rows x H) W_hh^T. Wp: W_hh^T packed (panel path) or
-// W_hh itself.
-template <class T>
-inline void step_fwd_gemm(const KernelTable<T>& K, bool panel, int64_t rows, int64_t GH,
-                          int64_t H, const T* A, const T* Wp, T* C, bool accumulate) {
-  if (panel)
-    K.gemm_panels(rows, GH, H, A, H, 1, Wp, C, GH, accumulate);
-  else
-    gemm(false, true, rows, GH, H, T(1), A, H, Wp, H, accumulate ? T(1) : T(0), C, GH);
-}
-// Backward step: C (rows x H) += A (rows x GH) W_hh. Wp: W_hh packed or W_hh itself.
-template <class T>
-inline void step_bwd_gemm(const KernelTable<T>& K, bool panel, int64_t rows, int64_t GH,
-                          int64_t H, const T* A, const T* Wp, T* C) {
-  if (panel)
-    K.gemm_panels(rows, H, GH, A, GH, 1, Wp, C, H, true);
-  else
-    gemm(false, false, rows, H, GH, T(1), A, GH, Wp, H, T(1), C, H);
+namespace {
+// The cell's gate count; refuses an unknown cell before anything is laid out.
+int checked_gates(Cell c) {
+  if (c != Cell::Lstm && c != Cell::Gru) throw std::invalid_argument("cell must be LSTM or GRU");
+  return cell_gates(c);
 }
 }  // namespace
 
-template <class T>
-std::string GatedChain<T>::describe() const {
-  return std::string(lstm() ? "an LSTM" : "a GRU") +
-         " with input_size=" + std::to_string(cfg_.input_size) +
-         ", hidden_size=" + std::to_string(cfg_.hidden_size) +
-         ", output_size=" + std::to_string(cfg_.output_size) + " (" +
-         (sizeof(T) == 4 ? "float32" : "float64") + ")";
-}
-
+// (4H x 2^22 at most: no tensor can overflow the offsets)
 template <class T>
 GatedChain<T>::GatedChain(GatedConfig cfg)
-    : ChainBase<T>([this] { return describe(); }, false), cfg_(cfg), G_(cell_gates(cfg.cell)) {
-  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
-  const int64_t lim = int64_t(1) << 22;
-  if (cfg_.cell != Cell::Lstm && cfg_.cell != Cell::Gru)
-    throw std::invalid_argument("cell must be LSTM or GRU");
-  if (I < 1 || I > lim) throw std::invalid_argument("input_size must be in [1, 2^22]");
-  if (H < 1 || H > lim) throw std::invalid_argument("hidden_size must be in [1, 2^22]");
-  if (K < 0 || K > lim) throw std::invalid_argument("output_size must be in [0, 2^22]");
-  // (4H x 2^22 at most: no tensor can overflow the offsets)
-  const int64_t GH = G_ * H;
-  auto add = [this](const char* name, std::vector<int64_t> shape) {
-    return this->add_tensor(name, std::move(shape), 0);
-  };
-  w_ih_ = add("weight_ih_l0", {GH, I});
-  w_hh_ = add("weight_hh_l0", {GH, H});
-  if (cfg_.bias) {
-    b_ih_ = add("bias_ih_l0", {GH});
-    b_hh_ = add("bias_hh_l0", {GH});
-  }
-  if (K > 0) {
-    w_out_ = add("readout.weight", {K, H});
-    if (cfg_.bias) b_out_ = add("readout.bias", {K});
-  }
-  this->allocate_tensors("the parameters and gradients of");
-}
+    : RecurrentChain<T>(cfg.cell == Cell::Lstm ? "an LSTM" : "a GRU", checked_gates(cfg.cell),
+                        cfg.input_size, cfg.hidden_size, cfg.output_size, cfg.bias, 22),
+      cfg_(cfg),
+      G_(cell_gates(cfg.cell)) {}
 
 template <class T>
 int64_t GatedChain<T>::workspace_values(int64_t steps, int64_t B) const {
@@ -123,49 +79,25 @@ int64_t GatedChain<T>::stat_values(int64_t steps, int64_t B) const {
 }
 
 template <class T>
-int64_t GatedChain<T>::slot_values(int64_t steps, int64_t B) const {
-  // panel GEMM slots: inner dimensions I, G*H, K (or T*B for the weight gradients), packed
-  // widths up to max(I, G*H, K)
-  const int64_t I = cfg_.input_size, GH = G_ * cfg_.hidden_size, K = cfg_.output_size;
-  int64_t maxk = I > GH ? I : GH, maxn = maxk;
-  if (K > maxk) maxk = maxn = K;
-  if (steps * B > maxk) maxk = steps * B;
-  return detail::pack_slot<T>(maxk, maxn);
-}
-
-template <class T>
 int64_t GatedChain<T>::pass_bytes(int64_t steps, int64_t B) const {
   if (steps < 1 || B < 1 || steps > kBlasIntMax / B) return 0;  // refused before allocating
-  int64_t need = 0;
-  if (steps != T_ || B != B_) {
-    const int64_t fresh = workspace_values(steps, B) * int64_t(sizeof(T)) +
-                          (part_values(steps, B) + stat_values(steps, B)) *
-                              int64_t(sizeof(double));
-    const int64_t held = ws_.size() * int64_t(sizeof(T)) +
-                         (part_.size() + int64_t(fstat_.size() + bss_.size())) *
-                             int64_t(sizeof(double));
-    need = fresh > held ? fresh - held : 0;
-  }
-  const int64_t GH = G_ * cfg_.hidden_size;
-  return need + detail::pack_scratch_bytes(pack_, slot_values(steps, B),
-                                           max_threads_for(steps * B * GH * 4));
+  const int64_t fresh = workspace_values(steps, B) * int64_t(sizeof(T)) +
+                        (part_values(steps, B) + stat_values(steps, B)) * int64_t(sizeof(double));
+  const int64_t held = ws_.size() * int64_t(sizeof(T)) +
+                       (part_.size() + int64_t(fstat_.size() + bss_.size())) *
+                           int64_t(sizeof(double));
+  return this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
+                              steps * B * GH_ * 4);
 }
 
 template <class T>
 void GatedChain<T>::plan(int64_t steps, int64_t B) {
   if (steps == T_ && B == B_) return;
-  if (steps > kBlasIntMax / B)  // the merged GEMMs run over all T*B rows
-    throw std::invalid_argument("T*B = " + std::to_string(steps) + "*" + std::to_string(B) +
-                                " rows exceed the BLAS's 32-bit limit (2^31-1)");
-  has_forward_ = false;
-  T_ = B_ = 0;
+  this->begin_plan(steps, B);
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size, GH = G_ * H;
   const int64_t BH = B * H, TBH = steps * BH;
   const int64_t total = workspace_values(steps, B);
   const int64_t nrb = ceil_div(B, step_rows(B));
-  // the old workspace goes first: the peak is the new one, not old + new
-  ws_ = Buffer<T>();
-  part_ = Buffer<double>();
   fstat_.clear();
   fstat_.shrink_to_fit();
   bss_.clear();
@@ -176,13 +108,10 @@ void GatedChain<T>::plan(int64_t steps, int64_t B) {
     fstat_.assign(size_t(steps * nrb * (2 * G_ + 1)), 0.0);
     bss_.assign(size_t(steps * nrb * 2), 0.0);
   } catch (const std::bad_alloc&) {
-    ws_ = Buffer<T>();
-    part_ = Buffer<double>();
-    throw AllocError(alloc_message(
-        "the workspace for a sequence of T=" + std::to_string(steps) + " steps, batch " +
-            std::to_string(B) + " of " + describe(),
-        double(total) * double(sizeof(T)) +
-            double(part_values(steps, B) + stat_values(steps, B)) * double(sizeof(double))));
+    this->plan_failed(steps, B,
+                      double(total) * double(sizeof(T)) +
+                          double(part_values(steps, B) + stat_values(steps, B)) *
+                              double(sizeof(double)));
   }
   int64_t wp = H * detail::panel_round<T>(GH);
   const int64_t wb = GH * detail::panel_round<T>(H);
@@ -207,7 +136,7 @@ void GatedChain<T>::plan(int64_t steps, int64_t B) {
     CS_ = TC_ = DC_ = nullptr;
   }
   nrb_ = nrb;
-  pack_slot_ = slot_values(steps, B);
+  pack_slot_ = this->slot_for(steps, B);
   T_ = steps;
   B_ = B;
 }
@@ -215,25 +144,6 @@ void GatedChain<T>::plan(int64_t steps, int64_t B) {
 // ---------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------
-// y = h W_out^T + b_out over all T*B rows, with the bias pass's non-finite check per row
-// block in part_. Called by every thread of a region (orphaned work-sharing loops).
-template <class T>
-void GatedChain<T>::readout_forward(T* ys) {
-  const auto& Kt = kernels<T>();
-  const int64_t H = cfg_.hidden_size, K = cfg_.output_size, TB = T_ * B_;
-  const GemmSplit go = gemm_split(TB, K, H);
-#pragma omp for schedule(static)
-  for (int64_t blk = 0; blk < go.count; ++blk)
-    if (!stopping())
-      gemm_block(go, blk, false, true, TB, K, H, HS_ + B_ * H, H, params_.data() + w_out_, H,
-                 T(0), ys, K, packs());
-  const T* bo = b_out_ >= 0 ? params_.data() + b_out_ : nullptr;
-  const int64_t nrb_all = ceil_div(TB, kRowBlock);
-#pragma omp for schedule(static)
-  for (int64_t rb = 0; rb < nrb_all; ++rb)
-    part_.data()[rb] = Kt.add_bias(ys + rb * kRowBlock * K, bo, rows_in_block(rb, TB), K);
-}
-
 template <class T>
 void GatedChain<T>::forward(const T* x, const T* h0, const T* c0, int64_t steps, int64_t B,
                             T* hs, T* cs, T* ys) {
@@ -249,11 +159,7 @@ void GatedChain<T>::forward(const T* x, const T* h0, const T* c0, int64_t steps,
   const T* W_ih = params_.data() + w_ih_;
   const T* W_hh = params_.data() + w_hh_;
   const bool is_lstm = lstm();
-  std::memcpy(X_, x, size_t(TB * I) * sizeof(T));
-  if (h0)
-    std::memcpy(HS_, h0, size_t(BH) * sizeof(T));
-  else
-    std::memset(HS_, 0, size_t(BH) * sizeof(T));
+  this->load_inputs(x, h0, steps, B);
   if (is_lstm) {
     if (c0)
       std::memcpy(CS_, c0, size_t(BH) * sizeof(T));
@@ -281,7 +187,6 @@ void GatedChain<T>::forward(const T* x, const T* h0, const T* c0, int64_t steps,
   GovernedRegion region(cap);
   const int nt = region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
-  const int64_t nrb_all = ceil_div(TB, kRowBlock);
   stop_ = cancel_flag();  // cancelled: as in rnn.cpp (each thread skips its remaining work)
 
 #pragma omp parallel num_threads(nt)
@@ -318,24 +223,12 @@ void GatedChain<T>::forward(const T* x, const T* h0, const T* c0, int64_t steps,
         }
       }
     }
-    if (K > 0) readout_forward(ys);
+    if (K > 0) this->readout_forward(ys);
     region.leave();
   }
   region.done();
   if (stopping()) throw Cancelled();  // has_forward_ stays false
-  fwd_nonfinite_ = -1;
-  for (int64_t t = 1; t <= steps && fwd_nonfinite_ < 0; ++t)
-    for (int64_t rb = 0; rb < nrb_; ++rb)
-      if (std::isnan(fstat_[size_t(((t - 1) * nrb_ + rb) * ns + 2 * G_)])) {
-        fwd_nonfinite_ = int(t);
-        break;
-      }
-  if (K > 0 && fwd_nonfinite_ < 0)
-    for (int64_t rb = 0; rb < nrb_all; ++rb)
-      if (std::isnan(part_.data()[rb])) {
-        fwd_nonfinite_ = int(steps + 1);
-        break;
-      }
+  fwd_nonfinite_ = this->scan_forward(fstat_.data() + 2 * G_, ns);
   std::memcpy(hs, HS_ + BH, size_t(TB * H) * sizeof(T));
   if (cs && is_lstm) std::memcpy(cs, CS_ + BH, size_t(TB * H) * sizeof(T));
   has_forward_ = true;
@@ -353,7 +246,6 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
   const int64_t GH = G_ * H, steps = T_, B = B_, BH = B * H, BG = B * GH, TB = steps * B;
   const int64_t ns = 2 * G_ + 1;
-  const T* W_ih = params_.data() + w_ih_;
   const T* W_hh = params_.data() + w_hh_;
   T* grads = grads_.data();
   const bool is_lstm = lstm();
@@ -361,7 +253,6 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
   GovernedRegion region(work_threads(TB * GH * 2));
   const int nt = region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
-  const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool readout = K > 0 && grad_ys != nullptr;
   double* part = part_.data();
   const int64_t pw = is_lstm ? GH : 2 * GH;  // bias partials per row block
@@ -370,11 +261,7 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
   double ss_w_out = 0, ss_b_out = 0;
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
-  if (grad_hs)
-    std::memcpy(G_t_ + BH, grad_hs, size_t(TB * H) * sizeof(T));
-  else
-    std::memset(G_t_ + BH, 0, size_t(TB * H) * sizeof(T));
-  std::memset(G_t_, 0, size_t(BH) * sizeof(T));
+  this->load_grad_hs(grad_hs, G_t_);
   // op(B) = W_hh (G*H x H) for G_{t-1} += dz_t W_hh: packed once for all steps
   const bool panel = panel_steps(GH, H);
   const T* Wp = W_hh;
@@ -386,43 +273,8 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
 #pragma omp parallel num_threads(nt)
   {
     region.enter();
-    if (K > 0) {
-      T* dWo = grads + w_out_;
-      if (readout) {
-        // dW_out = gy^T h (K x H over all T*B rows), G += gy W_out
-        const GemmSplit sw = gemm_split(K, H, TB);
-        const GemmSplit sg = gemm_split(TB, H, K);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < sw.count + sg.count; ++i) {
-          if (stopping()) continue;
-          if (i < sw.count)
-            gemm_block(sw, i, true, false, K, H, TB, grad_ys, K, HS_ + BH, H,
-                       accumulate ? T(1) : T(0), dWo, H, packs());
-          else
-            gemm_block(sg, i - sw.count, false, false, TB, H, K, grad_ys, K,
-                       params_.data() + w_out_, H, T(1), G_t_ + BH, H, packs());
-        }
-        if (b_out_ >= 0) {
-#pragma omp for schedule(static)
-          for (int64_t rb = 0; rb < nrb_all; ++rb) {
-            std::memset(part + rb * K, 0, size_t(K) * sizeof(double));
-            Kt.col_sum(grad_ys + rb * kRowBlock * K, rows_in_block(rb, TB), K, part + rb * K);
-          }
-#pragma omp single
-          ss_b_out = reduce_store(part, nrb_all, K, grads + b_out_, accumulate);
-        }
-      } else {
-#pragma omp single
-        {  // no readout gradient: its parameters get zero (or keep theirs when accumulating)
-          if (!accumulate) {
-            std::memset(dWo, 0, size_t(K * H) * sizeof(T));
-            if (b_out_ >= 0) std::memset(grads + b_out_, 0, size_t(K) * sizeof(T));
-          }
-          ss_w_out = Kt.sumsq(dWo, K * H);
-          if (b_out_ >= 0) ss_b_out = Kt.sumsq(grads + b_out_, K);
-        }
-      }
-    }
+    if (K > 0) this->readout_backward(readout ? grad_ys : nullptr, G_t_, accumulate, ss_w_out,
+                                      ss_b_out);
 
     // The recurrent chain, each thread on its own rows, t = T..1: the fused gate pass
     // (dz, the bias partials, the sums of squares of the total dL/dh_t and dL/dc_t), then
@@ -454,23 +306,7 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
 
     // Merged over all T*B rows: dW_ih = dz^T x, dW_hh = dz_h^T h_{t-1}, dx = dz W_ih.
     const T* DH = is_lstm ? DZ_ : DHB_;
-    const GemmSplit s1 = gemm_split(GH, I, TB);
-    const GemmSplit s2 = gemm_split(GH, H, TB);
-    const GemmSplit s3 = gemm_split(TB, I, GH);
-    const T beta = accumulate ? T(1) : T(0);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < s1.count + s2.count + (dx ? s3.count : 0); ++i) {
-      if (stopping()) continue;
-      if (i < s1.count)
-        gemm_block(s1, i, true, false, GH, I, TB, DZ_, GH, X_, I, beta, grads + w_ih_, I,
-                   packs());
-      else if (i < s1.count + s2.count)
-        gemm_block(s2, i - s1.count, true, false, GH, H, TB, DH, GH, HS_, H, beta,
-                   grads + w_hh_, H, packs());
-      else
-        gemm_block(s3, i - s1.count - s2.count, false, false, TB, I, GH, DZ_, GH, W_ih, I,
-                   T(0), dx, I, packs());
-    }
+    this->weight_grads(DZ_, DH, dx, accumulate);
 #pragma omp single
     if (cfg_.bias) {  // the bias gradients: row-block partials summed in block order
       // LSTM: db_ih = db_hh = sum of dz; GRU: the input and recurrent sides apart
@@ -562,16 +398,7 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
     rep.readout_weight = norm_from_sumsq(grads + w_out_, K * H, ss_w_out);
     if (b_out_ >= 0) rep.readout_bias = norm_from_sumsq(grads + b_out_, K, ss_b_out);
   }
-  std::vector<double> all = {rep.weight_ih, rep.weight_hh};
-  if (cfg_.bias) {
-    all.push_back(rep.bias_ih);
-    all.push_back(rep.bias_hh);
-  }
-  if (K > 0) {
-    all.push_back(rep.readout_weight);
-    if (b_out_ >= 0) all.push_back(rep.readout_bias);
-  }
-  rep.global_norm = combine_norms(all);
+  this->finish_global_norm(rep);
   return rep;
 }
 

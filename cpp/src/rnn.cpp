@@ -26,13 +26,13 @@ namespace gradchain {
 
 using detail::gemm_block;
 
+using recurrent::step_rows;
+
 namespace {
-// Rows per block of the time loops (a function of B only, never of the thread count).
-inline int64_t step_rows(int64_t B) { return B <= 16 ? 8 : 16; }
-// The per-step products run on gradchain's panel kernel with the recurrent weight packed
-// once per pass (see KernelTable::gemm_panels) while the packed matrix stays cache-sized;
-// above that, OpenBLAS on the plain matrix.
-inline bool panel_steps(int64_t H) { return H <= 512; }
+// The per-step products (recurrent.h) run on gradchain's panel kernel with the recurrent
+// weight packed once per pass (see KernelTable::gemm_panels) while the packed matrix stays
+// cache-sized (H <= 512); above that, OpenBLAS on the plain matrix.
+inline bool panel_steps(int64_t H) { return recurrent::panel_steps(H, H); }
 // Prefetching the next step's rows pays on narrow hidden sizes only (measured).
 inline bool prefetch_pays(int64_t H) { return H <= 128 && H % 64 == 0; }
 // Touch the next step's rows (rows x H values at p) ahead of time: the time loop walks
@@ -51,45 +51,16 @@ inline void prefetch_rows(const T* p, int64_t n, bool write) {
 template <class T>
 inline void step_gemm(const KernelTable<T>& K, int64_t rows, int64_t H, const T* A, const T* Wp,
                       T* C) {
-  if (panel_steps(H))
-    K.gemm_panels(rows, H, H, A, H, 1, Wp, C, H, true);
-  else
-    gemm(false, false, rows, H, H, T(1), A, H, Wp, H, T(1), C, H);
+  recurrent::step_bwd_gemm(K, panel_steps(H), rows, H, H, A, Wp, C);
 }
 }  // namespace
 
-template <class T>
-std::string RnnChain<T>::describe() const {
-  return "an RNN with input_size=" + std::to_string(cfg_.input_size) +
-         ", hidden_size=" + std::to_string(cfg_.hidden_size) +
-         ", output_size=" + std::to_string(cfg_.output_size) + " (" +
-         (sizeof(T) == 4 ? "float32" : "float64") + ")";
-}
-
+// (shapes up to 2^24 x 2^24: no tensor can overflow the offsets)
 template <class T>
 RnnChain<T>::RnnChain(RnnConfig cfg)
-    : ChainBase<T>([this] { return describe(); }, false), cfg_(cfg) {
-  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
-  const int64_t lim = int64_t(1) << 24;
-  if (I < 1 || I > lim) throw std::invalid_argument("input_size must be in [1, 2^24]");
-  if (H < 1 || H > lim) throw std::invalid_argument("hidden_size must be in [1, 2^24]");
-  if (K < 0 || K > lim) throw std::invalid_argument("output_size must be in [0, 2^24]");
-  // (shapes up to 2^24 x 2^24: no tensor can overflow the offsets)
-  auto add = [this](const char* name, std::vector<int64_t> shape) {
-    return this->add_tensor(name, std::move(shape), 0);
-  };
-  w_ih_ = add("weight_ih_l0", {H, I});
-  w_hh_ = add("weight_hh_l0", {H, H});
-  if (cfg_.bias) {
-    b_ih_ = add("bias_ih_l0", {H});
-    b_hh_ = add("bias_hh_l0", {H});
-  }
-  if (K > 0) {
-    w_out_ = add("readout.weight", {K, H});
-    if (cfg_.bias) b_out_ = add("readout.bias", {K});
-  }
-  this->allocate_tensors("the parameters and gradients of");
-}
+    : RecurrentChain<T>("an RNN", 1, cfg.input_size, cfg.hidden_size, cfg.output_size,
+                        cfg.bias, 24),
+      cfg_(cfg) {}
 
 template <class T>
 int64_t RnnChain<T>::workspace_values(int64_t steps, int64_t B) const {
@@ -114,48 +85,24 @@ int64_t RnnChain<T>::blk_values(int64_t steps, int64_t B) const {
 }
 
 template <class T>
-int64_t RnnChain<T>::slot_values(int64_t steps, int64_t B) const {
-  // panel GEMM slots: inner dimensions I, H, K (or T*B for the weight gradients), packed
-  // widths up to max(I, H, K)
-  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
-  int64_t maxk = I > H ? I : H, maxn = maxk;
-  if (K > maxk) maxk = maxn = K;
-  if (steps * B > maxk) maxk = steps * B;
-  return detail::pack_slot<T>(maxk, maxn);
-}
-
-template <class T>
 int64_t RnnChain<T>::pass_bytes(int64_t steps, int64_t B) const {
   if (steps < 1 || B < 1 || steps > kBlasIntMax / B) return 0;  // refused before allocating
-  int64_t need = 0;
-  if (steps != T_ || B != B_) {
-    const int64_t fresh = workspace_values(steps, B) * int64_t(sizeof(T)) +
-                          (part_values(steps, B) + blk_values(steps, B)) *
-                              int64_t(sizeof(double));
-    const int64_t held = ws_.size() * int64_t(sizeof(T)) +
-                         (part_.size() + int64_t(blk_.size() + hcnt_.size() + fabs_.size())) *
-                             int64_t(sizeof(double));
-    need = fresh > held ? fresh - held : 0;
-  }
-  const int64_t H = cfg_.hidden_size;
-  return need + detail::pack_scratch_bytes(pack_, slot_values(steps, B),
-                                           max_threads_for(steps * B * H * 4));
+  const int64_t fresh = workspace_values(steps, B) * int64_t(sizeof(T)) +
+                        (part_values(steps, B) + blk_values(steps, B)) * int64_t(sizeof(double));
+  const int64_t held = ws_.size() * int64_t(sizeof(T)) +
+                       (part_.size() + int64_t(blk_.size() + hcnt_.size() + fabs_.size())) *
+                           int64_t(sizeof(double));
+  return this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
+                              steps * B * H_ * 4);
 }
 
 template <class T>
 void RnnChain<T>::plan(int64_t steps, int64_t B) {
   if (steps == T_ && B == B_) return;
-  if (steps > kBlasIntMax / B)  // the merged GEMMs run over all T*B rows
-    throw std::invalid_argument("T*B = " + std::to_string(steps) + "*" + std::to_string(B) +
-                                " rows exceed the BLAS's 32-bit limit (2^31-1)");
-  has_forward_ = false;
-  T_ = B_ = 0;
+  this->begin_plan(steps, B);
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size;
   const int64_t wp = H * detail::panel_round<T>(H);
   const int64_t total = workspace_values(steps, B);
-  // the old workspace goes first: the peak is the new one, not old + new
-  ws_ = Buffer<T>();
-  part_ = Buffer<double>();
   try {
     ws_ = Buffer<T>(total);
     part_ = Buffer<double>(part_values(steps, B));
@@ -164,13 +111,10 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
     hcnt_.assign(size_t(3 * steps * nrb), 0.0);
     fabs_.assign(size_t(steps * nrb), 0.0);
   } catch (const std::bad_alloc&) {
-    ws_ = Buffer<T>();
-    part_ = Buffer<double>();
-    throw AllocError(alloc_message(
-        "the workspace for a sequence of T=" + std::to_string(steps) + " steps, batch " +
-            std::to_string(B) + " of " + describe(),
-        double(total) * double(sizeof(T)) +
-            double(part_values(steps, B) + blk_values(steps, B)) * double(sizeof(double))));
+    this->plan_failed(steps, B,
+                      double(total) * double(sizeof(T)) +
+                          double(part_values(steps, B) + blk_values(steps, B)) *
+                              double(sizeof(double)));
   }
   WorkspaceCarver<T> ws(ws_.data());
   X_ = ws.take(steps * B * I);
@@ -182,7 +126,7 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   WT_ = ws.take(wp);
   nrb_ = ceil_div(B, step_rows(B));
   HD_ = ws.take(steps * nrb_ * H);
-  pack_slot_ = slot_values(steps, B);
+  pack_slot_ = this->slot_for(steps, B);
   T_ = steps;
   B_ = B;
 }
@@ -190,25 +134,6 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
 // ---------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------
-// y = h W_out^T + b_out over all T*B rows, with the bias pass's non-finite check per row
-// block in part_. Called by every thread of a region (orphaned work-sharing loops).
-template <class T>
-void RnnChain<T>::readout_forward(T* ys) {
-  const auto& Kt = kernels<T>();
-  const int64_t H = cfg_.hidden_size, K = cfg_.output_size, TB = T_ * B_;
-  const GemmSplit go = gemm_split(TB, K, H);
-#pragma omp for schedule(static)
-  for (int64_t blk = 0; blk < go.count; ++blk)
-    if (!stopping())  // cancelled: skip the rest (the pass will be thrown away)
-      gemm_block(go, blk, false, true, TB, K, H, HS_ + B_ * H, H, params_.data() + w_out_, H,
-                 T(0), ys, K, packs());
-  const T* bo = b_out_ >= 0 ? params_.data() + b_out_ : nullptr;
-  const int64_t nrb_all = ceil_div(TB, kRowBlock);
-#pragma omp for schedule(static)
-  for (int64_t rb = 0; rb < nrb_all; ++rb)
-    part_.data()[rb] = Kt.add_bias(ys + rb * kRowBlock * K, bo, rows_in_block(rb, TB), K);
-}
-
 // The time loop with a custom activation (serial, outside any OpenMP region: the callback
 // takes the GIL and may throw). The recurrent products use the same row blocks and kernels
 // as the built-in loop, so z_t is bitwise the one the built-in path would see; then
@@ -257,11 +182,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
   const int64_t BH = B * H, TB = steps * B;
   const T* W_ih = params_.data() + w_ih_;
   const T* W_hh = params_.data() + w_hh_;
-  std::memcpy(X_, x, size_t(TB * I) * sizeof(T));
-  if (h0)
-    std::memcpy(HS_, h0, size_t(BH) * sizeof(T));
-  else
-    std::memset(HS_, 0, size_t(BH) * sizeof(T));
+  this->load_inputs(x, h0, steps, B);
   for (int64_t c = 0; c < H; ++c)
     bias_[c] = cfg_.bias ? T(params_.data()[b_ih_ + c] + params_.data()[b_hh_ + c]) : T(0);
   if (panel_steps(H))  // op(B) = W_hh^T, packed once for all steps
@@ -280,7 +201,6 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
   GovernedRegion region(custom ? 1 : cap);
   const int nt = custom ? pass_threads(cap) : region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
-  const int64_t nrb_all = ceil_div(TB, kRowBlock);
   // Cancelled (cancel.h): each thread skips its remaining GEMM blocks and time steps (no
   // loop below has a barrier inside), and the pass throws after the region.
   stop_ = cancel_flag();
@@ -314,7 +234,7 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
             Kt.fwd_plain(at, zt, zt, D_ + (t - 1) * BH + r0 * H, rows, H);
       }
     }
-    if (K > 0 && !custom) readout_forward(ys);
+    if (K > 0 && !custom) this->readout_forward(ys);
     region.leave();
   }
   region.done();
@@ -322,24 +242,12 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
     custom_steps();  // may throw (the callback's error): has_forward_ stays false
     if (K > 0) {
 #pragma omp parallel num_threads(nt)
-      readout_forward(ys);
+      this->readout_forward(ys);
     }
   }
   if (stopping()) throw Cancelled();  // has_forward_ stays false
-  fwd_nonfinite_ = -1;
   fwd_stage_ = NonfiniteStage::None;
-  for (int64_t t = 1; t <= steps && fwd_nonfinite_ < 0; ++t)
-    for (int64_t rb = 0; rb < nrb_; ++rb)
-      if (std::isnan(blk_[size_t((t - 1) * nrb_ + rb)])) {
-        fwd_nonfinite_ = int(t);
-        break;
-      }
-  if (K > 0 && fwd_nonfinite_ < 0)
-    for (int64_t rb = 0; rb < nrb_all; ++rb)
-      if (std::isnan(part_.data()[rb])) {
-        fwd_nonfinite_ = int(steps + 1);
-        break;
-      }
+  fwd_nonfinite_ = this->scan_forward(blk_.data(), 1);
   if (fwd_nonfinite_ > 0 && forensics) fwd_stage_ = diagnose_forward(fwd_nonfinite_);
   std::memcpy(hs, HS_ + BH, size_t(TB * H) * sizeof(T));
   has_forward_ = true;
@@ -356,7 +264,6 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   const auto& Kt = kernels<T>();
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
   const int64_t steps = T_, B = B_, BH = B * H, TB = steps * B;
-  const T* W_ih = params_.data() + w_ih_;
   const T* W_hh = params_.data() + w_hh_;
   T* grads = grads_.data();
   const bool select = act_selects(cfg_.act.kind);  // the activation's kink rule
@@ -365,7 +272,6 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   GovernedRegion region(work_threads(TB * H * 4));
   const int nt = region.threads();
   pack_base_ = detail::pack_scratch(pack_, pack_slot_, nt);
-  const int64_t nrb_all = ceil_div(TB, kRowBlock);
   const bool readout = K > 0 && grad_ys != nullptr;
   double* part = part_.data();
   const bool health = report && forensics;
@@ -376,11 +282,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   double ss_w_ih = 0, ss_w_hh = 0, ss_w_out = 0, ss_b = 0, ss_b_out = 0;
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
-  if (grad_hs)
-    std::memcpy(G_ + BH, grad_hs, size_t(TB * H) * sizeof(T));
-  else
-    std::memset(G_ + BH, 0, size_t(TB * H) * sizeof(T));
-  std::memset(G_, 0, size_t(BH) * sizeof(T));
+  this->load_grad_hs(grad_hs, G_);
   // op(B) = W_hh for G_{t-1} += dz_t W_hh: packed once for all steps (the buffer held
   // W_hh^T for the forward steps; the next forward packs it again)
   const T* Wp = W_hh;
@@ -392,44 +294,8 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
 #pragma omp parallel num_threads(nt)
   {
     region.enter();
-    if (K > 0) {
-      T* dWo = grads + w_out_;
-      if (readout) {
-        // dW_out = gy^T h (K x H over all T*B rows), G += gy W_out
-        const GemmSplit sw = gemm_split(K, H, TB);
-        const GemmSplit sg = gemm_split(TB, H, K);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < sw.count + sg.count; ++i) {
-          if (stopping()) continue;
-          if (i < sw.count)
-            gemm_block(sw, i, true, false, K, H, TB, grad_ys, K, HS_ + BH, H,
-                       accumulate ? T(1) : T(0), dWo, H, packs());
-          else
-            gemm_block(sg, i - sw.count, false, false, TB, H, K, grad_ys, K,
-                       params_.data() + w_out_, H, T(1), G_ + BH, H,
-                       packs());
-        }
-        if (b_out_ >= 0) {
-#pragma omp for schedule(static)
-          for (int64_t rb = 0; rb < nrb_all; ++rb) {
-            std::memset(part + rb * K, 0, size_t(K) * sizeof(double));
-            Kt.col_sum(grad_ys + rb * kRowBlock * K, rows_in_block(rb, TB), K, part + rb * K);
-          }
-#pragma omp single
-          ss_b_out = reduce_store(part, nrb_all, K, grads + b_out_, accumulate);
-        }
-      } else {
-#pragma omp single
-        {  // no readout gradient: its parameters get zero (or keep theirs when accumulating)
-          if (!accumulate) {
-            std::memset(dWo, 0, size_t(K * H) * sizeof(T));
-            if (b_out_ >= 0) std::memset(grads + b_out_, 0, size_t(K) * sizeof(T));
-          }
-          ss_w_out = Kt.sumsq(dWo, K * H);
-          if (b_out_ >= 0) ss_b_out = Kt.sumsq(grads + b_out_, K);
-        }
-      }
-    }
+    if (K > 0) this->readout_backward(readout ? grad_ys : nullptr, G_, accumulate, ss_w_out,
+                                      ss_b_out);
 
     // The recurrent chain, each thread on its own rows, t = T..1:
     //   dz_t = G_t * act'(z_t) (G_t is the total dL/dh_t: its sum of squares is the report's);
@@ -465,23 +331,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
     }
 
     // Merged over all T*B rows: dW_ih = dz^T x, dW_hh = dz^T h_{t-1}, dx = dz W_ih.
-    const GemmSplit s1 = gemm_split(H, I, TB);
-    const GemmSplit s2 = gemm_split(H, H, TB);
-    const GemmSplit s3 = gemm_split(TB, I, H);
-    const T beta = accumulate ? T(1) : T(0);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < s1.count + s2.count + (dx ? s3.count : 0); ++i) {
-      if (stopping()) continue;
-      if (i < s1.count)
-        gemm_block(s1, i, true, false, H, I, TB, DZ_, H, X_, I, beta, grads + w_ih_, I,
-                   packs());
-      else if (i < s1.count + s2.count)
-        gemm_block(s2, i - s1.count, true, false, H, H, TB, DZ_, H, HS_, H, beta, grads + w_hh_,
-                   H, packs());
-      else
-        gemm_block(s3, i - s1.count - s2.count, false, false, TB, I, H, DZ_, H, W_ih, I, T(0), dx,
-                   I, packs());
-    }
+    this->weight_grads(DZ_, DZ_, dx, accumulate);
 #pragma omp sections
     {
 #pragma omp section
@@ -533,16 +383,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
     rep.readout_weight = norm_from_sumsq(grads + w_out_, K * H, ss_w_out);
     if (b_out_ >= 0) rep.readout_bias = norm_from_sumsq(grads + b_out_, K, ss_b_out);
   }
-  std::vector<double> all = {rep.weight_ih, rep.weight_hh};
-  if (cfg_.bias) {
-    all.push_back(rep.bias_ih);
-    all.push_back(rep.bias_hh);
-  }
-  if (K > 0) {
-    all.push_back(rep.readout_weight);
-    if (b_out_ >= 0) all.push_back(rep.readout_bias);
-  }
-  rep.global_norm = combine_norms(all);
+  this->finish_global_norm(rep);
   rep.forward_first_nonfinite = fwd_nonfinite_;
   rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
   if (health) fill_health(rep);

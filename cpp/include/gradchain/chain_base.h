@@ -72,6 +72,22 @@ struct PackScratch {
   int64_t slot = 0;
 };
 
+// The protected names of ChainBase in a driver that derives from it (a class template's
+// base is dependent: its names need a using-declaration). Base: the driver's alias of it.
+#define GRADCHAIN_CHAIN_BASE_NAMES(Base)                                                  \
+  using Base::buffers_;                                                                   \
+  using Base::custom_;                                                                    \
+  using Base::grads_;                                                                     \
+  using Base::has_forward_;                                                               \
+  using Base::mu_;                                                                        \
+  using Base::pack_;                                                                      \
+  using Base::pack_base_;                                                                 \
+  using Base::pack_slot_;                                                                 \
+  using Base::packs;                                                                      \
+  using Base::params_;                                                                    \
+  using Base::stop_;                                                                      \
+  using Base::stopping
+
 // The shared part of a chain: the flat parameter, gradient and buffer store with its named
 // views (built by add_tensor, allocated by allocate_tensors), the lock every pass holds, the
 // custom activation's callback, whether a forward pass is saved, and the state of the pass

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "gradchain/chain_base.h"
 #include "gradchain/kernels.h"
+#include "gradchain/recurrent.h"
 
 namespace gradchain {
 
@@ -33,22 +33,18 @@ struct GatedConfig {
   bool bias = true;
 };
 
-struct GatedReport {
-  std::vector<double> timestep;     // T: ||dL/dh_t||, total derivative, t = 1..T
+// The per-step ||dL/dh_t||, the per-tensor norms, ||dL/dh_0|| and the first non-finite
+// steps (dL/dh_t or dL/dc_t; h_t or c_t) are RecurrentReport's (recurrent.h).
+struct GatedReport : RecurrentReport {
   std::vector<double> cell;         // T: ||dL/dc_t|| (LSTM; empty for the GRU)
   std::vector<double> gate_mean;    // G x T: mean gate value over (B, H), per gate and step
   std::vector<double> gate_sat;     // G x T: fraction of saturated units
   std::vector<double> w_ih_gate, w_hh_gate, b_ih_gate, b_hh_gate;  // G: per gate block
-  double weight_ih = 0, weight_hh = 0, bias_ih = 0, bias_hh = 0;
-  double readout_weight = 0, readout_bias = 0;
-  double h0 = 0, c0 = 0;             // ||dL/dh_0||, ||dL/dc_0|| (LSTM)
-  double global_norm = 0;
-  int first_nonfinite = -1;          // first t scanning T..1 with NaN/Inf in dL/dh_t (or dL/dc_t)
-  int forward_first_nonfinite = -1;  // first t in 1..T with NaN/Inf in h_t or c_t (T+1: readout)
+  double c0 = 0;                    // ||dL/dc_0|| (LSTM)
 };
 
 template <class T>
-class GatedChain : public ChainBase<T> {
+class GatedChain : public RecurrentChain<T> {
  public:
   // Throws std::invalid_argument on a bad config and AllocError when the flat buffers
   // cannot be allocated.
@@ -67,42 +63,23 @@ class GatedChain : public ChainBase<T> {
   GatedReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, T* dc0,
                        bool accumulate, bool report = true);
 
-  int64_t forward_steps() const { return T_; }
-  int64_t forward_batch() const { return B_; }
   // Bytes a pass over (steps, B) would allocate now beyond what the chain holds.
   int64_t pass_bytes(int64_t steps, int64_t B) const;
 
  private:
-  using Base = ChainBase<T>;
-  using Base::grads_;
-  using Base::has_forward_;
-  using Base::mu_;
-  using Base::pack_;
-  using Base::pack_base_;
-  using Base::pack_slot_;
-  using Base::packs;
-  using Base::params_;
-  using Base::stop_;
-  using Base::stopping;
+  using Base = RecurrentChain<T>;
+  GRADCHAIN_RECURRENT_NAMES(Base);
 
   bool lstm() const { return cfg_.cell == Cell::Lstm; }
   void plan(int64_t steps, int64_t B);
   int64_t workspace_values(int64_t steps, int64_t B) const;  // T values in ws_
   int64_t part_values(int64_t steps, int64_t B) const;       // doubles in part_
   int64_t stat_values(int64_t steps, int64_t B) const;       // doubles in fstat_ + bss_
-  int64_t slot_values(int64_t steps, int64_t B) const;       // panel slot per thread
-  std::string describe() const;  // "an LSTM with input_size=..., ... (float32)"
-  void readout_forward(T* ys);
 
   GatedConfig cfg_;
   int G_;
-  int64_t w_ih_, w_hh_, b_ih_ = -1, b_hh_ = -1, w_out_ = -1, b_out_ = -1;
 
-  // workspace (plan(T, B)); nothing is allocated inside the time loop
-  int64_t T_ = 0, B_ = 0, nrb_ = 0;
-  Buffer<T> ws_;
-  T* X_ = nullptr;    // (T, B, I) copy of x
-  T* HS_ = nullptr;   // (T+1, B, H): h_0, h_1, ..., h_T
+  // workspace (plan(T, B), beside RecurrentChain's X_, HS_ and part_)
   T* CS_ = nullptr;   // LSTM (T+1, B, H): c_0, ..., c_T
   T* TC_ = nullptr;   // LSTM (T, B, H): tanh(c_t)
   T* A_ = nullptr;    // (T, B, G*H): the input projection, then the gate values
@@ -114,10 +91,8 @@ class GatedChain : public ChainBase<T> {
   T* DHB_ = nullptr;  // GRU (T, B, G*H): the recurrent side's dz
   T* bias_ = nullptr; // (2 G*H): LSTM b_ih + b_hh; GRU b_ih, b_hh (zeros without bias)
   T* WT_ = nullptr;   // W_hh packed for the time loop (forward: op = W_hh^T; backward: W_hh)
-  Buffer<double> part_;        // bias partials per row block; the readout's checks
   std::vector<double> fstat_;  // per (step, row block): 2 G gate statistics + 1 check
   std::vector<double> bss_;    // per (step, row block): sum(dh^2), sum(dc^2)
-  int fwd_nonfinite_ = -1;
 };
 
 }  // namespace gradchain

@@ -74,18 +74,7 @@ class MlpChain : public ChainBase<T> {
 
  private:
   using Base = ChainBase<T>;
-  using Base::buffers_;
-  using Base::custom_;
-  using Base::grads_;
-  using Base::has_forward_;
-  using Base::mu_;
-  using Base::pack_;
-  using Base::pack_base_;
-  using Base::pack_slot_;
-  using Base::packs;
-  using Base::params_;
-  using Base::stop_;
-  using Base::stopping;
+  GRADCHAIN_CHAIN_BASE_NAMES(Base);
 
   struct Layer {  // offsets of one linear layer's tensors (+ its norm's) in the flat store
     int64_t in, out;

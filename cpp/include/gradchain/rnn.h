@@ -11,8 +11,8 @@
 #include <mutex>
 #include <vector>
 
-#include "gradchain/chain_base.h"
 #include "gradchain/kernels.h"
+#include "gradchain/recurrent.h"
 #include "gradchain/report.h"
 
 namespace gradchain {
@@ -25,14 +25,9 @@ struct RnnConfig {
   bool bias = true;
 };
 
-struct RnnReport {
-  std::vector<double> timestep;  // T: ||dL/dh_t||, total derivative, t = 1..T
-  double weight_ih = 0, weight_hh = 0, bias_ih = 0, bias_hh = 0;
-  double readout_weight = 0, readout_bias = 0;
-  double h0 = 0;                 // ||dL/dh_0||
-  double global_norm = 0;
-  int first_nonfinite = -1;          // first t scanning T..1 with NaN/Inf in dL/dh_t
-  int forward_first_nonfinite = -1;  // first t in 1..T with NaN/Inf in h_t (T+1: readout only)
+// The per-step norms, the per-tensor norms and the first non-finite steps are
+// RecurrentReport's (recurrent.h).
+struct RnnReport : RecurrentReport {
   // health (report on), per step t = 1..T: the units of h_t, the entries of dL/dh_t, mean |h_t|
   std::vector<double> dead, saturated, zeros, subnormals, mean_abs;
   NonfiniteStage forward_stage = NonfiniteStage::None;   // at forward_first_nonfinite
@@ -40,7 +35,7 @@ struct RnnReport {
 };
 
 template <class T>
-class RnnChain : public ChainBase<T> {
+class RnnChain : public RecurrentChain<T> {
  public:
   // Throws std::invalid_argument on a bad config and AllocError when the flat buffers
   // cannot be allocated.
@@ -62,8 +57,6 @@ class RnnChain : public ChainBase<T> {
   RnnReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, bool accumulate,
                      bool report = true);
 
-  int64_t forward_steps() const { return T_; }
-  int64_t forward_batch() const { return B_; }
   // Bytes a pass over (steps, B) would allocate now beyond what the chain holds (the
   // workspace is replanned when the shape changes, the old one released first).
   int64_t pass_bytes(int64_t steps, int64_t B) const;
@@ -71,38 +64,20 @@ class RnnChain : public ChainBase<T> {
   // z_t (B, H).
 
  private:
-  using Base = ChainBase<T>;
-  using Base::custom_;
-  using Base::grads_;
-  using Base::has_forward_;
-  using Base::mu_;
-  using Base::pack_;
-  using Base::pack_base_;
-  using Base::pack_slot_;
-  using Base::packs;
-  using Base::params_;
-  using Base::stop_;
-  using Base::stopping;
+  using Base = RecurrentChain<T>;
+  GRADCHAIN_RECURRENT_NAMES(Base);
 
   void plan(int64_t steps, int64_t B);
   int64_t workspace_values(int64_t steps, int64_t B) const;  // T values in ws_
   int64_t part_values(int64_t steps, int64_t B) const;       // doubles in part_
   int64_t blk_values(int64_t steps, int64_t B) const;        // doubles in blk_
-  int64_t slot_values(int64_t steps, int64_t B) const;       // panel slot per thread
-  std::string describe() const;  // "an RNN with input_size=..., ... (float32)"
-  void readout_forward(T* ys);
   void custom_steps();
   NonfiniteStage diagnose_forward(int64_t t);  // t = 1..T (T+1: the readout)
   void fill_health(RnnReport& rep);
 
   RnnConfig cfg_;
-  int64_t w_ih_, w_hh_, b_ih_ = -1, b_hh_ = -1, w_out_ = -1, b_out_ = -1;
 
-  // workspace (plan(T, B)); nothing is allocated inside the time loop
-  int64_t T_ = 0, B_ = 0, nrb_ = 0;
-  Buffer<T> ws_;
-  T* X_ = nullptr;     // (T, B, I) copy of x
-  T* HS_ = nullptr;    // (T+1, B, H): h_0, h_1, ..., h_T
+  // workspace (plan(T, B), beside RecurrentChain's X_, HS_ and part_)
   T* D_ = nullptr;     // (T, B, H): act'(z_t)
   T* G_ = nullptr;     // (T+1, B, H): dL/dh_t (total), slot 0 = dL/dh_0
   T* DZ_ = nullptr;    // (T, B, H): dL/dz_t
@@ -110,9 +85,7 @@ class RnnChain : public ChainBase<T> {
   T* WT_ = nullptr;    // the recurrent weight of the time loop: W_hh^T (forward) or W_hh
                        // (backward), packed in panels (or plain H x H above the panel
                        // path), refreshed by every pass
-  Buffer<double> part_;
   std::vector<double> blk_;  // per (step, row block): sums of squares / non-finite checks
-  int fwd_nonfinite_ = -1;
   NonfiniteStage fwd_stage_ = NonfiniteStage::None;
   // forensics (plan): HD_ (in ws_) T x nrb x H column maxima of |act'|; hcnt_ T x nrb x 3
   // (zeros and subnormals of dL/dh_t, dz_t's check); fabs_ T x nrb sums |h_t|

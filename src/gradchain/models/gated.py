@@ -18,23 +18,17 @@ from .. import _core
 from .. import activations as _acts
 from .. import init as _init
 from .. import losses as _losses
-from .._memory import BLAS_INT_MAX, gated_bytes
+from .._memory import gated_bytes
 from .._validate import (
-    as_array,
     check_bool,
-    contiguous,
     float_array,
     model_dtype,
-    positive_int,
     shape_str,
 )
-from ..losses import check_target
 from ..report import GatedGradReport
 from .base import (
     ConfigReader,
-    DataSet,
     Model,
-    ReportAxis,
     _check_seed,
     _core_message,
     locked,
@@ -42,7 +36,8 @@ from .base import (
     tracks_forward,
 )
 from .base import _require as require
-from .rnn import ON, RNNLab
+from .recurrent import ON, _Recurrent
+from .rnn import RNNLab
 
 __all__ = ["GRU", "LSTM", "GatedLab"]
 
@@ -98,13 +93,14 @@ class GatedLab(RNNLab):
                                    "seed": opts.seed})
 
 
-class _Gated(Model):
+class _Gated(_Recurrent):
     """What :class:`LSTM` and :class:`GRU` share (not registered itself)."""
 
     #: the core's cell id (0: LSTM, 1: GRU), the gate blocks (torch's order)
     _CELL: ClassVar[int]
     GATES: ClassVar[tuple[str, ...]]
     _GATES_N: ClassVar[int]
+    _MAX_SIZE = _MAX_SIZE
 
     def __init__(
         self,
@@ -120,21 +116,11 @@ class _Gated(Model):
         batch_first: bool = False,
         forget_bias: float | None = None,
     ) -> None:
-        I_ = positive_int(input_size, "input_size")
-        H = positive_int(hidden_size, "hidden_size")
-        K = 0 if output_size is None else positive_int(output_size, "output_size")
-        for name, v in (("input_size", I_), ("hidden_size", H), ("output_size", K)):
-            if v > _MAX_SIZE:
-                raise MemoryError(f"{name}: {v} cannot be allocated")
+        I_, H, K = self._check_sizes(input_size, hidden_size, output_size)
         G = self._GATES_N
-        if G * H * (H + I_) + H * K > 1 << 34:
-            raise MemoryError(f"hidden_size: an {type(self).__name__} of size {H} cannot be "
-                              "allocated")
         scheme = _init.resolve(init)
         in_scheme = _init.resolve(input_init)
-        for name, v in (("bias", bias), ("batch_first", batch_first)):
-            if not isinstance(v, (bool, np.bool_)):
-                raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+        self._check_flags(bias, batch_first)
         fb = self._check_forget_bias(forget_bias, bool(bias))
         dt = model_dtype(dtype)
         seed_ = _check_seed(seed)
@@ -177,73 +163,7 @@ class _Gated(Model):
                             "(only gc.LSTM takes forget_bias)")
         return None
 
-    @locked
-    def reset_parameters(self, seed: int | None = None) -> None:
-        """Draw every parameter again: ``torch_default`` is ``U(+-1/sqrt(H))`` on every
-        tensor (``torch.nn.LSTM`` / ``GRU``); any other scheme draws each gate block
-        (``(H, H)`` of ``weight_hh_l0``, ``(H, I)`` of ``weight_ih_l0``) on its own."""
-        rng = np.random.default_rng(_check_seed(seed))
-        H, I_, G = self.hidden_size, self.input_size, self._GATES_N
-        p = self._params
-        bound = 1.0 / math.sqrt(H)
-
-        def draw(scheme: _init.Init, cols: int) -> np.ndarray:
-            if scheme.name == "torch_default":
-                return rng.uniform(-bound, bound, size=(G * H, cols))
-            return np.concatenate([scheme.weight(rng, (H, cols), self.activation)
-                                   for _ in range(G)])
-
-        p["weight_ih_l0"][...] = draw(self.input_init, I_)
-        p["weight_hh_l0"][...] = draw(self.init, H)
-        if self.bias:
-            for name, scheme in (("bias_ih_l0", self.input_init), ("bias_hh_l0", self.init)):
-                if scheme.name == "torch_default":
-                    p[name][...] = rng.uniform(-bound, bound, size=G * H)
-                elif scheme.name == "normal" and name == "bias_hh_l0":
-                    p[name][...] = rng.normal(0.0, scheme.params["sigma_b"], size=G * H)
-                else:
-                    p[name][...] = 0.0
-            self._apply_forget_bias()
-        if self.output_size:
-            lin = _init.torch_default()
-            p["readout.weight"][...] = lin.weight(rng, (self.output_size, H))
-            if self.bias:
-                p["readout.bias"][...] = lin.bias(rng, self.output_size, H)
-        self._core.invalidate()
-
-    def _apply_forget_bias(self) -> None:
-        """LSTM: the forget gate's bias (nothing for a GRU)."""
-
     # ------------------------------------------------------------------ compute
-    def _time_major(self, a: np.ndarray, name: str = "x") -> np.ndarray:
-        return contiguous(a.transpose(1, 0, 2) if self.batch_first else a, name)
-
-    def _user_major(self, a: np.ndarray) -> np.ndarray:
-        return a.transpose(1, 0, 2) if self.batch_first else a
-
-    def _check_x(self, x: Any) -> np.ndarray:
-        a = as_array(x, "x")
-        lead = ("B", "T") if self.batch_first else ("T", "B")
-        want = f"({lead[0]}, {lead[1]}, {self.input_size})"
-        if a.ndim != 3 or a.shape[2] != self.input_size:
-            raise ValueError(f"x: expected shape {want}, got {shape_str(a.shape)}")
-        if a.shape[0] == 0 or a.shape[1] == 0:
-            raise ValueError(f"x: expected shape {want} with {lead[0]}, {lead[1]} >= 1, "
-                             f"got {shape_str(a.shape)}")
-        xa = float_array(a, "x", self.dtype, (None, None, self.input_size), copy=False)
-        tm = xa.transpose(1, 0, 2) if self.batch_first else xa
-        T, B = tm.shape[0], tm.shape[1]
-        if T * B > BLAS_INT_MAX:
-            raise ValueError(f"x: T*B = {T}*{B} = {T * B} rows exceed the BLAS's 32-bit "
-                             f"limit (2**31-1 = {BLAS_INT_MAX})")
-        H, K = self.hidden_size, self.output_size or 0
-        n_out = H * (2 if self._CELL == 0 else 1) + K  # hs (and cs), ys
-        require(self._core.pass_bytes(T, B) + T * B * n_out * self.dtype.itemsize
-                + (0 if tm.flags.c_contiguous else tm.nbytes),
-                lambda: f"x: the forward pass over shape {shape_str(tm.shape)} (time-major) "
-                        f"of {self._describe()}")
-        return self._time_major(xa)
-
     def _check_states(self, B: int, h0: Any, c0: Any) -> tuple[Any, Any]:
         """h0 and c0, checked: (B, H) in the model's dtype, finite; c0 only for an LSTM."""
         if c0 is not None and self._CELL != 0:
@@ -284,11 +204,6 @@ class _Gated(Model):
     __call__ = forward
 
     @property
-    def outputs(self) -> np.ndarray | None:
-        """The readout outputs ``(T, B, K)`` of the last forward (None without a readout)."""
-        return None if self._outputs is None else self._user_major(self._outputs)
-
-    @property
     def cell_states(self) -> np.ndarray | None:
         """LSTM: the cell states ``c_1..c_T`` ``(T, B, H)`` of the last forward (None for a
         GRU, or before any forward)."""
@@ -312,24 +227,7 @@ class _Gated(Model):
         ``h0_grad`` (and, LSTM, ``c0_grad``); returns the
         :class:`~gradchain.GatedGradReport` (None with ``report=False``: gradients only).
         """
-        if not self._core.has_forward:
-            raise self._no_forward_error()
-        T, B = self._core.forward_steps, self._core.forward_batch
-        lead = (B, T) if self.batch_first else (T, B)
-        if grad_hs is None and grad_ys is None:
-            raise ValueError("backward: give grad_hs and/or grad_ys")
-        gh = gy = None
-        if grad_hs is not None:
-            gh = self._time_major(float_array(grad_hs, "grad_hs", self.dtype,
-                                              (*lead, self.hidden_size), copy=False),
-                                  "grad_hs")
-        if grad_ys is not None:
-            if not self.output_size:
-                raise ValueError(f"grad_ys: this {type(self).__name__} has no readout "
-                                 "(output_size=None)")
-            gy = self._time_major(float_array(grad_ys, "grad_ys", self.dtype,
-                                              (*lead, self.output_size), copy=False),
-                                  "grad_ys")
+        gh, gy, T, B = self._check_seq_grads(grad_hs, grad_ys)
         want = check_bool(report, "report")
         acc = check_bool(accumulate, "accumulate")
         return self._backward(gh, gy, acc, want, T, B)
@@ -363,14 +261,7 @@ class _Gated(Model):
             raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
         xa = self._check_x(x)
         T, B = xa.shape[0], xa.shape[1]
-        F = self.output_size or self.hidden_size
-        if on == "last":
-            t_shape: tuple[int, ...] = (B, F)
-        else:
-            t_shape = (B, T, F) if self.batch_first else (T, B, F)
-        t = check_target(target, loss, self.dtype, t_shape)
-        if on == "all" and self.batch_first:
-            t = np.ascontiguousarray(np.swapaxes(t, 0, 1))
+        t = self._check_seq_target(target, loss, on, T, B)
         h0a, c0a = self._check_states(B, h0, c0)
         acc = check_bool(accumulate, "accumulate")
         hs, ys = self._core_forward(xa, h0a, c0a)
@@ -387,16 +278,6 @@ class _Gated(Model):
         assert rep is not None
         rep.loss = float(value)
         return float(value), rep
-
-    @property
-    def input_grad(self) -> np.ndarray | None:
-        """``dL/dx`` of the last backward (None before any)."""
-        return self._input_grad
-
-    @property
-    def h0_grad(self) -> np.ndarray | None:
-        """``dL/dh_0 (B, H)`` of the last backward."""
-        return self._h0_grad
 
     @property
     def c0_grad(self) -> np.ndarray | None:
@@ -416,27 +297,12 @@ class _Gated(Model):
         type(self).__init__(self, **kwargs)
 
     def config(self) -> dict[str, Any]:
-        cfg = {
-            "kind": self.config_kind,
-            "input_size": self.input_size,
-            "hidden_size": self.hidden_size,
-            "output_size": self.output_size,
-            "activation": self.activation.to_config(),
-            "init": self.init.to_config(),
-            "input_init": self.input_init.to_config(),
-            "bias": self.bias,
-            "dtype": self.dtype.name,
-            "batch_first": self.batch_first,
-        }
+        cfg = self._config_base()
         if self._CELL == 0:
             cfg["forget_bias"] = self.forget_bias
         return cfg
 
     # ------------------------------------------------------------ the model protocol
-    config_keys = frozenset({"input_size", "hidden_size", "output_size", "input_init",
-                             "batch_first"})
-    report_axis = ReportAxis("timestep", "h", 1, "timestep_grad_norms",
-                             "timestep t (||dL/dh_t||)", "||dL/dh_1||/||dL/dh_T||")
 
     @classmethod
     def read_config(cls, cfg: Mapping[str, Any], reader: ConfigReader, activation: Any = None,
@@ -449,91 +315,6 @@ class _Gated(Model):
                               + (" and an activation argument" if activation is not None
                                  else ""))
         return kwargs
-
-    @classmethod
-    def _read_config(cls, cfg: Mapping[str, Any], reader: ConfigReader,
-                     n_members: int | None) -> dict[str, Any]:
-        out = cfg["output_size"]
-        return {
-            "input_size": reader.integer(cfg["input_size"], "input_size", hi=_MAX_SIZE),
-            "hidden_size": reader.integer(cfg["hidden_size"], "hidden_size", hi=_MAX_SIZE),
-            "output_size": None if out is None else reader.integer(out, "output_size",
-                                                                   hi=_MAX_SIZE),
-            "input_init": reader.init(cfg["input_init"], "input_init"),
-            "batch_first": reader.flag(cfg["batch_first"], "batch_first"),
-        }
-
-    @classmethod
-    def tensor_shapes(cls, kwargs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        H, I_, K = kwargs["hidden_size"], kwargs["input_size"], kwargs.get("output_size")
-        G = cls._GATES_N
-        bias = kwargs.get("bias", True)
-        out: dict[str, tuple[int, ...]] = {"weight_ih_l0": (G * H, I_),
-                                           "weight_hh_l0": (G * H, H)}
-        if bias:
-            out["bias_ih_l0"] = (G * H,)
-            out["bias_hh_l0"] = (G * H,)
-        if K:
-            out["readout.weight"] = (K, H)
-            if bias:
-                out["readout.bias"] = (K,)
-        return out
-
-    @classmethod
-    def describe_config(cls, kwargs: Mapping[str, Any]) -> str:
-        dt = np.dtype(kwargs.get("dtype", np.float32))
-        return (f"{cls.__name__} with input_size={kwargs['input_size']}, "
-                f"hidden_size={kwargs['hidden_size']}, "
-                f"output_size={kwargs.get('output_size')} ({dt.name})")
-
-    def check_data(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
-                   name: str = "data") -> DataSet:
-        """``x (T, N, I)`` (``(N, T, I)`` with ``batch_first``); the target as
-        :meth:`loss_and_grad` takes it for ``on``, with N samples."""
-        dt = self.dtype
-        bf = self.batch_first
-        spec = ("N", "T", self.input_size) if bf else ("T", "N", self.input_size)
-        xa = float_array(x, f"{name}[0]", dt, spec)
-        bx = 0 if bf else 1
-        n, T = xa.shape[bx], xa.shape[1 - bx]
-        F = self.output_size or self.hidden_size
-        if on == "last":
-            t = check_target(target, loss, dt, (n, F), f"{name}[1]")
-            return DataSet(xa, t, bx, 0, n)
-        shape = (n, T, F) if bf else (T, n, F)
-        t = check_target(target, loss, dt, shape, f"{name}[1]")
-        return DataSet(xa, t, bx, bx, n)
-
-    def loss_options(self, on: str = "last") -> dict[str, Any]:
-        if on not in ON:
-            raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
-        return {"on": on}
-
-    def loss_outputs(self, x: Any, on: str = "last") -> np.ndarray:
-        hs = self.forward(x)
-        out = self.outputs if self.output_size else hs
-        assert out is not None
-        if on == "last":
-            return np.asarray(out[:, -1] if self.batch_first else out[-1])
-        return np.asarray(out)
-
-    def grad_norm_labels(self, data: DataSet) -> list[str]:
-        return self.report_axis.labels(data.x.shape[1 - data.x_axis])
-
-    def weight_norm_labels(self) -> list[str]:
-        return ["weight_ih_l0", "weight_hh_l0"] + (
-            ["readout.weight"] if self.output_size else [])
-
-    def report_weight_norms(self, report: Any) -> np.ndarray:
-        w = [report.weight_ih_grad_norm, report.weight_hh_grad_norm]
-        if self.output_size:
-            w.append(report.readout_weight_grad_norm)
-        return np.array(w, dtype=np.float64)
-
-    def _describe(self) -> str:
-        return (f"gc.{type(self).__name__}(input_size={self.input_size}, "
-                f"hidden_size={self.hidden_size}, output_size={self.output_size}, "
-                f"dtype={self.dtype.name})")
 
     def __repr__(self) -> str:
         ro = f", output_size={self.output_size}" if self.output_size else ""
@@ -581,6 +362,7 @@ class LSTM(_Gated):
     _CELL = 0
     GATES = ("i", "f", "g", "o")
     _GATES_N = 4
+    _STATE_OUTPUTS = 2  # hs and cs
     config_keys = _Gated.config_keys | {"forget_bias"}
     lab = GatedLab()
 

@@ -14,27 +14,22 @@ from .. import _core
 from .. import activations as _acts
 from .. import init as _init
 from .. import losses as _losses
-from .._memory import BLAS_INT_MAX, rnn_bytes
+from .._memory import rnn_bytes
 from .._validate import (
     as_array,
     check_bool,
-    contiguous,
     float_array,
     model_dtype,
     positive_int,
     shape_str,
 )
 from ..linearize import ProbeReport, check_at, probe_vectors
-from ..losses import check_target
 from ..report import RNNGradReport
 from .base import (
-    ConfigReader,
-    DataSet,
     Lab,
     Model,
     ProbeFlag,
     ProbeShapes,
-    ReportAxis,
     _check_seed,
     _core_message,
     _custom_callback,
@@ -45,6 +40,7 @@ from .base import (
 from .base import (
     _require as require,
 )
+from .recurrent import ON, _Recurrent
 
 __all__ = ["RNN", "RNNLab", "ON"]
 
@@ -52,9 +48,6 @@ __all__ = ["RNN", "RNNLab", "ON"]
 def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
     return sorted(__all__)
 
-
-ON: tuple[str, ...] = ("last", "all")
-"""Where an RNN's loss applies (``on=``): the last step, or every step."""
 
 _RNN_DEFAULTS: dict[str, Any] = {
     "activation": "tanh", "init": "torch_default", "input_init": "xavier_uniform",
@@ -151,7 +144,7 @@ class RNNLab(Lab):
 
 
 @register
-class RNN(Model):
+class RNN(_Recurrent):
     """A one-layer vanilla RNN run by the C++ core (``torch.nn.RNN`` semantics)::
 
         h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh),  t = 1..T
@@ -196,20 +189,11 @@ class RNN(Model):
         seed: int | None = None,
         batch_first: bool = False,
     ) -> None:
-        I_ = positive_int(input_size, "input_size")
-        H = positive_int(hidden_size, "hidden_size")
-        K = 0 if output_size is None else positive_int(output_size, "output_size")
-        for name, v in (("input_size", I_), ("hidden_size", H), ("output_size", K)):
-            if v > 1 << 24:
-                raise MemoryError(f"{name}: {v} cannot be allocated")
-        if H * H + H * I_ + H * K > 1 << 34:
-            raise MemoryError(f"hidden_size: an RNN of size {H} cannot be allocated")
+        I_, H, K = self._check_sizes(input_size, hidden_size, output_size)
         act = _acts.resolve(activation)
         scheme = _init.resolve(init)
         in_scheme = _init.resolve(input_init)
-        for name, v in (("bias", bias), ("batch_first", batch_first)):
-            if not isinstance(v, (bool, np.bool_)):
-                raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+        self._check_flags(bias, batch_first)
         dt = model_dtype(dtype)
         seed_ = _check_seed(seed)
         cls = _core.RnnChainF32 if dt == np.float32 else _core.RnnChainF64
@@ -246,68 +230,7 @@ class RNN(Model):
         self._bind_views()
         self.reset_parameters(seed_)
 
-    @locked
-    def reset_parameters(self, seed: int | None = None) -> None:
-        """Draw every parameter again from the init schemes."""
-        rng = np.random.default_rng(_check_seed(seed))
-        H, I_ = self.hidden_size, self.input_size
-        p = self._params
-        # torch.nn.RNN draws every parameter from U(+-1/sqrt(H)), whatever its fan-in
-        torch_bound = 1.0 / math.sqrt(H)
-
-        def draw(scheme: _init.Init, shape: tuple[int, int]) -> np.ndarray:
-            if scheme.name == "torch_default":
-                return rng.uniform(-torch_bound, torch_bound, size=shape)
-            return scheme.weight(rng, shape, self.activation)
-
-        p["weight_ih_l0"][...] = draw(self.input_init, (H, I_))
-        p["weight_hh_l0"][...] = draw(self.init, (H, H))
-        if self.bias:
-            for name, scheme in (("bias_ih_l0", self.input_init), ("bias_hh_l0", self.init)):
-                if scheme.name == "torch_default":
-                    p[name][...] = rng.uniform(-torch_bound, torch_bound, size=H)
-                elif scheme.name == "normal" and name == "bias_hh_l0":
-                    p[name][...] = rng.normal(0.0, scheme.params["sigma_b"], size=H)
-                else:
-                    p[name][...] = 0.0
-        if self.output_size:
-            lin = _init.torch_default()
-            p["readout.weight"][...] = lin.weight(rng, (self.output_size, H))
-            if self.bias:
-                p["readout.bias"][...] = lin.bias(rng, self.output_size, H)
-        self._core.invalidate()
-
     # ------------------------------------------------------------------ compute
-    def _time_major(self, a: np.ndarray, name: str = "x") -> np.ndarray:
-        """`a` time-major and C-contiguous (a checked copy when it is not already)."""
-        return contiguous(a.transpose(1, 0, 2) if self.batch_first else a, name)
-
-    def _user_major(self, a: np.ndarray) -> np.ndarray:
-        return a.transpose(1, 0, 2) if self.batch_first else a
-
-    def _check_x(self, x: Any) -> np.ndarray:
-        a = as_array(x, "x")
-        lead = ("B", "T") if self.batch_first else ("T", "B")
-        want = f"({lead[0]}, {lead[1]}, {self.input_size})"
-        if a.ndim != 3 or a.shape[2] != self.input_size:
-            raise ValueError(f"x: expected shape {want}, got {shape_str(a.shape)}")
-        if a.shape[0] == 0 or a.shape[1] == 0:
-            raise ValueError(f"x: expected shape {want} with {lead[0]}, {lead[1]} >= 1, "
-                             f"got {shape_str(a.shape)}")
-        xa = float_array(a, "x", self.dtype, (None, None, self.input_size), copy=False)
-        tm = xa.transpose(1, 0, 2) if self.batch_first else xa
-        T, B = tm.shape[0], tm.shape[1]
-        if T * B > BLAS_INT_MAX:  # the merged GEMMs run over all T*B rows
-            raise ValueError(f"x: T*B = {T}*{B} = {T * B} rows exceed the BLAS's 32-bit "
-                             f"limit (2**31-1 = {BLAS_INT_MAX})")
-        # the workspace (planned once per (T, B)), hs, the readout's ys, the copy of x
-        H, K = self.hidden_size, self.output_size or 0
-        require(self._core.pass_bytes(T, B) + T * B * (H + K) * self.dtype.itemsize
-                + (0 if tm.flags.c_contiguous else tm.nbytes),
-                lambda: f"x: the forward pass over shape {shape_str(tm.shape)} (time-major) "
-                        f"of {self._describe()}")
-        return self._time_major(xa)
-
     @locked
     @tracks_forward
     def forward(self, x: Any, h0: Any = None) -> np.ndarray:
@@ -338,11 +261,6 @@ class RNN(Model):
 
     __call__ = forward
 
-    @property
-    def outputs(self) -> np.ndarray | None:
-        """The readout outputs ``(T, B, K)`` of the last forward (None without a readout)."""
-        return None if self._outputs is None else self._user_major(self._outputs)
-
     @overload
     def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ...,
                  report: Literal[True] = ...) -> RNNGradReport: ...
@@ -363,23 +281,7 @@ class RNN(Model):
         returns None. Ctrl-C stops a pass within a timestep, as :meth:`MLP.backward`
         describes.
         """
-        if not self._core.has_forward:
-            raise self._no_forward_error()
-        T, B = self._core.forward_steps, self._core.forward_batch
-        lead = (B, T) if self.batch_first else (T, B)
-        if grad_hs is None and grad_ys is None:
-            raise ValueError("backward: give grad_hs and/or grad_ys")
-        gh = gy = None
-        if grad_hs is not None:
-            gh = self._time_major(float_array(grad_hs, "grad_hs", self.dtype,
-                                              (*lead, self.hidden_size), copy=False),
-                                  "grad_hs")
-        if grad_ys is not None:
-            if not self.output_size:
-                raise ValueError("grad_ys: this RNN has no readout (output_size=None)")
-            gy = self._time_major(float_array(grad_ys, "grad_ys", self.dtype,
-                                              (*lead, self.output_size), copy=False),
-                                  "grad_ys")
+        gh, gy, T, B = self._check_seq_grads(grad_hs, grad_ys)
         want = check_bool(report, "report")
         require((T * B * self.input_size + B * self.hidden_size) * self.dtype.itemsize,
                 lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
@@ -410,14 +312,7 @@ class RNN(Model):
             raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
         xa = self._check_x(x)
         T, B = xa.shape[0], xa.shape[1]
-        F = self.output_size or self.hidden_size
-        if on == "last":
-            t_shape: tuple[int, ...] = (B, F)
-        else:
-            t_shape = (B, T, F) if self.batch_first else (T, B, F)
-        t = check_target(target, loss, self.dtype, t_shape)
-        if on == "all" and self.batch_first:
-            t = np.ascontiguousarray(np.swapaxes(t, 0, 1))
+        t = self._check_seq_target(target, loss, on, T, B)
         h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
         acc = check_bool(accumulate, "accumulate")
         hs, ys = self._core_forward(xa, h0a)
@@ -444,11 +339,6 @@ class RNN(Model):
         self._nonfinite_origin = rep.nonfinite_origin
         rep.loss = float(value)
         return float(value), rep
-
-    @property
-    def input_grad(self) -> np.ndarray | None:
-        """``dL/dx`` of the last backward (None before any)."""
-        return self._input_grad
 
     # ------------------------------------------------------------ signal propagation
     def _twin(self) -> Any:
@@ -534,11 +424,6 @@ class RNN(Model):
             res[t] = dh0
         return res[steps[0]] if (at is None or single) else res
 
-    @property
-    def h0_grad(self) -> np.ndarray | None:
-        """``dL/dh_0 (B, H)`` of the last backward."""
-        return self._h0_grad
-
     def _ctor_args(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "hidden_size": self.hidden_size,
                 "activation": self.activation, "init": self.init,
@@ -550,110 +435,12 @@ class RNN(Model):
         RNN.__init__(self, **kwargs)
 
     def config(self) -> dict[str, Any]:
-        return {
-            "kind": self.config_kind,
-            "input_size": self.input_size,
-            "hidden_size": self.hidden_size,
-            "output_size": self.output_size,
-            "activation": self.activation.to_config(),
-            "init": self.init.to_config(),
-            "input_init": self.input_init.to_config(),
-            "bias": self.bias,
-            "dtype": self.dtype.name,
-            "batch_first": self.batch_first,
-        }
+        return self._config_base()
 
     # ------------------------------------------------------------ the model protocol
     kind = "rnn"
     config_kind = "RNN"
-    config_keys = frozenset({"input_size", "hidden_size", "output_size", "input_init",
-                             "batch_first"})
-    report_axis = ReportAxis("timestep", "h", 1, "timestep_grad_norms",
-                             "timestep t (||dL/dh_t||)", "||dL/dh_1||/||dL/dh_T||")
     lab = RNNLab()
-
-    @classmethod
-    def _read_config(cls, cfg: Mapping[str, Any], reader: ConfigReader,
-                     n_members: int | None) -> dict[str, Any]:
-        out = cfg["output_size"]
-        return {
-            "input_size": reader.integer(cfg["input_size"], "input_size", hi=1 << 24),
-            "hidden_size": reader.integer(cfg["hidden_size"], "hidden_size", hi=1 << 24),
-            "output_size": None if out is None else reader.integer(out, "output_size",
-                                                                   hi=1 << 24),
-            "input_init": reader.init(cfg["input_init"], "input_init"),
-            "batch_first": reader.flag(cfg["batch_first"], "batch_first"),
-        }
-
-    @classmethod
-    def tensor_shapes(cls, kwargs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        H, I_, K = kwargs["hidden_size"], kwargs["input_size"], kwargs.get("output_size")
-        bias = kwargs.get("bias", True)
-        out: dict[str, tuple[int, ...]] = {"weight_ih_l0": (H, I_), "weight_hh_l0": (H, H)}
-        if bias:
-            out["bias_ih_l0"] = (H,)
-            out["bias_hh_l0"] = (H,)
-        if K:
-            out["readout.weight"] = (K, H)
-            if bias:
-                out["readout.bias"] = (K,)
-        return out
-
-    @classmethod
-    def describe_config(cls, kwargs: Mapping[str, Any]) -> str:
-        dt = np.dtype(kwargs.get("dtype", np.float32))
-        return (f"{cls.__name__} with input_size={kwargs['input_size']}, "
-                f"hidden_size={kwargs['hidden_size']}, "
-                f"output_size={kwargs.get('output_size')} ({dt.name})")
-
-    def check_data(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
-                   name: str = "data") -> DataSet:
-        """``x (T, N, I)`` (``(N, T, I)`` with ``batch_first``); the target as
-        :meth:`loss_and_grad` takes it for ``on``, with N samples."""
-        dt = self.dtype
-        bf = self.batch_first
-        spec = ("N", "T", self.input_size) if bf else ("T", "N", self.input_size)
-        xa = float_array(x, f"{name}[0]", dt, spec)
-        bx = 0 if bf else 1
-        n, T = xa.shape[bx], xa.shape[1 - bx]
-        F = self.output_size or self.hidden_size
-        if on == "last":
-            t = check_target(target, loss, dt, (n, F), f"{name}[1]")
-            return DataSet(xa, t, bx, 0, n)
-        shape = (n, T, F) if bf else (T, n, F)
-        t = check_target(target, loss, dt, shape, f"{name}[1]")
-        return DataSet(xa, t, bx, bx, n)
-
-    def loss_options(self, on: str = "last") -> dict[str, Any]:
-        if on not in ON:
-            raise ValueError(f"on: expected 'last' or 'all', got {on!r}")
-        return {"on": on}
-
-    def loss_outputs(self, x: Any, on: str = "last") -> np.ndarray:
-        hs = self.forward(x)
-        out = self.outputs if self.output_size else hs
-        assert out is not None
-        if on == "last":
-            return np.asarray(out[:, -1] if self.batch_first else out[-1])
-        return np.asarray(out)
-
-    def grad_norm_labels(self, data: DataSet) -> list[str]:
-        return self.report_axis.labels(data.x.shape[1 - data.x_axis])
-
-    def weight_norm_labels(self) -> list[str]:
-        return ["weight_ih_l0", "weight_hh_l0"] + (
-            ["readout.weight"] if self.output_size else [])
-
-    def report_weight_norms(self, report: Any) -> np.ndarray:
-        w = [report.weight_ih_grad_norm, report.weight_hh_grad_norm]
-        if self.output_size:
-            w.append(report.readout_weight_grad_norm)
-        return np.array(w, dtype=np.float64)
-
-    def _describe(self) -> str:
-        """``gc.RNN(input_size=..., hidden_size=..., ...)``, for messages."""
-        return (f"gc.RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-                f"output_size={self.output_size}, dtype={self.dtype.name})")
 
     def __repr__(self) -> str:
         ro = f", output_size={self.output_size}" if self.output_size else ""

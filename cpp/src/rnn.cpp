@@ -20,6 +20,7 @@
 #include "gradchain/dispatch.h"
 #include "gradchain/governor.h"
 #include "gradchain/parallel.h"
+#include "gradchain/per_example_rnn.h"
 #include "gradchain/report.h"
 
 namespace gradchain {
@@ -350,9 +351,11 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
 // ---------------------------------------------------------------------------
 template <class T>
 RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0,
-                                bool accumulate, bool report) {
+                                bool accumulate, bool report, bool per_example) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_forward_) throw std::logic_error("backward() called before forward()");
+  if (per_example && !report)
+    throw std::invalid_argument("per_example: the per-example norms need report=True");
   const auto& Kt = kernels<T>();
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
   const int64_t steps = T_, B = B_, BH = B * H, TB = steps * B;
@@ -546,6 +549,14 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   rep.forward_first_nonfinite = fwd_nonfinite_;
   rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
   if (health) fill_health(rep);
+  if (per_example) {  // per_example_rnn.cpp, from the saved x, h, dz and dL/dh
+    RnnExampleInputs<T> in;
+    in.steps = steps, in.B = B, in.I = I, in.H = H, in.K = K;
+    in.x = X_, in.hs = HS_, in.dz = DZ_, in.g = G_, in.gy = readout ? grad_ys : nullptr;
+    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0;
+    rnn_per_example(in, ExamplePath(example_path), pe_ws_, pe_wsd_, rep.example_tensor,
+                    rep.example_step);
+  }
   if (dh0) std::memcpy(dh0, G_, size_t(BH) * sizeof(T));
   return rep;
 }

@@ -108,6 +108,8 @@ class _RnnChain(_Chain):
     ) -> None: ...
     health_threshold: float
     forensics: bool
+    example_path: int
+    """per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients."""
     @property
     def forward_steps(self) -> int: ...
     def pass_bytes(self, steps: int, batch: int) -> int:
@@ -121,6 +123,7 @@ class _RnnChain(_Chain):
         grad_ys: npt.NDArray[Any] | None = None,
         accumulate: bool = False,
         report: bool = True,
+        per_example: bool = False,
     ) -> tuple[dict[str, Any], npt.NDArray[Any], npt.NDArray[Any]]: ...
 
 class RnnChainF32(_RnnChain): ...

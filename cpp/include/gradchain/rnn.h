@@ -37,6 +37,9 @@ struct RnnReport {
   std::vector<double> dead, saturated, zeros, subnormals, mean_abs;
   NonfiniteStage forward_stage = NonfiniteStage::None;   // at forward_first_nonfinite
   NonfiniteStage backward_stage = NonfiniteStage::None;  // at first_nonfinite (forward finite)
+  // per_example (per_example_rnn.h): kExTensors x B squared norms of example i's share of
+  // each tensor's gradient, and steps x B squared norms ||dL/dh_{t,i}||^2
+  std::vector<double> example_tensor, example_step;
 };
 
 template <class T>
@@ -59,8 +62,12 @@ class RnnChain : public ChainBase<T> {
   // grad_hs (T, B, H) and/or grad_ys (T, B, K) (null = zeros) -> parameter gradients
   // (assigned, or added with accumulate), dx (T, B, I) and dh0 (B, H) when not null.
   // report = false: gradients only (the report's sums of squares are skipped, norms left 0).
+  // per_example (needs report): also each example's share of every tensor's gradient and
+  // of every dL/dh_t (RnnReport::example_tensor, example_step; per_example_rnn.h).
   RnnReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, bool accumulate,
-                     bool report = true);
+                     bool report = true, bool per_example = false);
+  // per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients
+  int example_path = 0;
 
   int64_t forward_steps() const { return T_; }
   int64_t forward_batch() const { return B_; }
@@ -118,6 +125,8 @@ class RnnChain : public ChainBase<T> {
   // (zeros and subnormals of dL/dh_t, dz_t's check); fabs_ T x nrb sums |h_t|
   T* HD_ = nullptr;
   std::vector<double> hcnt_, fabs_;
+  Buffer<T> pe_ws_;  // per_example: the threads' workspace slots (grown once per shape)
+  Buffer<double> pe_wsd_;
 };
 
 }  // namespace gradchain

@@ -243,6 +243,11 @@ class RNN(Model):
         self._h0_grad: np.ndarray | None = None
         self._outputs: np.ndarray | None = None
         self._nonfinite_origin = None
+        # what gc.clip_per_example reruns: the last backward's (grad_hs, grad_ys), time-major,
+        # whether it accumulated, and its per-example norms (None until a backward)
+        self._last_grads: tuple[np.ndarray | None, np.ndarray | None] | None = None
+        self._last_accumulate = False
+        self._example_norms: np.ndarray | None = None
         self._bind_views()
         self.reset_parameters(seed_)
 
@@ -321,6 +326,7 @@ class RNN(Model):
         h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
         hs, ys = self._core_forward(xa, h0a)
         self._outputs = ys
+        self._last_grads = self._example_norms = None  # a new forward: nothing to clip again
         return self._user_major(hs)
 
     @tracks_forward
@@ -345,15 +351,16 @@ class RNN(Model):
 
     @overload
     def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ...,
-                 report: Literal[True] = ...) -> RNNGradReport: ...
+                 report: Literal[True] = ..., per_example: bool = ...) -> RNNGradReport: ...
 
     @overload
     def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ..., *,
-                 report: Literal[False]) -> None: ...
+                 report: Literal[False], per_example: bool = ...) -> None: ...
 
     @locked
     def backward(self, grad_hs: Any = None, grad_ys: Any = None,
-                 accumulate: bool = False, report: bool = True) -> RNNGradReport | None:
+                 accumulate: bool = False, report: bool = True,
+                 per_example: bool = False) -> RNNGradReport | None:
         """Backpropagation through time from ``grad_hs = dL/dh_t (T, B, H)`` and/or
         ``grad_ys = dL/dy_t (T, B, K)`` (the readout's); either may be None (zeros).
 
@@ -362,6 +369,13 @@ class RNN(Model):
         computes the gradients only (the report's sums of squares are skipped) and
         returns None. Ctrl-C stops a pass within a timestep, as :meth:`MLP.backward`
         describes.
+
+        ``per_example=True`` also gives every example's own gradient norm
+        ``||grad l_i||`` (``L = mean_i l_i``), per tensor and globally, its
+        ``||dl_i/dh_t||`` per step, and the gradient noise scale
+        (``per_example_grad_norms``, ``per_example_tensor_grad_norms``,
+        ``per_example_timestep_grad_norms``, ``noise_scale``); exact (see
+        ``per_example_rnn.h``), with report=True only.
         """
         if not self._core.has_forward:
             raise self._no_forward_error()
@@ -381,29 +395,33 @@ class RNN(Model):
                                               (*lead, self.output_size), copy=False),
                                   "grad_ys")
         want = check_bool(report, "report")
-        require((T * B * self.input_size + B * self.hidden_size) * self.dtype.itemsize,
+        acc = check_bool(accumulate, "accumulate")
+        pe = self._check_per_example(per_example, want)
+        require((T * B * self.input_size + B * self.hidden_size) * self.dtype.itemsize
+                + (self._example_bytes(T, B) if pe else 0),
                 lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
                         f"B={B}")
-        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy,
-                                   check_bool(accumulate, "accumulate"), want)
+        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy, acc, want, pe)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
+        self._keep_grads(gh, gy, acc)
         if not want:
             self._nonfinite_origin = None
             return None
-        rep = RNNGradReport._from_core(d, dh0)
-        self._nonfinite_origin = rep.nonfinite_origin
-        return rep
+        return self._report(d, dh0, None, acc)
 
     @locked
     def loss_and_grad(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
-                      h0: Any = None, accumulate: bool = False) -> tuple[float, RNNGradReport]:
+                      h0: Any = None, accumulate: bool = False,
+                      per_example: bool = False) -> tuple[float, RNNGradReport]:
         """Forward, loss and BPTT in one call; returns ``(loss, report)``.
 
         The loss applies to the readout outputs when there is a readout, else to the
         hidden states. ``on="last"``: step T only (target ``(B, F)`` for mse, ``(B,)``
         class indices for cross_entropy); ``on="all"``: every step (``(T, B, F)`` /
-        ``(T, B)``, batch-first layouts with ``batch_first``).
+        ``(T, B)``, batch-first layouts with ``batch_first``). ``per_example=True``: as
+        :meth:`backward`'s (``l_i`` is example i's own loss, the convention of
+        ``torch.func.vmap(grad)``).
         """
         _losses.check_loss(loss)
         if on not in ON:
@@ -420,28 +438,28 @@ class RNN(Model):
             t = np.ascontiguousarray(np.swapaxes(t, 0, 1))
         h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
         acc = check_bool(accumulate, "accumulate")
+        pe = self._check_per_example(per_example)
         hs, ys = self._core_forward(xa, h0a)
+        self._last_grads = self._example_norms = None
         self._outputs = ys
         outputs = ys if self.output_size else hs
         # the loss's float64 temporaries and dL/d(outputs), then dL/dx and dL/dh0
         require(6 * outputs.size * 8 + (T * B * self.input_size + B * self.hidden_size)
-                * self.dtype.itemsize,
+                * self.dtype.itemsize + (self._example_bytes(T, B) if pe else 0),
                 lambda: f"x: the loss and backward pass over T={T}, B={B} of "
                         f"{self._describe()}")
         with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
             value, g = _losses.sequence_value_and_grad(outputs, t, loss, on)
         g = np.ascontiguousarray(g, dtype=self.dtype)
-        if self.output_size:
-            d, dx, dh0 = self._compute("backward", self._core.backward, None, g, acc)
-        else:
-            d, dx, dh0 = self._compute("backward", self._core.backward, g, None, acc)
+        gh, gy = (None, g) if self.output_size else (g, None)
+        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy, acc, True, pe)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
+        self._keep_grads(gh, gy, acc)
         loss_stage = None if math.isfinite(value) else "loss"
         if loss_stage is None and not np.isfinite(g).all():
             loss_stage = "loss_gradient"
-        rep = RNNGradReport._from_core(d, dh0, loss_stage)
-        self._nonfinite_origin = rep.nonfinite_origin
+        rep = self._report(d, dh0, loss_stage, acc)
         rep.loss = float(value)
         return float(value), rep
 
@@ -449,6 +467,81 @@ class RNN(Model):
     def input_grad(self) -> np.ndarray | None:
         """``dL/dx`` of the last backward (None before any)."""
         return self._input_grad
+
+    # ------------------------------------------------------------ per-example gradients
+    def _check_per_example(self, per_example: Any, report: bool = True) -> bool:
+        pe = check_bool(per_example, "per_example")
+        if pe and not report:
+            raise ValueError("per_example: the per-example norms are part of the report; "
+                             "per_example=True needs report=True")
+        return pe
+
+    def supports_per_example(self) -> bool:
+        """Whether ``per_example=True`` applies now (always: the examples of an RNN's
+        batch are independent)."""
+        return True
+
+    def _example_bytes(self, T: int, B: int) -> int:
+        """The per-example pass's workspace (per_example_rnn.h: a slot per thread) and
+        its results."""
+        I_, H, K = self.input_size, self.hidden_size, self.output_size or 0
+        gram = T * T * (2 * H + I_ + K) < T * H * (I_ + H + K)
+        per = ((T + 1) ** 2 + 3 * T * T) if gram else max(H * I_, H * H, K * H)
+        return int(_core.get_num_threads()) * (per * self.dtype.itemsize + (H + K) * 8) + \
+            (5 + 3 * T) * B * 8
+
+    def _keep_grads(self, gh: np.ndarray | None, gy: np.ndarray | None, acc: bool) -> None:
+        """What gc.clip_per_example reruns: the backward's upstream gradients (time-major)."""
+        self._last_grads = (None if gh is None else np.array(gh, copy=True),
+                            None if gy is None else np.array(gy, copy=True))
+        self._last_accumulate = acc
+        self._example_norms = None
+
+    def _tensor_names(self) -> list[str]:
+        return list(self.tensor_shapes({"input_size": self.input_size,
+                                        "hidden_size": self.hidden_size,
+                                        "output_size": self.output_size, "bias": self.bias}))
+
+    def _report(self, d: dict[str, Any], dh0: np.ndarray, loss_stage: str | None,
+                accumulate: bool) -> RNNGradReport:
+        rep = RNNGradReport._from_core(d, dh0, loss_stage, self._tensor_names())
+        if accumulate and rep.noise_scale is not None:
+            rep.noise_scale = math.nan  # ||G|| would include the gradients accumulated before
+        self._nonfinite_origin = rep.nonfinite_origin
+        self._example_norms = rep.per_example_grad_norms
+        return rep
+
+    @locked
+    def _clip_per_example(self, max_norm: float) -> np.ndarray:
+        """``gc.clip_per_example``: the last backward again with example i's upstream
+        gradients (its column of ``grad_hs`` / ``grad_ys`` at every step) scaled by
+        ``min(1, max_norm / (||grad l_i|| + 1e-6))`` (so are its ``dL/dz_t`` at every step:
+        the chain is linear in them), the gradients assigned. Returns the norms before
+        clipping (B,)."""
+        if not self._core.has_forward or self._last_grads is None:
+            raise ValueError("model: gc.clip_per_example needs a backward pass (backward or "
+                             "loss_and_grad) after the last forward pass to clip")
+        if self._last_accumulate:
+            raise ValueError("model: the last backward accumulated (accumulate=True), so the "
+                             "stored gradients mix several batches; gc.clip_per_example "
+                             "clips the examples of one batch")
+        gh, gy = self._last_grads
+        norms = self._example_norms
+        if norms is None:  # the per-example norms of the last backward, once
+            d, _, dh0 = self._compute("backward", self._core.backward, gh, gy, False, True,
+                                      True)
+            norms = self._report(d, dh0, None, False).per_example_grad_norms
+        assert norms is not None
+        with np.errstate(all="ignore"):
+            coef = np.minimum(max_norm / (norms + 1e-6), 1.0).astype(self.dtype)[None, :, None]
+        sh = None if gh is None else np.ascontiguousarray(gh * coef, dtype=self.dtype)
+        sy = None if gy is None else np.ascontiguousarray(gy * coef, dtype=self.dtype)
+        _, dx, dh0 = self._compute("backward", self._core.backward, sh, sy, False, False, False)
+        self._input_grad = self._user_major(dx)
+        self._h0_grad = dh0
+        self._example_norms = None  # the stored gradients are now the clipped ones
+        self._last_grads = None
+        return np.array(norms, dtype=np.float64)
 
     # ------------------------------------------------------------ signal propagation
     def _twin(self) -> Any:

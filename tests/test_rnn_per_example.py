@@ -138,7 +138,7 @@ def test_loss_and_grad_per_example_is_each_examples_own_loss(loss, on):
 
 def test_per_example_against_torch_vmap_grad():
     torch = pytest.importorskip("torch")
-    from torch.func import functional_call, grad, vmap
+    from torch.func import grad, vmap
 
     rng = np.random.default_rng(6)
     T, B, I_, H, K = 7, 5, 3, 6, 2

@@ -1435,7 +1435,7 @@ def rnn_per_example_grad_norms(params: Mapping[str, Any], x: Any, grad_hs: Any |
     parameter tensor, and ``||dL_i/dh_t||`` (the total derivative). ``kwargs`` as
     :func:`rnn_forward`'s."""
     x = _float_array(x, "x")
-    T, B = x.shape[0], x.shape[1]
+    B = x.shape[1]
     norms, per, steps = [], {}, []
     for i in range(B):
         _, cache = rnn_forward(params, x[:, i:i + 1],

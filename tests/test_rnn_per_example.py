@@ -257,3 +257,25 @@ def test_history_records_the_rnn_noise_scale():
                     record_every=1, progress=False)
     assert hist.noise_scale.shape == (len(hist.steps),)
     assert np.isfinite(hist.noise_scale).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("readout", [1, None])
+def test_batched_probe_equals_the_per_probe_passes(dtype, readout, monkeypatch):
+    from gradchain.models import rnn as rnn_mod
+
+    rng = np.random.default_rng(10)
+    m = gc.RNN(2, 9, output_size=readout, dtype=dtype, seed=2)
+    x = rng.normal(size=(6, 3, 2)).astype(dtype)
+    hs = m.forward(x)
+    want = m.probe(x, n=5, seed=3)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for values in (rnn_mod._PROBE_VALUES, 6 * 3 * (2 + 6 * 9 + 3 * 9 + 2) * 2):  # chunks of 2
+        monkeypatch.setattr(rnn_mod, "_PROBE_VALUES", values)
+        got = m._probe_batched(x, n=5, seed=3)
+        np.testing.assert_allclose(got.sq_norms, want.sq_norms, rtol=tol)
+        np.testing.assert_array_equal(got.u_sq, want.u_sq)
+    # the model's own saved pass is untouched: a backward still runs on the B rows
+    assert m.backward(np.ones_like(hs)).timestep_grad_norms.shape == (6,)
+    with pytest.raises(ValueError, match="n must be"):
+        m._core.replicate_batch(0)

@@ -632,7 +632,18 @@ void bind_rnn(py::module_& m, const char* name) {
             if (p < 0 || p > 2) throw std::invalid_argument("example_path: 0, 1 or 2");
             c.example_path = p;
           },
-          "per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients.");
+          "per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients.")
+      .def(
+          "replicate_batch",
+          [](C& c, int64_t n) {
+            py::gil_scoped_release release;
+            c.replicate_batch(n);
+          },
+          py::arg("n"),
+          "The saved forward over (T, B) becomes that of (T, n*B), the batch repeated n "
+          "times (the batched probe's n backward passes in one).")
+      .def_readwrite("example_tensors", &C::example_tensors,
+                     "per_example's tensor norms (False: the steps' only, the batched probe).");
   bind_shared<C, T>(cls);
 }
 

@@ -5,7 +5,10 @@
 // so every number is the same for any thread count.
 #include "gradchain/per_example_rnn.h"
 
+#include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <stdexcept>
 
 #include "gradchain/blas.h"
 #include "gradchain/cancel.h"
@@ -13,6 +16,7 @@
 #include "gradchain/governor.h"
 #include "gradchain/kernels.h"
 #include "gradchain/parallel.h"
+#include "gradchain/rnn.h"
 
 namespace gradchain {
 
@@ -77,10 +81,11 @@ void rnn_per_example(const RnnExampleInputs<T>& in, ExamplePath path, Buffer<T>&
   // a slot per thread of the region: T values, then H + K float64 accumulators
   const double work = double(B) * double(steps) *
                       (gram ? double(steps) * double(2 * H + I + K) : double(H) * double(I + H + K));
-  GovernedRegion region(work_threads(work > 1e15 ? int64_t(1e15) : int64_t(work)));
+  GovernedRegion region(work_threads(
+      in.tensors ? (work > 1e15 ? int64_t(1e15) : int64_t(work)) : steps * BH));
   const int nt = region.threads();
-  const int64_t per = rnn_example_workspace(gram, steps, I, H, K);
-  const int64_t perd = H + K;
+  const int64_t per = in.tensors ? rnn_example_workspace(gram, steps, I, H, K) : 0;
+  const int64_t perd = in.tensors ? H + K : 0;
   if (ws.size() < per * nt) ws = Buffer<T>(per * nt, "the per-example workspace");
   if (wsd.size() < perd * nt) wsd = Buffer<double>(perd * nt, "the per-example workspace");
   T* wsp = ws.data();
@@ -102,7 +107,7 @@ void rnn_per_example(const RnnExampleInputs<T>& in, ExamplePath path, Buffer<T>&
     for (int64_t t = 1; t <= steps; ++t)
       if (!is_set(stop)) Kt.row_sumsq(in.g + t * BH, B, H, stp + (t - 1) * B);
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < B; ++i) {
+    for (int64_t i = 0; i < (in.tensors ? B : 0); ++i) {
       if (is_set(stop)) continue;
       const T* dz = in.dz + i * H;  // row t of example i: dz + t * BH
       const T* x = in.x + i * I;
@@ -144,6 +149,46 @@ void rnn_per_example(const RnnExampleInputs<T>& in, ExamplePath path, Buffer<T>&
   region.done();
   if (is_set(stop)) throw Cancelled();
 }
+
+// RnnChain::replicate_batch: the saved x, h_t and act'(z_t) of the B rows, tiled n times
+// into a workspace planned for n*B rows (the backward reads nothing else of the forward).
+template <class T>
+void RnnChain<T>::replicate_batch(int64_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!has_forward_) throw std::logic_error("replicate_batch() called before forward()");
+  if (n < 1) throw std::invalid_argument("replicate_batch: n must be >= 1");
+  const int64_t steps = T_, B = B_, I = cfg_.input_size, H = cfg_.hidden_size;
+  if (n == 1) return;
+  if (B > kBlasIntMax / n || steps > kBlasIntMax / (n * B))
+    throw std::invalid_argument("replicate_batch: T*n*B rows exceed the BLAS's 32-bit limit");
+  // the B rows' saved pass, then the new workspace (the old one is released by plan)
+  const int64_t nx = steps * B * I, nh = (steps + 1) * B * H, nd = steps * B * H;
+  std::vector<T> keep(size_t(nx + nh + nd + H));
+  std::memcpy(keep.data(), X_, size_t(nx) * sizeof(T));
+  std::memcpy(keep.data() + nx, HS_, size_t(nh) * sizeof(T));
+  std::memcpy(keep.data() + nx + nh, D_, size_t(nd) * sizeof(T));
+  std::memcpy(keep.data() + nx + nh + nd, bias_, size_t(H) * sizeof(T));
+  const int fwd = fwd_nonfinite_;
+  const NonfiniteStage stage = fwd_stage_;
+  plan(steps, n * B);  // has_forward_ false until the copies are in
+  const int64_t nB = n * B;
+  auto tile = [&](const T* src, T* dst, int64_t slots, int64_t w) {
+    for (int64_t t = 0; t < slots; ++t)
+      for (int64_t c = 0; c < n; ++c)
+        std::memcpy(dst + (t * nB + c * B) * w, src + t * B * w, size_t(B * w) * sizeof(T));
+  };
+  tile(keep.data(), X_, steps, I);
+  tile(keep.data() + nx, HS_, steps + 1, H);
+  tile(keep.data() + nx + nh, D_, steps, H);
+  std::memcpy(bias_, keep.data() + nx + nh + nd, size_t(H) * sizeof(T));
+  std::fill(fabs_.begin(), fabs_.end(), 0.0);  // mean |h_t| of the copies: not kept
+  fwd_nonfinite_ = fwd;
+  fwd_stage_ = stage;
+  has_forward_ = true;
+}
+
+template void RnnChain<float>::replicate_batch(int64_t);
+template void RnnChain<double>::replicate_batch(int64_t);
 
 template void rnn_per_example<float>(const RnnExampleInputs<float>&, ExamplePath, Buffer<float>&,
                                      Buffer<double>&, std::vector<double>&,

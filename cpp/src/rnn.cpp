@@ -553,7 +553,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
     RnnExampleInputs<T> in;
     in.steps = steps, in.B = B, in.I = I, in.H = H, in.K = K;
     in.x = X_, in.hs = HS_, in.dz = DZ_, in.g = G_, in.gy = readout ? grad_ys : nullptr;
-    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0;
+    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0, in.tensors = example_tensors;
     rnn_per_example(in, ExamplePath(example_path), pe_ws_, pe_wsd_, rep.example_tensor,
                     rep.example_step);
   }

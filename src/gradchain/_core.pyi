@@ -110,6 +110,11 @@ class _RnnChain(_Chain):
     forensics: bool
     example_path: int
     """per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients."""
+    example_tensors: bool
+    def replicate_batch(self, n: int) -> None:
+        """The saved forward over ``(T, B)`` becomes that of ``(T, n*B)``, the batch
+        repeated ``n`` times (probe-major)."""
+    """per_example's tensor norms (False: the steps' ``||dL/dh_t||`` per example only)."""
     @property
     def forward_steps(self) -> int: ...
     def pass_bytes(self, steps: int, batch: int) -> int:

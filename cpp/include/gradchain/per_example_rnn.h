@@ -26,6 +26,7 @@ struct RnnExampleInputs {
   const T* gy = nullptr;   // (T, B, K): dL/dy_t, or null (the readout has zero gradient)
   bool bias = true;        // b_ih and b_hh (their gradients are equal)
   bool readout_bias = false;
+  bool tensors = true;     // false: the steps' ||dL/dh_{t,i}||^2 only (the batched probe)
 };
 
 // How the weight terms are computed: by the flop count, or forced (tests, benchmarks).

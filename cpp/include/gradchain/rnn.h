@@ -68,6 +68,13 @@ class RnnChain : public ChainBase<T> {
                      bool report = true, bool per_example = false);
   // per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients
   int example_path = 0;
+  // per_example's tensor norms (false: only the steps' ||dL/dh_{t,i}||^2, the batched probe)
+  bool example_tensors = true;
+
+  // The saved forward pass over (T, B) becomes that of (T, n*B) with the batch repeated n
+  // times (copy c on rows c*B..(c+1)*B): n backward passes in one (the batched probe),
+  // without running the forward n times (per_example_rnn.cpp). The workspace is replanned.
+  void replicate_batch(int64_t n);
 
   int64_t forward_steps() const { return T_; }
   int64_t forward_batch() const { return B_; }

@@ -53,6 +53,9 @@ def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
     return sorted(__all__)
 
 
+# the batched probe's replicated pass: at most this many values (else chunks of probes)
+_PROBE_VALUES = 1 << 26
+
 ON: tuple[str, ...] = ("last", "all")
 """Where an RNN's loss applies (``on=``): the last step, or every step."""
 
@@ -565,7 +568,10 @@ class RNN(Model):
         (``h1..hT``): ``factor[t] = E||dh_T/dh_t^T ...u||^2 / E||u||^2``, its spread, and
         the per-step ``step_factor`` (the empirical counterpart of the report's fitted
         per-step factor). One forward pass at ``x (T, B, I)``, then one backward pass per
-        probe, on a copy of the core: the model's saved pass and gradients are kept.
+        probe, on a copy of the core: the model's saved pass and gradients are kept. (The
+        batched form, :meth:`_probe_batched`, gives the same numbers but measured slower on
+        2 cores: one backward over ``n*B`` rows leaves the caches that ``n`` backward
+        passes over ``B`` rows stay in; benchmarks/README.md.)
         """
         xa = self._check_x(x)
         T, B = xa.shape[0], xa.shape[1]
@@ -583,6 +589,42 @@ class RNN(Model):
             d, _, _ = (twin.backward(None, g, False, True) if self.output_size
                        else twin.backward(g, None, False, True))
             sq[p] = np.square(np.asarray(d["timestep_grad_norms"], dtype=np.float64))
+        u_sq = np.square(U.astype(np.float64)).reshape(k, B * F).sum(axis=1)
+        return ProbeReport("timestep", self.report_axis.labels(T), sq, u_sq, B)
+
+    @locked
+    def _probe_batched(self, x: Any, n: int = 16, seed: int | None = 0) -> ProbeReport:
+        """:meth:`probe` in one batched pass through the core (issue 15 item 2): one forward
+        at ``x``, its saved pass replicated for every probe (probe p on rows
+        ``p*B..(p+1)*B``: ``replicate_batch``) and one backward whose per-example
+        ``||dL/dh_{t,i}||^2`` are summed per probe (in chunks of probes when the replicated
+        batch would exceed ``_PROBE_VALUES`` values), on a copy of the core."""
+        xa = self._check_x(x)
+        T, B = xa.shape[0], xa.shape[1]
+        k = positive_int(n, "n")
+        F = self.output_size or self.hidden_size
+        U = probe_vectors(k, B, F, seed, self.dtype).reshape(k, B, F)
+        # probes per pass: the replicated batch's values (x, the workspace's h, act', dL/dh,
+        # dz, the readout's, the upstream gradient) within _PROBE_VALUES, T*B*c in the BLAS
+        per_probe = T * B * (self.input_size + 6 * self.hidden_size + 3 * F + 2)
+        c = max(1, min(k, _PROBE_VALUES // max(1, per_probe), BLAS_INT_MAX // (T * B)))
+        twin = self._twin()
+        require(twin.pass_bytes(T, c * B) + c * per_probe * self.dtype.itemsize,
+                lambda: f"probe: {c} probes of a batch of {B} through {self._describe()}")
+        twin.example_tensors = False  # the steps' per-example norms only
+        sq = np.empty((k, T))
+        g = np.zeros((T, c * B, F), dtype=self.dtype)
+        for p0 in range(0, k, c):
+            m = min(c, k - p0)
+            if m < c:
+                g = np.zeros((T, m * B, F), dtype=self.dtype)
+            twin.forward(xa, None)
+            twin.replicate_batch(m)
+            g[-1] = U[p0:p0 + m].reshape(m * B, F)
+            d, _, _ = (twin.backward(None, g, False, True, True) if self.output_size
+                       else twin.backward(g, None, False, True, True))
+            rows = np.asarray(d["example_step_sumsq"], dtype=np.float64)  # (T, m * B)
+            sq[p0:p0 + m] = rows.reshape(T, m, B).sum(axis=2).T
         u_sq = np.square(U.astype(np.float64)).reshape(k, B * F).sum(axis=1)
         return ProbeReport("timestep", self.report_axis.labels(T), sq, u_sq, B)
 

@@ -279,3 +279,42 @@ def test_batched_probe_equals_the_per_probe_passes(dtype, readout, monkeypatch):
     assert m.backward(np.ones_like(hs)).timestep_grad_norms.shape == (6,)
     with pytest.raises(ValueError, match="n must be"):
         m._core.replicate_batch(0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("path", PATHS)
+def test_per_example_gradients_equal_the_plain_backward(dtype, path):
+    # on the per-example-gradient path dW_ih, dW_hh are the sums of the examples' own
+    # gradients (per_example_rnn.cpp) instead of the merged GEMMs: equal to rounding,
+    # assigned or accumulated, and the same for any thread count
+    rng = np.random.default_rng(11)
+    T, B = 7, 37
+    m = gc.RNN(3, 10, output_size=2, dtype=dtype, seed=7)
+    m._core.example_path = path
+    x = rng.normal(size=(T, B, 3)).astype(dtype)
+    gy = (rng.normal(size=(T, B, 2)) / B).astype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    m.forward(x)
+    plain_rep = m.backward(grad_ys=gy)
+    plain = {k: v.copy() for k, v in m.named_grads()}
+    old = gc.get_num_threads()
+    got = []
+    try:
+        for n in sorted({1, old}):
+            gc.set_num_threads(n)
+            m.forward(x)
+            rep = m.backward(grad_ys=gy, per_example=True)
+            got.append({k: v.copy() for k, v in m.named_grads()})
+            for k, v in got[-1].items():
+                np.testing.assert_allclose(v, plain[k], rtol=tol, atol=tol * 1e-3, err_msg=k)
+            assert rep.weight_hh_grad_norm == pytest.approx(plain_rep.weight_hh_grad_norm,
+                                                            rel=tol)
+            m.backward(grad_ys=gy, accumulate=True, per_example=True)
+            for k, v in m.named_grads():
+                np.testing.assert_allclose(v, 2 * plain[k], rtol=tol, atol=tol * 1e-3,
+                                           err_msg=k)
+    finally:
+        gc.set_num_threads(old)
+    for g in got[1:]:
+        for k, v in g.items():
+            np.testing.assert_array_equal(v, got[0][k], err_msg=k)

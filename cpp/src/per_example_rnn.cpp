@@ -29,6 +29,16 @@ bool rnn_example_gram(int64_t steps, int64_t I, int64_t H, int64_t K) {
   return gram < direct;
 }
 
+bool rnn_example_fuses(int path, int64_t steps, int64_t I, int64_t H, int64_t K) {
+  return path == int(ExamplePath::Direct) ||
+         (path == int(ExamplePath::Auto) && !rnn_example_gram(steps, I, H, K));
+}
+
+namespace {
+// examples per block of the fused dW sums (a function of B only): at most 16 blocks
+inline int64_t example_block(int64_t B) { return B <= 64 ? 4 : (B + 15) / 16; }
+}  // namespace
+
 int64_t rnn_example_workspace(bool gram, int64_t steps, int64_t I, int64_t H, int64_t K) {
   if (gram) return (steps + 1) * (steps + 1) + steps * steps * (K > 0 ? 3 : 2);
   int64_t m = H * I > H * H ? H * I : H * H;
@@ -86,7 +96,11 @@ void rnn_per_example(const RnnExampleInputs<T>& in, ExamplePath path, Buffer<T>&
   const int nt = region.threads();
   const int64_t per = in.tensors ? rnn_example_workspace(gram, steps, I, H, K) : 0;
   const int64_t perd = in.tensors ? H + K : 0;
-  if (ws.size() < per * nt) ws = Buffer<T>(per * nt, "the per-example workspace");
+  const bool fuse = in.tensors && !gram && in.dw_ih != nullptr;
+  const int64_t eb = fuse ? example_block(B) : 1, nblk = ceil_div(B, eb);
+  const int64_t HI = H * I, HH = H * H, nacc = fuse ? nblk * (HI + HH) : 0;
+  if (ws.size() < per * nt + nacc)
+    ws = Buffer<T>(per * nt + nacc, "the per-example workspace");
   if (wsd.size() < perd * nt) wsd = Buffer<double>(perd * nt, "the per-example workspace");
   T* wsp = ws.data();
   double* wsdp = wsd.data();
@@ -106,9 +120,14 @@ void rnn_per_example(const RnnExampleInputs<T>& in, ExamplePath path, Buffer<T>&
 #pragma omp for schedule(static) nowait
     for (int64_t t = 1; t <= steps; ++t)
       if (!is_set(stop)) Kt.row_sumsq(in.g + t * BH, B, H, stp + (t - 1) * B);
+    T* accs = wsp + per * nt;  // fuse: block b's sums of dW_ih (H x I), then dW_hh (H x H)
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < (in.tensors ? B : 0); ++i) {
+    for (int64_t blk = 0; blk < (in.tensors ? nblk : 0); ++blk)
+    for (int64_t i = blk * eb; i < (blk + 1) * eb && i < B; ++i) {
       if (is_set(stop)) continue;
+      T* acc_ih = fuse ? accs + (i / eb) * (HI + HH) : nullptr;
+      T* acc_hh = fuse ? acc_ih + HI : nullptr;
+      const bool first = i % eb == 0;  // a block's examples run in order on one thread
       const T* dz = in.dz + i * H;  // row t of example i: dz + t * BH
       const T* x = in.x + i * I;
       const T* h = in.hs + i * H;   // h_0 .. h_T
@@ -134,13 +153,40 @@ void rnn_per_example(const RnnExampleInputs<T>& in, ExamplePath path, Buffer<T>&
         }
       } else {
         // example i's own gradients, one at a time in the slot
-        gemm(true, false, H, I, steps, T(1), dz, BH, x, BI, T(0), slot, I);
-        ten[kExWeightIh * B + i] = Kt.sumsq(slot, H * I);
-        gemm(true, false, H, H, steps, T(1), dz, BH, h, BH, T(0), slot, H);
-        ten[kExWeightHh * B + i] = Kt.sumsq(slot, H * H);
+        gemm(true, false, H, I, steps, T(1), dz, BH, x, BI, T(0), fuse && first ? acc_ih : slot,
+             I);
+        if (fuse && first) {
+          ten[kExWeightIh * B + i] = Kt.sumsq(acc_ih, HI);
+        } else {
+          ten[kExWeightIh * B + i] = Kt.sumsq(slot, HI);
+          if (fuse)
+            for (int64_t c = 0; c < HI; ++c) acc_ih[c] += slot[c];
+        }
+        gemm(true, false, H, H, steps, T(1), dz, BH, h, BH, T(0), fuse && first ? acc_hh : slot,
+             H);
+        if (fuse && first) {
+          ten[kExWeightHh * B + i] = Kt.sumsq(acc_hh, HH);
+        } else {
+          ten[kExWeightHh * B + i] = Kt.sumsq(slot, HH);
+          if (fuse)
+            for (int64_t c = 0; c < HH; ++c) acc_hh[c] += slot[c];
+        }
         if (readout) {
           gemm(true, false, K, H, steps, T(1), gy, BK, h + BH, BH, T(0), slot, H);
           ten[kExReadoutWeight * B + i] = Kt.sumsq(slot, K * H);
+        }
+      }
+    }
+    if (fuse) {  // dW = (dW +) sum of the blocks' sums, in block order, per chunk of values
+      const int64_t chunk = 4096, nch = ceil_div(HI + HH, chunk);
+#pragma omp for schedule(static)
+      for (int64_t ch = 0; ch < nch; ++ch) {
+        const int64_t c0 = ch * chunk, c1 = c0 + chunk < HI + HH ? c0 + chunk : HI + HH;
+        for (int64_t c = c0; c < c1; ++c) {
+          T s = accs[c];
+          for (int64_t b = 1; b < nblk; ++b) s += accs[b * (HI + HH) + c];
+          T* d = c < HI ? in.dw_ih + c : in.dw_hh + (c - HI);
+          *d = in.accumulate ? T(*d + s) : s;
         }
       }
     }

@@ -376,6 +376,9 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   stop_ = cancel_flag();  // cancelled: as in forward, then the report is not computed
   RnnReport rep;
   rep.timestep.assign(size_t(steps), 0.0);
+  // per_example forming the examples' own gradients: their sum is dW_ih, dW_hh (below)
+  const bool fused = per_example && example_tensors &&
+                     rnn_example_fuses(example_path, steps, I, H, K);
   double ss_w_ih = 0, ss_w_hh = 0, ss_w_out = 0, ss_b = 0, ss_b_out = 0;
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
@@ -472,25 +475,25 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
     const GemmSplit s2 = gemm_split(H, H, TB);
     const GemmSplit s3 = gemm_split(TB, I, H);
     const T beta = accumulate ? T(1) : T(0);
+    const int64_t nw = fused ? 0 : s1.count + s2.count;  // fused: per_example_rnn.cpp's
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < s1.count + s2.count + (dx ? s3.count : 0); ++i) {
+    for (int64_t i = 0; i < nw + (dx ? s3.count : 0); ++i) {
       if (stopping()) continue;
-      if (i < s1.count)
+      if (i >= nw)
+        gemm_block(s3, i - nw, false, false, TB, I, H, DZ_, H, W_ih, I, T(0), dx, I, packs());
+      else if (i < s1.count)
         gemm_block(s1, i, true, false, H, I, TB, DZ_, H, X_, I, beta, grads + w_ih_, I,
                    packs());
-      else if (i < s1.count + s2.count)
+      else
         gemm_block(s2, i - s1.count, true, false, H, H, TB, DZ_, H, HS_, H, beta, grads + w_hh_,
                    H, packs());
-      else
-        gemm_block(s3, i - s1.count - s2.count, false, false, TB, I, H, DZ_, H, W_ih, I, T(0), dx,
-                   I, packs());
     }
 #pragma omp sections
     {
 #pragma omp section
-      if (report) ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
+      if (report && !fused) ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
 #pragma omp section
-      if (report) ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
+      if (report && !fused) ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
 #pragma omp section
       if (readout && report) ss_w_out = Kt.sumsq(grads + w_out_, K * H);
 #pragma omp section
@@ -512,6 +515,19 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   region.done();
 
   if (stopping()) throw Cancelled();
+  if (per_example) {  // per_example_rnn.cpp, from the saved x, h, dz and dL/dh
+    RnnExampleInputs<T> in;
+    in.steps = steps, in.B = B, in.I = I, in.H = H, in.K = K;
+    in.x = X_, in.hs = HS_, in.dz = DZ_, in.g = G_, in.gy = readout ? grad_ys : nullptr;
+    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0, in.tensors = example_tensors;
+    if (fused) in.dw_ih = grads + w_ih_, in.dw_hh = grads + w_hh_, in.accumulate = accumulate;
+    rnn_per_example(in, ExamplePath(example_path), pe_ws_, pe_wsd_, rep.example_tensor,
+                    rep.example_step);
+    if (fused) {
+      ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
+      ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
+    }
+  }
   rep.forward_first_nonfinite = fwd_nonfinite_;
   rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
   if (!report) {  // gradients only: the report's norms stay 0
@@ -549,14 +565,6 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   rep.forward_first_nonfinite = fwd_nonfinite_;
   rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
   if (health) fill_health(rep);
-  if (per_example) {  // per_example_rnn.cpp, from the saved x, h, dz and dL/dh
-    RnnExampleInputs<T> in;
-    in.steps = steps, in.B = B, in.I = I, in.H = H, in.K = K;
-    in.x = X_, in.hs = HS_, in.dz = DZ_, in.g = G_, in.gy = readout ? grad_ys : nullptr;
-    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0, in.tensors = example_tensors;
-    rnn_per_example(in, ExamplePath(example_path), pe_ws_, pe_wsd_, rep.example_tensor,
-                    rep.example_step);
-  }
   if (dh0) std::memcpy(dh0, G_, size_t(BH) * sizeof(T));
   return rep;
 }

@@ -27,6 +27,12 @@ struct RnnExampleInputs {
   bool bias = true;        // b_ih and b_hh (their gradients are equal)
   bool readout_bias = false;
   bool tensors = true;     // false: the steps' ||dL/dh_{t,i}||^2 only (the batched probe)
+  // Set on the per-example-gradient path (rnn_example_fuses): the batch's dW_ih, dW_hh
+  // (assigned, or added with accumulate) as the sum of the examples' own gradients, in
+  // fixed blocks of examples summed in block order, instead of the backward's merged GEMMs.
+  T* dw_ih = nullptr;
+  T* dw_hh = nullptr;
+  bool accumulate = false;
 };
 
 // How the weight terms are computed: by the flop count, or forced (tests, benchmarks).
@@ -39,6 +45,9 @@ enum RnnExampleTensor : int {
 
 // Whether the Gram path costs fewer flops than forming the per-example gradients.
 bool rnn_example_gram(int64_t steps, int64_t I, int64_t H, int64_t K);
+// Whether a per_example backward forms the examples' own gradients (path Direct, or Auto
+// and not Gram): then their sum is the batch's dW_ih, dW_hh (RnnExampleInputs::dw_ih).
+bool rnn_example_fuses(int path, int64_t steps, int64_t I, int64_t H, int64_t K);
 
 // Per-thread workspace values (T) of a path for the shape.
 int64_t rnn_example_workspace(bool gram, int64_t steps, int64_t I, int64_t H, int64_t K);

@@ -146,6 +146,9 @@ def _rnn(w: Any, rounds: int) -> dict[str, Any]:
     other = 2 if w.steps < w.hidden_size else 1
     out[f"per_example_path{other}_vs_report"] = _paired(
         lambda: step(), lambda: step(per_example=True, path=other), max(3, rounds // 5))
+    # path 3: the per-example gradients' sum replaces the merged dW GEMMs (opt-in)
+    out["per_example_path3_vs_grads_only"] = _paired(
+        lambda: step(report=False), lambda: step(per_example=True, path=3), rounds)
     r._core.forensics = True
     r._core.example_path = 0
     return out

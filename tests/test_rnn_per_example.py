@@ -81,7 +81,7 @@ def test_both_paths_give_the_same_norms_and_auto_picks_by_flops(dtype, shape):
     x = rng.normal(size=(T, B, I_)).astype(dtype)
     gy = (rng.normal(size=(T, B, 2)) / B).astype(dtype)
     out = {}
-    for path in (0, 1, 2):
+    for path in (0, 1, 2, 3):
         m._core.example_path = path
         m.forward(x)
         out[path] = m.backward(grad_ys=gy, per_example=True)
@@ -89,6 +89,8 @@ def test_both_paths_give_the_same_norms_and_auto_picks_by_flops(dtype, shape):
     for k in out[1].per_example_tensor_grad_norms:
         np.testing.assert_allclose(out[1].per_example_tensor_grad_norms[k],
                                    out[2].per_example_tensor_grad_norms[k], rtol=tol, err_msg=k)
+        np.testing.assert_array_equal(out[2].per_example_tensor_grad_norms[k],
+                                      out[3].per_example_tensor_grad_norms[k], err_msg=k)
     # the flop count: Gram T^2 (2H + I + K) against per-example gradients T H (I + H + K)
     gram = T * T * (2 * H + I_ + 2) < T * H * (I_ + H + 2)
     assert gram == (T < H)
@@ -216,7 +218,7 @@ def test_per_example_bad_arguments_and_accumulate():
     plain = m.backward(grad_ys=gy)
     assert plain.per_example_grad_norms is None and plain.noise_scale is None
     with pytest.raises(ValueError, match="example_path"):
-        m._core.example_path = 3
+        m._core.example_path = 4
 
 
 @pytest.mark.parametrize("readout", [2, None])
@@ -282,7 +284,7 @@ def test_batched_probe_equals_the_per_probe_passes(dtype, readout, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", [*PATHS, 3])
 def test_per_example_gradients_equal_the_plain_backward(dtype, path):
     # on the per-example-gradient path dW_ih, dW_hh are the sums of the examples' own
     # gradients (per_example_rnn.cpp) instead of the merged GEMMs: equal to rounding,

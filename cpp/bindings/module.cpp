@@ -629,10 +629,11 @@ void bind_rnn(py::module_& m, const char* name) {
       .def_property(
           "example_path", [](const C& c) { return c.example_path; },
           [](C& c, int p) {
-            if (p < 0 || p > 2) throw std::invalid_argument("example_path: 0, 1 or 2");
+            if (p < 0 || p > 3) throw std::invalid_argument("example_path: 0, 1, 2 or 3");
             c.example_path = p;
           },
-          "per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients.")
+          "per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients, "
+          "3 per-example gradients whose sum is dW (cheaper; dW equal to rounding only).")
       .def(
           "replicate_batch",
           [](C& c, int64_t n) {

@@ -109,7 +109,8 @@ class _RnnChain(_Chain):
     health_threshold: float
     forensics: bool
     example_path: int
-    """per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients."""
+    """per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients,
+    3 per-example gradients whose sum is dW (cheaper; dW equal to rounding only)."""
     example_tensors: bool
     def replicate_batch(self, n: int) -> None:
         """The saved forward over ``(T, B)`` becomes that of ``(T, n*B)``, the batch

@@ -36,7 +36,10 @@ struct RnnExampleInputs {
 };
 
 // How the weight terms are computed: by the flop count, or forced (tests, benchmarks).
-enum class ExamplePath : int { Auto = 0, Gram = 1, Direct = 2 };
+// DirectSum: the per-example gradients, and their sum is the batch's dW_ih, dW_hh (the
+// merged GEMMs skipped: cheaper, but dW then differs from per_example=false to rounding,
+// so opt-in: gc.train's recorded steps must not change the trajectory).
+enum class ExamplePath : int { Auto = 0, Gram = 1, Direct = 2, DirectSum = 3 };
 
 // The tensors of RnnExampleSums::tensor, in this order (rows of B values each).
 enum RnnExampleTensor : int {
@@ -45,8 +48,8 @@ enum RnnExampleTensor : int {
 
 // Whether the Gram path costs fewer flops than forming the per-example gradients.
 bool rnn_example_gram(int64_t steps, int64_t I, int64_t H, int64_t K);
-// Whether a per_example backward forms the examples' own gradients (path Direct, or Auto
-// and not Gram): then their sum is the batch's dW_ih, dW_hh (RnnExampleInputs::dw_ih).
+// Whether a per_example backward sums the examples' own gradients into the batch's dW_ih,
+// dW_hh (RnnExampleInputs::dw_ih): path DirectSum only.
 bool rnn_example_fuses(int path, int64_t steps, int64_t I, int64_t H, int64_t K);
 
 // Per-thread workspace values (T) of a path for the shape.

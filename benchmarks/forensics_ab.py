@@ -8,8 +8,9 @@ Per workload, alternating which goes first in each round (one forward + backward
 
 * ``health``: the report with its health statistics and non-finite stages on against off
   (``model._core.forensics``), ``backward(report=True)`` both;
-* ``per_example`` (MLP): ``backward(report=False, per_example=False)`` against
-  ``backward(report=True, per_example=True)``, and against ``report=True`` alone;
+* ``per_example`` (MLP and RNN): ``backward(report=False, per_example=False)`` against
+  ``backward(report=True, per_example=True)``, and against ``report=True`` alone (RNN:
+  also the path the flop count did not pick, ``_core.example_path``);
 * ``clip`` (with torch, on ``mlp-small``: vmap materialises B copies of the parameters,
   2 GiB for mlp-tanh): one DP-SGD step's gradients, ``loss_and_grad`` +
   ``gc.clip_per_example``, against ``torch.func.vmap(grad)`` per-sample gradients, their
@@ -129,13 +130,27 @@ def _rnn(w: Any, rounds: int) -> dict[str, Any]:
     x = rng.normal(size=(w.steps, w.batch, w.input_size)).astype(r.dtype)
     g = (rng.normal(size=(w.steps, w.batch, w.hidden_size)) / w.batch).astype(r.dtype)
 
-    def step(forensics: bool = True) -> None:
+    def step(forensics: bool = True, report: bool = True, per_example: bool = False,
+             path: int = 0) -> None:
         r._core.forensics = forensics
+        r._core.example_path = path
         r.forward(x)
-        r.backward(grad_hs=g)
+        r.backward(grad_hs=g, report=report, per_example=per_example)
 
-    out = {"health": _paired(lambda: step(False), lambda: step(True), rounds)}
+    out = {"health": _paired(lambda: step(False), lambda: step(True), rounds),
+           "per_example_vs_grads_only": _paired(lambda: step(report=False),
+                                                lambda: step(per_example=True), rounds),
+           "per_example_vs_report": _paired(lambda: step(),
+                                            lambda: step(per_example=True), rounds)}
+    # the path the flop count did not pick (Gram matrices when T > H), for the record
+    other = 2 if w.steps < w.hidden_size else 1
+    out[f"per_example_path{other}_vs_report"] = _paired(
+        lambda: step(), lambda: step(per_example=True, path=other), max(3, rounds // 5))
+    # path 3: the per-example gradients' sum replaces the merged dW GEMMs (opt-in)
+    out["per_example_path3_vs_grads_only"] = _paired(
+        lambda: step(report=False), lambda: step(per_example=True, path=3), rounds)
     r._core.forensics = True
+    r._core.example_path = 0
     return out
 
 

@@ -423,7 +423,7 @@ def test_per_example_refuses_training_batch_norm_and_bad_arguments():
         m2.backward(np.ones((5, 2), np.float32), report=False, per_example=True)
     with pytest.raises(TypeError, match="per_example"):
         m2.backward(np.ones((5, 2), np.float32), per_example=1)
-    assert not gc.RNN(2, 3).supports_per_example()
+    assert not gc.LSTM(2, 3).supports_per_example()
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:3])
@@ -466,7 +466,7 @@ def test_clip_per_example_needs_a_backward_of_one_batch():
     with pytest.raises(ValueError, match="max_norm"):
         gc.clip_per_example(m, -1.0)
     with pytest.raises(TypeError, match="per-example"):
-        r = gc.RNN(2, 3)
+        r = gc.LSTM(2, 3)
         gc.clip_per_example(r, 1.0)
 
 

@@ -31,6 +31,7 @@
 #include "gradchain/norm.h"
 #include "gradchain/report.h"
 #include "gradchain/rnn.h"
+#include "gradchain/per_example_rnn.h"
 
 namespace py = pybind11;
 using namespace gradchain;
@@ -502,6 +503,8 @@ void bind_mlp(py::module_& m, const char* name) {
   bind_shared<C, T>(cls);
 }
 
+py::array_t<double> mat(const std::vector<double>& v, int64_t rows, int64_t cols);
+
 // The entries every recurrent report has (RecurrentReport); ||dL/dh_t|| as zeros when the
 // report was not computed.
 void add_recurrent(py::dict& d, const RecurrentReport& r, int64_t steps) {
@@ -521,6 +524,14 @@ py::dict rnn_report_dict(const RnnReport& r, int64_t steps) {
   py::dict d;
   add_recurrent(d, r, steps);
   add_forensics(d, r);
+  if (!r.example_tensor.empty()) {  // per_example: (5, B) and (T, B) squared shares
+    const int64_t B = int64_t(r.example_tensor.size()) / kExTensors;
+    d["example_tensor_sumsq"] = mat(r.example_tensor, kExTensors, B);
+    d["example_step_sumsq"] = mat(r.example_step, int64_t(r.example_step.size()) / B, B);
+  } else {
+    d["example_tensor_sumsq"] = py::none();
+    d["example_step_sumsq"] = py::none();
+  }
   return d;
 }
 
@@ -630,8 +641,11 @@ void bind_rnn(py::module_& m, const char* name) {
           py::arg("x").noconvert(), py::arg("h0") = py::none())
       .def(
           "backward",
-          [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate, bool report) {
+          [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate, bool report,
+             bool per_example) {
             if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
+            if (per_example && !report)
+              throw std::invalid_argument("per_example: the per-example norms need report=True");
             using S = SeqArgs<T>;
             const auto& cfg = c.config();
             const int64_t steps = c.forward_steps(), B = c.forward_batch();
@@ -641,12 +655,32 @@ void bind_rnn(py::module_& m, const char* name) {
             RnnReport rep = run_pass(
                 &c, "backward", 2.0 * double(steps) * double(B) * double(c.num_params()),
                 [&, dxp = dxp, dhp = dhp] {
-                  return c.backward(g.ghp, g.gyp, dxp, dhp, accumulate, report);
+                  return c.backward(g.ghp, g.gyp, dxp, dhp, accumulate, report, per_example);
                 });
             return py::make_tuple(rnn_report_dict(rep, steps), dx, dh0);
           },
           py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
-          py::arg("accumulate") = false, py::arg("report") = true);
+          py::arg("accumulate") = false, py::arg("report") = true,
+          py::arg("per_example") = false)
+      .def_property(
+          "example_path", [](const C& c) { return c.example_path; },
+          [](C& c, int p) {
+            if (p < 0 || p > 3) throw std::invalid_argument("example_path: 0, 1, 2 or 3");
+            c.example_path = p;
+          },
+          "per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients, "
+          "3 per-example gradients whose sum is dW (cheaper; dW equal to rounding only).")
+      .def(
+          "replicate_batch",
+          [](C& c, int64_t n) {
+            py::gil_scoped_release release;
+            c.replicate_batch(n);
+          },
+          py::arg("n"),
+          "The saved forward over (T, B) becomes that of (T, n*B), the batch repeated n "
+          "times (the batched probe's n backward passes in one).")
+      .def_readwrite("example_tensors", &C::example_tensors,
+                     "per_example's tensor norms (False: the steps' only, the batched probe).");
   bind_recurrent<C, T>(cls);
 }
 

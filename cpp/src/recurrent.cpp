@@ -174,7 +174,8 @@ void RecurrentChain<T>::readout_backward(const T* grad_ys, T* G, bool accumulate
 }
 
 template <class T>
-void RecurrentChain<T>::weight_grads(const T* DZ, const T* DH, T* dx, bool accumulate) {
+void RecurrentChain<T>::weight_grads(const T* DZ, const T* DH, T* dx, bool accumulate,
+                                     bool weights) {
   const int64_t I = I_, H = H_, GH = GH_, TB = T_ * B_;
   T* grads = grads_.data();
   const T* W_ih = params_.data() + w_ih_;
@@ -182,17 +183,17 @@ void RecurrentChain<T>::weight_grads(const T* DZ, const T* DH, T* dx, bool accum
   const GemmSplit s2 = gemm_split(GH, H, TB);
   const GemmSplit s3 = gemm_split(TB, I, GH);
   const T beta = accumulate ? T(1) : T(0);
+  const int64_t nw = weights ? s1.count + s2.count : 0;
 #pragma omp for schedule(dynamic, 1)
-  for (int64_t i = 0; i < s1.count + s2.count + (dx ? s3.count : 0); ++i) {
+  for (int64_t i = 0; i < nw + (dx ? s3.count : 0); ++i) {
     if (stopping()) continue;
-    if (i < s1.count)
+    if (i >= nw)
+      gemm_block(s3, i - nw, false, false, TB, I, GH, DZ, GH, W_ih, I, T(0), dx, I, packs());
+    else if (i < s1.count)
       gemm_block(s1, i, true, false, GH, I, TB, DZ, GH, X_, I, beta, grads + w_ih_, I, packs());
-    else if (i < s1.count + s2.count)
+    else
       gemm_block(s2, i - s1.count, true, false, GH, H, TB, DH, GH, HS_, H, beta, grads + w_hh_,
                  H, packs());
-    else
-      gemm_block(s3, i - s1.count - s2.count, false, false, TB, I, GH, DZ, GH, W_ih, I, T(0),
-                 dx, I, packs());
   }
 }
 

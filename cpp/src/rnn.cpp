@@ -20,6 +20,7 @@
 #include "gradchain/dispatch.h"
 #include "gradchain/governor.h"
 #include "gradchain/parallel.h"
+#include "gradchain/per_example_rnn.h"
 #include "gradchain/report.h"
 
 namespace gradchain {
@@ -258,9 +259,11 @@ void RnnChain<T>::forward(const T* x, const T* h0, int64_t steps, int64_t B, T* 
 // ---------------------------------------------------------------------------
 template <class T>
 RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0,
-                                bool accumulate, bool report) {
+                                bool accumulate, bool report, bool per_example) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_forward_) throw std::logic_error("backward() called before forward()");
+  if (per_example && !report)
+    throw std::invalid_argument("per_example: the per-example norms need report=True");
   const auto& Kt = kernels<T>();
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
   const int64_t steps = T_, B = B_, BH = B * H, TB = steps * B;
@@ -279,6 +282,9 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   stop_ = cancel_flag();  // cancelled: as in forward, then the report is not computed
   RnnReport rep;
   rep.timestep.assign(size_t(steps), 0.0);
+  // per_example forming the examples' own gradients: their sum is dW_ih, dW_hh (below)
+  const bool fused = per_example && example_tensors &&
+                     rnn_example_fuses(example_path, steps, I, H, K);
   double ss_w_ih = 0, ss_w_hh = 0, ss_w_out = 0, ss_b = 0, ss_b_out = 0;
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
@@ -330,14 +336,15 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
       }
     }
 
-    // Merged over all T*B rows: dW_ih = dz^T x, dW_hh = dz^T h_{t-1}, dx = dz W_ih.
-    this->weight_grads(DZ_, DZ_, dx, accumulate);
+    // Merged over all T*B rows: dW_ih = dz^T x, dW_hh = dz^T h_{t-1}, dx = dz W_ih (fused:
+    // dW is formed by per_example_rnn.cpp from the examples' own gradients).
+    this->weight_grads(DZ_, DZ_, dx, accumulate, /*weights=*/!fused);
 #pragma omp sections
     {
 #pragma omp section
-      if (report) ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
+      if (report && !fused) ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
 #pragma omp section
-      if (report) ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
+      if (report && !fused) ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
 #pragma omp section
       if (readout && report) ss_w_out = Kt.sumsq(grads + w_out_, K * H);
 #pragma omp section
@@ -359,6 +366,19 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   region.done();
 
   if (stopping()) throw Cancelled();
+  if (per_example) {  // per_example_rnn.cpp, from the saved x, h, dz and dL/dh
+    RnnExampleInputs<T> in;
+    in.steps = steps, in.B = B, in.I = I, in.H = H, in.K = K;
+    in.x = X_, in.hs = HS_, in.dz = DZ_, in.g = G_, in.gy = readout ? grad_ys : nullptr;
+    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0, in.tensors = example_tensors;
+    if (fused) in.dw_ih = grads + w_ih_, in.dw_hh = grads + w_hh_, in.accumulate = accumulate;
+    rnn_per_example(in, ExamplePath(example_path), pe_ws_, pe_wsd_, rep.example_tensor,
+                    rep.example_step);
+    if (fused) {
+      ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
+      ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
+    }
+  }
   rep.forward_first_nonfinite = fwd_nonfinite_;
   rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
   if (!report) {  // gradients only: the report's norms stay 0

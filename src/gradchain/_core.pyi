@@ -108,6 +108,14 @@ class _RnnChain(_Chain):
     ) -> None: ...
     health_threshold: float
     forensics: bool
+    example_path: int
+    """per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients,
+    3 per-example gradients whose sum is dW (cheaper; dW equal to rounding only)."""
+    example_tensors: bool
+    def replicate_batch(self, n: int) -> None:
+        """The saved forward over ``(T, B)`` becomes that of ``(T, n*B)``, the batch
+        repeated ``n`` times (probe-major)."""
+    """per_example's tensor norms (False: the steps' ``||dL/dh_t||`` per example only)."""
     @property
     def forward_steps(self) -> int: ...
     def pass_bytes(self, steps: int, batch: int) -> int:
@@ -121,6 +129,7 @@ class _RnnChain(_Chain):
         grad_ys: npt.NDArray[Any] | None = None,
         accumulate: bool = False,
         report: bool = True,
+        per_example: bool = False,
     ) -> tuple[dict[str, Any], npt.NDArray[Any], npt.NDArray[Any]]: ...
 
 class RnnChainF32(_RnnChain): ...

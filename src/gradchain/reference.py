@@ -1424,6 +1424,34 @@ def rnn_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
     return grads, dx, dh0, report
 
 
+def rnn_per_example_grad_norms(params: Mapping[str, Any], x: Any, grad_hs: Any | None = None,
+                               grad_ys: Any | None = None, h0: Any | None = None,
+                               **kwargs: Any) -> tuple[np.ndarray, dict[str, np.ndarray],
+                                                       np.ndarray]:
+    """Per-example gradient norms of an RNN, one example at a time: example i's own loss has
+    ``dL_i/dh_t = B * grad_hs[:, i]`` and ``dL_i/dy_t = B * grad_ys[:, i]`` (``L = mean_i
+    L_i``); forward and backward on ``x[:, i:i+1]`` alone. Returns ``(norms (B,),
+    per_tensor {name: (B,)}, per_step (T, B))``: ``||grad L_i||`` over every parameter, per
+    parameter tensor, and ``||dL_i/dh_t||`` (the total derivative). ``kwargs`` as
+    :func:`rnn_forward`'s."""
+    x = _float_array(x, "x")
+    B = x.shape[1]
+    norms, per, steps = [], {}, []
+    for i in range(B):
+        _, cache = rnn_forward(params, x[:, i:i + 1],
+                               None if h0 is None else _float_array(h0, "h0")[i:i + 1], **kwargs)
+        gh = None if grad_hs is None else (_float_array(grad_hs, "grad_hs")[:, i:i + 1] * B)
+        gy = None if grad_ys is None else (_float_array(grad_ys, "grad_ys")[:, i:i + 1] * B)
+        grads, _, _, rep = rnn_backward(cache, gh, gy)
+        norms.append(global_norm(list(grads.values())))
+        for k, g in grads.items():
+            per.setdefault(k, []).append(frobenius_norm(g))
+        steps.append(np.asarray(rep["timestep_grad_norms"], dtype=np.float64))
+    return (np.array(norms, dtype=np.float64),
+            {k: np.array(v, dtype=np.float64) for k, v in per.items()},
+            np.array(steps, dtype=np.float64).T)
+
+
 @_ieee
 def rnn_loss_grads(outputs: Any, target: Any, loss: str, on: str = "last"
                    ) -> tuple[float, np.ndarray]:

@@ -493,6 +493,17 @@ class RNNGradReport:
         (dead / saturated for every example), the entries of ``dL/dh_t``, ``mean |h_t|``.
     nonfinite_origin : NonFiniteOrigin or None
         Where the first NaN/Inf was born (``where="step"``).
+    per_example_grad_norms : (B,) float64 or None
+        ``||grad l_i||`` of every example's own loss (``backward(..., per_example=True)``;
+        ``L = mean_i l_i``), exact: the weights are shared over time, so example i's
+        gradient ``sum_t dz_{t,i} a_{t,i}^T`` is not rank one (``per_example_rnn.h``).
+    per_example_tensor_grad_norms : dict[str, (B,) float64] or None
+        The same per parameter tensor (``weight_ih_l0``, ``weight_hh_l0``, the biases, the
+        readout's).
+    per_example_timestep_grad_norms : (T, B) float64 or None
+        ``||dl_i/dh_{t,i}||``: every example's own ``dL/dh_t`` row (times B).
+    noise_scale : float or None
+        The gradient noise scale ``B_simple = tr(Sigma) / ||G||^2`` of the batch.
     """
 
     timestep_grad_norms: np.ndarray
@@ -514,6 +525,14 @@ class RNNGradReport:
     subnormal_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
     mean_abs_activations: np.ndarray = field(default_factory=lambda: np.zeros(0))
     nonfinite_origin: NonFiniteOrigin | None = None
+    per_example_grad_norms: np.ndarray | None = None
+    per_example_tensor_grad_norms: dict[str, np.ndarray] | None = None
+    per_example_timestep_grad_norms: np.ndarray | None = None
+    noise_scale: float | None = None
+
+    # the rows of the core's per-example sums (per_example_rnn.h's RnnExampleTensor)
+    _EXAMPLE_ROWS = {"weight_ih_l0": 0, "weight_hh_l0": 1, "bias_ih_l0": 2, "bias_hh_l0": 2,
+                     "readout.weight": 3, "readout.bias": 4}
 
     _NORMS = ("weight_ih_grad_norm", "weight_hh_grad_norm", "bias_ih_grad_norm",
               "bias_hh_grad_norm", "readout_weight_grad_norm", "readout_bias_grad_norm",
@@ -521,7 +540,8 @@ class RNNGradReport:
 
     @classmethod
     def _from_core(cls, d: dict[str, Any], h0_grad: np.ndarray,
-                   loss_stage: str | None = None) -> RNNGradReport:
+                   loss_stage: str | None = None,
+                   tensors: list[str] | None = None) -> RNNGradReport:
         rep = cls(
             timestep_grad_norms=d["timestep_grad_norms"],
             **{k: float(d[k]) for k in cls._NORMS},
@@ -540,7 +560,23 @@ class RNNGradReport:
                                        d.get("forward_nonfinite_stage"), loss_stage,
                                        rep.first_nonfinite, d.get("backward_nonfinite_stage"),
                                        -1 if params_bad else None)
+        ss = d.get("example_tensor_sumsq")
+        if ss is not None and tensors is not None:
+            rep._add_per_example(np.asarray(ss, dtype=np.float64),
+                                 np.asarray(d["example_step_sumsq"], dtype=np.float64), tensors)
         return rep
+
+    def _add_per_example(self, ss: np.ndarray, step: np.ndarray, tensors: list[str]) -> None:
+        """The per-example fields from the core's squared shares ``ss (5, B)`` (rows as
+        ``_EXAMPLE_ROWS``) and ``step (T, B)``: example i's own loss ``l_i`` (``L = mean_i
+        l_i``) has B times its share of the gradient."""
+        B = ss.shape[1]
+        per = {n: float(B) * np.sqrt(ss[self._EXAMPLE_ROWS[n]]) for n in tensors}
+        self.per_example_tensor_grad_norms = per
+        self.per_example_grad_norms = float(B) * np.sqrt(
+            np.sum([ss[self._EXAMPLE_ROWS[n]] for n in tensors], axis=0))
+        self.per_example_timestep_grad_norms = float(B) * np.sqrt(step)
+        self.noise_scale = _noise_scale(self.per_example_grad_norms, self.global_norm)
 
     @property
     def steps(self) -> int:
@@ -617,6 +653,11 @@ class RNNGradReport:
         text = self.health_table(rows)
         if text:
             lines += ["health (step t: units of h_t; dL/dh_t: entries)", text]
+        if self.per_example_grad_norms is not None:
+            g = self.per_example_grad_norms
+            lines.append(f"per-example ||grad l_i||: min {_fmt(float(g.min()))}, median "
+                         f"{_fmt(float(np.median(g)))}, max {_fmt(float(g.max()))};  noise "
+                         f"scale B_simple {_fmt(float(self.noise_scale or math.nan))}")
         if self.nonfinite_origin is not None:
             lines.append(f"NaN/Inf born in {self.nonfinite_origin}")
         return "\n".join(lines)
@@ -689,9 +730,13 @@ def _forensics_dict(rep: Any) -> dict[str, Any]:
     out["nonfinite_origin"] = None if o is None else {
         "phase": o.phase, "index": o.index, "stage": o.stage, "where": o.where,
         "text": str(o)}
-    for k in ("per_example_grad_norms", "per_example_layer_grad_norms"):
+    for k in ("per_example_grad_norms", "per_example_layer_grad_norms",
+              "per_example_timestep_grad_norms"):
         if hasattr(rep, k):
             out[k] = lst(getattr(rep, k))
+    per = getattr(rep, "per_example_tensor_grad_norms", None)
+    if per is not None:
+        out["per_example_tensor_grad_norms"] = {n: lst(v) for n, v in per.items()}
     if hasattr(rep, "noise_scale"):
         ns = rep.noise_scale
         out["noise_scale"] = None if ns is None or math.isnan(ns) else float(ns)

@@ -130,8 +130,8 @@ class RecurrentChain : public ChainBase<T> {
   void readout_backward(const T* grad_ys, T* G, bool accumulate, double& ss_w_out,
                         double& ss_b_out);
   // Merged over all T*B rows: dW_ih = DZ^T x, dW_hh = DH^T h_{t-1}, dx = DZ W_ih (dx null:
-  // skipped); DZ and DH are (T*B, G*H).
-  void weight_grads(const T* DZ, const T* DH, T* dx, bool accumulate);
+  // skipped; weights false: dx only, the caller forms dW); DZ and DH are (T*B, G*H).
+  void weight_grads(const T* DZ, const T* DH, T* dx, bool accumulate, bool weights = true);
 
   // After the forward region: the first step t whose check (checks[((t-1)*nrb_ + rb) *
   // stride]) is NaN, else T+1 if a readout row block's is, else -1.

@@ -32,6 +32,9 @@ struct RnnReport : RecurrentReport {
   std::vector<double> dead, saturated, zeros, subnormals, mean_abs;
   NonfiniteStage forward_stage = NonfiniteStage::None;   // at forward_first_nonfinite
   NonfiniteStage backward_stage = NonfiniteStage::None;  // at first_nonfinite (forward finite)
+  // per_example (per_example_rnn.h): kExTensors x B squared norms of example i's share of
+  // each tensor's gradient, and steps x B squared norms ||dL/dh_{t,i}||^2
+  std::vector<double> example_tensor, example_step;
 };
 
 template <class T>
@@ -54,8 +57,19 @@ class RnnChain : public RecurrentChain<T> {
   // grad_hs (T, B, H) and/or grad_ys (T, B, K) (null = zeros) -> parameter gradients
   // (assigned, or added with accumulate), dx (T, B, I) and dh0 (B, H) when not null.
   // report = false: gradients only (the report's sums of squares are skipped, norms left 0).
+  // per_example (needs report): also each example's share of every tensor's gradient and
+  // of every dL/dh_t (RnnReport::example_tensor, example_step; per_example_rnn.h).
   RnnReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, bool accumulate,
-                     bool report = true);
+                     bool report = true, bool per_example = false);
+  // per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients
+  int example_path = 0;
+  // per_example's tensor norms (false: only the steps' ||dL/dh_{t,i}||^2, the batched probe)
+  bool example_tensors = true;
+
+  // The saved forward pass over (T, B) becomes that of (T, n*B) with the batch repeated n
+  // times (copy c on rows c*B..(c+1)*B): n backward passes in one (the batched probe),
+  // without running the forward n times (per_example_rnn.cpp). The workspace is replanned.
+  void replicate_batch(int64_t n);
 
   // Bytes a pass over (steps, B) would allocate now beyond what the chain holds (the
   // workspace is replanned when the shape changes, the old one released first).
@@ -91,6 +105,8 @@ class RnnChain : public RecurrentChain<T> {
   // (zeros and subnormals of dL/dh_t, dz_t's check); fabs_ T x nrb sums |h_t|
   T* HD_ = nullptr;
   std::vector<double> hcnt_, fabs_;
+  Buffer<T> pe_ws_;  // per_example: the threads' workspace slots (grown once per shape)
+  Buffer<double> pe_wsd_;
 };
 
 }  // namespace gradchain

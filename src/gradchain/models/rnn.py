@@ -14,7 +14,7 @@ from .. import _core
 from .. import activations as _acts
 from .. import init as _init
 from .. import losses as _losses
-from .._memory import rnn_bytes
+from .._memory import BLAS_INT_MAX, rnn_bytes
 from .._validate import (
     as_array,
     check_bool,
@@ -48,6 +48,9 @@ __all__ = ["RNN", "RNNLab", "ON"]
 def __dir__() -> list[str]:  # the public names, not the imports (np, Any, ...)
     return sorted(__all__)
 
+
+# the batched probe's replicated pass: at most this many values (else chunks of probes)
+_PROBE_VALUES = 1 << 26
 
 _RNN_DEFAULTS: dict[str, Any] = {
     "activation": "tanh", "init": "torch_default", "input_init": "xavier_uniform",
@@ -227,6 +230,11 @@ class RNN(_Recurrent):
         self._h0_grad: np.ndarray | None = None
         self._outputs: np.ndarray | None = None
         self._nonfinite_origin = None
+        # what gc.clip_per_example reruns: the last backward's (grad_hs, grad_ys), time-major,
+        # whether it accumulated, and its per-example norms (None until a backward)
+        self._last_grads: tuple[np.ndarray | None, np.ndarray | None] | None = None
+        self._last_accumulate = False
+        self._example_norms: np.ndarray | None = None
         self._bind_views()
         self.reset_parameters(seed_)
 
@@ -244,6 +252,7 @@ class RNN(_Recurrent):
         h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
         hs, ys = self._core_forward(xa, h0a)
         self._outputs = ys
+        self._last_grads = self._example_norms = None  # a new forward: nothing to clip again
         return self._user_major(hs)
 
     @tracks_forward
@@ -263,15 +272,16 @@ class RNN(_Recurrent):
 
     @overload
     def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ...,
-                 report: Literal[True] = ...) -> RNNGradReport: ...
+                 report: Literal[True] = ..., per_example: bool = ...) -> RNNGradReport: ...
 
     @overload
     def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ..., *,
-                 report: Literal[False]) -> None: ...
+                 report: Literal[False], per_example: bool = ...) -> None: ...
 
     @locked
     def backward(self, grad_hs: Any = None, grad_ys: Any = None,
-                 accumulate: bool = False, report: bool = True) -> RNNGradReport | None:
+                 accumulate: bool = False, report: bool = True,
+                 per_example: bool = False) -> RNNGradReport | None:
         """Backpropagation through time from ``grad_hs = dL/dh_t (T, B, H)`` and/or
         ``grad_ys = dL/dy_t (T, B, K)`` (the readout's); either may be None (zeros).
 
@@ -280,32 +290,43 @@ class RNN(_Recurrent):
         computes the gradients only (the report's sums of squares are skipped) and
         returns None. Ctrl-C stops a pass within a timestep, as :meth:`MLP.backward`
         describes.
+
+        ``per_example=True`` also gives every example's own gradient norm
+        ``||grad l_i||`` (``L = mean_i l_i``), per tensor and globally, its
+        ``||dl_i/dh_t||`` per step, and the gradient noise scale
+        (``per_example_grad_norms``, ``per_example_tensor_grad_norms``,
+        ``per_example_timestep_grad_norms``, ``noise_scale``); exact (see
+        ``per_example_rnn.h``), with report=True only.
         """
         gh, gy, T, B = self._check_seq_grads(grad_hs, grad_ys)
         want = check_bool(report, "report")
-        require((T * B * self.input_size + B * self.hidden_size) * self.dtype.itemsize,
+        acc = check_bool(accumulate, "accumulate")
+        pe = self._check_per_example(per_example, want)
+        require((T * B * self.input_size + B * self.hidden_size) * self.dtype.itemsize
+                + (self._example_bytes(T, B) if pe else 0),
                 lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
                         f"B={B}")
-        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy,
-                                   check_bool(accumulate, "accumulate"), want)
+        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy, acc, want, pe)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
+        self._keep_grads(gh, gy, acc)
         if not want:
             self._nonfinite_origin = None
             return None
-        rep = RNNGradReport._from_core(d, dh0)
-        self._nonfinite_origin = rep.nonfinite_origin
-        return rep
+        return self._report(d, dh0, None, acc)
 
     @locked
     def loss_and_grad(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
-                      h0: Any = None, accumulate: bool = False) -> tuple[float, RNNGradReport]:
+                      h0: Any = None, accumulate: bool = False,
+                      per_example: bool = False) -> tuple[float, RNNGradReport]:
         """Forward, loss and BPTT in one call; returns ``(loss, report)``.
 
         The loss applies to the readout outputs when there is a readout, else to the
         hidden states. ``on="last"``: step T only (target ``(B, F)`` for mse, ``(B,)``
         class indices for cross_entropy); ``on="all"``: every step (``(T, B, F)`` /
-        ``(T, B)``, batch-first layouts with ``batch_first``).
+        ``(T, B)``, batch-first layouts with ``batch_first``). ``per_example=True``: as
+        :meth:`backward`'s (``l_i`` is example i's own loss, the convention of
+        ``torch.func.vmap(grad)``).
         """
         _losses.check_loss(loss)
         if on not in ON:
@@ -315,30 +336,105 @@ class RNN(_Recurrent):
         t = self._check_seq_target(target, loss, on, T, B)
         h0a = None if h0 is None else float_array(h0, "h0", self.dtype, (B, self.hidden_size))
         acc = check_bool(accumulate, "accumulate")
+        pe = self._check_per_example(per_example)
         hs, ys = self._core_forward(xa, h0a)
+        self._last_grads = self._example_norms = None
         self._outputs = ys
         outputs = ys if self.output_size else hs
         # the loss's float64 temporaries and dL/d(outputs), then dL/dx and dL/dh0
         require(6 * outputs.size * 8 + (T * B * self.input_size + B * self.hidden_size)
-                * self.dtype.itemsize,
+                * self.dtype.itemsize + (self._example_bytes(T, B) if pe else 0),
                 lambda: f"x: the loss and backward pass over T={T}, B={B} of "
                         f"{self._describe()}")
         with np.errstate(all="ignore"):  # an overflowed forward gives a NaN loss, not a warning
             value, g = _losses.sequence_value_and_grad(outputs, t, loss, on)
         g = np.ascontiguousarray(g, dtype=self.dtype)
-        if self.output_size:
-            d, dx, dh0 = self._compute("backward", self._core.backward, None, g, acc)
-        else:
-            d, dx, dh0 = self._compute("backward", self._core.backward, g, None, acc)
+        gh, gy = (None, g) if self.output_size else (g, None)
+        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy, acc, True, pe)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
+        self._keep_grads(gh, gy, acc)
         loss_stage = None if math.isfinite(value) else "loss"
         if loss_stage is None and not np.isfinite(g).all():
             loss_stage = "loss_gradient"
-        rep = RNNGradReport._from_core(d, dh0, loss_stage)
-        self._nonfinite_origin = rep.nonfinite_origin
+        rep = self._report(d, dh0, loss_stage, acc)
         rep.loss = float(value)
         return float(value), rep
+
+    # ------------------------------------------------------------ per-example gradients
+    def _check_per_example(self, per_example: Any, report: bool = True) -> bool:
+        pe = check_bool(per_example, "per_example")
+        if pe and not report:
+            raise ValueError("per_example: the per-example norms are part of the report; "
+                             "per_example=True needs report=True")
+        return pe
+
+    def supports_per_example(self) -> bool:
+        """Whether ``per_example=True`` applies now (always: the examples of an RNN's
+        batch are independent)."""
+        return True
+
+    def _example_bytes(self, T: int, B: int) -> int:
+        """The per-example pass's workspace (per_example_rnn.h: a slot per thread) and
+        its results."""
+        I_, H, K = self.input_size, self.hidden_size, self.output_size or 0
+        gram = T * T * (2 * H + I_ + K) < T * H * (I_ + H + K)
+        per = ((T + 1) ** 2 + 3 * T * T) if gram else max(H * I_, H * H, K * H)
+        return int(_core.get_num_threads()) * (per * self.dtype.itemsize + (H + K) * 8) + \
+            (5 + 3 * T) * B * 8
+
+    def _keep_grads(self, gh: np.ndarray | None, gy: np.ndarray | None, acc: bool) -> None:
+        """What gc.clip_per_example reruns: the backward's upstream gradients (time-major)."""
+        self._last_grads = (None if gh is None else np.array(gh, copy=True),
+                            None if gy is None else np.array(gy, copy=True))
+        self._last_accumulate = acc
+        self._example_norms = None
+
+    def _tensor_names(self) -> list[str]:
+        return list(self.tensor_shapes({"input_size": self.input_size,
+                                        "hidden_size": self.hidden_size,
+                                        "output_size": self.output_size, "bias": self.bias}))
+
+    def _report(self, d: dict[str, Any], dh0: np.ndarray, loss_stage: str | None,
+                accumulate: bool) -> RNNGradReport:
+        rep = RNNGradReport._from_core(d, dh0, loss_stage, self._tensor_names())
+        if accumulate and rep.noise_scale is not None:
+            rep.noise_scale = math.nan  # ||G|| would include the gradients accumulated before
+        self._nonfinite_origin = rep.nonfinite_origin
+        self._example_norms = rep.per_example_grad_norms
+        return rep
+
+    @locked
+    def _clip_per_example(self, max_norm: float) -> np.ndarray:
+        """``gc.clip_per_example``: the last backward again with example i's upstream
+        gradients (its column of ``grad_hs`` / ``grad_ys`` at every step) scaled by
+        ``min(1, max_norm / (||grad l_i|| + 1e-6))`` (so are its ``dL/dz_t`` at every step:
+        the chain is linear in them), the gradients assigned. Returns the norms before
+        clipping (B,)."""
+        if not self._core.has_forward or self._last_grads is None:
+            raise ValueError("model: gc.clip_per_example needs a backward pass (backward or "
+                             "loss_and_grad) after the last forward pass to clip")
+        if self._last_accumulate:
+            raise ValueError("model: the last backward accumulated (accumulate=True), so the "
+                             "stored gradients mix several batches; gc.clip_per_example "
+                             "clips the examples of one batch")
+        gh, gy = self._last_grads
+        norms = self._example_norms
+        if norms is None:  # the per-example norms of the last backward, once
+            d, _, dh0 = self._compute("backward", self._core.backward, gh, gy, False, True,
+                                      True)
+            norms = self._report(d, dh0, None, False).per_example_grad_norms
+        assert norms is not None
+        with np.errstate(all="ignore"):
+            coef = np.minimum(max_norm / (norms + 1e-6), 1.0).astype(self.dtype)[None, :, None]
+        sh = None if gh is None else np.ascontiguousarray(gh * coef, dtype=self.dtype)
+        sy = None if gy is None else np.ascontiguousarray(gy * coef, dtype=self.dtype)
+        _, dx, dh0 = self._compute("backward", self._core.backward, sh, sy, False, False, False)
+        self._input_grad = self._user_major(dx)
+        self._h0_grad = dh0
+        self._example_norms = None  # the stored gradients are now the clipped ones
+        self._last_grads = None
+        return np.array(norms, dtype=np.float64)
 
     # ------------------------------------------------------------ signal propagation
     def _twin(self) -> Any:
@@ -362,7 +458,10 @@ class RNN(_Recurrent):
         (``h1..hT``): ``factor[t] = E||dh_T/dh_t^T ...u||^2 / E||u||^2``, its spread, and
         the per-step ``step_factor`` (the empirical counterpart of the report's fitted
         per-step factor). One forward pass at ``x (T, B, I)``, then one backward pass per
-        probe, on a copy of the core: the model's saved pass and gradients are kept.
+        probe, on a copy of the core: the model's saved pass and gradients are kept. (The
+        batched form, :meth:`_probe_batched`, gives the same numbers but measured slower on
+        2 cores: one backward over ``n*B`` rows leaves the caches that ``n`` backward
+        passes over ``B`` rows stay in; benchmarks/README.md.)
         """
         xa = self._check_x(x)
         T, B = xa.shape[0], xa.shape[1]
@@ -380,6 +479,42 @@ class RNN(_Recurrent):
             d, _, _ = (twin.backward(None, g, False, True) if self.output_size
                        else twin.backward(g, None, False, True))
             sq[p] = np.square(np.asarray(d["timestep_grad_norms"], dtype=np.float64))
+        u_sq = np.square(U.astype(np.float64)).reshape(k, B * F).sum(axis=1)
+        return ProbeReport("timestep", self.report_axis.labels(T), sq, u_sq, B)
+
+    @locked
+    def _probe_batched(self, x: Any, n: int = 16, seed: int | None = 0) -> ProbeReport:
+        """:meth:`probe` in one batched pass through the core (issue 15 item 2): one forward
+        at ``x``, its saved pass replicated for every probe (probe p on rows
+        ``p*B..(p+1)*B``: ``replicate_batch``) and one backward whose per-example
+        ``||dL/dh_{t,i}||^2`` are summed per probe (in chunks of probes when the replicated
+        batch would exceed ``_PROBE_VALUES`` values), on a copy of the core."""
+        xa = self._check_x(x)
+        T, B = xa.shape[0], xa.shape[1]
+        k = positive_int(n, "n")
+        F = self.output_size or self.hidden_size
+        U = probe_vectors(k, B, F, seed, self.dtype).reshape(k, B, F)
+        # probes per pass: the replicated batch's values (x, the workspace's h, act', dL/dh,
+        # dz, the readout's, the upstream gradient) within _PROBE_VALUES, T*B*c in the BLAS
+        per_probe = T * B * (self.input_size + 6 * self.hidden_size + 3 * F + 2)
+        c = max(1, min(k, _PROBE_VALUES // max(1, per_probe), BLAS_INT_MAX // (T * B)))
+        twin = self._twin()
+        require(twin.pass_bytes(T, c * B) + c * per_probe * self.dtype.itemsize,
+                lambda: f"probe: {c} probes of a batch of {B} through {self._describe()}")
+        twin.example_tensors = False  # the steps' per-example norms only
+        sq = np.empty((k, T))
+        g = np.zeros((T, c * B, F), dtype=self.dtype)
+        for p0 in range(0, k, c):
+            m = min(c, k - p0)
+            if m < c:
+                g = np.zeros((T, m * B, F), dtype=self.dtype)
+            twin.forward(xa, None)
+            twin.replicate_batch(m)
+            g[-1] = U[p0:p0 + m].reshape(m * B, F)
+            d, _, _ = (twin.backward(None, g, False, True, True) if self.output_size
+                       else twin.backward(g, None, False, True, True))
+            rows = np.asarray(d["example_step_sumsq"], dtype=np.float64)  # (T, m * B)
+            sq[p0:p0 + m] = rows.reshape(T, m, B).sum(axis=2).T
         u_sq = np.square(U.astype(np.float64)).reshape(k, B * F).sum(axis=1)
         return ProbeReport("timestep", self.report_axis.labels(T), sq, u_sq, B)
 

@@ -3,6 +3,8 @@
 
 #include <type_traits>
 
+#include "reductions-inl.h"
+
 #include "math-inl.h"
 
 namespace gradchain {
@@ -169,6 +171,151 @@ static void gemm_panels(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars
     if (i < m)
       panel_tile<T, 1>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
   }
+}
+
+
+// ---------------------------------------------------------------------------
+// Blocked GEMM for layer products the panel path cannot take in one piece (inner dimension
+// above kPanelMaxK, or an op(B) larger than a thread's slot: mlp-wide's 2048-wide layers).
+// K is cut into blocks of kBlockKC; per K block, rows of A into chunks of mc rows packed
+// tile by tile (tile t: kc x MR values, k-major, so the tile reads one contiguous stream:
+// A's rows 2048 floats apart alias in L1), and op(B) one panel (kc x NR, in L1) at a time;
+// each panel meets every tile of the chunk (the packed chunk in L2). Each element of C is
+// one k-ordered FMA chain: the first K block starts from 0 (or adds C at its store, as
+// gemm_panels does), later blocks load the accumulators from C and continue the chain. So
+// for beta = 0 the numbers are those of gemm_panels bit for bit, whatever the K blocks,
+// chunks and threads. With ss: the float64 sum of squares of what was stored, taken
+// panel by panel right after the last K block's stores (the rows in L1), in a fixed order.
+// scratch holds kc * NR + mc * kc values (blocked_slot_need).
+// ---------------------------------------------------------------------------
+#ifndef GC_BLOCK_KC
+#define GC_BLOCK_KC 256
+#endif
+constexpr int64_t kBlockKC = GC_BLOCK_KC;
+
+// mode 0: C = sum; 1: C = C + sum; 2: the chain continues from C.
+template <class T, int MR>
+static inline void packed_tile(int64_t K, const T* ap, const T* bp, T* C, int64_t ldc,
+                               int64_t nr, int mode) {
+  using VT = Vec<T>;
+  using V = typename VT::V;
+  constexpr int64_t W = VT::W, NR = 2 * W;
+  V acc[MR][2];
+  if (mode == 2) {
+    for (int i = 0; i < MR; ++i) {
+      const T* c = C + i * ldc;
+      if (nr == NR) {
+        acc[i][0] = VT::load(c);
+        acc[i][1] = VT::load(c + W);
+      } else {
+        T tmp[NR] = {};
+        for (int64_t j = 0; j < nr; ++j) tmp[j] = c[j];
+        acc[i][0] = VT::load(tmp);
+        acc[i][1] = VT::load(tmp + W);
+      }
+    }
+  } else {
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V{};
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const V b0 = VT::load(bp + k * NR), b1 = VT::load(bp + k * NR + W);
+    const T* a = ap + k * MR;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V av = VT::splat(a[i]);
+      acc[i][0] += av * b0;
+      acc[i][1] += av * b1;
+    }
+  }
+  const bool add = mode == 1;
+  for (int i = 0; i < MR; ++i) {
+    T* c = C + i * ldc;
+    if (nr == NR) {
+      VT::store(c, add ? VT::load(c) + acc[i][0] : acc[i][0]);
+      VT::store(c + W, add ? VT::load(c + W) + acc[i][1] : acc[i][1]);
+    } else {
+      T tmp[NR];
+      VT::store(tmp, acc[i][0]);
+      VT::store(tmp + W, acc[i][1]);
+      for (int64_t j = 0; j < nr; ++j) c[j] = add ? c[j] + tmp[j] : tmp[j];
+    }
+  }
+}
+
+// mr rows x kc of A (A[i, k] at A[i * ars + k * acs]) into out[k * mr + i].
+template <class T>
+static inline void pack_rows(int64_t mr, int64_t kc, const T* A, int64_t ars, int64_t acs,
+                             T* out) {
+  if (acs == 1) {
+    for (int64_t i = 0; i < mr; ++i) {
+      const T* a = A + i * ars;
+      for (int64_t k = 0; k < kc; ++k) out[k * mr + i] = a[k];
+    }
+  } else {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* a = A + k * acs;
+      for (int64_t i = 0; i < mr; ++i) out[k * mr + i] = a[i * ars];
+    }
+  }
+}
+
+// The tiles of a chunk of m rows: MR = kPanelMR, then 6, 4, 2, 1 (as gemm_panels).
+template <class T, class F>
+static inline void chunk_tiles(int64_t m, F&& f) {
+  int64_t i = 0;
+  if constexpr (kPanelMR > 6)
+    for (; i + kPanelMR <= m; i += kPanelMR) f(i, std::integral_constant<int, kPanelMR>{});
+  for (; i + 6 <= m; i += 6) f(i, std::integral_constant<int, 6>{});
+  if (i + 4 <= m) {
+    f(i, std::integral_constant<int, 4>{});
+    i += 4;
+  }
+  if (i + 2 <= m) {
+    f(i, std::integral_constant<int, 2>{});
+    i += 2;
+  }
+  if (i < m) f(i, std::integral_constant<int, 1>{});
+}
+
+template <class T>
+static void gemm_blocked(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs,
+                         const T* B, int64_t ldb, bool tb, T* C, int64_t ldc, bool accumulate,
+                         T* scratch, int64_t slot, double* ss) {
+  constexpr int64_t NR = 2 * Vec<T>::W;
+  const int64_t kcm = K < kBlockKC ? K : kBlockKC;
+  T* bp = scratch;
+  T* ap = scratch + kcm * NR;
+  // rows per chunk: as many as the slot holds (a multiple of the tile), chunks of equal size
+  int64_t mcm = (slot - kcm * NR) / kcm / kPanelMR * kPanelMR;
+  if (mcm < kPanelMR) mcm = kPanelMR;
+  const int64_t nch = (m + mcm - 1) / mcm;
+  int64_t mc = ((m + nch - 1) / nch + kPanelMR - 1) / kPanelMR * kPanelMR;
+  if (mc > mcm) mc = mcm;
+  double sacc = 0.0;
+  for (int64_t p0 = 0; p0 < K; p0 += kBlockKC) {
+    const int64_t kc = (K - p0 < kBlockKC) ? K - p0 : kBlockKC;
+    const bool last = p0 + kc >= K;
+    const int mode = p0 > 0 ? 2 : (accumulate ? 1 : 0);
+    for (int64_t i0 = 0; i0 < m; i0 += mc) {
+      const int64_t mi = (m - i0 < mc) ? m - i0 : mc;
+      chunk_tiles<T>(mi, [&](int64_t i, auto mr) {
+        constexpr int MR = decltype(mr)::value;
+        pack_rows<T>(MR, kc, A + (i0 + i) * ars + p0 * acs, ars, acs, ap + i * kc);
+      });
+      for (int64_t j0 = 0; j0 < N; j0 += NR) {
+        const int64_t nr = (N - j0 < NR) ? N - j0 : NR;
+        pack_panels<T>(kc, nr, tb ? B + j0 * ldb + p0 : B + p0 * ldb + j0, ldb, tb, bp);
+        T* c = C + i0 * ldc + j0;
+        chunk_tiles<T>(mi, [&](int64_t i, auto mr) {
+          constexpr int MR = decltype(mr)::value;
+          packed_tile<T, MR>(kc, ap + i * kc, bp, c + i * ldc, ldc, nr, mode);
+        });
+        if (ss && last)
+          for (int64_t r = 0; r < mi; ++r) sacc += sumsq<T>(c + r * ldc, nr);
+      }
+    }
+  }
+  if (ss) *ss = sacc;
 }
 
 }  // namespace GC_ISA_NS

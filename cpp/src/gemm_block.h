@@ -28,19 +28,11 @@ constexpr int64_t panel_round(int64_t n) {  // n rounded up to the widest ISA's 
 }
 // Values per thread for GEMMs with inner dimension up to maxk and packed widths up to maxn
 // (0 when none of them would take the panel path).
-// Products that do not fit (K > kPanelMaxK, or op(B) larger than kPanelSlot) take the
-// blocked GEMM, which needs a full slot.
 template <class T>
 inline int64_t pack_slot(int64_t maxk, int64_t maxn) {
-  const int64_t need = maxk * panel_round<T>(maxn);
-  return (maxk > kPanelMaxK || need > kPanelSlot) ? kPanelSlot : need;
-}
-// Whether the blocked GEMM (KernelTable::gemm_blocked) has room in a slot of `slot` values:
-// one kc x (widest panel) block of op(B) and one tile of rows (12) of A.
-template <class T>
-inline bool blocked_fits(int64_t K, int64_t slot) {
-  const int64_t kc = K < 256 ? K : 256;
-  return kc * (panel_round<T>(1) + 12) <= slot;
+  const int64_t k = maxk < kPanelMaxK ? maxk : kPanelMaxK;
+  const int64_t need = k * panel_round<T>(maxn);
+  return need < kPanelSlot ? need : kPanelSlot;
 }
 // Grow `buf` to `nt` slots (outside the chain loop: at the start of a pass); the base
 // of the slots, or null when no product takes the panel path.
@@ -98,22 +90,17 @@ inline void gemm_block(const GemmSplit& s, int64_t blk, bool ta, bool tb, int64_
                        int64_t ldc, const PackScratch<T>& ps = {}, double* ss = nullptr) {
   const int64_t o = blk * s.block;
   const auto& Kt = kernels<T>();
-  if (ps.base && (sizeof(T) == 4 ? panel_gemm() : panel_gemm_f64())) {
+  if (ps.base && K <= kPanelMaxK && (sizeof(T) == 4 ? panel_gemm() : panel_gemm_f64())) {
     const int64_t m = s.along_m ? ((o + s.block <= M) ? s.block : M - o) : M;
     const int64_t n = s.along_m ? N : ((o + s.block <= N) ? s.block : N - o);
-    const T* Ab = s.along_m ? (ta ? A + o : A + o * lda) : A;
-    const T* Bb = s.along_m ? B : (tb ? B + o * ldb : B + o);
-    T* Cb = s.along_m ? C + o * ldc : C + o;
-    T* pk = ps.base + int64_t(thread_num()) * ps.slot;
-    if (K <= kPanelMaxK && K * panel_round<T>(n) <= ps.slot) {
+    if (K * panel_round<T>(n) <= ps.slot) {
+      const T* Ab = s.along_m ? (ta ? A + o : A + o * lda) : A;
+      const T* Bb = s.along_m ? B : (tb ? B + o * ldb : B + o);
+      T* Cb = s.along_m ? C + o * ldc : C + o;
+      T* pk = ps.base + int64_t(thread_num()) * ps.slot;
       Kt.pack_panels(K, n, Bb, ldb, tb, pk);
       Kt.gemm_panels(m, n, K, Ab, ta ? 1 : lda, ta ? lda : 1, pk, Cb, ldc, beta != T(0));
       if (ss) *ss = gemm_block_sumsq(Kt, s, blk, M, N, C, ldc);
-      return;
-    }
-    if (blocked_fits<T>(K, ps.slot)) {  // large K or op(B): the blocked GEMM
-      Kt.gemm_blocked(m, n, K, Ab, ta ? 1 : lda, ta ? lda : 1, Bb, ldb, tb, Cb, ldc,
-                      beta != T(0), pk, ps.slot, ss);
       return;
     }
   }

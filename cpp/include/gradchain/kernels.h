@@ -148,13 +148,6 @@ struct KernelTable {
   // A[i, k] is A[i * ars + k * acs]; accumulate: C += ..., else C = ...
   void (*gemm_panels)(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs,
                       const T* Bp, T* C, int64_t ldc, bool accumulate);
-  // The blocked GEMM (large K or op(B) larger than a slot): C (m x N) (+)= A op(B), K in
-  // blocks of 256, A and op(B) packed per block into scratch (slot values; gemm_block.h's
-  // blocked_fits); each C element is still one k-ordered chain (for beta 0 the numbers of
-  // gemm_panels). With ss: *ss = the float64 sum of squares of C as stored.
-  void (*gemm_blocked)(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs,
-                       const T* B, int64_t ldb, bool tb, T* C, int64_t ldc, bool accumulate,
-                       T* scratch, int64_t slot, double* ss);
 
   // --- reductions and gradient edits -----------------------------------------
   double (*sumsq)(const T* x, int64_t n);          // sum(x^2) in float64

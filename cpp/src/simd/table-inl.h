@@ -45,7 +45,6 @@ static constexpr KernelTable<T> build_table() {
   // panel GEMM
   t.pack_panels = &pack_panels<T>;
   t.gemm_panels = &gemm_panels<T>;
-  t.gemm_blocked = &gemm_blocked<T>;
   // reductions and gradient edits
   t.sumsq = &sumsq<T>;
   t.maxabs = &maxabs<T>;

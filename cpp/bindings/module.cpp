@@ -705,6 +705,10 @@ py::dict gated_report_dict(const GatedReport& r, int gates, int64_t steps) {
   d["bias_ih_gate_grad_norms"] = blocks(r.b_ih_gate);
   d["bias_hh_gate_grad_norms"] = blocks(r.b_hh_gate);
   d["c0_grad_norm"] = r.c0;
+  add_forensics(d, r);
+  d["cell_zero_grad_fractions"] = vec(r.c_zeros);
+  d["cell_subnormal_grad_fractions"] = vec(r.c_subnormals);
+  d["mean_abs_cell_states"] = vec(r.mean_abs_c);
   return d;
 }
 
@@ -727,6 +731,7 @@ void bind_gated(py::module_& m, const char* name) {
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("output_size"), py::arg("bias"))
       .def_property_readonly("gates", &C::gates)
+      .def_readwrite("forensics", &C::forensics)
       .def(
           "forward",
           [](C& c, const CArray<T>& x, py::object h0, py::object c0) {

@@ -10,6 +10,7 @@
 // therefore identical for any thread count.
 #include "gradchain/gated.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -57,6 +58,7 @@ int64_t GatedChain<T>::workspace_values(int64_t steps, int64_t B) const {
   const int64_t wb = GH * detail::panel_round<T>(H);
   if (wb > wp) wp = wb;
   int64_t n = steps * B * I + 2 * (TBH + BH) + 2 * steps * B * GH + 2 * GH + wp;  // X HS G A DZ
+  n += steps * ceil_div(B, step_rows(B)) * H;  // UM (the health report's unit maxima)
   if (lstm())
     n += (TBH + BH) + TBH + TBH;  // CS TC DC
   else
@@ -75,7 +77,7 @@ int64_t GatedChain<T>::part_values(int64_t steps, int64_t B) const {
 template <class T>
 int64_t GatedChain<T>::stat_values(int64_t steps, int64_t B) const {
   const int64_t nrb = ceil_div(B, step_rows(B));
-  return steps * nrb * (2 * G_ + 1) + steps * nrb * 2;
+  return steps * nrb * (2 * G_ + 1) + steps * nrb * 2 + steps * nrb * 6;  // + hfwd_, hbwd_
 }
 
 template <class T>
@@ -84,7 +86,8 @@ int64_t GatedChain<T>::pass_bytes(int64_t steps, int64_t B) const {
   const int64_t fresh = workspace_values(steps, B) * int64_t(sizeof(T)) +
                         (part_values(steps, B) + stat_values(steps, B)) * int64_t(sizeof(double));
   const int64_t held = ws_.size() * int64_t(sizeof(T)) +
-                       (part_.size() + int64_t(fstat_.size() + bss_.size())) *
+                       (part_.size() +
+                        int64_t(fstat_.size() + bss_.size() + hfwd_.size() + hbwd_.size())) *
                            int64_t(sizeof(double));
   return this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
                               steps * B * GH_ * 4);
@@ -102,11 +105,18 @@ void GatedChain<T>::plan(int64_t steps, int64_t B) {
   fstat_.shrink_to_fit();
   bss_.clear();
   bss_.shrink_to_fit();
+  hfwd_.clear();
+  hfwd_.shrink_to_fit();
+  hbwd_.clear();
+  hbwd_.shrink_to_fit();
+  fwd_health_ = false;
   try {
     ws_ = Buffer<T>(total);
     part_ = Buffer<double>(part_values(steps, B));
     fstat_.assign(size_t(steps * nrb * (2 * G_ + 1)), 0.0);
     bss_.assign(size_t(steps * nrb * 2), 0.0);
+    hfwd_.assign(size_t(steps * nrb * 2), 0.0);
+    hbwd_.assign(size_t(steps * nrb * 4), 0.0);
   } catch (const std::bad_alloc&) {
     this->plan_failed(steps, B,
                       double(total) * double(sizeof(T)) +
@@ -135,6 +145,7 @@ void GatedChain<T>::plan(int64_t steps, int64_t B) {
     DHB_ = ws.take(steps * B * GH);
     CS_ = TC_ = DC_ = nullptr;
   }
+  UM_ = ws.take(steps * nrb * H);
   nrb_ = nrb;
   pack_slot_ = this->slot_for(steps, B);
   T_ = steps;
@@ -183,6 +194,8 @@ void GatedChain<T>::forward(const T* x, const T* h0, const T* c0, int64_t steps,
     Wp = WT_;
   }
   const int64_t sr = step_rows(B);
+  const bool health = forensics;  // the forward's health statistics (unit maxima, |h|, |c|)
+  fwd_health_ = false;
   const int cap = work_threads(TB * GH * 2);
   GovernedRegion region(cap);
   const int nt = region.threads();
@@ -208,18 +221,29 @@ void GatedChain<T>::forward(const T* x, const T* h0, const T* c0, int64_t steps,
         const T* hp = HS_ + (t - 1) * BH + r0 * H;
         T* ht = HS_ + t * BH + r0 * H;
         double* st = fstat_.data() + ((t - 1) * nrb_ + rb) * ns;
+        const int64_t hi = (t - 1) * nrb_ + rb;
+        GateHealth<T> hl;
+        if (health) {
+          hl.umax = UM_ + hi * H;
+          std::fill(hl.umax, hl.umax + H, T(0));
+        }
         if (is_lstm) {
           // z_t = x_t W_ih^T + h_{t-1} W_hh^T, then the gates, c_t, h_t
           step_fwd_gemm(Kt, panel, rows, GH, H, hp, Wp, at, true);
           st[2 * G_] = Kt.lstm_fwd(at, bias_, CS_ + (t - 1) * BH + r0 * H, at,
                                    CS_ + t * BH + r0 * H, ht, TC_ + (t - 1) * BH + r0 * H, st,
-                                   rows, H);
+                                   rows, H, health ? &hl : nullptr);
         } else {
           // h_{t-1} W_hh^T apart (b_hn sits inside the reset gate's product)
           T* hb = HB_ + r0 * GH;
           step_fwd_gemm(Kt, panel, rows, GH, H, hp, Wp, hb, false);
           st[2 * G_] = Kt.gru_fwd(at, hb, bias_, bias_ + GH, hp, at,
-                                  HN_ + (t - 1) * BH + r0 * H, ht, st, rows, H);
+                                  HN_ + (t - 1) * BH + r0 * H, ht, st, rows, H,
+                                  health ? &hl : nullptr);
+        }
+        if (health) {
+          hfwd_[size_t(2 * hi)] = hl.abs_h;
+          hfwd_[size_t(2 * hi + 1)] = hl.abs_c;
         }
       }
     }
@@ -229,6 +253,9 @@ void GatedChain<T>::forward(const T* x, const T* h0, const T* c0, int64_t steps,
   region.done();
   if (stopping()) throw Cancelled();  // has_forward_ stays false
   fwd_nonfinite_ = this->scan_forward(fstat_.data() + 2 * G_, ns);
+  fwd_health_ = health;
+  fwd_stage_ = NonfiniteStage::None;
+  if (fwd_nonfinite_ > 0 && forensics) fwd_stage_ = diagnose_forward(fwd_nonfinite_);
   std::memcpy(hs, HS_ + BH, size_t(TB * H) * sizeof(T));
   if (cs && is_lstm) std::memcpy(cs, CS_ + BH, size_t(TB * H) * sizeof(T));
   has_forward_ = true;
@@ -256,6 +283,7 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
   const bool readout = K > 0 && grad_ys != nullptr;
   double* part = part_.data();
   const int64_t pw = is_lstm ? GH : 2 * GH;  // bias partials per row block
+  const bool health = report && forensics && fwd_health_;
   stop_ = cancel_flag();
   GatedReport rep;
   double ss_w_out = 0, ss_b_out = 0;
@@ -289,17 +317,22 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
         T* gt = G_t_ + t * BH + r0 * H;
         T* gp = G_t_ + (t - 1) * BH + r0 * H;
         double* ss = bss_.data() + ((t - 1) * nrb_ + rb) * 2;
+        GateHealth<T> hl;  // the zero / subnormal counts of dL/dh_t, dL/dc_t (health)
         if (is_lstm) {
           const bool next = t < steps;
           Kt.lstm_bwd(gt, A_ + og, CS_ + o1, TC_ + o1, next ? DC_ + o1 + BH : nullptr,
                       next ? A_ + og + BG : nullptr, DC_ + o1, DZ_ + og, db, report, ss, rows,
-                      H);
+                      H, health ? &hl : nullptr);
           step_bwd_gemm(Kt, panel, rows, GH, H, DZ_ + og, Wp, gp);
         } else {
           ss[0] = Kt.gru_bwd(gt, A_ + og, HN_ + o1, HS_ + o1, DZ_ + og, DHB_ + og, gp, db,
-                             db + GH, report, rows, H);
+                             db + GH, report, rows, H, health ? &hl : nullptr);
           ss[1] = 0.0;
           step_bwd_gemm(Kt, panel, rows, GH, H, DHB_ + og, Wp, gp);
+        }
+        if (health) {
+          double* hc = hbwd_.data() + ((t - 1) * nrb_ + rb) * 4;
+          hc[0] = hl.zeros, hc[1] = hl.subnormals, hc[2] = hl.c_zeros, hc[3] = hl.c_subnormals;
         }
       }
     }
@@ -329,6 +362,7 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
 
   if (stopping()) throw Cancelled();
   rep.forward_first_nonfinite = fwd_nonfinite_;
+  rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
   if (is_lstm && dc0) {  // dL/dc_0 = dL/dc_1 * f_1
     for (int64_t i = 0; i < B; ++i)
       for (int64_t j = 0; j < H; ++j) dc0[i * H + j] = DC_[i * H + j] * A_[i * GH + H + j];
@@ -399,7 +433,127 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
     if (b_out_ >= 0) rep.readout_bias = norm_from_sumsq(grads + b_out_, K, ss_b_out);
   }
   this->finish_global_norm(rep);
+  if (health) fill_health(rep);
   return rep;
+}
+
+// ---------------------------------------------------------------------------
+// Forensics: where a forward NaN/Inf was born, the health statistics per step
+// ---------------------------------------------------------------------------
+namespace {
+template <class T>
+bool any_nonfinite(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return true;
+  return false;
+}
+}  // namespace
+
+// Step t's output h_t (or c_t) is the first non-finite one: its inputs x_t, h_{t-1},
+// c_{t-1} are finite. A parameter of the cell holds NaN/Inf, or the products overflowed
+// (LSTM z_t = x_t W_ih^T + h_{t-1} W_hh^T + b; GRU either side, x_t W_ih^T + b_ih or
+// h_{t-1} W_hh^T + b_hh), else the gates and the cell update ("activation"; with bounded
+// gates and |c_t| <= |c_{t-1}| + 1 only a NaN product gets here in IEEE arithmetic).
+// Recomputed after the pass, only when it produced NaN/Inf (DZ_, DHB_ are free then).
+template <class T>
+NonfiniteStage GatedChain<T>::diagnose_forward(int64_t t) {
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size, B = B_;
+  const int64_t GH = G_ * H;
+  const T* P = params_.data();
+  if (t > T_) {  // only the readout's output: y = h W_out^T + b_out
+    if (any_nonfinite(P + w_out_, K * H) || (b_out_ >= 0 && any_nonfinite(P + b_out_, K)))
+      return NonfiniteStage::Parameter;
+    return NonfiniteStage::Linear;
+  }
+  if (any_nonfinite(P + w_ih_, GH * I) || any_nonfinite(P + w_hh_, GH * H) ||
+      (cfg_.bias && (any_nonfinite(P + b_ih_, GH) || any_nonfinite(P + b_hh_, GH))))
+    return NonfiniteStage::Parameter;
+  const T* xt = X_ + (t - 1) * B * I;
+  const T* hp = HS_ + (t - 1) * B * H;
+  T* z = DZ_;
+  gemm(false, true, B, GH, I, T(1), xt, I, P + w_ih_, I, T(0), z, GH);
+  if (lstm()) {
+    gemm(false, true, B, GH, H, T(1), hp, H, P + w_hh_, H, T(1), z, GH);
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t c = 0; c < GH; ++c) z[r * GH + c] += bias_[c];
+    return any_nonfinite(z, B * GH) ? NonfiniteStage::Linear : NonfiniteStage::Activation;
+  }
+  T* hb = DHB_;
+  gemm(false, true, B, GH, H, T(1), hp, H, P + w_hh_, H, T(0), hb, GH);
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t c = 0; c < GH; ++c) {
+      z[r * GH + c] += bias_[c];
+      hb[r * GH + c] += bias_[GH + c];
+    }
+  return any_nonfinite(z, B * GH) || any_nonfinite(hb, B * GH) ? NonfiniteStage::Linear
+                                                               : NonfiniteStage::Activation;
+}
+
+template <class T>
+void GatedChain<T>::fill_health(GatedReport& rep) {
+  const int64_t steps = T_, B = B_, H = cfg_.hidden_size, BH = B * H, GH = G_ * H;
+  const bool is_lstm = lstm();
+  rep.dead.assign(size_t(steps), 0.0);
+  rep.saturated.assign(size_t(steps), 0.0);
+  rep.zeros.assign(size_t(steps), 0.0);
+  rep.subnormals.assign(size_t(steps), 0.0);
+  rep.mean_abs.assign(size_t(steps), 0.0);
+  if (is_lstm) {
+    rep.c_zeros.assign(size_t(steps), 0.0);
+    rep.c_subnormals.assign(size_t(steps), 0.0);
+    rep.mean_abs_c.assign(size_t(steps), 0.0);
+  }
+  const T thr = T(1e-3);  // of the normalised derivative (sigmoid' * 4, tanh')
+  const double numel = double(B) * double(H);
+  for (int64_t t = 1; t <= steps; ++t) {
+    const int64_t base = (t - 1) * nrb_;
+    int64_t dead = 0, sat = 0;
+    for (int64_t c = 0; c < H; ++c) {
+      T m = 0;
+      for (int64_t rb = 0; rb < nrb_; ++rb) {
+        const T v = UM_[(base + rb) * H + c];
+        m = v > m ? v : m;
+      }
+      dead += m == T(0) ? 1 : 0;
+      sat += m < thr ? 1 : 0;
+    }
+    double s[6] = {0, 0, 0, 0, 0, 0};  // zeros, subnormals (dh, dc), sum |h|, sum |c|
+    for (int64_t rb = 0; rb < nrb_; ++rb) {
+      for (int k = 0; k < 4; ++k) s[k] += hbwd_[size_t(4 * (base + rb) + k)];
+      s[4] += hfwd_[size_t(2 * (base + rb))];
+      s[5] += hfwd_[size_t(2 * (base + rb) + 1)];
+    }
+    const size_t i = size_t(t - 1);
+    rep.dead[i] = double(dead) / double(H);
+    rep.saturated[i] = double(sat) / double(H);
+    rep.zeros[i] = s[0] / numel;
+    rep.subnormals[i] = s[1] / numel;
+    rep.mean_abs[i] = s[4] / numel;
+    if (is_lstm) {
+      rep.c_zeros[i] = s[2] / numel;
+      rep.c_subnormals[i] = s[3] / numel;
+      rep.mean_abs_c[i] = s[5] / numel;
+    }
+  }
+  // where a NaN/Inf of the backward was born (the forward finite): dL/dh_t gets
+  // dz_{t+1} W_hh (GRU: dh_{t+1} z_{t+1} + the recurrent side's dz W_hh), the readout's and
+  // the direct gradients; dL/dc_t (LSTM) gets dh_t o tanh'(c_t) + dc_{t+1} f_{t+1}. Born at
+  // t when step t+1's were finite: the gates' backward ("activation_backward") when dz_{t+1}
+  // holds NaN/Inf or, LSTM, when only dL/dc_t does; else the product.
+  const int t = rep.first_nonfinite;
+  if (t >= 1 && fwd_nonfinite_ < 0) {
+    rep.backward_stage = NonfiniteStage::Product;
+    const int64_t BG = B * GH;
+    bool act = false;
+    if (t < steps) {
+      act = any_nonfinite(DZ_ + int64_t(t) * BG, BG);
+      if (!is_lstm) act = act || any_nonfinite(DHB_ + int64_t(t) * BG, BG);
+    }
+    if (!act && is_lstm)  // dL/dh_t finite, dL/dc_t not: the cell's backward
+      act = !any_nonfinite(G_t_ + int64_t(t) * BH, BH) &&
+            any_nonfinite(DC_ + int64_t(t - 1) * BH, BH);
+    if (act) rep.backward_stage = NonfiniteStage::ActivationBackward;
+  }
 }
 
 template class GatedChain<float>;

@@ -141,6 +141,7 @@ class _GatedChain(_Chain):
     def __init__(
         self, cell: int, input_size: int, hidden_size: int, output_size: int, bias: bool
     ) -> None: ...
+    forensics: bool
     @property
     def gates(self) -> int: ...
     @property

@@ -18,6 +18,7 @@
 
 #include "gradchain/kernels.h"
 #include "gradchain/recurrent.h"
+#include "gradchain/report.h"
 
 namespace gradchain {
 
@@ -41,6 +42,13 @@ struct GatedReport : RecurrentReport {
   std::vector<double> gate_sat;     // G x T: fraction of saturated units
   std::vector<double> w_ih_gate, w_hh_gate, b_ih_gate, b_hh_gate;  // G: per gate block
   double c0 = 0;                    // ||dL/dc_0|| (LSTM)
+  // health (report on), per step t = 1..T: the hidden units (dead: every gate derivative 0,
+  // saturated: every gate derivative below 1e-3 of its maximum, for every example), the
+  // entries of dL/dh_t, mean |h_t|; the LSTM's entries of dL/dc_t and mean |c_t|
+  std::vector<double> dead, saturated, zeros, subnormals, mean_abs;
+  std::vector<double> c_zeros, c_subnormals, mean_abs_c;
+  NonfiniteStage forward_stage = NonfiniteStage::None;   // at forward_first_nonfinite
+  NonfiniteStage backward_stage = NonfiniteStage::None;  // at first_nonfinite (forward finite)
 };
 
 template <class T>
@@ -52,6 +60,8 @@ class GatedChain : public RecurrentChain<T> {
 
   const GatedConfig& config() const { return cfg_; }
   int gates() const { return G_; }
+  // The switch of the health statistics and non-finite stages (as RnnChain's).
+  bool forensics = true;
 
   // x (T, B, I), h0 and c0 (B, H) or null (c0: LSTM only) -> hs (T, B, H), the LSTM's
   // cs (T, B, H) when not null and, with a readout, ys (T, B, K). Polls the cancel flag.
@@ -74,7 +84,9 @@ class GatedChain : public RecurrentChain<T> {
   void plan(int64_t steps, int64_t B);
   int64_t workspace_values(int64_t steps, int64_t B) const;  // T values in ws_
   int64_t part_values(int64_t steps, int64_t B) const;       // doubles in part_
-  int64_t stat_values(int64_t steps, int64_t B) const;       // doubles in fstat_ + bss_
+  int64_t stat_values(int64_t steps, int64_t B) const;       // doubles in fstat_ + bss_ + ...
+  NonfiniteStage diagnose_forward(int64_t t);  // t = 1..T (T+1: the readout)
+  void fill_health(GatedReport& rep);
 
   GatedConfig cfg_;
   int G_;
@@ -93,6 +105,13 @@ class GatedChain : public RecurrentChain<T> {
   T* WT_ = nullptr;   // W_hh packed for the time loop (forward: op = W_hh^T; backward: W_hh)
   std::vector<double> fstat_;  // per (step, row block): 2 G gate statistics + 1 check
   std::vector<double> bss_;    // per (step, row block): sum(dh^2), sum(dc^2)
+  // forensics: UM_ (in ws_) T x nrb x H unit maxima of the normalised gate derivatives;
+  // hfwd_ per (step, row block) sum |h_t|, sum |c_t|; hbwd_ the zero and subnormal counts
+  // of dL/dh_t and dL/dc_t (4); fwd_health_: the forward computed them
+  T* UM_ = nullptr;
+  std::vector<double> hfwd_, hbwd_;
+  bool fwd_health_ = false;
+  NonfiniteStage fwd_stage_ = NonfiniteStage::None;
 };
 
 }  // namespace gradchain

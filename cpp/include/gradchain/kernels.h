@@ -59,6 +59,19 @@ struct GradHealth {
   double dz_check = 0;    // sum(dz * 0): NaN when dz holds NaN/Inf
 };
 
+// The gated cells' health statistics of one block of rows of one step (gates-inl.h), each
+// entry added to; a null GateHealth skips them. Forward: umax (H) the per-unit maximum over
+// the rows of the unit's largest normalised gate derivative max_k d_k / sup d_k (sigmoid'
+// / 0.25, tanh' / 1; NaN left out: the report's dead and saturated units), the sums of
+// |h_t| and (LSTM) |c_t|. Backward: the zero and subnormal entries of dL/dh_t and (LSTM)
+// dL/dc_t.
+template <class T>
+struct GateHealth {
+  T* umax = nullptr;
+  double abs_h = 0, abs_c = 0;
+  double zeros = 0, subnormals = 0, c_zeros = 0, c_subnormals = 0;
+};
+
 template <class T>
 struct KernelTable {
   const char* isa;
@@ -121,22 +134,26 @@ struct KernelTable {
   // (non-finite detection), the backward ones fill / return float64 sums of squares.
   // LSTM forward: z (rows, 4H) + bias -> gates a (may alias z), c = f c_prev + i g,
   // tc = tanh(c), h = o tc.
+  // hl (GateHealth, may be null): the health statistics in the same sweep (forward and
+  // backward passes of both cells).
   double (*lstm_fwd)(const T* z, const T* bias, const T* c_prev, T* a, T* c, T* h, T* tc,
-                     double* stats, int64_t rows, int64_t H);
+                     double* stats, int64_t rows, int64_t H, GateHealth<T>* hl);
   // LSTM backward: dc = g o (1 - tc^2) [+ dc_next f_next] (the total dL/dc_t), dz (rows, 4H),
   // db_acc (4H) += dz; ss[0] = sum(g^2), ss[1] = sum(dc^2) when want_ss. dc_next and a_next
   // (the next step's dL/dc and gates) are null at the last step.
   void (*lstm_bwd)(const T* g, const T* a, const T* c_prev, const T* tc, const T* dc_next,
                    const T* a_next, T* dc, T* dz, double* db_acc, bool want_ss, double* ss,
-                   int64_t rows, int64_t H);
+                   int64_t rows, int64_t H, GateHealth<T>* hl);
   // GRU forward: xa (rows, 3H) = x W_ih^T, hb (rows, 3H) = h_prev W_hh^T, biases (3H) ->
   // gates a (may alias xa), hn = hb_n + b_hn, h = (1 - z) n + z h_prev.
   double (*gru_fwd)(const T* xa, const T* hb, const T* b_ih, const T* b_hh, const T* h_prev,
-                    T* a, T* hn, T* h, double* stats, int64_t rows, int64_t H);
+                    T* a, T* hn, T* h, double* stats, int64_t rows, int64_t H,
+                    GateHealth<T>* hl);
   // GRU backward: da = [dz_r, dz_z, dz_n], dhb = [dz_r, dz_z, dz_n r] (rows, 3H),
   // g_prev += g z; dbi += da, dbh += dhb; returns sum(g^2) (0 unless want_ss).
   double (*gru_bwd)(const T* g, const T* a, const T* hn, const T* h_prev, T* da, T* dhb,
-                    T* g_prev, double* dbi, double* dbh, bool want_ss, int64_t rows, int64_t H);
+                    T* g_prev, double* dbi, double* dbh, bool want_ss, int64_t rows, int64_t H,
+                    GateHealth<T>* hl);
 
   // --- panel GEMM (the RNN's per-step products; float32 layer products) ----------
   // op(B) (K x N) is packed into panels of two vector widths of columns (pack_panels,

@@ -16,6 +16,8 @@
 #include "gradchain/kernels.h"
 #include "activations-inl.h"
 
+#include <limits>
+
 namespace gradchain {
 namespace GC_ISA_NS {
 
@@ -26,6 +28,31 @@ static inline T sat_sigmoid() { return T(0.25e-3); }
 template <class T>
 static inline T sat_tanh() { return T(1e-3); }
 
+// The health report's unit maximum: m = max(m, d0, d1, d2[, d3]) with NaN left out (a
+// comparison with NaN is false, so NaN is never selected). The d_k are the unit's gate
+// derivatives over their maxima (sigmoid' * 4, tanh').
+template <class T>
+static inline void unit_max(T& m, T d0, T d1, T d2) {
+  T u = m;
+  u = d0 > u ? d0 : u;
+  u = d1 > u ? d1 : u;
+  u = d2 > u ? d2 : u;
+  m = u;
+}
+template <class T>
+static inline void unit_max(T& m, T d0, T d1, T d2, T d3) {
+  unit_max(m, d0, d1, d2);
+  m = d3 > m ? d3 : m;
+}
+
+// The zero and subnormal entries of a gradient value (the health report), added to z, s.
+template <class T>
+static inline void count_tiny(T v, T& z, T& s) {
+  const T av = v < T(0) ? -v : v;
+  z += av == T(0) ? T(1) : T(0);
+  s += (av > T(0) && av < std::numeric_limits<T>::min()) ? T(1) : T(0);
+}
+
 // ---------------------------------------------------------------------------
 // LSTM
 // ---------------------------------------------------------------------------
@@ -33,15 +60,18 @@ static inline T sat_tanh() { return T(1e-3); }
 // a (rows, 4H) gate values i, f, g, o (may alias z); c = f c_prev + i g; tc = tanh(c);
 // h = o tc. stats[2k] = sum of gate k's values, stats[2k+1] = its saturated units
 // (assigned). Returns sum(h * 0) + sum(c * 0): 0 unless h or c holds NaN/Inf.
-template <class T>
-static double lstm_fwd(const T* z, const T* bias, const T* c_prev, T* a, T* c, T* h, T* tc,
-                       double* stats, int64_t rows, int64_t H) {
+// kHealth: also hl's unit maxima of the normalised gate derivatives and sums of |h|, |c|.
+template <class T, bool kHealth>
+static double lstm_fwd_rows(const T* z, const T* bias, const T* c_prev, T* a, T* c, T* h,
+                            T* tc, double* stats, int64_t rows, int64_t H, GateHealth<T>* hl) {
   const ActSigmoid<T> sg{ActParams{}};
   const ActTanh<T> th{ActParams{}};
   const T ss = sat_sigmoid<T>(), st = sat_tanh<T>();
   double chk = 0.0;
   double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   double n0 = 0, n1 = 0, n2 = 0, n3 = 0;
+  double ah = 0, ac = 0;
+  T* um = kHealth ? hl->umax : nullptr;
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * 4 * H;
     T* ar = a + r * 4 * H;
@@ -51,8 +81,8 @@ static double lstm_fwd(const T* z, const T* bias, const T* c_prev, T* a, T* c, T
     T* tr = tc + r * H;
     T rowchk = 0;
     T m0 = 0, m1 = 0, m2 = 0, m3 = 0;  // saturated counts of this row (exact in T)
-    double v0 = 0, v1 = 0, v2 = 0, v3 = 0;
-#pragma omp simd reduction(+ : rowchk, m0, m1, m2, m3, v0, v1, v2, v3)
+    double v0 = 0, v1 = 0, v2 = 0, v3 = 0, rh = 0, rc = 0;
+#pragma omp simd reduction(+ : rowchk, m0, m1, m2, m3, v0, v1, v2, v3, rh, rc)
     for (int64_t j = 0; j < H; ++j) {
       T i, f, g, o, di, df, dg, dO;
       sg(zr[j] + bias[j], i, di);
@@ -79,14 +109,28 @@ static double lstm_fwd(const T* z, const T* bias, const T* c_prev, T* a, T* c, T
       m1 += df < ss ? T(1) : T(0);
       m2 += dg < st ? T(1) : T(0);
       m3 += dO < ss ? T(1) : T(0);
+      if constexpr (kHealth) {
+        unit_max(um[j], T(4) * di, T(4) * df, dg, T(4) * dO);
+        rh += double(hv < T(0) ? -hv : hv);
+        rc += double(cv < T(0) ? -cv : cv);
+      }
     }
     chk += double(rowchk);
     s0 += v0, s1 += v1, s2 += v2, s3 += v3;
     n0 += double(m0), n1 += double(m1), n2 += double(m2), n3 += double(m3);
+    ah += rh, ac += rc;
   }
   stats[0] = s0, stats[1] = n0, stats[2] = s1, stats[3] = n1;
   stats[4] = s2, stats[5] = n2, stats[6] = s3, stats[7] = n3;
+  if constexpr (kHealth) hl->abs_h += ah, hl->abs_c += ac;
   return chk;
+}
+
+template <class T>
+static double lstm_fwd(const T* z, const T* bias, const T* c_prev, T* a, T* c, T* h, T* tc,
+                       double* stats, int64_t rows, int64_t H, GateHealth<T>* hl) {
+  return hl ? lstm_fwd_rows<T, true>(z, bias, c_prev, a, c, h, tc, stats, rows, H, hl)
+            : lstm_fwd_rows<T, false>(z, bias, c_prev, a, c, h, tc, stats, rows, H, hl);
 }
 
 // g (rows, H): the total dL/dh_t; a (rows, 4H): the gates of step t; c_prev, tc (rows, H):
@@ -94,11 +138,13 @@ static double lstm_fwd(const T* z, const T* bias, const T* c_prev, T* a, T* c, T
 // the last step has none). Writes dc = g o (1 - tc^2) + dc_next f_next (the total
 // dL/dc_t) and dz (rows, 4H); db_acc (4H) += dz. ss[0] = sum(g^2), ss[1] = sum(dc^2)
 // (float64; when kSS).
-template <class T, bool kNext, bool kSS>
+// kHealth: also the zero / subnormal counts of g and dc into hl.
+template <class T, bool kNext, bool kSS, bool kHealth>
 static void lstm_bwd_rows(const T* g, const T* a, const T* c_prev, const T* tc,
                           const T* dc_next, const T* a_next, T* dc, T* dz, double* db_acc,
-                          double* ss, int64_t rows, int64_t H) {
+                          double* ss, int64_t rows, int64_t H, GateHealth<T>* hl) {
   double sg = 0.0, sc = 0.0;
+  double zc = 0, sbc = 0, czc = 0, csc = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* gr = g + r * H;
     const T* ar = a + r * 4 * H;
@@ -109,7 +155,8 @@ static void lstm_bwd_rows(const T* g, const T* a, const T* c_prev, const T* tc,
     T* dcr = dc + r * H;
     T* dzr = dz + r * 4 * H;
     double rg = 0.0, rc = 0.0;
-#pragma omp simd reduction(+ : rg, rc)
+    T rz = 0, rs = 0, cz = 0, cs = 0;  // counts of this row (exact in T)
+#pragma omp simd reduction(+ : rg, rc, rz, rs, cz, cs)
     for (int64_t j = 0; j < H; ++j) {
       const T gv = gr[j];
       const T i = ar[j], f = ar[H + j], gg = ar[2 * H + j], o = ar[3 * H + j];
@@ -133,26 +180,41 @@ static void lstm_bwd_rows(const T* g, const T* a, const T* c_prev, const T* tc,
         rg += double(gv) * double(gv);
         rc += double(d) * double(d);
       }
+      if constexpr (kHealth) {
+        count_tiny(gv, rz, rs);
+        count_tiny(d, cz, cs);
+      }
     }
     sg += rg;
     sc += rc;
+    if constexpr (kHealth) zc += double(rz), sbc += double(rs), czc += double(cz), csc += double(cs);
   }
   if constexpr (kSS) {
     ss[0] = sg;
     ss[1] = sc;
+  }
+  if constexpr (kHealth) {
+    hl->zeros += zc, hl->subnormals += sbc;
+    hl->c_zeros += czc, hl->c_subnormals += csc;
   }
 }
 
 template <class T>
 static void lstm_bwd(const T* g, const T* a, const T* c_prev, const T* tc, const T* dc_next,
                      const T* a_next, T* dc, T* dz, double* db_acc, bool want_ss, double* ss,
-                     int64_t rows, int64_t H) {
-#define GC_LSTM_B(N, S) \
-  lstm_bwd_rows<T, N, S>(g, a, c_prev, tc, dc_next, a_next, dc, dz, db_acc, ss, rows, H)
-  if (dc_next)
-    want_ss ? GC_LSTM_B(true, true) : GC_LSTM_B(true, false);
-  else
-    want_ss ? GC_LSTM_B(false, true) : GC_LSTM_B(false, false);
+                     int64_t rows, int64_t H, GateHealth<T>* hl) {
+#define GC_LSTM_B(N, S, K) \
+  lstm_bwd_rows<T, N, S, K>(g, a, c_prev, tc, dc_next, a_next, dc, dz, db_acc, ss, rows, H, hl)
+  if (hl) {  // the health statistics come with the report's sums of squares
+    if (dc_next)
+      GC_LSTM_B(true, true, true);
+    else
+      GC_LSTM_B(false, true, true);
+  } else if (dc_next) {
+    want_ss ? GC_LSTM_B(true, true, false) : GC_LSTM_B(true, false, false);
+  } else {
+    want_ss ? GC_LSTM_B(false, true, false) : GC_LSTM_B(false, false, false);
+  }
 #undef GC_LSTM_B
 }
 
@@ -163,14 +225,17 @@ static void lstm_bwd(const T* g, const T* a, const T* c_prev, const T* tc, const
 // h_prev (rows, H). a (rows, 3H) gate values r, z, n (may alias xa); hn = hb_n + b_hn
 // (rows, H), kept for the backward; h = (1 - z) n + z h_prev. Stats and return as lstm_fwd
 // (three gates).
-template <class T>
-static double gru_fwd(const T* xa, const T* hb, const T* b_ih, const T* b_hh, const T* h_prev,
-                      T* a, T* hn, T* h, double* stats, int64_t rows, int64_t H) {
+template <class T, bool kHealth>
+static double gru_fwd_rows(const T* xa, const T* hb, const T* b_ih, const T* b_hh,
+                           const T* h_prev, T* a, T* hn, T* h, double* stats, int64_t rows,
+                           int64_t H, GateHealth<T>* hl) {
   const ActSigmoid<T> sg{ActParams{}};
   const ActTanh<T> th{ActParams{}};
   const T ss = sat_sigmoid<T>(), st = sat_tanh<T>();
   double chk = 0.0;
   double s0 = 0, s1 = 0, s2 = 0, n0 = 0, n1 = 0, n2 = 0;
+  double ah = 0;
+  T* um = kHealth ? hl->umax : nullptr;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = xa + r * 3 * H;
     const T* br = hb + r * 3 * H;
@@ -180,8 +245,8 @@ static double gru_fwd(const T* xa, const T* hb, const T* b_ih, const T* b_hh, co
     T* hr = h + r * H;
     T rowchk = 0;
     T m0 = 0, m1 = 0, m2 = 0;
-    double v0 = 0, v1 = 0, v2 = 0;
-#pragma omp simd reduction(+ : rowchk, m0, m1, m2, v0, v1, v2)
+    double v0 = 0, v1 = 0, v2 = 0, rh = 0;
+#pragma omp simd reduction(+ : rowchk, m0, m1, m2, v0, v1, v2, rh)
     for (int64_t j = 0; j < H; ++j) {
       T rv, zv, nv, dr, dz, dn;
       sg((xr[j] + b_ih[j]) + (br[j] + b_hh[j]), rv, dr);
@@ -201,13 +266,27 @@ static double gru_fwd(const T* xa, const T* hb, const T* b_ih, const T* b_hh, co
       m0 += dr < ss ? T(1) : T(0);
       m1 += dz < ss ? T(1) : T(0);
       m2 += dn < st ? T(1) : T(0);
+      if constexpr (kHealth) {
+        unit_max(um[j], T(4) * dr, T(4) * dz, dn);
+        rh += double(hv < T(0) ? -hv : hv);
+      }
     }
     chk += double(rowchk);
     s0 += v0, s1 += v1, s2 += v2;
     n0 += double(m0), n1 += double(m1), n2 += double(m2);
+    ah += rh;
   }
   stats[0] = s0, stats[1] = n0, stats[2] = s1, stats[3] = n1, stats[4] = s2, stats[5] = n2;
+  if constexpr (kHealth) hl->abs_h += ah;
   return chk;
+}
+
+template <class T>
+static double gru_fwd(const T* xa, const T* hb, const T* b_ih, const T* b_hh, const T* h_prev,
+                      T* a, T* hn, T* h, double* stats, int64_t rows, int64_t H,
+                      GateHealth<T>* hl) {
+  return hl ? gru_fwd_rows<T, true>(xa, hb, b_ih, b_hh, h_prev, a, hn, h, stats, rows, H, hl)
+            : gru_fwd_rows<T, false>(xa, hb, b_ih, b_hh, h_prev, a, hn, h, stats, rows, H, hl);
 }
 
 // g (rows, H): the total dL/dh_t; a, hn, h_prev: step t's gates, b_n and h_{t-1}.
@@ -215,10 +294,11 @@ static double gru_fwd(const T* xa, const T* hb, const T* b_ih, const T* b_hh, co
 // [dz_r, dz_z, dz_n r] (the recurrent side); g_prev (rows, H) += g z (the direct path to
 // h_{t-1}; the product dhb W_hh follows). dbi (3H) += da, dbh (3H) += dhb. Returns
 // sum(g^2) (float64; 0 unless want_ss).
-template <class T, bool kSS>
+template <class T, bool kSS, bool kHealth>
 static double gru_bwd_rows(const T* g, const T* a, const T* hn, const T* h_prev, T* da, T* dhb,
-                           T* g_prev, double* dbi, double* dbh, int64_t rows, int64_t H) {
-  double sg = 0.0;
+                           T* g_prev, double* dbi, double* dbh, int64_t rows, int64_t H,
+                           GateHealth<T>* hl) {
+  double sg = 0.0, zc = 0, sbc = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* gr = g + r * H;
     const T* ar = a + r * 3 * H;
@@ -228,7 +308,8 @@ static double gru_bwd_rows(const T* g, const T* a, const T* hn, const T* h_prev,
     T* dbr = dhb + r * 3 * H;
     T* gp = g_prev + r * H;
     double rs = 0.0;
-#pragma omp simd reduction(+ : rs)
+    T rz = 0, rsb = 0;  // counts of this row (exact in T)
+#pragma omp simd reduction(+ : rs, rz, rsb)
     for (int64_t j = 0; j < H; ++j) {
       const T gv = gr[j];
       const T rv = ar[j], zv = ar[H + j], nv = ar[2 * H + j];
@@ -250,19 +331,24 @@ static double gru_bwd_rows(const T* g, const T* a, const T* hn, const T* h_prev,
       dbh[H + j] += double(zz);
       dbh[2 * H + j] += double(zhn);
       if constexpr (kSS) rs += double(gv) * double(gv);
+      if constexpr (kHealth) count_tiny(gv, rz, rsb);
     }
     sg += rs;
+    if constexpr (kHealth) zc += double(rz), sbc += double(rsb);
   }
+  if constexpr (kHealth) hl->zeros += zc, hl->subnormals += sbc;
   return sg;
 }
 
 template <class T>
 static double gru_bwd(const T* g, const T* a, const T* hn, const T* h_prev, T* da, T* dhb,
                       T* g_prev, double* dbi, double* dbh, bool want_ss, int64_t rows,
-                      int64_t H) {
-  return want_ss
-             ? gru_bwd_rows<T, true>(g, a, hn, h_prev, da, dhb, g_prev, dbi, dbh, rows, H)
-             : gru_bwd_rows<T, false>(g, a, hn, h_prev, da, dhb, g_prev, dbi, dbh, rows, H);
+                      int64_t H, GateHealth<T>* hl) {
+#define GC_GRU_B(S, K) \
+  gru_bwd_rows<T, S, K>(g, a, hn, h_prev, da, dhb, g_prev, dbi, dbh, rows, H, hl)
+  if (hl) return GC_GRU_B(true, true);  // with the report's sum of squares
+  return want_ss ? GC_GRU_B(true, false) : GC_GRU_B(false, false);
+#undef GC_GRU_B
 }
 
 }  // namespace GC_ISA_NS

@@ -210,7 +210,7 @@ def rnn_grad_report(rep: RNNGradReport, ax: Any, path: str | os.PathLike[str] | 
     return fig, ax
 
 
-def health_panel(rep: GradReport | RNNGradReport, ax: Any,
+def health_panel(rep: GradReport | RNNGradReport | GatedGradReport, ax: Any,
                  path: str | os.PathLike[str] | None) -> tuple[Any, Any]:
     """Draw the health statistics of ``rep`` (``rep.plot_health(ax, path)``): per layer
     (MLP, x = l) or step (RNN, x = t) the dead and saturated unit fractions, the zero and
@@ -284,7 +284,7 @@ def gated_grad_report(rep: GatedGradReport, ax: Any, path: str | os.PathLike[str
     return fig, ax
 
 
-def with_health(rep: GradReport | RNNGradReport, ax: Any,
+def with_health(rep: GradReport | RNNGradReport | GatedGradReport, ax: Any,
                 path: str | os.PathLike[str] | None,
                 draw: Callable[[Any], tuple[Any, Any]]) -> tuple[Any, Any]:
     """``rep.plot(..., health=True)``: a figure of two panels, the norms (``draw(ax)``) on

@@ -749,6 +749,11 @@ _GATED_NORMS = ("weight_ih_grad_norm", "weight_hh_grad_norm", "bias_ih_grad_norm
 _GATED_ARRAYS = ("timestep_grad_norms", "cell_grad_norms", "gate_means", "gate_saturation",
                  "weight_ih_gate_grad_norms", "weight_hh_gate_grad_norms",
                  "bias_ih_gate_grad_norms", "bias_hh_gate_grad_norms")
+# the health fields of the RNN's names, then the LSTM's cell-state ones (empty for a GRU)
+_GATED_HEALTH = ("dead_unit_fractions", "saturated_unit_fractions", "zero_grad_fractions",
+                 "subnormal_grad_fractions", "mean_abs_activations",
+                 "cell_zero_grad_fractions", "cell_subnormal_grad_fractions",
+                 "mean_abs_cell_states")
 
 
 @dataclass
@@ -785,6 +790,19 @@ class GatedGradReport:
     forward_first_nonfinite : int or None
         The first ``t`` in ``1..T`` whose ``h_t`` (or ``c_t``) holds NaN/Inf (``T+1``: only
         the readout).
+    dead_unit_fractions, saturated_unit_fractions : (T,) float64
+        The hidden units of step ``t`` whose gate derivatives are all exactly 0 (dead: only
+        by underflow for sigmoid/tanh gates) / all below 1e-3 of their maxima (saturated:
+        no gradient enters the unit's pre-activations), for every example
+        (docs/CONVENTIONS.md, "Gradient report").
+    zero_grad_fractions, subnormal_grad_fractions : (T,) float64
+        The fractions of the entries of ``dL/dh_t`` that are exactly 0 / subnormal.
+    mean_abs_activations : (T,) float64
+        ``mean |h_t|``.
+    cell_zero_grad_fractions, cell_subnormal_grad_fractions, mean_abs_cell_states : (T,)
+        LSTM: the same for ``dL/dc_t`` and ``mean |c_t|`` (empty for a GRU).
+    nonfinite_origin : NonFiniteOrigin or None
+        Where the first NaN/Inf was born (``where="step"``), as :class:`RNNGradReport`'s.
     """
 
     cell: str
@@ -811,18 +829,36 @@ class GatedGradReport:
     first_nonfinite: int | None = None
     forward_first_nonfinite: int | None = None
     loss: float | None = None
+    dead_unit_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    saturated_unit_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    zero_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    subnormal_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    mean_abs_activations: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cell_zero_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cell_subnormal_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    mean_abs_cell_states: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    nonfinite_origin: NonFiniteOrigin | None = None
 
     @classmethod
     def _from_core(cls, d: dict[str, Any], cell: str, gates: tuple[str, ...],
-                   h0_grad: np.ndarray, c0_grad: np.ndarray | None) -> GatedGradReport:
-        return cls(
+                   h0_grad: np.ndarray, c0_grad: np.ndarray | None,
+                   loss_stage: str | None = None) -> GatedGradReport:
+        rep = cls(
             cell=cell, gates=gates,
             **{k: np.asarray(d[k]) for k in _GATED_ARRAYS},
             **{k: float(d[k]) for k in _GATED_NORMS},
             h0_grad=h0_grad, c0_grad=c0_grad,
             first_nonfinite=d["first_nonfinite"],
             forward_first_nonfinite=d["forward_first_nonfinite"],
+            **{k: _arr(d, k) for k in _GATED_HEALTH},
         )
+        params_bad = not all(math.isfinite(float(d[k])) for k in _GATED_NORMS
+                             if k not in ("h0_grad_norm", "c0_grad_norm", "global_norm"))
+        rep.nonfinite_origin = _origin("step", rep.forward_first_nonfinite,
+                                       d.get("forward_nonfinite_stage"), loss_stage,
+                                       rep.first_nonfinite, d.get("backward_nonfinite_stage"),
+                                       -1 if params_bad else None)
+        return rep
 
     @property
     def steps(self) -> int:
@@ -840,9 +876,43 @@ class GatedGradReport:
 
     def verdict(self, threshold: float = 1e2) -> str:
         """A one-line reading of ``||dL/dh_1|| / ||dL/dh_T||``: vanishing, exploding,
-        non-finite or healthy."""
+        non-finite (where it was born) or healthy; then, as :meth:`RNNGradReport.verdict`,
+        the longest run of steps with at least half of the hidden units saturated."""
         return _verdict(self.ratio, self.first_nonfinite, self.forward_first_nonfinite, "step",
-                        "||dL/dh_1|| / ||dL/dh_T||", threshold)
+                        "||dL/dh_1|| / ||dL/dh_T||", threshold, self.nonfinite_origin) + \
+            _health_note(self.dead_unit_fractions, self.saturated_unit_fractions, "step", 1)
+
+    def health_table(self, rows: int = 12) -> str:
+        """The health statistics at a few steps ``t`` (as :meth:`table` picks them): dead
+        and saturated hidden units, zero and subnormal fractions of ``dL/dh_t``, ``mean
+        |h_t|`` and, LSTM, the zero fraction of ``dL/dc_t`` and ``mean |c_t|`` (empty string
+        when not computed)."""
+        if not self.zero_grad_fractions.size:
+            return ""
+        T = self.steps
+        ts = sorted(set(np.linspace(T, 1, min(rows, T)).round().astype(int).tolist()),
+                    reverse=True)
+        lines = _health_lines([
+            (str(t), float(self.dead_unit_fractions[t - 1]),
+             float(self.saturated_unit_fractions[t - 1]),
+             float(self.zero_grad_fractions[t - 1]),
+             float(self.subnormal_grad_fractions[t - 1]),
+             float(self.mean_abs_activations[t - 1])) for t in ts])
+        if len(self.cell_zero_grad_fractions) == T:  # the LSTM's cell state
+            lines[0] += f"  {'dc zeros':>8}  {'dc subn.':>8}  {'mean|c|':>10}"
+            for i, t in enumerate(ts, start=1):
+                lines[i] += (f"  {100 * float(self.cell_zero_grad_fractions[t - 1]):7.1f}%"
+                             f"  {100 * float(self.cell_subnormal_grad_fractions[t - 1]):7.1f}%"
+                             f"  {_fmt(float(self.mean_abs_cell_states[t - 1])):>10}")
+        return "\n".join(lines)
+
+    def plot_health(self, ax: Any = None, path: str | os.PathLike[str] | None = None
+                    ) -> tuple[Any, Any]:
+        """The health panel per step (as :meth:`RNNGradReport.plot_health`). Returns
+        ``(fig, ax)``."""
+        from .plots import health_panel
+
+        return health_panel(self, ax, path)
 
     def gate(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(means, saturated fractions)`` of gate ``name`` (one of :attr:`gates`), (T,) each."""
@@ -851,10 +921,11 @@ class GatedGradReport:
         k = self.gates.index(name)
         return self.gate_means[k], self.gate_saturation[k]
 
-    def table(self, rows: int = 12) -> str:
+    def table(self, rows: int = 12, health: bool = False) -> str:
         """A summary along time: ``||dL/dh_t||`` (and ``||dL/dc_t||``) at a few steps with
         each gate's mean value and saturated fraction, the per-gate weight-gradient norms,
-        the fitted per-step factor and the verdict (str)."""
+        the fitted per-step factor and the verdict (str); with ``health=True`` also
+        :meth:`health_table` and where a NaN/Inf was born."""
         a = np.asarray(self.timestep_grad_norms)
         T = len(a)
         lstm = len(self.cell_grad_norms) == T and T > 0
@@ -885,20 +956,32 @@ class GatedGradReport:
         factor = f"x{10 ** slope:.4f} per step back" if math.isfinite(slope) else "n/a"
         lines.append(f"global grad norm {_fmt(self.global_norm)};  fitted {factor};  "
                      f"{self.verdict()}")
+        if not health:
+            return "\n".join(lines)
+        text = self.health_table(rows)
+        if text:
+            lines += ["health (step t: hidden units; dL/dh_t: entries)", text]
+        if self.nonfinite_origin is not None:
+            lines.append(f"NaN/Inf born in {self.nonfinite_origin}")
         return "\n".join(lines)
 
     def plot(self, ax: Any = None, path: str | os.PathLike[str] | None = None, *,
-             label: str | None = None, cell_state: bool = True,
+             label: str | None = None, cell_state: bool = True, health: bool = False,
              **line_kwargs: Any) -> tuple[Any, Any]:
         """``||dL/dh_t||`` per timestep on a log scale and, for an LSTM with
         ``cell_state``, ``||dL/dc_t||`` dashed in the same colour (needs matplotlib).
 
         Draw several models' reports into one ``ax`` (``label`` each) to compare how far
         back their gradients reach; an :class:`RNNGradReport`'s plot overlays the same
-        way. Conventions, returns and errors as :meth:`RNNGradReport.plot`.
+        way. Conventions, returns and errors as :meth:`RNNGradReport.plot`; ``health=True``
+        (and ``ax`` None) adds the health panel of :meth:`plot_health` below
+        (``fig.axes[1]``).
         """
-        from .plots import gated_grad_report  # the drawing lives in the lab
+        from .plots import gated_grad_report, with_health  # the drawing lives in the lab
 
+        if health:
+            return with_health(self, ax, path, lambda a: gated_grad_report(
+                self, a, None, label, cell_state, line_kwargs))
         return gated_grad_report(self, ax, path, label, cell_state, line_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -909,6 +992,9 @@ class GatedGradReport:
         out.update({k: float(getattr(self, k)) for k in _GATED_NORMS})
         out.update(first_nonfinite=self.first_nonfinite,
                    forward_first_nonfinite=self.forward_first_nonfinite, loss=self.loss)
+        out.update(_forensics_dict(self))
+        out.update({k: np.asarray(getattr(self, k), dtype=np.float64).tolist()
+                    for k in _GATED_HEALTH[5:]})
         return out
 
     def __repr__(self) -> str:

@@ -232,8 +232,8 @@ class _Gated(_Recurrent):
         acc = check_bool(accumulate, "accumulate")
         return self._backward(gh, gy, acc, want, T, B)
 
-    def _backward(self, gh: Any, gy: Any, acc: bool, want: bool, T: int, B: int
-                  ) -> GatedGradReport | None:
+    def _backward(self, gh: Any, gy: Any, acc: bool, want: bool, T: int, B: int,
+                  loss_stage: str | None = None) -> GatedGradReport | None:
         require((T * B * self.input_size + 2 * B * self.hidden_size) * self.dtype.itemsize,
                 lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
                         f"B={B}")
@@ -242,8 +242,11 @@ class _Gated(_Recurrent):
         self._h0_grad = dh0
         self._c0_grad = dc0
         if not want:
+            self._nonfinite_origin = None
             return None
-        return GatedGradReport._from_core(d, self.kind, self.GATES, dh0, dc0)
+        rep = GatedGradReport._from_core(d, self.kind, self.GATES, dh0, dc0, loss_stage)
+        self._nonfinite_origin = rep.nonfinite_origin
+        return rep
 
     @locked
     def loss_and_grad(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
@@ -271,10 +274,14 @@ class _Gated(_Recurrent):
         with np.errstate(all="ignore"):
             value, g = _losses.sequence_value_and_grad(outputs, t, loss, on)
         g = np.ascontiguousarray(g, dtype=self.dtype)
+        # where a NaN/Inf of the loss was born (the forward's own origin comes first)
+        loss_stage = None if math.isfinite(value) else "loss"
+        if loss_stage is None and not np.isfinite(g).all():
+            loss_stage = "loss_gradient"
         if self.output_size:
-            rep = self._backward(None, g, acc, True, T, B)
+            rep = self._backward(None, g, acc, True, T, B, loss_stage)
         else:
-            rep = self._backward(g, None, acc, True, T, B)
+            rep = self._backward(g, None, acc, True, T, B, loss_stage)
         assert rep is not None
         rep.loss = float(value)
         return float(value), rep

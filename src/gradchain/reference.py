@@ -1586,6 +1586,90 @@ def _gate_stats(acts: np.ndarray, pre: np.ndarray, kinds: Sequence[str]
     return means, sat
 
 
+def _gate_deriv(z: np.ndarray, kind: str) -> np.ndarray:
+    """A gate's derivative over its maximum, in z's own dtype (so that it underflows to 0
+    where the dtype's does): sigmoid' / 0.25 = 4 e / (1 + e)^2 with e = exp(-|z|), tanh' =
+    4 e / (1 + e)^2 with e = exp(-2|z|) (no cancellation for large |z|)."""
+    one, four = z.dtype.type(1), z.dtype.type(4)
+    e = np.exp(-np.abs(z) * (z.dtype.type(2) if kind == "tanh" else one))
+    return four * e / ((one + e) * (one + e))
+
+
+def _gated_unit_health(pre: np.ndarray, kinds: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per step (T,): the fractions of hidden units that are dead (every gate derivative
+    exactly 0) / saturated (every gate derivative below 1e-3 of its maximum, 1e-3 in the
+    model's dtype) for every example. A unit's level is the largest of its normalised gate
+    derivatives over the gates and the examples, NaN left out."""
+    n_steps, _, gh = pre.shape
+    hidden = gh // len(kinds)
+    level = np.zeros((n_steps, hidden))
+    for k, kind in enumerate(kinds):
+        d = _gate_deriv(pre[:, :, k * hidden:(k + 1) * hidden], kind).astype(np.float64)
+        level = np.maximum(level, np.max(np.where(np.isnan(d), 0.0, d), axis=1))
+    thr = float(pre.dtype.type(SATURATION))
+    return (level == 0.0).mean(axis=1), (level < thr).mean(axis=1)
+
+
+def _forward_origin(p: Mapping[str, Any], n_steps: int, bad_step: int | None,
+                    products: bool, ys: np.ndarray | None) -> tuple[int | None, str | None]:
+    """(forward_first_nonfinite, its stage) of a gated cell: ``bad_step`` the first step
+    (1-based) whose h_t or c_t holds NaN/Inf, ``products`` whether that step's linear
+    products did; else the readout's output (T + 1)."""
+    own = [p[k] for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    if bad_step is not None:
+        if any(w is not None and _has_nonfinite(w) for w in own):
+            return bad_step, "parameter"
+        return bad_step, "linear" if products else "activation"
+    if ys is not None and _has_nonfinite(ys):
+        ro = (p["readout.weight"], p["readout.bias"])
+        return n_steps + 1, ("parameter" if any(w is not None and _has_nonfinite(w)
+                                                for w in ro) else "linear")
+    return None, None
+
+
+def _gated_health(cache: Mapping[str, Any], report: dict[str, Any], kinds: Sequence[str],
+                  dh: Sequence[np.ndarray], dzs: Sequence[Sequence[np.ndarray]],
+                  dc: Sequence[np.ndarray] | None) -> None:
+    """Add the health statistics and the non-finite stages to a gated report (docs/
+    CONVENTIONS.md, "Gradient report"): per step the dead / saturated hidden units, the
+    zero / subnormal fractions of dL/dh_t (LSTM also dL/dc_t), mean |h_t| (and |c_t|);
+    "backward_nonfinite_stage" with a finite forward: "activation_backward" when step t+1's
+    dz (GRU: either side's) holds NaN/Inf or, LSTM, only dL/dc_t (not dL/dh_t) does, else
+    "product"."""
+    hs = cache["hs"]
+    n_steps = hs.shape[0]
+    dead, sat = _gated_unit_health(cache["pre"], kinds)
+    gh = [_grad_health(g) for g in dh]
+    report.update({
+        "dead_unit_fractions": dead,
+        "saturated_unit_fractions": sat,
+        "zero_grad_fractions": np.array([h[0] for h in gh], dtype=np.float64),
+        "subnormal_grad_fractions": np.array([h[1] for h in gh], dtype=np.float64),
+        "mean_abs_activations": np.abs(hs.astype(np.float64)).mean(axis=(1, 2)),
+        "forward_first_nonfinite": cache["forward_first_nonfinite"],
+        "forward_nonfinite_stage": cache["forward_nonfinite_stage"],
+    })
+    if dc is not None:
+        ch = [_grad_health(g) for g in dc]
+        report["cell_zero_grad_fractions"] = np.array([h[0] for h in ch], dtype=np.float64)
+        report["cell_subnormal_grad_fractions"] = np.array([h[1] for h in ch],
+                                                           dtype=np.float64)
+        report["mean_abs_cell_states"] = np.abs(cache["cs"].astype(np.float64)).mean(
+            axis=(1, 2))
+    else:
+        for k in ("cell_zero_grad_fractions", "cell_subnormal_grad_fractions",
+                  "mean_abs_cell_states"):
+            report[k] = np.zeros(0)
+    stage = None
+    t = report["first_nonfinite"]
+    if t is not None and cache["forward_first_nonfinite"] is None:
+        act = t < n_steps and any(_has_nonfinite(d) for d in dzs[t])
+        if not act and dc is not None:
+            act = not _has_nonfinite(dh[t - 1]) and _has_nonfinite(dc[t - 1])
+        stage = "activation_backward" if act else "product"
+    report["backward_nonfinite_stage"] = stage
+
+
 def _readout(p: Mapping[str, Any], hs: np.ndarray) -> np.ndarray | None:
     if p["readout.weight"] is None:
         return None
@@ -1690,7 +1774,10 @@ def lstm_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None,
     Returns:
         ``(hs, cache)``: hs (T, B, H) = h_1..h_T; ``cache["cs"]`` (T, B, H) = c_1..c_T,
         ``cache["gates"]`` (T, B, 4H) the gate values, ``cache["ys"]`` the readout output
-        (T, B, K) or None.
+        (T, B, K) or None; ``cache["forward_first_nonfinite"]`` the first t whose h_t or c_t
+        holds NaN/Inf (T + 1: only the readout's output), born at stage
+        ``cache["forward_nonfinite_stage"]`` ("parameter", "linear" (z_t; the readout's
+        product) or "activation").
     """
     p = _gated_params(params, 4, "LSTM")
     dtype = p["weight_ih_l0"].dtype
@@ -1704,6 +1791,7 @@ def lstm_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None,
     cs = np.empty_like(hs)
     tcs = np.empty_like(hs)
     h, c = st["h0"], st["c0"]
+    bad, bad_z = None, False
     for t in range(n_steps):
         z = (linear_forward(x[t], p["weight_ih_l0"], p["bias_ih_l0"])
              + linear_forward(h, p["weight_hh_l0"], p["bias_hh_l0"]))
@@ -1715,9 +1803,13 @@ def lstm_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None,
         tcs[t] = np.tanh(c)
         h = o * tcs[t]
         cs[t], hs[t] = c, h
+        if bad is None and (_has_nonfinite(h) or _has_nonfinite(c)):
+            bad, bad_z = t + 1, _has_nonfinite(z)
+    ys = _readout(p, hs)
+    first, stage = _forward_origin(p, n_steps, bad, bad_z, ys)
     cache = {"cell": "lstm", "params": p, "dtype": dtype, "x": x, "h0": st["h0"],
              "c0": st["c0"], "pre": pre, "gates": gates, "hs": hs, "cs": cs, "tcs": tcs,
-             "ys": _readout(p, hs)}
+             "ys": ys, "forward_first_nonfinite": first, "forward_nonfinite_stage": stage}
     return hs, cache
 
 
@@ -1743,7 +1835,14 @@ def lstm_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
         the norms of every parameter gradient ("weight_ih_grad_norm", ...) and of each of
         its four gate blocks ("weight_ih_gate_grad_norms" (4,), ...), "h0_grad_norm",
         "c0_grad_norm", "global_norm", and "first_nonfinite": None or the first t scanning
-        t = T..1 whose dL/dh_t or dL/dc_t holds NaN/Inf.
+        t = T..1 whose dL/dh_t or dL/dc_t holds NaN/Inf; the health per step t = 1..T:
+        "dead_unit_fractions", "saturated_unit_fractions" (hidden units whose four gate
+        derivatives are all 0 / all below 1e-3 of their maxima for every example),
+        "zero_grad_fractions", "subnormal_grad_fractions" of dL/dh_t,
+        "mean_abs_activations" (mean |h_t|), "cell_zero_grad_fractions",
+        "cell_subnormal_grad_fractions" of dL/dc_t, "mean_abs_cell_states" (mean |c_t|);
+        "forward_first_nonfinite", "forward_nonfinite_stage" (the cache's) and
+        "backward_nonfinite_stage" ("activation_backward" or "product").
     """
     p, dtype = cache["params"], cache["dtype"]
     x, gates, hs, cs, tcs = cache["x"], cache["gates"], cache["hs"], cache["cs"], cache["tcs"]
@@ -1757,6 +1856,7 @@ def lstm_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
     dc: list[np.ndarray] = [None] * n_steps  # type: ignore[list-item]
     carry_h = np.zeros((batch, H), dtype=dtype)
     carry_c = np.zeros((batch, H), dtype=dtype)
+    dzs: list[tuple[np.ndarray, ...]] = [()] * n_steps
     for t in reversed(range(n_steps)):
         i, f = gates[t, :, :H], gates[t, :, H:2 * H]
         g, o = gates[t, :, 2 * H:3 * H], gates[t, :, 3 * H:]
@@ -1767,6 +1867,7 @@ def lstm_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
         dc[t] = dh[t] * o * (1 - tc * tc) + carry_c
         dz = np.concatenate([dc[t] * g * (i * (1 - i)), dc[t] * c_prev * (f * (1 - f)),
                              dc[t] * i * (1 - g * g), dh[t] * tc * (o * (1 - o))], axis=1)
+        dzs[t] = (dz,)
         dW_ih += dz.T @ x[t]
         dW_hh += dz.T @ h_prev
         db += dz.sum(axis=0)
@@ -1780,6 +1881,7 @@ def lstm_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
     grads.update(readout)
     means, sat = _gate_stats(gates, cache["pre"], ("sigmoid", "sigmoid", "tanh", "sigmoid"))
     report = _gated_report(grads, 4, dh, carry_h, means, sat, dc, carry_c)
+    _gated_health(cache, report, ("sigmoid", "sigmoid", "tanh", "sigmoid"), dh, dzs, dc)
     return grads, dx, carry_h, carry_c, report
 
 
@@ -1795,7 +1897,8 @@ def gru_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None
         h_t = (1 - z) * n + z * h_{t-1}
 
     Args and returns as lstm_forward (no c0; no cell states): ``cache["gates"]``
-    (T, B, 3H) holds r, z, n.
+    (T, B, 3H) holds r, z, n; the forward stage "linear" when either product (``a`` or
+    ``b``) of the step holds NaN/Inf.
     """
     p = _gated_params(params, 3, "GRU")
     dtype = p["weight_ih_l0"].dtype
@@ -1807,6 +1910,7 @@ def gru_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None
     hns = np.empty((n_steps, batch, H), dtype=dtype)
     hs = np.empty_like(hns)
     h = st["h0"]
+    bad, bad_z = None, False
     for t in range(n_steps):
         a = linear_forward(x[t], p["weight_ih_l0"], p["bias_ih_l0"])
         b = linear_forward(h, p["weight_hh_l0"], p["bias_hh_l0"])
@@ -1819,8 +1923,13 @@ def gru_forward(params: Mapping[str, Any], x: Any, h0: Any | None = None
         gates[t] = np.concatenate([r, z, n], axis=1)
         h = (1 - z) * n + z * h
         hs[t] = h
+        if bad is None and _has_nonfinite(h):
+            bad, bad_z = t + 1, _has_nonfinite(a) or _has_nonfinite(b)
+    ys = _readout(p, hs)
+    first, stage = _forward_origin(p, n_steps, bad, bad_z, ys)
     cache = {"cell": "gru", "params": p, "dtype": dtype, "x": x, "h0": st["h0"], "pre": pre,
-             "gates": gates, "hns": hns, "hs": hs, "ys": _readout(p, hs)}
+             "gates": gates, "hns": hns, "hs": hs, "ys": ys,
+             "forward_first_nonfinite": first, "forward_nonfinite_stage": stage}
     return hs, cache
 
 
@@ -1840,7 +1949,9 @@ def gru_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
 
     Returns:
         ``(grads, dx, dh0, report)``, the report as lstm_backward's with three gates
-        (r, z, n), no cell states ("cell_grad_norms" empty, "c0_grad_norm" 0).
+        (r, z, n), no cell states ("cell_grad_norms" and the cell-state health fields
+        empty, "c0_grad_norm" 0); "backward_nonfinite_stage" "activation_backward" when
+        either side's dz of step t+1 holds NaN/Inf.
     """
     p, dtype = cache["params"], cache["dtype"]
     x, gates, hs, hns = cache["x"], cache["gates"], cache["hs"], cache["hns"]
@@ -1852,6 +1963,7 @@ def gru_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
     dx = np.zeros_like(x)
     dh: list[np.ndarray] = [None] * n_steps  # type: ignore[list-item]
     carry = np.zeros((batch, H), dtype=dtype)
+    dzs: list[tuple[np.ndarray, ...]] = [()] * n_steps
     for t in reversed(range(n_steps)):
         r, z, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
         h_prev = hs[t - 1] if t > 0 else cache["h0"]
@@ -1861,6 +1973,7 @@ def gru_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
         dzr = dzn * hns[t] * (r * (1 - r))
         da = np.concatenate([dzr, dzz, dzn], axis=1)
         dbh = np.concatenate([dzr, dzz, dzn * r], axis=1)
+        dzs[t] = (da, dbh)
         dW_ih += da.T @ x[t]
         dW_hh += dbh.T @ h_prev
         db_ih += da.sum(axis=0)
@@ -1874,4 +1987,5 @@ def gru_backward(cache: Mapping[str, Any], grad_hs: Any | None = None,
     grads.update(readout)
     means, sat = _gate_stats(gates, cache["pre"], ("sigmoid", "sigmoid", "tanh"))
     report = _gated_report(grads, 3, dh, carry, means, sat)
+    _gated_health(cache, report, ("sigmoid", "sigmoid", "tanh"), dh, dzs, None)
     return grads, dx, carry, report

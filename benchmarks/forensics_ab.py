@@ -3,11 +3,14 @@
     python benchmarks/forensics_ab.py                 # mlp-tanh and rnn-mid, 30 rounds
     python benchmarks/forensics_ab.py --rounds 60 --json out.json
     python benchmarks/forensics_ab.py --quick         # scaled-down smoke run
+    python benchmarks/forensics_ab.py --only lstm-mid gru-mid   # the gated cells alone
 
 Per workload, alternating which goes first in each round (one forward + backward each):
 
 * ``health``: the report with its health statistics and non-finite stages on against off
-  (``model._core.forensics``), ``backward(report=True)`` both;
+  (``model._core.forensics``), ``backward(report=True)`` both (mlp-tanh, rnn-mid, and the
+  gated cells lstm-mid, gru-mid: their forward's unit maxima and sums of ``|h_t|``,
+  ``|c_t|``, their backward's zero / subnormal counts);
 * ``per_example`` (MLP and RNN): ``backward(report=False, per_example=False)`` against
   ``backward(report=True, per_example=True)``, and against ``report=True`` alone (RNN:
   also the path the flop count did not pick, ``_core.example_path``);
@@ -154,20 +157,42 @@ def _rnn(w: Any, rounds: int) -> dict[str, Any]:
     return out
 
 
+def _gated(w: Any, rounds: int) -> dict[str, Any]:
+    m = (gc.LSTM if w.kind == "lstm" else gc.GRU)(**w.model_kwargs(), seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(w.steps, w.batch, w.input_size)).astype(m.dtype)
+    g = (rng.normal(size=(w.steps, w.batch, w.hidden_size)) / w.batch).astype(m.dtype)
+
+    def step(forensics: bool = True) -> None:
+        m._core.forensics = forensics
+        m.forward(x)
+        m.backward(grad_hs=g)
+
+    out = {"health": _paired(lambda: step(False), lambda: step(True), rounds)}
+    m._core.forensics = True
+    return out
+
+
+_RUNS: dict[str, Callable[[Any, int], dict[str, Any]]] = {
+    "mlp-tanh": _mlp, "rnn-mid": _rnn, "lstm-mid": _gated, "gru-mid": _gated}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only", nargs="+", choices=sorted(_RUNS), default=None,
+                    help="these workloads only (default: all of them, and the torch clip)")
     args = ap.parse_args()
     table = QUICK if args.quick else WORKLOADS
     load = os.getloadavg()
     print(f"gradchain {gc.__version__}, isa {gc.get_isa()}, {gc.get_num_threads()} threads; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    res = {"mlp-tanh": _mlp(table["mlp-tanh"], args.rounds),
-           "rnn-mid": _rnn(table["rnn-mid"], args.rounds)}
-    if not args.no_torch:
+    res = {name: run(table[name], args.rounds) for name, run in _RUNS.items()
+           if args.only is None or name in args.only}
+    if not args.no_torch and args.only is None:
         small = SMALL["mlp-small"].quick() if args.quick else SMALL["mlp-small"]
         res["mlp-small"] = _clip(small, max(5, args.rounds // 3))
     for wname, pairs in res.items():

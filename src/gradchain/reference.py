@@ -1630,8 +1630,8 @@ def _forward_origin(p: Mapping[str, Any], n_steps: int, bad_step: int | None,
 def _gated_health(cache: Mapping[str, Any], report: dict[str, Any], kinds: Sequence[str],
                   dh: Sequence[np.ndarray], dzs: Sequence[Sequence[np.ndarray]],
                   dc: Sequence[np.ndarray] | None) -> None:
-    """Add the health statistics and the non-finite stages to a gated report (docs/
-    CONVENTIONS.md, "Gradient report"): per step the dead / saturated hidden units, the
+    """Add the health statistics and the non-finite stages to a gated report
+    (docs/CONVENTIONS.md, "Gradient report"): per step the dead / saturated hidden units, the
     zero / subnormal fractions of dL/dh_t (LSTM also dL/dc_t), mean |h_t| (and |c_t|);
     "backward_nonfinite_stage" with a finite forward: "activation_backward" when step t+1's
     dz (GRU: either side's) holds NaN/Inf or, LSTM, only dL/dc_t (not dL/dh_t) does, else

@@ -668,8 +668,10 @@ void bind_rnn(py::module_& m, const char* name) {
             if (p < 0 || p > 3) throw std::invalid_argument("example_path: 0, 1, 2 or 3");
             c.example_path = p;
           },
-          "per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients, "
-          "3 per-example gradients whose sum is dW (cheaper; dW equal to rounding only).")
+          "dW's and per_example's path: 0 by the shape (dW as the sum of the examples' own "
+          "gradients on long sequences, else merged GEMMs and the norms by the flop count), 1 "
+          "Gram matrices, 2 per-example gradients (both: merged dW), 3 always dW as the "
+          "examples' sum. Applies with per_example=False too: dW never depends on it.")
       .def(
           "replicate_batch",
           [](C& c, int64_t n) {

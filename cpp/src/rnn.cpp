@@ -282,9 +282,10 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   stop_ = cancel_flag();  // cancelled: as in forward, then the report is not computed
   RnnReport rep;
   rep.timestep.assign(size_t(steps), 0.0);
-  // per_example forming the examples' own gradients: their sum is dW_ih, dW_hh (below)
-  const bool fused = per_example && example_tensors &&
-                     rnn_example_fuses(example_path, steps, I, H, K);
+  // dW_ih, dW_hh as the sum of the examples' own gradients (per_example_rnn.cpp) on the
+  // shapes where that is about as fast as the merged GEMMs, per_example or not (the same
+  // bits either way; per_example then only adds their norms)
+  const bool fused = rnn_example_fuses(example_path, steps, B, I, H, 1);
   double ss_w_ih = 0, ss_w_hh = 0, ss_w_out = 0, ss_b = 0, ss_b_out = 0;
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
@@ -366,15 +367,16 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   region.done();
 
   if (stopping()) throw Cancelled();
-  if (per_example) {  // per_example_rnn.cpp, from the saved x, h, dz and dL/dh
+  if (per_example || fused) {  // per_example_rnn.cpp, from the saved x, h, dz and dL/dh
     RnnExampleInputs<T> in;
     in.steps = steps, in.B = B, in.I = I, in.H = H, in.K = K;
     in.x = X_, in.hs = HS_, in.dz = DZ_, in.g = G_, in.gy = readout ? grad_ys : nullptr;
-    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0, in.tensors = example_tensors;
+    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0;
+    in.steps_norms = per_example, in.tensors = per_example && example_tensors;
     if (fused) in.dw_ih = grads + w_ih_, in.dw_hh = grads + w_hh_, in.accumulate = accumulate;
     rnn_per_example(in, ExamplePath(example_path), pe_ws_, pe_wsd_, rep.example_tensor,
                     rep.example_step);
-    if (fused) {
+    if (fused && report) {
       ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
       ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
     }

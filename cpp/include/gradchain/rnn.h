@@ -61,7 +61,8 @@ class RnnChain : public RecurrentChain<T> {
   // of every dL/dh_t (RnnReport::example_tensor, example_step; per_example_rnn.h).
   RnnReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, bool accumulate,
                      bool report = true, bool per_example = false);
-  // per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients
+  // dW's and per_example's path (ExamplePath, per_example_rnn.h): 0 by the shape, 1 Gram
+  // matrices, 2 per-example gradients (both with merged dW GEMMs), 3 dW as the examples' sum
   int example_path = 0;
   // per_example's tensor norms (false: only the steps' ||dL/dh_{t,i}||^2, the batched probe)
   bool example_tensors = true;

@@ -48,6 +48,10 @@ bool rnn_example_fuses(int path, int64_t steps, int64_t B, int64_t I, int64_t H,
          double(nblk) * double(G * H) * double(I + H) <= 4194304.0;
 }
 
+int64_t rnn_example_sum_values(int64_t B, int64_t I, int64_t H, int64_t G) {
+  return ceil_div(B, example_block(B)) * G * H * (I + H);
+}
+
 int64_t rnn_example_workspace(bool gram, int64_t steps, int64_t I, int64_t H, int64_t K,
                               int64_t G, bool apart) {
   if (gram) return (steps + 1) * (steps + 1) + steps * steps * (2 + (K > 0) + apart);

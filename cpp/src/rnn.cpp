@@ -93,8 +93,15 @@ int64_t RnnChain<T>::pass_bytes(int64_t steps, int64_t B) const {
   const int64_t held = ws_.size() * int64_t(sizeof(T)) +
                        (part_.size() + int64_t(blk_.size() + hcnt_.size() + fabs_.size())) *
                            int64_t(sizeof(double));
-  return this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
-                              steps * B * H_ * 4);
+  int64_t bytes = this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
+                                       steps * B * H_ * 4);
+  if (rnn_example_fuses(example_path, steps, B, I_, H_, 1)) {  // dW's block sums, the slots
+    const int64_t pe = rnn_example_sum_values(B, I_, H_, 1) +
+                       rnn_example_workspace(false, steps, I_, H_, K_) *
+                           max_threads_for(steps * B * H_ * (I_ + H_));
+    if (pe > pe_ws_.size()) bytes += (pe - pe_ws_.size()) * int64_t(sizeof(T));
+  }
+  return bytes;
 }
 
 template <class T>

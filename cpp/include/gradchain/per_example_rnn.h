@@ -70,6 +70,8 @@ bool rnn_example_gram(int64_t steps, int64_t I, int64_t H, int64_t K, int64_t G 
 constexpr int64_t kExampleFuseSteps = 256;  // Auto fuses from this many steps on
 bool rnn_example_fuses(int path, int64_t steps, int64_t B, int64_t I, int64_t H, int64_t G);
 
+// Values (T) of the fused path's block sums (ceil(B / example block) x G*H*(I + H)).
+int64_t rnn_example_sum_values(int64_t B, int64_t I, int64_t H, int64_t G);
 // Per-thread workspace values (T) of a path for the shape.
 int64_t rnn_example_workspace(bool gram, int64_t steps, int64_t I, int64_t H, int64_t K,
                               int64_t G = 1, bool apart = false);

@@ -95,7 +95,7 @@ int64_t RnnChain<T>::pass_bytes(int64_t steps, int64_t B) const {
                            int64_t(sizeof(double));
   int64_t bytes = this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
                                        steps * B * H_ * 4);
-  if (rnn_example_fuses(example_path, steps, B, I_, H_, 1)) {  // dW's block sums, the slots
+  if (rnn_example_fuses(this->example_path, steps, B, I_, H_, 1)) {  // dW's block sums, the slots
     const int64_t pe = rnn_example_sum_values(B, I_, H_, 1) +
                        rnn_example_workspace(false, steps, I_, H_, K_) *
                            max_threads_for(steps * B * H_ * (I_ + H_));
@@ -292,7 +292,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   // dW_ih, dW_hh as the sum of the examples' own gradients (per_example_rnn.cpp) on the
   // shapes where that is about as fast as the merged GEMMs, per_example or not (the same
   // bits either way; per_example then only adds their norms)
-  const bool fused = rnn_example_fuses(example_path, steps, B, I, H, 1);
+  const bool fused = rnn_example_fuses(this->example_path, steps, B, I, H, 1);
   double ss_w_ih = 0, ss_w_hh = 0, ss_w_out = 0, ss_b = 0, ss_b_out = 0;
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
@@ -381,7 +381,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
     in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0;
     in.steps_norms = per_example, in.tensors = per_example && example_tensors;
     if (fused) in.dw_ih = grads + w_ih_, in.dw_hh = grads + w_hh_, in.accumulate = accumulate;
-    rnn_per_example(in, ExamplePath(example_path), pe_ws_, pe_wsd_, rep.example_tensor,
+    rnn_per_example(in, ExamplePath(this->example_path), pe_ws_, pe_wsd_, rep.example_tensor,
                     rep.example_step);
     if (fused && report) {
       ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);

@@ -785,7 +785,21 @@ class GatedGradReport:
     forward_first_nonfinite : int or None
         The first ``t`` in ``1..T`` whose ``h_t`` (or ``c_t``) holds NaN/Inf (``T+1``: only
         the readout).
+    per_example_grad_norms : (B,) float64 or None
+        ``||grad l_i||`` of every example's own loss (``backward(..., per_example=True)``;
+        ``L = mean_i l_i``), exact (``per_example_rnn.h``, G gate blocks).
+    per_example_tensor_grad_norms : dict[str, (B,) float64] or None
+        The same per parameter tensor (the GRU's ``bias_hh_l0`` has its own: the n gate's
+        hidden bias sits inside ``r * (W_hn h + b_hn)``).
+    per_example_timestep_grad_norms : (T, B) float64 or None
+        ``||dl_i/dh_{t,i}||``: every example's own ``dL/dh_t`` row (times B).
+    noise_scale : float or None
+        The gradient noise scale ``B_simple`` (as :class:`RNNGradReport`'s); None without
+        ``per_example``.
     """
+
+    _EXAMPLE_ROWS = {"weight_ih_l0": 0, "weight_hh_l0": 1, "bias_ih_l0": 2, "bias_hh_l0": 5,
+                     "readout.weight": 3, "readout.bias": 4}
 
     cell: str
     gates: tuple[str, ...]
@@ -811,11 +825,16 @@ class GatedGradReport:
     first_nonfinite: int | None = None
     forward_first_nonfinite: int | None = None
     loss: float | None = None
+    per_example_grad_norms: np.ndarray | None = None
+    per_example_tensor_grad_norms: dict[str, np.ndarray] | None = None
+    per_example_timestep_grad_norms: np.ndarray | None = None
+    noise_scale: float | None = None
 
     @classmethod
     def _from_core(cls, d: dict[str, Any], cell: str, gates: tuple[str, ...],
-                   h0_grad: np.ndarray, c0_grad: np.ndarray | None) -> GatedGradReport:
-        return cls(
+                   h0_grad: np.ndarray, c0_grad: np.ndarray | None,
+                   tensors: list[str] | None = None) -> GatedGradReport:
+        rep = cls(
             cell=cell, gates=gates,
             **{k: np.asarray(d[k]) for k in _GATED_ARRAYS},
             **{k: float(d[k]) for k in _GATED_NORMS},
@@ -823,6 +842,13 @@ class GatedGradReport:
             first_nonfinite=d["first_nonfinite"],
             forward_first_nonfinite=d["forward_first_nonfinite"],
         )
+        ss = d.get("example_tensor_sumsq")
+        if ss is not None and tensors is not None:
+            rep._add_per_example(np.asarray(ss, dtype=np.float64),
+                                 np.asarray(d["example_step_sumsq"], dtype=np.float64), tensors)
+        return rep
+
+    _add_per_example = RNNGradReport._add_per_example
 
     @property
     def steps(self) -> int:
@@ -885,6 +911,11 @@ class GatedGradReport:
         factor = f"x{10 ** slope:.4f} per step back" if math.isfinite(slope) else "n/a"
         lines.append(f"global grad norm {_fmt(self.global_norm)};  fitted {factor};  "
                      f"{self.verdict()}")
+        if self.per_example_grad_norms is not None:
+            g = self.per_example_grad_norms
+            lines.append(f"per-example ||grad l_i||: min {_fmt(float(g.min()))}, median "
+                         f"{_fmt(float(np.median(g)))}, max {_fmt(float(g.max()))};  noise "
+                         f"scale B_simple {_fmt(float(self.noise_scale or math.nan))}")
         return "\n".join(lines)
 
     def plot(self, ax: Any = None, path: str | os.PathLike[str] | None = None, *,
@@ -909,6 +940,19 @@ class GatedGradReport:
         out.update({k: float(getattr(self, k)) for k in _GATED_NORMS})
         out.update(first_nonfinite=self.first_nonfinite,
                    forward_first_nonfinite=self.forward_first_nonfinite, loss=self.loss)
+        if self.per_example_grad_norms is not None:  # NaN (undefined) as None
+            def lst(v: Any) -> Any:
+                a = np.asarray(v, dtype=np.float64)
+                o = a.astype(object)
+                o[np.isnan(a)] = None
+                return o.tolist()
+
+            out["per_example_grad_norms"] = lst(self.per_example_grad_norms)
+            out["per_example_timestep_grad_norms"] = lst(self.per_example_timestep_grad_norms)
+            out["per_example_tensor_grad_norms"] = {
+                n: lst(v) for n, v in (self.per_example_tensor_grad_norms or {}).items()}
+            ns = self.noise_scale
+            out["noise_scale"] = None if ns is None or math.isnan(ns) else float(ns)
         return out
 
     def __repr__(self) -> str:

@@ -137,14 +137,16 @@ def test_gated_per_example_against_torch_vmap_grad(cell):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(256, 8, 3, 4), (255, 8, 3, 4), (7, 9, 2, 3)],
-                         ids=["fused", "merged-T", "short"])
-def test_gated_per_example_leaves_the_gradients_bitwise_unchanged(cell, dtype, shape):
+                         ids=["long", "merged-T", "short"])
+@pytest.mark.parametrize("path", [0, 3])
+def test_gated_per_example_leaves_the_gradients_bitwise_unchanged(cell, dtype, shape, path):
     # per_example=True gives the bits of per_example=False (on both sides of the shape
     # predicate, assigned and accumulated, threads 1 and 2), and the fused dW equals the
     # merged GEMMs (path 2) to rounding
     T, B, I_, H = shape
     rng = np.random.default_rng(T)
     m = CELLS[cell][0](I_, H, output_size=2, dtype=dtype, seed=1)
+    m._core.example_path = path  # 3: dW as the examples' sum (per_example_rnn.h)
     x = rng.normal(size=(T, B, I_)).astype(dtype)
     gh = (rng.normal(size=(T, B, H)) / B).astype(dtype)
     gy = (rng.normal(size=(T, B, 2)) / B).astype(dtype)

@@ -65,7 +65,8 @@ bool rnn_example_gram(int64_t steps, int64_t I, int64_t H, int64_t K, int64_t G 
                       bool apart = false);
 // Whether a backward (per_example or not) forms dW_ih, dW_hh as the sum of the examples'
 // own gradients (RnnExampleInputs::dw_ih): path DirectSum, or Auto on a shape where that
-// is about as fast as the merged GEMMs (long sequences, bounded block sums). A function
+// is about as fast as the merged GEMMs (the RNN's long sequences, bounded block sums; never
+// the gated cells, G > 1, where the merged GEMMs are faster). A function
 // of the path and the shape only (never of the thread count or timing).
 constexpr int64_t kExampleFuseSteps = 256;  // Auto fuses from this many steps on
 bool rnn_example_fuses(int path, int64_t steps, int64_t B, int64_t I, int64_t H, int64_t G);

@@ -161,9 +161,13 @@ class _GatedChain(_Chain):
         grad_ys: npt.NDArray[Any] | None = None,
         accumulate: bool = False,
         report: bool = True,
+        per_example: bool = False,
     ) -> tuple[
         dict[str, Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None
     ]: ...
+    example_path: int
+    """dW's and per_example's path, as the RNN chain's (the gated cells: 0 keeps the merged
+    dW GEMMs)."""
 
 class GatedChainF32(_GatedChain): ...
 class GatedChainF64(_GatedChain): ...

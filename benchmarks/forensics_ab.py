@@ -13,7 +13,8 @@ Per workload, alternating which goes first in each round (one forward + backward
   ``|c_t|``, their backward's zero / subnormal counts);
 * ``per_example`` (MLP and RNN): ``backward(report=False, per_example=False)`` against
   ``backward(report=True, per_example=True)``, and against ``report=True`` alone (RNN:
-  also the path the flop count did not pick, ``_core.example_path``);
+  also the path the flop count did not pick, ``_core.example_path``; and the plain
+  backward with dW by the shape, path 0, against the merged GEMMs, path 2);
 * ``clip`` (with torch, on ``mlp-small``: vmap materialises B copies of the parameters,
   2 GiB for mlp-tanh): one DP-SGD step's gradients, ``loss_and_grad`` +
   ``gc.clip_per_example``, against ``torch.func.vmap(grad)`` per-sample gradients, their
@@ -149,9 +150,13 @@ def _rnn(w: Any, rounds: int) -> dict[str, Any]:
     other = 2 if w.steps < w.hidden_size else 1
     out[f"per_example_path{other}_vs_report"] = _paired(
         lambda: step(), lambda: step(per_example=True, path=other), max(3, rounds // 5))
-    # path 3: the per-example gradients' sum replaces the merged dW GEMMs (opt-in)
+    # path 3: the per-example gradients' sum always replaces the merged dW GEMMs
     out["per_example_path3_vs_grads_only"] = _paired(
         lambda: step(report=False), lambda: step(per_example=True, path=3), rounds)
+    # the plain backward's dW by the shape (path 0: the examples' sum on long sequences)
+    # against the merged GEMMs (path 2, what every shape used before)
+    out["grads_only_auto_vs_merged"] = _paired(
+        lambda: step(report=False, path=2), lambda: step(report=False), rounds)
     r._core.forensics = True
     r._core.example_path = 0
     return out

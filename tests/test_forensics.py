@@ -13,6 +13,7 @@ import pytest
 
 import gradchain as gc
 from conftest import ref
+from gradchain.models.base import Model
 
 HEALTH = ("dead_unit_fractions", "saturated_unit_fractions", "zero_grad_fractions",
           "subnormal_grad_fractions")
@@ -423,7 +424,7 @@ def test_per_example_refuses_training_batch_norm_and_bad_arguments():
         m2.backward(np.ones((5, 2), np.float32), report=False, per_example=True)
     with pytest.raises(TypeError, match="per_example"):
         m2.backward(np.ones((5, 2), np.float32), per_example=1)
-    assert not gc.LSTM(2, 3).supports_per_example()
+    assert gc.LSTM(2, 3).supports_per_example()  # issue 16: the gated cells have them now
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:3])
@@ -465,9 +466,11 @@ def test_clip_per_example_needs_a_backward_of_one_batch():
     assert gc.clip_per_example(m, 1e-3).shape == (3,)
     with pytest.raises(ValueError, match="max_norm"):
         gc.clip_per_example(m, -1.0)
-    with pytest.raises(TypeError, match="per-example"):
-        r = gc.LSTM(2, 3)
+    r = gc.LSTM(2, 3)  # issue 16: the gated cells have per-example gradients now
+    with pytest.raises(ValueError, match="needs a backward pass"):
         gc.clip_per_example(r, 1.0)
+    with pytest.raises(TypeError, match="per-example"):  # a kind without them (the base's)
+        Model._clip_per_example(r, 1.0)
 
 
 def test_history_records_health_and_noise_scale():

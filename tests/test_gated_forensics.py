@@ -439,3 +439,31 @@ def test_history_cli_and_plot_carry_the_health(tmp_path, capsys):
     fig, ax = rep.plot_health()
     assert len(ax.get_lines()) == 4
     pyplot().close(fig)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_health_and_per_example_in_one_backward(cell, dtype):
+    """per_example=True leaves the health statistics and the origins what they are without
+    it (the two features share the fused step kernels and the report)."""
+    m, x, g = _saturating(cell, dtype)
+    m.forward(x)
+    plain = m.backward(grad_hs=g)
+    both = m.backward(grad_hs=g, per_example=True)
+    assert both.per_example_grad_norms is not None and both.per_example_grad_norms.shape == (6,)
+    for f in COUNTS + MEANS + CELL_COUNTS + ("timestep_grad_norms",):
+        np.testing.assert_array_equal(getattr(both, f), getattr(plain, f), err_msg=f)
+    assert both.nonfinite_origin is None
+    assert "per-example" in both.table() and "health" in both.table(health=True)
+    d = both.to_dict()
+    assert len(d["per_example_grad_norms"]) == 6 and "saturated_unit_fractions" in d
+    # a loss born non-finite is still named with per_example=True
+    m2 = CELLS[cell](3, 4, dtype=np.float32, seed=0, output_size=2)
+    p = dict(m2.named_parameters())
+    p["readout.weight"][...] = 0.0
+    p["readout.bias"][...] = np.array([3e38, -3e38], np.float32)
+    m2.invalidate()
+    value, rep = m2.loss_and_grad(np.ones((5, 2, 3), np.float32), np.array([1, 1]),
+                                  loss="cross_entropy", per_example=True)
+    assert value == math.inf and _origin(rep) == ("loss", None, "loss")
+    assert rep.per_example_grad_norms is not None

@@ -320,3 +320,80 @@ def test_per_example_gradients_equal_the_plain_backward(dtype, path):
     for g in got[1:]:
         for k, v in g.items():
             np.testing.assert_array_equal(v, got[0][k], err_msg=k)
+
+
+# dW_ih, dW_hh as the fixed-block sum of the examples' own gradients (per_example_rnn.h,
+# rnn_example_fuses): from 256 steps with at least 8 blocks of examples (B >= 8)
+FUSED_SHAPES = [(256, 8, 3, 5), (300, 19, 2, 4)]
+MERGED_SHAPES = [(255, 8, 3, 5), (256, 7, 3, 5), (9, 37, 4, 6)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", FUSED_SHAPES + MERGED_SHAPES,
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("path", [0, 1, 2, 3])
+def test_per_example_leaves_the_gradients_bitwise_unchanged(dtype, shape, path):
+    # gc.train records per-example norms at some steps: recording must not move the
+    # trajectory, so per_example=True gives the bits of per_example=False (every path,
+    # either side of the shape predicate, assigned or accumulated, for any thread count)
+    T, B, I_, H = shape
+    rng = np.random.default_rng(T + B)
+    m = gc.RNN(I_, H, output_size=2, dtype=dtype, seed=1)
+    m._core.example_path = path
+    x = rng.normal(size=(T, B, I_)).astype(dtype)
+    gy = (rng.normal(size=(T, B, 2)) / B).astype(dtype)
+    gh = (rng.normal(size=(T, B, H)) / B).astype(dtype)
+    old = gc.get_num_threads()
+    got: dict[tuple[int, bool], list[dict[str, np.ndarray]]] = {}
+    try:
+        for n in (1, 2):
+            gc.set_num_threads(n)
+            m.forward(x)
+            for pe in (False, True):
+                m.backward(gh, gy, per_example=pe)
+                assigned = {k: v.copy() for k, v in m.named_grads()}
+                m.backward(gh, gy, accumulate=True, per_example=pe)
+                got[n, pe] = [assigned, {k: v.copy() for k, v in m.named_grads()}]
+    finally:
+        gc.set_num_threads(old)
+    base = got[1, False]
+    for key, g in got.items():
+        for j in (0, 1):
+            for k, v in g[j].items():
+                np.testing.assert_array_equal(v, base[j][k], err_msg=f"{k} {key} {j}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_weight_gradients_equal_the_merged_products_and_the_reference(dtype, shape):
+    # the example-sum dW (path 0 on these shapes, and path 3) against the merged GEMMs
+    # (paths 1 and 2) to rounding, and against the float64 reference
+    T, B, I_, H = shape
+    rng = np.random.default_rng(5)
+    m = gc.RNN(I_, H, output_size=2, dtype=dtype, seed=3)
+    x = rng.normal(size=(T, B, I_)).astype(dtype)
+    gy = (rng.normal(size=(T, B, 2)) / B).astype(dtype)
+    out = {}
+    for path in (0, 2, 3):
+        m._core.example_path = path
+        m.forward(x)
+        rep = m.backward(grad_ys=gy, per_example=path != 2)
+        out[path] = ({k: v.copy() for k, v in m.named_grads()}, rep)
+    p64 = {k: v.astype(np.float64) for k, v in _params(m).items()}
+    _, cache = ref.rnn_forward(p64, x.astype(np.float64))
+    want, _, _, _ = ref.rnn_backward(cache, None, gy.astype(np.float64))
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    for k in ("weight_ih_l0", "weight_hh_l0"):
+        scale = np.abs(want[k]).max()
+        for path in (0, 2, 3):
+            np.testing.assert_allclose(out[path][0][k], want[k], rtol=0, atol=tol * scale,
+                                       err_msg=f"{k} path {path}")
+        # the fused paths are one computation: the same bits
+        np.testing.assert_array_equal(out[0][0][k], out[3][0][k], err_msg=k)
+    assert out[0][1].weight_hh_grad_norm == pytest.approx(
+        float(np.linalg.norm(want["weight_hh_l0"])), rel=tol * 10)
+    # the norms of the fused path: those of the per-example gradients
+    norms, _, _ = ref.rnn_per_example_grad_norms(p64, x.astype(np.float64), None,
+                                                 gy.astype(np.float64))
+    np.testing.assert_allclose(out[0][1].per_example_grad_norms, norms,
+                               rtol=1e-11 if dtype == np.float64 else 1e-4)

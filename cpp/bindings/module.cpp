@@ -518,13 +518,7 @@ void add_recurrent(py::dict& d, const RecurrentReport& r, int64_t steps) {
   d["readout_bias_grad_norm"] = r.readout_bias;
   d["h0_grad_norm"] = r.h0;
   add_common(d, r);
-}
-
-py::dict rnn_report_dict(const RnnReport& r, int64_t steps) {
-  py::dict d;
-  add_recurrent(d, r, steps);
-  add_forensics(d, r);
-  if (!r.example_tensor.empty()) {  // per_example: (5, B) and (T, B) squared shares
+  if (!r.example_tensor.empty()) {  // per_example: (kExTensors, B) and (T, B) squared shares
     const int64_t B = int64_t(r.example_tensor.size()) / kExTensors;
     d["example_tensor_sumsq"] = mat(r.example_tensor, kExTensors, B);
     d["example_step_sumsq"] = mat(r.example_step, int64_t(r.example_step.size()) / B, B);
@@ -532,6 +526,12 @@ py::dict rnn_report_dict(const RnnReport& r, int64_t steps) {
     d["example_tensor_sumsq"] = py::none();
     d["example_step_sumsq"] = py::none();
   }
+}
+
+py::dict rnn_report_dict(const RnnReport& r, int64_t steps) {
+  py::dict d;
+  add_recurrent(d, r, steps);
+  add_forensics(d, r);
   return d;
 }
 
@@ -600,6 +600,16 @@ void bind_recurrent(py::class_<C>& cls) {
       .def_property_readonly("forward_batch", &C::forward_batch)
       .def("pass_bytes", &C::pass_bytes, py::arg("steps"), py::arg("batch"),
            "Bytes a pass over (steps, batch) would allocate now (workspace, packing scratch).");
+  cls.def_property(
+          "example_path", [](const C& c) { return c.example_path; },
+          [](C& c, int p) {
+            if (p < 0 || p > 3) throw std::invalid_argument("example_path: 0, 1, 2 or 3");
+            c.example_path = p;
+          },
+          "dW's and per_example's path: 0 by the shape (dW as the sum of the examples' own "
+          "gradients on long sequences, else merged GEMMs and the norms by the flop count), 1 "
+          "Gram matrices, 2 per-example gradients (both: merged dW), 3 always dW as the "
+          "examples' sum. Applies with per_example=False too: dW never depends on it.");
   bind_shared<C, T>(cls);
 }
 
@@ -662,14 +672,6 @@ void bind_rnn(py::module_& m, const char* name) {
           py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
           py::arg("accumulate") = false, py::arg("report") = true,
           py::arg("per_example") = false)
-      .def_property(
-          "example_path", [](const C& c) { return c.example_path; },
-          [](C& c, int p) {
-            if (p < 0 || p > 3) throw std::invalid_argument("example_path: 0, 1, 2 or 3");
-            c.example_path = p;
-          },
-          "per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients, "
-          "3 per-example gradients whose sum is dW (cheaper; dW equal to rounding only).")
       .def(
           "replicate_batch",
           [](C& c, int64_t n) {
@@ -757,8 +759,11 @@ void bind_gated(py::module_& m, const char* name) {
           py::arg("x").noconvert(), py::arg("h0") = py::none(), py::arg("c0") = py::none())
       .def(
           "backward",
-          [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate, bool report) {
+          [](C& c, py::object grad_hs, py::object grad_ys, bool accumulate, bool report,
+             bool per_example) {
             if (!c.has_forward()) throw std::logic_error("backward() called before forward()");
+            if (per_example && !report)
+              throw std::invalid_argument("per_example: the per-example norms need report=True");
             using S = SeqArgs<T>;
             const auto& cfg = c.config();
             const int64_t steps = c.forward_steps(), B = c.forward_batch();
@@ -769,12 +774,14 @@ void bind_gated(py::module_& m, const char* name) {
             GatedReport rep = run_pass(
                 &c, "backward", 2.0 * double(steps) * double(B) * double(c.num_params()),
                 [&, dxp = dxp, dhp = dhp, dcp = dcp] {
-                  return c.backward(g.ghp, g.gyp, dxp, dhp, dcp, accumulate, report);
+                  return c.backward(g.ghp, g.gyp, dxp, dhp, dcp, accumulate, report,
+                                    per_example);
                 });
             return py::make_tuple(gated_report_dict(rep, c.gates(), steps), dx, dh0, dc0);
           },
           py::arg("grad_hs") = py::none(), py::arg("grad_ys") = py::none(),
-          py::arg("accumulate") = false, py::arg("report") = true);
+          py::arg("accumulate") = false, py::arg("report") = true,
+          py::arg("per_example") = false);
   bind_recurrent<C, T>(cls);
 }
 

@@ -22,6 +22,7 @@
 #include "gradchain/dispatch.h"
 #include "gradchain/governor.h"
 #include "gradchain/parallel.h"
+#include "gradchain/per_example_rnn.h"
 #include "gradchain/report.h"
 
 namespace gradchain {
@@ -89,8 +90,16 @@ int64_t GatedChain<T>::pass_bytes(int64_t steps, int64_t B) const {
                        (part_.size() +
                         int64_t(fstat_.size() + bss_.size() + hfwd_.size() + hbwd_.size())) *
                            int64_t(sizeof(double));
-  return this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
-                              steps * B * GH_ * 4);
+  int64_t bytes = this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
+                                       steps * B * GH_ * 4);
+  const int64_t I = I_, H = H_;
+  if (rnn_example_fuses(this->example_path, steps, B, I, H, G_)) {  // dW's block sums, slots
+    const int64_t pe = rnn_example_sum_values(B, I, H, G_) +
+                       rnn_example_workspace(false, steps, I, H, K_, G_) *
+                           max_threads_for(steps * B * GH_ * (I + H));
+    if (pe > pe_ws_.size()) bytes += (pe - pe_ws_.size()) * int64_t(sizeof(T));
+  }
+  return bytes;
 }
 
 template <class T>
@@ -266,9 +275,11 @@ void GatedChain<T>::forward(const T* x, const T* h0, const T* c0, int64_t steps,
 // ---------------------------------------------------------------------------
 template <class T>
 GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, T* dc0,
-                                    bool accumulate, bool report) {
+                                    bool accumulate, bool report, bool per_example) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!has_forward_) throw std::logic_error("backward() called before forward()");
+  if (per_example && !report)
+    throw std::invalid_argument("per_example: the per-example norms need report=True");
   const auto& Kt = kernels<T>();
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size;
   const int64_t GH = G_ * H, steps = T_, B = B_, BH = B * H, BG = B * GH, TB = steps * B;
@@ -287,6 +298,9 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
   stop_ = cancel_flag();
   GatedReport rep;
   double ss_w_out = 0, ss_b_out = 0;
+  // dW_ih, dW_hh as the sum of the examples' own gradients on the shapes where that is
+  // about as fast as the merged GEMMs, per_example or not (per_example_rnn.h)
+  const bool fused = rnn_example_fuses(this->example_path, steps, B, I, H, G_);
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
   this->load_grad_hs(grad_hs, G_t_);
@@ -339,7 +353,7 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
 
     // Merged over all T*B rows: dW_ih = dz^T x, dW_hh = dz_h^T h_{t-1}, dx = dz W_ih.
     const T* DH = is_lstm ? DZ_ : DHB_;
-    this->weight_grads(DZ_, DH, dx, accumulate);
+    this->weight_grads(DZ_, DH, dx, accumulate, /*weights=*/!fused);
 #pragma omp single
     if (cfg_.bias) {  // the bias gradients: row-block partials summed in block order
       // LSTM: db_ih = db_hh = sum of dz; GRU: the input and recurrent sides apart
@@ -361,6 +375,17 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
   region.done();
 
   if (stopping()) throw Cancelled();
+  if (per_example || fused) {  // per_example_rnn.cpp: dz (the GRU's W_hh side apart)
+    RnnExampleInputs<T> in;
+    in.steps = steps, in.B = B, in.I = I, in.H = H, in.K = K, in.G = G_;
+    in.x = X_, in.hs = HS_, in.dz = DZ_, in.dh = is_lstm ? nullptr : DHB_, in.g = G_t_;
+    in.gy = readout ? grad_ys : nullptr;
+    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0;
+    in.steps_norms = in.tensors = per_example;
+    if (fused) in.dw_ih = grads + w_ih_, in.dw_hh = grads + w_hh_, in.accumulate = accumulate;
+    rnn_per_example(in, ExamplePath(this->example_path), pe_ws_, pe_wsd_, rep.example_tensor,
+                    rep.example_step);
+  }
   rep.forward_first_nonfinite = fwd_nonfinite_;
   rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
   if (is_lstm && dc0) {  // dL/dc_0 = dL/dc_1 * f_1

@@ -93,8 +93,15 @@ int64_t RnnChain<T>::pass_bytes(int64_t steps, int64_t B) const {
   const int64_t held = ws_.size() * int64_t(sizeof(T)) +
                        (part_.size() + int64_t(blk_.size() + hcnt_.size() + fabs_.size())) *
                            int64_t(sizeof(double));
-  return this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
-                              steps * B * H_ * 4);
+  int64_t bytes = this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
+                                       steps * B * H_ * 4);
+  if (rnn_example_fuses(this->example_path, steps, B, I_, H_, 1)) {  // dW's block sums, the slots
+    const int64_t pe = rnn_example_sum_values(B, I_, H_, 1) +
+                       rnn_example_workspace(false, steps, I_, H_, K_) *
+                           max_threads_for(steps * B * H_ * (I_ + H_));
+    if (pe > pe_ws_.size()) bytes += (pe - pe_ws_.size()) * int64_t(sizeof(T));
+  }
+  return bytes;
 }
 
 template <class T>
@@ -282,9 +289,10 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   stop_ = cancel_flag();  // cancelled: as in forward, then the report is not computed
   RnnReport rep;
   rep.timestep.assign(size_t(steps), 0.0);
-  // per_example forming the examples' own gradients: their sum is dW_ih, dW_hh (below)
-  const bool fused = per_example && example_tensors &&
-                     rnn_example_fuses(example_path, steps, I, H, K);
+  // dW_ih, dW_hh as the sum of the examples' own gradients (per_example_rnn.cpp) on the
+  // shapes where that is about as fast as the merged GEMMs, per_example or not (the same
+  // bits either way; per_example then only adds their norms)
+  const bool fused = rnn_example_fuses(this->example_path, steps, B, I, H, 1);
   double ss_w_ih = 0, ss_w_hh = 0, ss_w_out = 0, ss_b = 0, ss_b_out = 0;
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
@@ -366,15 +374,16 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   region.done();
 
   if (stopping()) throw Cancelled();
-  if (per_example) {  // per_example_rnn.cpp, from the saved x, h, dz and dL/dh
+  if (per_example || fused) {  // per_example_rnn.cpp, from the saved x, h, dz and dL/dh
     RnnExampleInputs<T> in;
     in.steps = steps, in.B = B, in.I = I, in.H = H, in.K = K;
     in.x = X_, in.hs = HS_, in.dz = DZ_, in.g = G_, in.gy = readout ? grad_ys : nullptr;
-    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0, in.tensors = example_tensors;
+    in.bias = cfg_.bias, in.readout_bias = b_out_ >= 0;
+    in.steps_norms = per_example, in.tensors = per_example && example_tensors;
     if (fused) in.dw_ih = grads + w_ih_, in.dw_hh = grads + w_hh_, in.accumulate = accumulate;
-    rnn_per_example(in, ExamplePath(example_path), pe_ws_, pe_wsd_, rep.example_tensor,
+    rnn_per_example(in, ExamplePath(this->example_path), pe_ws_, pe_wsd_, rep.example_tensor,
                     rep.example_step);
-    if (fused) {
+    if (fused && report) {
       ss_w_ih = Kt.sumsq(grads + w_ih_, H * I);
       ss_w_hh = Kt.sumsq(grads + w_hh_, H * H);
     }

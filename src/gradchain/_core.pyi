@@ -109,8 +109,10 @@ class _RnnChain(_Chain):
     health_threshold: float
     forensics: bool
     example_path: int
-    """per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients,
-    3 per-example gradients whose sum is dW (cheaper; dW equal to rounding only)."""
+    """dW's and per_example's path: 0 by the shape (dW as the sum of the examples' own
+    gradients on long sequences, else merged GEMMs and the norms by the flop count), 1
+    Gram matrices, 2 per-example gradients (both: merged dW), 3 always dW as the
+    examples' sum. Applies with per_example=False too: dW never depends on it."""
     example_tensors: bool
     def replicate_batch(self, n: int) -> None:
         """The saved forward over ``(T, B)`` becomes that of ``(T, n*B)``, the batch
@@ -160,9 +162,13 @@ class _GatedChain(_Chain):
         grad_ys: npt.NDArray[Any] | None = None,
         accumulate: bool = False,
         report: bool = True,
+        per_example: bool = False,
     ) -> tuple[
         dict[str, Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None
     ]: ...
+    example_path: int
+    """dW's and per_example's path, as the RNN chain's (the gated cells: 0 keeps the merged
+    dW GEMMs)."""
 
 class GatedChainF32(_GatedChain): ...
 class GatedChainF64(_GatedChain): ...

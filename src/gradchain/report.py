@@ -803,7 +803,21 @@ class GatedGradReport:
         LSTM: the same for ``dL/dc_t`` and ``mean |c_t|`` (empty for a GRU).
     nonfinite_origin : NonFiniteOrigin or None
         Where the first NaN/Inf was born (``where="step"``), as :class:`RNNGradReport`'s.
+    per_example_grad_norms : (B,) float64 or None
+        ``||grad l_i||`` of every example's own loss (``backward(..., per_example=True)``;
+        ``L = mean_i l_i``), exact (``per_example_rnn.h``, G gate blocks).
+    per_example_tensor_grad_norms : dict[str, (B,) float64] or None
+        The same per parameter tensor (the GRU's ``bias_hh_l0`` has its own: the n gate's
+        hidden bias sits inside ``r * (W_hn h + b_hn)``).
+    per_example_timestep_grad_norms : (T, B) float64 or None
+        ``||dl_i/dh_{t,i}||``: every example's own ``dL/dh_t`` row (times B).
+    noise_scale : float or None
+        The gradient noise scale ``B_simple`` (as :class:`RNNGradReport`'s); None without
+        ``per_example``.
     """
+
+    _EXAMPLE_ROWS = {"weight_ih_l0": 0, "weight_hh_l0": 1, "bias_ih_l0": 2, "bias_hh_l0": 5,
+                     "readout.weight": 3, "readout.bias": 4}
 
     cell: str
     gates: tuple[str, ...]
@@ -838,11 +852,16 @@ class GatedGradReport:
     cell_subnormal_grad_fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
     mean_abs_cell_states: np.ndarray = field(default_factory=lambda: np.zeros(0))
     nonfinite_origin: NonFiniteOrigin | None = None
+    per_example_grad_norms: np.ndarray | None = None
+    per_example_tensor_grad_norms: dict[str, np.ndarray] | None = None
+    per_example_timestep_grad_norms: np.ndarray | None = None
+    noise_scale: float | None = None
 
     @classmethod
     def _from_core(cls, d: dict[str, Any], cell: str, gates: tuple[str, ...],
                    h0_grad: np.ndarray, c0_grad: np.ndarray | None,
-                   loss_stage: str | None = None) -> GatedGradReport:
+                   loss_stage: str | None = None,
+                   tensors: list[str] | None = None) -> GatedGradReport:
         rep = cls(
             cell=cell, gates=gates,
             **{k: np.asarray(d[k]) for k in _GATED_ARRAYS},
@@ -858,7 +877,13 @@ class GatedGradReport:
                                        d.get("forward_nonfinite_stage"), loss_stage,
                                        rep.first_nonfinite, d.get("backward_nonfinite_stage"),
                                        -1 if params_bad else None)
+        ss = d.get("example_tensor_sumsq")
+        if ss is not None and tensors is not None:
+            rep._add_per_example(np.asarray(ss, dtype=np.float64),
+                                 np.asarray(d["example_step_sumsq"], dtype=np.float64), tensors)
         return rep
+
+    _add_per_example = RNNGradReport._add_per_example
 
     @property
     def steps(self) -> int:
@@ -956,6 +981,11 @@ class GatedGradReport:
         factor = f"x{10 ** slope:.4f} per step back" if math.isfinite(slope) else "n/a"
         lines.append(f"global grad norm {_fmt(self.global_norm)};  fitted {factor};  "
                      f"{self.verdict()}")
+        if self.per_example_grad_norms is not None:
+            g = self.per_example_grad_norms
+            lines.append(f"per-example ||grad l_i||: min {_fmt(float(g.min()))}, median "
+                         f"{_fmt(float(np.median(g)))}, max {_fmt(float(g.max()))};  noise "
+                         f"scale B_simple {_fmt(float(self.noise_scale or math.nan))}")
         if not health:
             return "\n".join(lines)
         text = self.health_table(rows)
@@ -995,6 +1025,19 @@ class GatedGradReport:
         out.update(_forensics_dict(self))
         out.update({k: np.asarray(getattr(self, k), dtype=np.float64).tolist()
                     for k in _GATED_HEALTH[5:]})
+        if self.per_example_grad_norms is not None:  # NaN (undefined) as None
+            def lst(v: Any) -> Any:
+                a = np.asarray(v, dtype=np.float64)
+                o = a.astype(object)
+                o[np.isnan(a)] = None
+                return o.tolist()
+
+            out["per_example_grad_norms"] = lst(self.per_example_grad_norms)
+            out["per_example_timestep_grad_norms"] = lst(self.per_example_timestep_grad_norms)
+            out["per_example_tensor_grad_norms"] = {
+                n: lst(v) for n, v in (self.per_example_tensor_grad_norms or {}).items()}
+            ns = self.noise_scale
+            out["noise_scale"] = None if ns is None or math.isnan(ns) else float(ns)
         return out
 
     def __repr__(self) -> str:

@@ -70,8 +70,10 @@ class GatedChain : public RecurrentChain<T> {
   // grad_hs (T, B, H) and/or grad_ys (T, B, K) (null = zeros) -> parameter gradients
   // (assigned, or added with accumulate), dx (T, B, I), dh0 and (LSTM) dc0 (B, H) when not
   // null. report = false: gradients only (norms left 0; the gate statistics are kept).
+  // per_example (needs report): also each example's share of every tensor's gradient and
+  // of every dL/dh_t (example_tensor, example_step; per_example_rnn.h).
   GatedReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, T* dc0,
-                       bool accumulate, bool report = true);
+                       bool accumulate, bool report = true, bool per_example = false);
 
   // Bytes a pass over (steps, B) would allocate now beyond what the chain holds.
   int64_t pass_bytes(int64_t steps, int64_t B) const;

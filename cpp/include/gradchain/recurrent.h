@@ -32,6 +32,9 @@ struct RecurrentReport {
   double global_norm = 0;
   int first_nonfinite = -1;          // first t scanning T..1 with NaN/Inf in dL/dh_t
   int forward_first_nonfinite = -1;  // first t in 1..T with NaN/Inf in h_t (T+1: readout only)
+  // per_example (per_example_rnn.h): kExTensors x B squared norms of example i's share of
+  // each tensor's gradient, and steps x B squared norms ||dL/dh_{t,i}||^2
+  std::vector<double> example_tensor, example_step;
 };
 
 namespace recurrent {
@@ -78,6 +81,8 @@ inline void step_bwd_gemm(const KernelTable<T>& K, bool panel, int64_t rows, int
   using Base::fwd_nonfinite_;                                                             \
   using Base::nrb_;                                                                       \
   using Base::part_;                                                                      \
+  using Base::pe_ws_;                                                                     \
+  using Base::pe_wsd_;                                                                    \
   using Base::w_hh_;                                                                      \
   using Base::w_ih_;                                                                      \
   using Base::w_out_;                                                                     \
@@ -88,6 +93,9 @@ class RecurrentChain : public ChainBase<T> {
  public:
   int64_t forward_steps() const { return T_; }
   int64_t forward_batch() const { return B_; }
+  // dW's and per_example's path (ExamplePath, per_example_rnn.h): 0 by the shape, 1 Gram
+  // matrices, 2 per-example gradients (both with merged dW GEMMs), 3 dW as the examples' sum
+  int example_path = 0;
 
  protected:
   using Base = ChainBase<T>;
@@ -149,6 +157,8 @@ class RecurrentChain : public ChainBase<T> {
   T* HS_ = nullptr;  // (T+1, B, H): h_0, h_1, ..., h_T
   Buffer<double> part_;  // bias partials per row block; the readout's checks
   int fwd_nonfinite_ = -1;
+  Buffer<T> pe_ws_;  // per_example / fused dW: the threads' slots, the block sums (grown once)
+  Buffer<double> pe_wsd_;
 
  private:
   const char* what_;

@@ -32,9 +32,6 @@ struct RnnReport : RecurrentReport {
   std::vector<double> dead, saturated, zeros, subnormals, mean_abs;
   NonfiniteStage forward_stage = NonfiniteStage::None;   // at forward_first_nonfinite
   NonfiniteStage backward_stage = NonfiniteStage::None;  // at first_nonfinite (forward finite)
-  // per_example (per_example_rnn.h): kExTensors x B squared norms of example i's share of
-  // each tensor's gradient, and steps x B squared norms ||dL/dh_{t,i}||^2
-  std::vector<double> example_tensor, example_step;
 };
 
 template <class T>
@@ -61,8 +58,6 @@ class RnnChain : public RecurrentChain<T> {
   // of every dL/dh_t (RnnReport::example_tensor, example_step; per_example_rnn.h).
   RnnReport backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh0, bool accumulate,
                      bool report = true, bool per_example = false);
-  // per_example's path: 0 by the flop count, 1 Gram matrices, 2 per-example gradients
-  int example_path = 0;
   // per_example's tensor norms (false: only the steps' ||dL/dh_{t,i}||^2, the batched probe)
   bool example_tensors = true;
 
@@ -105,8 +100,6 @@ class RnnChain : public RecurrentChain<T> {
   // (zeros and subnormals of dL/dh_t, dz_t's check); fabs_ T x nrb sums |h_t|
   T* HD_ = nullptr;
   std::vector<double> hcnt_, fabs_;
-  Buffer<T> pe_ws_;  // per_example: the threads' workspace slots (grown once per shape)
-  Buffer<double> pe_wsd_;
 };
 
 }  // namespace gradchain

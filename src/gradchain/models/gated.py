@@ -185,6 +185,7 @@ class _Gated(_Recurrent):
         xa = self._check_x(x)
         h0a, c0a = self._check_states(xa.shape[1], h0, c0)
         hs, _ = self._core_forward(xa, h0a, c0a)
+        self._last_grads = self._example_norms = None  # a new forward: nothing to clip again
         return self._user_major(hs)
 
     def _core_forward(self, xa: np.ndarray, h0a: Any, c0a: Any) -> tuple[Any, Any]:
@@ -211,53 +212,82 @@ class _Gated(_Recurrent):
 
     @overload
     def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ...,
-                 report: Literal[True] = ...) -> GatedGradReport: ...
+                 report: Literal[True] = ..., per_example: bool = ...) -> GatedGradReport: ...
 
     @overload
     def backward(self, grad_hs: Any = ..., grad_ys: Any = ..., accumulate: bool = ..., *,
-                 report: Literal[False]) -> None: ...
+                 report: Literal[False], per_example: bool = ...) -> None: ...
 
     @locked
     def backward(self, grad_hs: Any = None, grad_ys: Any = None,
-                 accumulate: bool = False, report: bool = True) -> GatedGradReport | None:
+                 accumulate: bool = False, report: bool = True,
+                 per_example: bool = False) -> GatedGradReport | None:
         """Backpropagation through time from ``grad_hs = dL/dh_t (T, B, H)`` and/or
         ``grad_ys = dL/dy_t (T, B, K)`` (the readout's); either may be None (zeros).
 
         Fills every parameter gradient (``accumulate=True`` adds), ``input_grad``,
         ``h0_grad`` (and, LSTM, ``c0_grad``); returns the
         :class:`~gradchain.GatedGradReport` (None with ``report=False``: gradients only).
+        ``per_example=True`` (report=True only) also gives every example's own gradient
+        norm ``||grad l_i||`` (``L = mean_i l_i``), per tensor and globally, its
+        ``||dl_i/dh_t||`` per step and the gradient noise scale, as
+        :meth:`gradchain.RNN.backward` (exact: ``per_example_rnn.h`` with G gate blocks).
         """
         gh, gy, T, B = self._check_seq_grads(grad_hs, grad_ys)
         want = check_bool(report, "report")
         acc = check_bool(accumulate, "accumulate")
-        return self._backward(gh, gy, acc, want, T, B)
+        pe = self._check_per_example(per_example, want)
+        return self._backward(gh, gy, acc, want, T, B, pe)
 
     def _backward(self, gh: Any, gy: Any, acc: bool, want: bool, T: int, B: int,
-                  loss_stage: str | None = None) -> GatedGradReport | None:
-        require((T * B * self.input_size + 2 * B * self.hidden_size) * self.dtype.itemsize,
+                  pe: bool = False, loss_stage: str | None = None
+                  ) -> GatedGradReport | None:
+        require((T * B * self.input_size + 2 * B * self.hidden_size) * self.dtype.itemsize
+                + (self._example_bytes(T, B) if pe else 0),
                 lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
                         f"B={B}")
-        d, dx, dh0, dc0 = self._compute("backward", self._core.backward, gh, gy, acc, want)
+        d, dx, dh0, dc0 = self._compute("backward", self._core.backward, gh, gy, acc, want,
+                                        pe)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         self._c0_grad = dc0
+        self._keep_grads(gh, gy, acc)
         if not want:
             self._nonfinite_origin = None
             return None
-        rep = GatedGradReport._from_core(d, self.kind, self.GATES, dh0, dc0, loss_stage)
+        rep = GatedGradReport._from_core(d, self.kind, self.GATES, dh0, dc0,
+                                         loss_stage, self._tensor_names())
+        if acc and rep.noise_scale is not None:
+            rep.noise_scale = math.nan  # ||G|| would include the gradients accumulated before
+        self._example_norms = rep.per_example_grad_norms
         self._nonfinite_origin = rep.nonfinite_origin
         return rep
 
+    def _pe_pass(self, gh: Any, gy: Any, report: bool, per_example: bool
+                 ) -> GatedGradReport | None:
+        """One assigning backward from the kept upstream gradients (gc.clip_per_example)."""
+        T, B = self._core.forward_steps, self._core.forward_batch
+        keep = (self._last_grads, self._last_accumulate)
+        rep = self._backward(gh, gy, False, report, T, B, per_example)
+        self._last_grads, self._last_accumulate = keep
+        return rep
+
+    def _tensor_names(self) -> list[str]:
+        return list(self.tensor_shapes({"input_size": self.input_size,
+                                        "hidden_size": self.hidden_size,
+                                        "output_size": self.output_size, "bias": self.bias}))
+
     @locked
     def loss_and_grad(self, x: Any, target: Any, loss: str = "mse", on: str = "last",
-                      h0: Any = None, c0: Any = None, accumulate: bool = False
-                      ) -> tuple[float, GatedGradReport]:
+                      h0: Any = None, c0: Any = None, accumulate: bool = False,
+                      per_example: bool = False) -> tuple[float, GatedGradReport]:
         """Forward, loss and BPTT in one call; returns ``(loss, report)``.
 
         The loss applies to the readout outputs when there is a readout, else to the
         hidden states; ``on="last"`` (target ``(B, F)`` for mse, ``(B,)`` for
         cross_entropy) or ``on="all"`` (``(T, B, F)`` / ``(T, B)``), as
-        :meth:`gradchain.RNN.loss_and_grad`.
+        :meth:`gradchain.RNN.loss_and_grad`. ``per_example=True``: as :meth:`backward`'s
+        (``l_i`` is example i's own loss, the convention of ``torch.func.vmap(grad)``).
         """
         _losses.check_loss(loss)
         if on not in ON:
@@ -267,7 +297,9 @@ class _Gated(_Recurrent):
         t = self._check_seq_target(target, loss, on, T, B)
         h0a, c0a = self._check_states(B, h0, c0)
         acc = check_bool(accumulate, "accumulate")
+        pe = self._check_per_example(per_example)
         hs, ys = self._core_forward(xa, h0a, c0a)
+        self._last_grads = self._example_norms = None
         outputs = ys if self.output_size else hs
         require(6 * outputs.size * 8, lambda: f"x: the loss over T={T}, B={B} of "
                                               f"{self._describe()}")
@@ -279,9 +311,9 @@ class _Gated(_Recurrent):
         if loss_stage is None and not np.isfinite(g).all():
             loss_stage = "loss_gradient"
         if self.output_size:
-            rep = self._backward(None, g, acc, True, T, B, loss_stage)
+            rep = self._backward(None, g, acc, True, T, B, pe, loss_stage)
         else:
-            rep = self._backward(g, None, acc, True, T, B, loss_stage)
+            rep = self._backward(g, None, acc, True, T, B, pe, loss_stage)
         assert rep is not None
         rep.loss = float(value)
         return float(value), rep

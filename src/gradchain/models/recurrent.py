@@ -16,9 +16,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import _core
 from .. import init as _init
 from .._memory import BLAS_INT_MAX
-from .._validate import as_array, contiguous, float_array, positive_int, shape_str
+from .._validate import (
+    as_array,
+    check_bool,
+    contiguous,
+    float_array,
+    positive_int,
+    shape_str,
+)
 from ..losses import check_target
 from .base import (
     ConfigReader,
@@ -302,3 +310,78 @@ class _Recurrent(Model):
         return (f"gc.{type(self).__name__}(input_size={self.input_size}, "
                 f"hidden_size={self.hidden_size}, output_size={self.output_size}, "
                 f"dtype={self.dtype.name})")
+
+    # ------------------------------------------------------------ per-example gradients
+    # what gc.clip_per_example reruns: the last backward's (grad_hs, grad_ys), time-major,
+    # whether it accumulated, and its per-example norms (None until a backward)
+    _last_grads: tuple[np.ndarray | None, np.ndarray | None] | None = None
+    _last_accumulate = False
+    _example_norms: np.ndarray | None = None
+    #: gate blocks (1: the RNN; the gated cells set theirs)
+    _GATES_N: ClassVar[int] = 1
+
+    def _check_per_example(self, per_example: Any, report: bool = True) -> bool:
+        pe = check_bool(per_example, "per_example")
+        if pe and not report:
+            raise ValueError("per_example: the per-example norms are part of the report; "
+                             "per_example=True needs report=True")
+        return pe
+
+    def supports_per_example(self) -> bool:
+        """Whether ``per_example=True`` applies now (always: the examples of a recurrent
+        model's batch are independent)."""
+        return True
+
+    def _example_bytes(self, T: int, B: int) -> int:
+        """The per-example pass's workspace (per_example_rnn.h: a slot per thread, the
+        fused dW's block sums) and its results."""
+        I_, H, K = self.input_size, self.hidden_size, self.output_size or 0
+        G = self._GATES_N
+        apart = int(getattr(self, "_CELL", 0) == 1)  # the GRU's W_hh side
+        gram = T * T * (G * H * (1 + apart) + H + I_ + K) < T * (G * H * (I_ + H) + K * H)
+        per = ((T + 1) ** 2 + (2 + (K > 0) + apart) * T * T) if gram else \
+            max(G * H * I_, G * H * H, K * H)
+        sums = min(B, 16) * G * H * (I_ + H)
+        return int(_core.get_num_threads()) * (per * self.dtype.itemsize
+                                               + 8 * max(G * H, K) * 8) + \
+            sums * self.dtype.itemsize + (6 + 3 * T) * B * 8
+
+    def _keep_grads(self, gh: np.ndarray | None, gy: np.ndarray | None, acc: bool) -> None:
+        """What gc.clip_per_example reruns: the backward's upstream gradients (time-major)."""
+        self._last_grads = (None if gh is None else np.array(gh, copy=True),
+                            None if gy is None else np.array(gy, copy=True))
+        self._last_accumulate = acc
+        self._example_norms = None
+
+    def _pe_pass(self, gh: Any, gy: Any, report: bool, per_example: bool) -> Any:
+        """One assigning backward from upstream gradients (time-major): fills the
+        gradients and the input / state gradients; returns the report (None without)."""
+        raise NotImplementedError
+
+    @locked
+    def _clip_per_example(self, max_norm: float) -> np.ndarray:
+        """``gc.clip_per_example``: the last backward again with example i's upstream
+        gradients (its column of ``grad_hs`` / ``grad_ys`` at every step) scaled by
+        ``min(1, max_norm / (||grad l_i|| + 1e-6))`` (so are its ``dL/dz_t`` at every step:
+        the chain is linear in them), the gradients assigned. Returns the norms before
+        clipping (B,)."""
+        if not self._core.has_forward or self._last_grads is None:
+            raise ValueError("model: gc.clip_per_example needs a backward pass (backward or "
+                             "loss_and_grad) after the last forward pass to clip")
+        if self._last_accumulate:
+            raise ValueError("model: the last backward accumulated (accumulate=True), so the "
+                             "stored gradients mix several batches; gc.clip_per_example "
+                             "clips the examples of one batch")
+        gh, gy = self._last_grads
+        norms = self._example_norms
+        if norms is None:  # the per-example norms of the last backward, once
+            norms = self._pe_pass(gh, gy, True, True).per_example_grad_norms
+        assert norms is not None
+        with np.errstate(all="ignore"):
+            coef = np.minimum(max_norm / (norms + 1e-6), 1.0).astype(self.dtype)[None, :, None]
+        sh = None if gh is None else np.ascontiguousarray(gh * coef, dtype=self.dtype)
+        sy = None if gy is None else np.ascontiguousarray(gy * coef, dtype=self.dtype)
+        self._pe_pass(sh, sy, False, False)
+        self._example_norms = None  # the stored gradients are now the clipped ones
+        self._last_grads = None
+        return np.array(norms, dtype=np.float64)

@@ -362,33 +362,16 @@ class RNN(_Recurrent):
         return float(value), rep
 
     # ------------------------------------------------------------ per-example gradients
-    def _check_per_example(self, per_example: Any, report: bool = True) -> bool:
-        pe = check_bool(per_example, "per_example")
-        if pe and not report:
-            raise ValueError("per_example: the per-example norms are part of the report; "
-                             "per_example=True needs report=True")
-        return pe
-
-    def supports_per_example(self) -> bool:
-        """Whether ``per_example=True`` applies now (always: the examples of an RNN's
-        batch are independent)."""
-        return True
-
-    def _example_bytes(self, T: int, B: int) -> int:
-        """The per-example pass's workspace (per_example_rnn.h: a slot per thread) and
-        its results."""
-        I_, H, K = self.input_size, self.hidden_size, self.output_size or 0
-        gram = T * T * (2 * H + I_ + K) < T * H * (I_ + H + K)
-        per = ((T + 1) ** 2 + 3 * T * T) if gram else max(H * I_, H * H, K * H)
-        return int(_core.get_num_threads()) * (per * self.dtype.itemsize + (H + K) * 8) + \
-            (5 + 3 * T) * B * 8
-
-    def _keep_grads(self, gh: np.ndarray | None, gy: np.ndarray | None, acc: bool) -> None:
-        """What gc.clip_per_example reruns: the backward's upstream gradients (time-major)."""
-        self._last_grads = (None if gh is None else np.array(gh, copy=True),
-                            None if gy is None else np.array(gy, copy=True))
-        self._last_accumulate = acc
-        self._example_norms = None
+    # (_check_per_example, supports_per_example, _example_bytes, _keep_grads and
+    # _clip_per_example are _Recurrent's)
+    def _pe_pass(self, gh: Any, gy: Any, report: bool, per_example: bool
+                 ) -> RNNGradReport | None:
+        """One assigning backward from the kept upstream gradients (gc.clip_per_example)."""
+        d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy, False, report,
+                                   per_example)
+        self._input_grad = self._user_major(dx)
+        self._h0_grad = dh0
+        return self._report(d, dh0, None, False) if report else None
 
     def _tensor_names(self) -> list[str]:
         return list(self.tensor_shapes({"input_size": self.input_size,
@@ -403,38 +386,6 @@ class RNN(_Recurrent):
         self._nonfinite_origin = rep.nonfinite_origin
         self._example_norms = rep.per_example_grad_norms
         return rep
-
-    @locked
-    def _clip_per_example(self, max_norm: float) -> np.ndarray:
-        """``gc.clip_per_example``: the last backward again with example i's upstream
-        gradients (its column of ``grad_hs`` / ``grad_ys`` at every step) scaled by
-        ``min(1, max_norm / (||grad l_i|| + 1e-6))`` (so are its ``dL/dz_t`` at every step:
-        the chain is linear in them), the gradients assigned. Returns the norms before
-        clipping (B,)."""
-        if not self._core.has_forward or self._last_grads is None:
-            raise ValueError("model: gc.clip_per_example needs a backward pass (backward or "
-                             "loss_and_grad) after the last forward pass to clip")
-        if self._last_accumulate:
-            raise ValueError("model: the last backward accumulated (accumulate=True), so the "
-                             "stored gradients mix several batches; gc.clip_per_example "
-                             "clips the examples of one batch")
-        gh, gy = self._last_grads
-        norms = self._example_norms
-        if norms is None:  # the per-example norms of the last backward, once
-            d, _, dh0 = self._compute("backward", self._core.backward, gh, gy, False, True,
-                                      True)
-            norms = self._report(d, dh0, None, False).per_example_grad_norms
-        assert norms is not None
-        with np.errstate(all="ignore"):
-            coef = np.minimum(max_norm / (norms + 1e-6), 1.0).astype(self.dtype)[None, :, None]
-        sh = None if gh is None else np.ascontiguousarray(gh * coef, dtype=self.dtype)
-        sy = None if gy is None else np.ascontiguousarray(gy * coef, dtype=self.dtype)
-        _, dx, dh0 = self._compute("backward", self._core.backward, sh, sy, False, False, False)
-        self._input_grad = self._user_major(dx)
-        self._h0_grad = dh0
-        self._example_norms = None  # the stored gradients are now the clipped ones
-        self._last_grads = None
-        return np.array(norms, dtype=np.float64)
 
     # ------------------------------------------------------------ signal propagation
     def _twin(self) -> Any:

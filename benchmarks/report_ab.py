@@ -11,8 +11,9 @@ report, the median of the per-round ratios minus 1 ("paired") with its quartiles
 the backward-only difference over the whole step without the report ("bwd delta": the
 forward is the same on both sides, so this is the report's cost with less of the
 forward's noise). ``--clock cpu`` times the process's CPU time instead of the wall
-(with ``-t 1``: what other processes on the machine take costs this one little). ``--only on|off`` runs one side ``--iters`` times and prints nothing
-but its median, so ``perf stat -e task-clock`` can count each side on its own.
+(with ``-t 1``: what other processes on the machine take costs this one little).
+``--only on|off`` runs one side ``--iters`` times and prints nothing but its median,
+so ``perf stat -e task-clock`` can count each side on its own.
 """
 
 from __future__ import annotations
@@ -101,9 +102,11 @@ def main() -> None:
         CLOCK = time.process_time
     if a.only:
         for name in a.workloads:
-            print(f"{name} report={a.only} median {only(name, a.only == 'on', a.iters, a.threads):.3f} ms")
+            ms = only(name, a.only == "on", a.iters, a.threads)
+            print(f"{name} report={a.only} median {ms:.3f} ms")
         return
-    print(f"threads {a.threads}, rounds {a.rounds}, clock {a.clock}, load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"threads {a.threads}, rounds {a.rounds}, clock {a.clock}, "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
     out = []
     for name in a.workloads:
         res = ab(name, a.rounds, a.threads)

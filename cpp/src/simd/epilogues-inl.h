@@ -574,15 +574,22 @@ static void grad_health(const T* g, const T* d, const T* dz, int64_t rows, int64
       }
     }
   }
-  if (dz) {
-    VT rck = {};
+  if (dz) {  // four accumulators: one would wait on the add's latency every vector
+    VT k0 = {}, k1 = {}, k2 = {}, k3 = {};
     T ck = 0;
     for (int64_t r = 0; r < rows; ++r) {
       const T* zr = dz + r * n;
       int64_t c = 0;
-      for (; c + W <= n; c += W) rck += Vec<T>::load(zr + c) * zero;
+      for (; c + 4 * W <= n; c += 4 * W) {
+        k0 += Vec<T>::load(zr + c) * zero;
+        k1 += Vec<T>::load(zr + c + W) * zero;
+        k2 += Vec<T>::load(zr + c + 2 * W) * zero;
+        k3 += Vec<T>::load(zr + c + 3 * W) * zero;
+      }
+      for (; c + W <= n; c += W) k0 += Vec<T>::load(zr + c) * zero;
       for (; c < n; ++c) ck += zr[c] * T(0);
     }
+    const VT rck = (k0 + k1) + (k2 + k3);
     for (int64_t j = 0; j < W; ++j) ck += rck[j];
     h->dz_check += double(ck);
   }

@@ -369,14 +369,15 @@ static double bwd_plain_rep_rows(const T* g, const T* d, const T scale, T* dz, d
   }
   const VD rs = rs0 + rs1;
   for (int64_t j = 0; j < WD; ++j) ss += rs[j];
-  if constexpr (kHealth) {
+  if constexpr (kHealth) {  // the counts summed as integers (exact), converted once
+    int64_t zi = 0, li = 0;
     for (int64_t j = 0; j < W; ++j) {
-      zc += double(rz[j]);
-      sc += double(rlt[j] - rz[j]);
-      ck += rck[j];
+      zi += int64_t(rz[j]);
+      li += int64_t(rlt[j]);
     }
-    h->zeros += zc;
-    h->subnormals += sc;
+    for (int64_t j = 0; j < W; ++j) ck += rck[j];
+    h->zeros += zc + double(zi);
+    h->subnormals += sc + double(li - zi);
     h->dz_check += double(ck);
   }
   return ss;
@@ -550,12 +551,13 @@ static void grad_health(const T* g, const T* d, const T* dz, int64_t rows, int64
         sc += (ag > T(0) && ag < tiny) ? 1.0 : 0.0;
       }
     }
+    int64_t zi = 0, li = 0;  // summed as integers (exact), converted once
     for (int64_t j = 0; j < W; ++j) {
-      zc += double(rz[j]);
-      sc += double(rlt[j] - rz[j]);
+      zi += int64_t(rz[j]);
+      li += int64_t(rlt[j]);
     }
-    h->zeros += zc;
-    h->subnormals += sc;
+    h->zeros += zc + double(zi);
+    h->subnormals += sc + double(li - zi);
   }
   if (d && h->dmax) {
     T* dmax = h->dmax;

@@ -59,14 +59,10 @@ inline double gemm_block_sumsq(const KernelTable<T>& K, const GemmSplit& s, int6
   if (s.along_m) {
     const int64_t m = (o + s.block <= M) ? s.block : M - o;
     if (ldc == N) return K.sumsq(C + o * ldc, m * N);
-    double ss = 0.0;
-    for (int64_t r = 0; r < m; ++r) ss += K.sumsq(C + (o + r) * ldc, N);
-    return ss;
+    return K.sumsq_rows(C + o * ldc, ldc, m, N);
   }
   const int64_t n = (o + s.block <= N) ? s.block : N - o;
-  double ss = 0.0;
-  for (int64_t r = 0; r < M; ++r) ss += K.sumsq(C + r * ldc + o, n);
-  return ss;
+  return K.sumsq_rows(C + o, ldc, M, n);
 }
 
 // Whether a layer product with inner dimension K and N columns, split along its columns,

@@ -742,12 +742,7 @@ void MlpChain<T>::fill_forensics(MlpReport& rep, bool health, bool per_example) 
       const int64_t n = layers_[size_t(l)].out;
       const T* hd = HD_ + l * nrb_ * maxw_;
       int64_t dead = 0, sat = 0;
-      for (int64_t c = 0; c < n; ++c) {
-        T m = 0;  // the column's max |act'| over every example (the blocks in order)
-        for (int64_t rb = 0; rb < nrb_; ++rb) m = hd[rb * n + c] > m ? hd[rb * n + c] : m;
-        dead += m == T(0) ? 1 : 0;
-        sat += double(m) < thr ? 1 : 0;
-      }
+      dead_saturated(hd, nrb_, n, thr, dead, sat);
       rep.dead[size_t(l)] = double(dead) / double(n);
       rep.saturated[size_t(l)] =
           sat_defined ? double(sat) / double(n) : std::numeric_limits<double>::quiet_NaN();

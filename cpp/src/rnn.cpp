@@ -466,15 +466,7 @@ void RnnChain<T>::fill_health(RnnReport& rep) {
   for (int64_t t = 1; t <= steps; ++t) {
     const int64_t base = (t - 1) * nrb_;
     int64_t dead = 0, sat = 0;
-    for (int64_t c = 0; c < H; ++c) {
-      T m = 0;
-      for (int64_t rb = 0; rb < nrb_; ++rb) {
-        const T v = HD_[(base + rb) * H + c];
-        m = v > m ? v : m;
-      }
-      dead += m == T(0) ? 1 : 0;
-      sat += double(m) < thr ? 1 : 0;
-    }
+    dead_saturated(HD_ + base * H, nrb_, H, thr, dead, sat);
     double z = 0.0, sub = 0.0, a = 0.0;
     for (int64_t rb = 0; rb < nrb_; ++rb) {
       z += hcnt_[size_t(3 * (base + rb))];

@@ -273,11 +273,13 @@ class GradReport:
         )
         # the first linear layer (from the output down) whose parameter gradients are NaN/Inf
         L = rep.depth
-        bad = ~np.isfinite(rep.weight_grad_norms) | ~np.isfinite(rep.bias_grad_norms)
-        if rep.norm_weight_grad_norms.size:
-            bad[:L] |= ~np.isfinite(rep.norm_weight_grad_norms) | ~np.isfinite(
-                rep.norm_bias_grad_norms)
-        param_first = next((lay for lay in range(L, -1, -1) if bad[lay]), None)
+        param_first = None
+        if not math.isfinite(rep.global_norm):  # a finite global norm: every norm is finite
+            bad = ~np.isfinite(rep.weight_grad_norms) | ~np.isfinite(rep.bias_grad_norms)
+            if rep.norm_weight_grad_norms.size:
+                bad[:L] |= ~np.isfinite(rep.norm_weight_grad_norms) | ~np.isfinite(
+                    rep.norm_bias_grad_norms)
+            param_first = next((lay for lay in range(L, -1, -1) if bad[lay]), None)
         rep.nonfinite_origin = _origin("layer", rep.forward_first_nonfinite,
                                        d.get("forward_nonfinite_stage"), loss_stage,
                                        rep.first_nonfinite, d.get("backward_nonfinite_stage"),

@@ -168,6 +168,8 @@ struct KernelTable {
 
   // --- reductions and gradient edits -----------------------------------------
   double (*sumsq)(const T* x, int64_t n);          // sum(x^2) in float64
+  // sum(x^2) in float64 over rows x n values with leading dimension ld (a GEMM block)
+  double (*sumsq_rows)(const T* x, int64_t ld, int64_t rows, int64_t n);
   double (*maxabs)(const T* x, int64_t n);         // max |x| (NaN if any NaN)
   void (*scale)(T* x, int64_t n, T s);             // x *= s
   void (*clamp)(T* x, int64_t n, T lo, T hi);      // x = clamp(x, lo, hi), NaN kept

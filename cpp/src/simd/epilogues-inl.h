@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "gradchain/kernels.h"
 #include "activations-inl.h"
@@ -254,21 +255,154 @@ static double bwd_plain_rows(const T* g, const T* d, const T scale, T* dz, doubl
   return ss;
 }
 
-template <class T, bool kSS>
-static double bwd_plain_ss(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
-                           int64_t rows, int64_t n) {
+template <class T>
+static inline T tiny_of() { return std::numeric_limits<T>::min(); }
+
+// Lanes [Off, Off + W/2) of a float vector as a float64 vector (VD: W/2 doubles).
+template <class VD, int64_t Off, class V, size_t... I>
+static inline VD half_to_f64_(V v, std::index_sequence<I...>) {
+  return __builtin_convertvector(__builtin_shufflevector(v, v, (I + Off)...), VD);
+}
+template <class VD, int64_t Off, class V>
+static inline VD half_to_f64(V v) {
+#if GC_VBYTES == 64 && defined(__AVX512F__)
+  // one conversion each (the generic shuffle took three); the full-mask maskz forms
+  // because GCC 12 warns on the plain ones' _mm512_undefined sources
+  const __m512 x = (__m512)v;
+  return (VD)_mm512_maskz_cvtps_pd(
+      0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(x), Off ? 1 : 0)));
+#elif GC_VBYTES == 32 && defined(__AVX__)
+  const __m256 x = (__m256)v;
+  if constexpr (Off == 0) return (VD)_mm256_cvtps_pd(_mm256_castps256_ps128(x));
+  else return (VD)_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+#else
+  return half_to_f64_<VD, Off>(v, std::make_index_sequence<sizeof(V) / sizeof(float) / 2>{});
+#endif
+}
+
+// The report's backward epilogue (bwd_plain with want_ss, and bwd_plain_health with kHealth):
+// dz and db exactly as bwd_plain_rows computes them (the same operations per element, the
+// same order of db's float64 sums), and the report's reductions in vector accumulators that
+// run across the rows of the block: sum g^2 (float64), and with kHealth the zero / subnormal
+// counts of g (integer lanes), the column maxima of |act'| and sum(dz * 0). A reduction per
+// row (omp simd reduction) paid four horizontal sums per row: at n = 64 (rnn-long-narrow,
+// mlp-deep-narrow) more than the row's own work. The order of the float64 additions is
+// fixed by (rows, n) alone.
+template <class T, bool kDb, bool kSelect, bool kHealth>
+static double bwd_plain_rep_rows(const T* g, const T* d, const T scale, T* dz, double* db_acc,
+                                 T* dmax, int64_t rows, int64_t n, GradHealth<T>* h) {
+  typedef double VD __attribute__((vector_size(GC_VBYTES)));
+  typedef typename Vec<T>::V VT;     // the ISA's full width of T
+  typedef decltype(VT{} < VT{}) VI;  // integers of T's width (lane masks: -1 / 0)
+  constexpr int64_t W = Vec<T>::W;
+  constexpr int64_t WD = GC_VBYTES / int64_t(sizeof(double));
+  const VT vscale = Vec<T>::splat(scale);
+  const VT vtiny = Vec<T>::splat(tiny_of<T>());
+  const VI absmask = ~(VI)Vec<T>::splat(T(-0.0));  // every bit but the sign
+  const VT zero = {};
+  const T tiny = tiny_of<T>();
+  VD rs0 = {}, rs1 = {};
+  VI rz = {}, rlt = {};  // counts of |g| == 0 and of |g| < tiny (zeros included)
+  VT rck = {};
+  double ss = 0.0, zc = 0.0, sc = 0.0;  // the columns after the last full vector
+  T ck = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* dr = d + r * n;
+    T* zr = dz + r * n;
+    int64_t c = 0;
+    for (; c + W <= n; c += W) {
+      const VT gv = Vec<T>::load(gr + c);
+      const VT dv = Vec<T>::load(dr + c);
+      VT v = gv * vscale * dv;  // grad_times
+      if constexpr (kSelect) v = dv == zero ? zero : v;
+      Vec<T>::store(zr + c, v);
+      if constexpr (sizeof(T) == 4) {
+        const VD gd0 = half_to_f64<VD, 0>(gv), gd1 = half_to_f64<VD, W / 2>(gv);
+        rs0 += gd0 * gd0;
+        rs1 += gd1 * gd1;
+        if constexpr (kDb) {
+          VD a0, a1;
+          std::memcpy(&a0, db_acc + c, sizeof a0);
+          std::memcpy(&a1, db_acc + c + WD, sizeof a1);
+          a0 += half_to_f64<VD, 0>(v);
+          a1 += half_to_f64<VD, W / 2>(v);
+          std::memcpy(db_acc + c, &a0, sizeof a0);
+          std::memcpy(db_acc + c + WD, &a1, sizeof a1);
+        }
+      } else {
+        rs0 += gv * gv;
+        if constexpr (kDb) {
+          VD a;
+          std::memcpy(&a, db_acc + c, sizeof a);
+          a += v;
+          std::memcpy(db_acc + c, &a, sizeof a);
+        }
+      }
+      if constexpr (kHealth) {
+        const VT ag = (VT)((VI)gv & absmask);
+        rz -= ag == zero;
+        rlt -= ag < vtiny;
+        const VT ad = (VT)((VI)dv & absmask);
+        VT dm = Vec<T>::load(dmax + c);
+        dm = ad > dm ? ad : dm;
+        Vec<T>::store(dmax + c, dm);
+        rck += v * zero;
+      }
+    }
+    for (; c < n; ++c) {
+      const T gv = gr[c];
+      const T dv = dr[c];
+      const T v = grad_times<T, kSelect>(gv, scale, dv);
+      zr[c] = v;
+      if constexpr (kDb) db_acc[c] += double(v);
+      ss += double(gv) * double(gv);
+      if constexpr (kHealth) {
+        const T ag = std::abs(gv);
+        zc += ag == T(0) ? 1.0 : 0.0;
+        sc += (ag > T(0) && ag < tiny) ? 1.0 : 0.0;
+        const T ad = std::abs(dv);
+        dmax[c] = ad > dmax[c] ? ad : dmax[c];
+        ck += v * T(0);
+      }
+    }
+  }
+  const VD rs = rs0 + rs1;
+  for (int64_t j = 0; j < WD; ++j) ss += rs[j];
+  if constexpr (kHealth) {  // the counts summed as integers (exact), converted once
+    int64_t zi = 0, li = 0;
+    for (int64_t j = 0; j < W; ++j) {
+      zi += int64_t(rz[j]);
+      li += int64_t(rlt[j]);
+    }
+    for (int64_t j = 0; j < W; ++j) ck += rck[j];
+    h->zeros += zc + double(zi);
+    h->subnormals += sc + double(li - zi);
+    h->dz_check += double(ck);
+  }
+  return ss;
+}
+
+template <class T, bool kHealth>
+static double bwd_plain_rep(const T* g, const T* d, T scale, bool select, T* dz, double* db_acc,
+                            T* dm, int64_t rows, int64_t n, GradHealth<T>* h) {
   if (db_acc)
-    return select ? bwd_plain_rows<T, true, true, kSS>(g, d, scale, dz, db_acc, rows, n)
-                  : bwd_plain_rows<T, true, false, kSS>(g, d, scale, dz, db_acc, rows, n);
-  return select ? bwd_plain_rows<T, false, true, kSS>(g, d, scale, dz, db_acc, rows, n)
-                : bwd_plain_rows<T, false, false, kSS>(g, d, scale, dz, db_acc, rows, n);
+    return select ? bwd_plain_rep_rows<T, true, true, kHealth>(g, d, scale, dz, db_acc, dm, rows, n, h)
+                  : bwd_plain_rep_rows<T, true, false, kHealth>(g, d, scale, dz, db_acc, dm, rows, n, h);
+  return select ? bwd_plain_rep_rows<T, false, true, kHealth>(g, d, scale, dz, db_acc, dm, rows, n, h)
+                : bwd_plain_rep_rows<T, false, false, kHealth>(g, d, scale, dz, db_acc, dm, rows, n, h);
 }
 
 template <class T>
 static double bwd_plain(const T* g, const T* d, T scale, bool select, bool want_ss, T* dz,
                         double* db_acc, int64_t rows, int64_t n) {
-  return want_ss ? bwd_plain_ss<T, true>(g, d, scale, select, dz, db_acc, rows, n)
-                 : bwd_plain_ss<T, false>(g, d, scale, select, dz, db_acc, rows, n);
+  if (want_ss)
+    return bwd_plain_rep<T, false>(g, d, scale, select, dz, db_acc, nullptr, rows, n, nullptr);
+  if (db_acc)
+    return select ? bwd_plain_rows<T, true, true, false>(g, d, scale, dz, db_acc, rows, n)
+                  : bwd_plain_rows<T, true, false, false>(g, d, scale, dz, db_acc, rows, n);
+  return select ? bwd_plain_rows<T, false, true, false>(g, d, scale, dz, db_acc, rows, n)
+                : bwd_plain_rows<T, false, false, false>(g, d, scale, dz, db_acc, rows, n);
 }
 
 template <class T, bool kSelect>
@@ -383,99 +517,83 @@ static double bwd_layernorm(const T* g, const T* d, const T* xhat, const T* gamm
 // dL/da and where a non-finite dz was born) and per-example gradient norms.
 // ---------------------------------------------------------------------------
 template <class T>
-static inline T tiny_of() { return std::numeric_limits<T>::min(); }
-
-template <class T, bool kDb, bool kSelect>
-static double bwd_plain_health_rows(const T* g, const T* d, const T scale, T* dz,
-                                    double* db_acc, T* dmax, int64_t rows, int64_t n,
-                                    GradHealth<T>* h) {
-  const T tiny = tiny_of<T>();
-  double ss = 0.0, zc = 0.0, sc = 0.0, ck = 0.0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* gr = g + r * n;
-    const T* dr = d + r * n;
-    T* zr = dz + r * n;
-    double rs = 0.0;
-    T rz = 0, rsub = 0, rck = 0;
-#pragma omp simd reduction(+ : rs, rz, rsub, rck)
-    for (int64_t c = 0; c < n; ++c) {
-      const T gv = gr[c];
-      const T dv = dr[c];
-      const T v = grad_times<T, kSelect>(gv, scale, dv);
-      zr[c] = v;
-      if constexpr (kDb) db_acc[c] += double(v);
-      rs += double(gv) * double(gv);
-      const T ag = std::abs(gv);
-      rz += ag == T(0) ? T(1) : T(0);
-      rsub += (ag > T(0) && ag < tiny) ? T(1) : T(0);
-      const T ad = std::abs(dv);
-      dmax[c] = ad > dmax[c] ? ad : dmax[c];
-      rck += v * T(0);
-    }
-    ss += rs;
-    zc += double(rz);
-    sc += double(rsub);
-    ck += double(rck);
-  }
-  h->zeros += zc;
-  h->subnormals += sc;
-  h->dz_check += ck;
-  return ss;
-}
-
-template <class T>
 static double bwd_plain_health(const T* g, const T* d, T scale, bool select, T* dz,
                                double* db_acc, int64_t rows, int64_t n, GradHealth<T>* h) {
-  T* dm = h->dmax;
-  if (db_acc)
-    return select ? bwd_plain_health_rows<T, true, true>(g, d, scale, dz, db_acc, dm, rows, n, h)
-                  : bwd_plain_health_rows<T, true, false>(g, d, scale, dz, db_acc, dm, rows, n, h);
-  return select ? bwd_plain_health_rows<T, false, true>(g, d, scale, dz, db_acc, dm, rows, n, h)
-                : bwd_plain_health_rows<T, false, false>(g, d, scale, dz, db_acc, dm, rows, n, h);
+  return bwd_plain_rep<T, true>(g, d, scale, select, dz, db_acc, h->dmax, rows, n, h);
 }
 
+// Vector accumulators across the rows (one horizontal sum per call, not per row: at n = 64,
+// batch norm's blocks in mlp-deep-narrow, the per-row sums cost more than the compares).
 template <class T>
 static void grad_health(const T* g, const T* d, const T* dz, int64_t rows, int64_t n,
                         GradHealth<T>* h) {
+  typedef typename Vec<T>::V VT;
+  typedef decltype(VT{} < VT{}) VI;  // integers of T's width (lane masks: -1 / 0)
+  constexpr int64_t W = Vec<T>::W;
   const T tiny = tiny_of<T>();
+  const VT zero = {};
+  const VI absmask = ~(VI)Vec<T>::splat(T(-0.0));  // every bit but the sign
   if (g) {
+    const VT vtiny = Vec<T>::splat(tiny);
+    VI rz = {}, rlt = {};  // |g| == 0, |g| < tiny (zeros included)
     double zc = 0.0, sc = 0.0;
     for (int64_t r = 0; r < rows; ++r) {
       const T* gr = g + r * n;
-      T rz = 0, rsub = 0;
-#pragma omp simd reduction(+ : rz, rsub)
-      for (int64_t c = 0; c < n; ++c) {
-        const T ag = std::abs(gr[c]);
-        rz += ag == T(0) ? T(1) : T(0);
-        rsub += (ag > T(0) && ag < tiny) ? T(1) : T(0);
+      int64_t c = 0;
+      for (; c + W <= n; c += W) {
+        const VT ag = (VT)((VI)Vec<T>::load(gr + c) & absmask);
+        rz -= ag == zero;
+        rlt -= ag < vtiny;
       }
-      zc += double(rz);
-      sc += double(rsub);
+      for (; c < n; ++c) {
+        const T ag = std::abs(gr[c]);
+        zc += ag == T(0) ? 1.0 : 0.0;
+        sc += (ag > T(0) && ag < tiny) ? 1.0 : 0.0;
+      }
     }
-    h->zeros += zc;
-    h->subnormals += sc;
+    int64_t zi = 0, li = 0;  // summed as integers (exact), converted once
+    for (int64_t j = 0; j < W; ++j) {
+      zi += int64_t(rz[j]);
+      li += int64_t(rlt[j]);
+    }
+    h->zeros += zc + double(zi);
+    h->subnormals += sc + double(li - zi);
   }
   if (d && h->dmax) {
     T* dmax = h->dmax;
     for (int64_t r = 0; r < rows; ++r) {
       const T* dr = d + r * n;
-#pragma omp simd
-      for (int64_t c = 0; c < n; ++c) {
+      int64_t c = 0;
+      for (; c + W <= n; c += W) {
+        const VT ad = (VT)((VI)Vec<T>::load(dr + c) & absmask);
+        VT dm = Vec<T>::load(dmax + c);
+        dm = ad > dm ? ad : dm;
+        Vec<T>::store(dmax + c, dm);
+      }
+      for (; c < n; ++c) {
         const T ad = std::abs(dr[c]);
         dmax[c] = ad > dmax[c] ? ad : dmax[c];
       }
     }
   }
-  if (dz) {
-    double ck = 0.0;
+  if (dz) {  // four accumulators: one would wait on the add's latency every vector
+    VT k0 = {}, k1 = {}, k2 = {}, k3 = {};
+    T ck = 0;
     for (int64_t r = 0; r < rows; ++r) {
       const T* zr = dz + r * n;
-      T rck = 0;
-#pragma omp simd reduction(+ : rck)
-      for (int64_t c = 0; c < n; ++c) rck += zr[c] * T(0);
-      ck += double(rck);
+      int64_t c = 0;
+      for (; c + 4 * W <= n; c += 4 * W) {
+        k0 += Vec<T>::load(zr + c) * zero;
+        k1 += Vec<T>::load(zr + c + W) * zero;
+        k2 += Vec<T>::load(zr + c + 2 * W) * zero;
+        k3 += Vec<T>::load(zr + c + 3 * W) * zero;
+      }
+      for (; c + W <= n; c += W) k0 += Vec<T>::load(zr + c) * zero;
+      for (; c < n; ++c) ck += zr[c] * T(0);
     }
-    h->dz_check += ck;
+    const VT rck = (k0 + k1) + (k2 + k3);
+    for (int64_t j = 0; j < W; ++j) ck += rck[j];
+    h->dz_check += double(ck);
   }
 }
 

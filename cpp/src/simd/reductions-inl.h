@@ -66,6 +66,45 @@ static double sumsq(const T* x, int64_t n) {
   return s;
 }
 
+// sum(x^2) in float64 over `rows` rows of n values, ld apart (a column block of a GEMM's
+// C: the report's ||dW|| when the product is split along columns). The four vector
+// accumulators run across the rows, so a narrow block pays one horizontal sum in all, not
+// one per row (sumsq called per row of a 64-wide block spent more time in its tails and
+// horizontal sums than in the squares). The order is fixed by (rows, n) alone.
+template <class T>
+static double sumsq_rows(const T* x, int64_t ld, int64_t rows, int64_t n) {
+  typedef double VD __attribute__((vector_size(GC_VBYTES)));
+  typedef T VT __attribute__((vector_size(GC_VBYTES * sizeof(T) / sizeof(double))));
+  constexpr int64_t WD = GC_VBYTES / int64_t(sizeof(double));
+  auto ld1 = [](const T* p) {
+    VT v;
+    std::memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, VD);
+  };
+  VD a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  double s = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * ld;
+    int64_t i = 0;
+    for (; i + 4 * WD <= n; i += 4 * WD) {
+      const VD v0 = ld1(xr + i), v1 = ld1(xr + i + WD), v2 = ld1(xr + i + 2 * WD),
+               v3 = ld1(xr + i + 3 * WD);
+      a0 += v0 * v0;
+      a1 += v1 * v1;
+      a2 += v2 * v2;
+      a3 += v3 * v3;
+    }
+    for (; i + WD <= n; i += WD) {
+      const VD v = ld1(xr + i);
+      a0 += v * v;
+    }
+    for (; i < n; ++i) s += double(xr[i]) * double(xr[i]);
+  }
+  const VD a = (a0 + a1) + (a2 + a3);
+  for (int64_t j = 0; j < WD; ++j) s += a[j];
+  return s;
+}
+
 template <class T>
 static double maxabs(const T* x, int64_t n) {
   double m = 0.0;

@@ -47,6 +47,7 @@ static constexpr KernelTable<T> build_table() {
   t.gemm_panels = &gemm_panels<T>;
   // reductions and gradient edits
   t.sumsq = &sumsq<T>;
+  t.sumsq_rows = &sumsq_rows<T>;
   t.maxabs = &maxabs<T>;
   t.scale = &scale<T>;
   t.clamp = &clamp<T>;

@@ -17,7 +17,7 @@ the last step. For each cell and length:
 
 This is ``gradchain demo --cells``; the figure shows every cell's ``||dL/dh_t||`` per
 step at initialisation (the LSTM's ``||dL/dc_t||`` dashed), one panel per length. It
-takes several minutes (3000 Adam steps per cell and length).
+takes several minutes (5000 Adam steps per cell and length).
 
     python examples/gated_adding.py [--train-steps N] [--lengths T ...] [--json PATH] [out.png]
 

@@ -13,7 +13,7 @@ output (and its figure, docs/demo.png), the digits case study and the examples t
 The figures are produced by the examples' own functions, with their seeds.
 
 One block is too slow to recompute on every check: the gated-cell comparison
-(examples/gated_adding.py: 3000 training steps of four cells at T = 200 and 1000 take
+(examples/gated_adding.py: 5000 training steps of four cells at T = 200 and 1000 take
 many minutes). ``--record-cells`` runs it (the two lengths in parallel, with the pinned
 kernels below) into ``examples/data/gated_adding.json`` (every run's report at
 initialisation, its training loss at every step and its validation curve); the README's
@@ -363,7 +363,9 @@ def cells_block(doc: dict) -> str:
     def learned(r: dict) -> str:
         return f"yes, by step {r['steps_to_learn']}" if r["steps_to_learn"] else "no"
 
-    lines = [
+    import textwrap
+
+    intro = (
         "`python examples/gated_adding.py` (`gradchain demo --cells`): the adding problem "
         f"through each cell (hidden {st['hidden']}, a linear readout, the loss on the last "
         f"step), float32. At initialisation, the gradient reaching step 1, ‖dL/dh_1‖ / "
@@ -374,7 +376,9 @@ def cells_block(doc: dict) -> str:
         + f") and the validation MSE ({st['val_size']} sequences) every "
         f"{st['eval_every']} steps. Predicting 1 scores "
         + ", ".join(f"{base[T]:.3f} at T = {T}" for T in lengths)
-        + "; \"learned\": the validation MSE below a tenth of that.",
+        + "; \"learned\": the validation MSE below a tenth of that.")
+    lines = [
+        *textwrap.wrap(intro, 90, break_on_hyphens=False),
         "",
         "| cell | T | reach at init | val MSE, best | val MSE, last | learned |",
         "|---|---|---|---|---|---|",
@@ -385,12 +389,12 @@ def cells_block(doc: dict) -> str:
             best = min(v for _, v in r["val_curve"])
             lines.append(f"| {label[c]} | {T} | {reach(r['reach'])} | {best:.4f} | "
                          f"{r['val_mse']:.4f} | {learned(r)} |")
-    lines += [
-        "",
+    lines += ["", *textwrap.wrap(
         "Recorded in `examples/data/gated_adding.json` (every step's training loss, the "
         "validation curves) by `python examples/make_readme_tables.py --record-cells`; the "
-        "README check reruns the first steps of every run against it.",
-    ]
+        f"README check reruns the report at initialisation and the first {CELLS_CHECK_STEPS} "
+        "training steps of every run and requires the same numbers bit for bit.", 90,
+        break_on_hyphens=False)]
     return "\n".join(lines)
 
 

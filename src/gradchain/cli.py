@@ -694,8 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "per cell against the 0.167 baseline); a figure only with --png")
     d.add_argument("--cell-steps", type=_int_arg, nargs="+", default=[200, 1000],
                    metavar="T", help="--cells: the sequence lengths (default 200 1000)")
-    d.add_argument("--train-steps", type=_int_arg, default=3000,
-                   help="--cells: Adam steps per cell and length (default 3000, "
+    d.add_argument("--train-steps", type=_int_arg, default=5000,
+                   help="--cells: Adam steps per cell and length (default 5000, "
                         "demo.CELL_TRAIN_STEPS; the run takes several minutes)")
     d.add_argument("--json", action="store_true",
                    help="print the reports as JSON instead of the tables (no figure unless "

@@ -4,11 +4,24 @@
                                                     # and docs/demo.png
     python examples/make_readme_tables.py --check   # exit 1, with a diff, where README.md
                                                     # differs from what the code gives now
+    python examples/make_readme_tables.py --record-cells   # rerun the gated-cell comparison
+                                                    # (minutes), then rewrite as above
 
 README.md marks each generated block with ``<!-- BEGIN gen:NAME -->`` and
 ``<!-- END gen:NAME -->``; this script owns what lies between them: the ``gradchain demo``
 output (and its figure, docs/demo.png), the digits case study and the examples table.
 The figures are produced by the examples' own functions, with their seeds.
+
+One block is too slow to recompute on every check: the gated-cell comparison
+(examples/gated_adding.py: 5000 training steps of four cells at T = 200 and 1000 take
+many minutes). ``--record-cells`` runs it (the two lengths in parallel, with the pinned
+kernels below) into ``examples/data/gated_adding.json`` (every run's report at
+initialisation, its training loss at every step and its validation curve); the README's
+block is rendered from that file, and every run of this script (``--check`` included)
+first reruns the report at initialisation and the first CELLS_CHECK_STEPS training steps
+of every cell and length and requires them to equal the recorded ones bit for bit, so a
+change to the code that moves the comparison's numbers fails the check until the file is
+recorded again.
 
 The results are bitwise the same for any thread count, but the last bits of float32
 rounding depend on the SIMD kernels (the AVX2 and AVX-512 variants agree; the scalar one
@@ -52,6 +65,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import batchnorm_no_skip  # noqa: E402
 import digits_case_study  # noqa: E402
 import dynamical_isometry  # noqa: E402
+import gated_adding  # noqa: E402
 import glorot_bengio  # noqa: E402
 import he_init_relu  # noqa: E402
 import irnn_adding  # noqa: E402
@@ -59,6 +73,8 @@ import phase_diagram_tanh  # noqa: E402
 import rnn_clipping_pascanu  # noqa: E402
 
 EXIT_CANNOT_CHECK = 3
+CELLS_JSON = ROOT / "examples" / "data" / "gated_adding.json"
+CELLS_CHECK_STEPS = 5  # training steps of every recorded run that each check reruns
 
 
 # ---------------------------------------------------------------- the blocks
@@ -184,6 +200,13 @@ def _examples_rows() -> list[tuple[str, str]]:
         f"default init does not ({tanh.val_loss[-1]:.3f})"))
 
     rows.append((
+        "examples/gated_adding.py",
+        "Hochreiter & Schmidhuber 1997, Le et al. 2015: the adding problem at T = "
+        f"{' and '.join(map(str, gated_adding.LENGTHS))} through a tanh RNN, the IRNN, an "
+        "LSTM and a GRU: the gradient reaching step 1, and which cells learn (the section "
+        "above)"))
+
+    rows.append((
         "examples/dynamical_isometry.py",
         "Pennington, Schoenholz & Ganguli 2017: at criticality the Jacobian of a deep tanh "
         "network with orthogonal weights stays near isometry, Gaussian weights spread it "
@@ -253,11 +276,143 @@ def isometry_block(figure_to: Path | None) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- the gated cells
+class StaleRecord(Exception):
+    """The recorded comparison (CELLS_JSON) no longer matches what the code gives."""
+
+
+def record_cells(path: Path = CELLS_JSON, train_steps: int | None = None) -> None:
+    """Run examples/gated_adding.py for each length in its own process (both with this
+    script's pinned kernels, inherited through the environment) and merge their numbers
+    into ``path``."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for T in gated_adding.LENGTHS:
+            cmd = [sys.executable, str(ROOT / "examples" / "gated_adding.py"), "--lengths",
+                   str(T), "--json", str(Path(tmp) / f"{T}.json"), str(Path(tmp) / f"{T}.png")]
+            if train_steps is not None:
+                cmd += ["--train-steps", str(train_steps)]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+        docs = []
+        for T, proc in zip(gated_adding.LENGTHS, procs, strict=True):
+            out, _ = proc.communicate()
+            print(out)
+            if proc.returncode != 0:
+                raise RuntimeError(f"examples/gated_adding.py --lengths {T} exited with "
+                                   f"{proc.returncode}")
+            docs.append(json.loads((Path(tmp) / f"{T}.json").read_text(encoding="utf-8")))
+    doc = {"settings": docs[0]["settings"], "runs": [r for d in docs for r in d["runs"]]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+
+
+def load_cells(path: Path = CELLS_JSON) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def verify_cells(doc: dict, steps: int = CELLS_CHECK_STEPS) -> None:
+    """Rerun, for every recorded run, the report at initialisation and the first
+    ``steps`` training steps, and raise StaleRecord unless the recorded settings are the
+    code's and every rerun number equals the recorded one exactly."""
+    from gradchain import demo
+
+    st = doc["settings"]
+    here = gated_adding.settings(st["train_steps"])
+    for key in ("batch", "hidden", "eval_every", "val_size", "clip", "seed", "dtype", "lr"):
+        if st[key] != here[key]:
+            raise StaleRecord(f"setting {key!r}: recorded {st[key]!r}, the code has "
+                              f"{here[key]!r}")
+    cases = {c[1]: c for c in demo.cell_cases()}
+    gc.set_num_threads(1)
+    for run in doc["runs"]:
+        name = f"{run['short']} at T={run['T']}"
+        if run["short"] not in cases:
+            raise StaleRecord(f"{name}: the code has no such cell")
+        r = demo.train_cell(cases[run["short"]], run["T"], train_steps=steps)
+        rep = r.report.to_dict()
+        got = {"reach": r.reach,
+               "timestep_grad_norms": [float(v) for v in rep["timestep_grad_norms"]],
+               "cell_grad_norms": [float(v) for v in rep.get("cell_grad_norms") or []],
+               "loss": [float(v) for v in r.loss]}
+        want = {k: run[k] for k in got}
+        want["loss"] = run["loss"][:steps]
+        for k in got:
+            if got[k] != want[k]:
+                raise StaleRecord(f"{name}: {k} differs from the recorded one")
+
+
+def cells_block(doc: dict) -> str:
+    """The comparison's table and text, from the recorded numbers."""
+    st = doc["settings"]
+    runs = doc["runs"]
+    lengths = sorted({r["T"] for r in runs})
+    cells = list(dict.fromkeys(r["short"] for r in runs))
+    by = {(r["short"], r["T"]): r for r in runs}
+    base = {T: next(r["baseline"] for r in runs if r["T"] == T) for T in lengths}
+    label = {r["short"]: r["cell"] for r in runs}
+
+    def reach(v: float) -> str:
+        return "0 (underflow)" if v == 0 else f"{v:.1e}"
+
+    def learned(r: dict) -> str:
+        return f"yes, by step {r['steps_to_learn']}" if r["steps_to_learn"] else "no"
+
+    import textwrap
+
+    intro = (
+        "`python examples/gated_adding.py` (`gradchain demo --cells`): the adding problem "
+        f"through each cell (hidden {st['hidden']}, a linear readout, the loss on the last "
+        f"step), float32. At initialisation, the gradient reaching step 1, ‖dL/dh_1‖ / "
+        "‖dL/dh_T‖, from one backward pass; then "
+        f"{st['train_steps']} Adam steps (clipping at {st['clip']:g}, batches of "
+        f"{st['batch']} fresh sequences; learning rate "
+        + ", ".join(f"{k} {v:g}" for k, v in st["lr"].items())
+        + f") and the validation MSE ({st['val_size']} sequences) every "
+        f"{st['eval_every']} steps. Predicting 1 scores "
+        + ", ".join(f"{base[T]:.3f} at T = {T}" for T in lengths)
+        + "; \"learned\": the validation MSE below a tenth of that.")
+    lines = [
+        *textwrap.wrap(intro, 90, break_on_hyphens=False),
+        "",
+        "| cell | T | reach at init | val MSE, best | val MSE, last | learned |",
+        "|---|---|---|---|---|---|",
+    ]
+    for T in lengths:
+        for c in cells:
+            r = by[(c, T)]
+            best = min(v for _, v in r["val_curve"])
+            lines.append(f"| {label[c]} | {T} | {reach(r['reach'])} | {best:.4f} | "
+                         f"{r['val_mse']:.4f} | {learned(r)} |")
+    lines += ["", *textwrap.wrap(
+        "Recorded in `examples/data/gated_adding.json` (every step's training loss, the "
+        "validation curves) by `python examples/make_readme_tables.py --record-cells`; the "
+        f"README check reruns the report at initialisation and the first {CELLS_CHECK_STEPS} "
+        "training steps of every run and requires the same numbers bit for bit.", 90,
+        break_on_hyphens=False)]
+    return "\n".join(lines)
+
+
+def cells_from_record(_fig: Path | None) -> str:
+    doc = load_cells(CELLS_PATH[0])
+    verify_cells(doc)
+    return cells_block(doc)
+
+
+CELLS_PATH = [CELLS_JSON]  # --cells-json replaces it
+
+
 BLOCKS: dict[str, Callable[[Path | None], str]] = {
     "demo": demo_block,
     "case-study": lambda _fig: case_study_block(),
     "examples": lambda _fig: examples_block(),
     "isometry": isometry_block,
+    "cells": cells_from_record,
 }
 
 
@@ -287,14 +442,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="compare instead of writing: exit 1 with a diff where they differ")
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="the README to use")
     p.add_argument("--only", nargs="+", choices=list(BLOCKS), help="these blocks only")
+    p.add_argument("--record-cells", action="store_true",
+                   help="first rerun the gated-cell comparison (minutes) into "
+                        "examples/data/gated_adding.json")
+    p.add_argument("--cells-json", default=str(CELLS_JSON),
+                   help="the recorded comparison to render and verify")
+    p.add_argument("--cells-train-steps", type=int, default=None,
+                   help=argparse.SUPPRESS)  # --record-cells: a short run (tests)
     args = p.parse_args(argv)
     if gc.get_isa() != "avx2":
         print(f"make_readme_tables: the README's figures are made with the AVX2 kernels; "
               f"this CPU runs {gc.get_isa()!r}", file=sys.stderr)
         return EXIT_CANNOT_CHECK
+    CELLS_PATH[0] = Path(args.cells_json)
+    if args.record_cells:
+        record_cells(CELLS_PATH[0], args.cells_train_steps)
     path = Path(args.readme)
     before = path.read_text(encoding="utf-8")
-    after = render(before, None if args.check else ROOT / "docs" / "demo.png", args.only)
+    try:
+        after = render(before, None if args.check else ROOT / "docs" / "demo.png", args.only)
+    except StaleRecord as e:
+        print(f"{CELLS_PATH[0]} no longer matches the code ({e}): record it again with "
+              "python examples/make_readme_tables.py --record-cells", file=sys.stderr)
+        return 1
     if args.check:
         if after == before:
             print("README.md: every generated block matches the code")

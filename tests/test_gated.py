@@ -676,3 +676,24 @@ def test_the_example_script_runs(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "T=200 reach" in out.stdout and "T=1000 reach" in out.stdout
+
+
+def test_a_cell_run_starts_the_same_whatever_its_length():
+    """The recorded comparison (examples/data/gated_adding.json) is checked by rerunning
+    the first steps of each run: that needs the first steps not to depend on the number
+    of steps, and the run to be deterministic. Also: one validation point per
+    ``eval_every`` steps (and one for a last partial chunk)."""
+    from gradchain import demo
+
+    case = next(c for c in demo.cell_cases() if c[1] == "LSTM")
+    kw = {"batch": 4, "hidden": 8, "eval_every": 3}
+    short = demo.train_cell(case, 20, train_steps=2, **kw)
+    long = demo.train_cell(case, 20, train_steps=7, **kw)
+    again = demo.train_cell(case, 20, train_steps=7, **kw)
+    assert short.loss.shape == (2,) and long.loss.shape == (7,)
+    assert np.array_equal(short.loss, long.loss[:2])
+    assert short.reach == long.reach
+    assert np.array_equal(long.loss, again.loss) and long.val_curve == again.val_curve
+    assert [s for s, _ in long.val_curve] == [3, 6, 7]
+    assert long.lr == demo.CELL_LR["lstm"] and long.val_mse == long.val_curve[-1][1]
+    assert math.isfinite(long.baseline) and not long.learned

@@ -4,6 +4,7 @@ the digits case study, the examples table) and ``--check`` compares."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "make_readme_tables.py"
+CELLS_JSON = ROOT / "examples" / "data" / "gated_adding.json"
 CANNOT_CHECK = 3  # the script's exit code on a CPU without AVX2
 
 
@@ -40,3 +42,33 @@ def test_a_drifted_figure_is_caught(tmp_path):
     out = check("--only", "demo", "--readme", str(tmp_path / "README.md"))
     assert out.returncode == 1
     assert f"-{drifted}\n" in out.stdout and f"+{line}\n" in out.stdout
+
+
+def test_the_cells_record_is_the_code_s_bit_for_bit(tmp_path):
+    """The gated-cell comparison is rendered from a recorded file (its training takes
+    minutes); every check reruns the start of each recorded run and refuses a record that
+    the code no longer reproduces exactly: here one run, its third training loss moved
+    by one unit in the last place, and then its reach at initialisation."""
+    import numpy as np
+
+    doc = json.loads(CELLS_JSON.read_text(encoding="utf-8"))
+    assert {(r["short"], r["T"]) for r in doc["runs"]} == {
+        (c, T) for c in ("tanh RNN", "IRNN", "LSTM", "GRU") for T in (200, 1000)}
+    run = next(r for r in doc["runs"] if r["short"] == "tanh RNN" and r["T"] == 200)
+    doc["runs"] = [run]
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    args = ("--only", "cells", "--cells-json", str(path), "--readme", str(ROOT / "README.md"))
+    out = check(*args)  # the record verifies; its one-run table differs from README's
+    assert out.returncode == 1 and "no longer matches" not in out.stderr
+    assert "-| IRNN" in out.stdout
+    run["loss"][2] = float(np.nextafter(run["loss"][2], np.inf))
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    out = check(*args)
+    assert out.returncode == 1
+    assert "no longer matches the code (tanh RNN at T=200: loss differs" in out.stderr
+    run["loss"][2] = float(np.nextafter(run["loss"][2], -np.inf))
+    run["reach"] *= 1.0 + 2.0 ** -40
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    out = check(*args)
+    assert out.returncode == 1 and "reach differs" in out.stderr

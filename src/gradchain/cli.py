@@ -163,7 +163,8 @@ def _demo_cells(args: argparse.Namespace) -> int:
                            "report": r.report.to_dict()} for r in results], indent=1))
     else:
         _note(args, f"gradchain demo --cells: hidden {hidden}, a linear readout, batch "
-                    f"{batch}; {args.train_steps} Adam steps (lr 3e-3, clip 1) per cell\n")
+                    f"{batch}; {args.train_steps} Adam steps (clip 1) per cell, learning "
+                    f"rates {demo.cell_lrs()}\n")
         print(demo.cells_table(results))
     if png is not None:
         if not _have_matplotlib():
@@ -693,9 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "per cell against the 0.167 baseline); a figure only with --png")
     d.add_argument("--cell-steps", type=_int_arg, nargs="+", default=[200, 1000],
                    metavar="T", help="--cells: the sequence lengths (default 200 1000)")
-    d.add_argument("--train-steps", type=_int_arg, default=1000,
-                   help="--cells: Adam steps per cell and length (default 1000; the run "
-                        "takes minutes)")
+    d.add_argument("--train-steps", type=_int_arg, default=5000,
+                   help="--cells: Adam steps per cell and length (default 5000, "
+                        "demo.CELL_TRAIN_STEPS; the run takes several minutes)")
     d.add_argument("--json", action="store_true",
                    help="print the reports as JSON instead of the tables (no figure unless "
                         "--png is given; notes go to stderr)")

@@ -19,9 +19,10 @@ kernels below) into ``examples/data/gated_adding.json`` (every run's report at
 initialisation, its training loss at every step and its validation curve); the README's
 block is rendered from that file, and every run of this script (``--check`` included)
 first reruns the report at initialisation and the first CELLS_CHECK_STEPS training steps
-of every cell and length and requires them to equal the recorded ones bit for bit, so a
-change to the code that moves the comparison's numbers fails the check until the file is
-recorded again.
+of every cell and length and requires them to equal the recorded ones to rounding
+(CELLS_REPORT_RTOL, CELLS_LOSS_RTOL), so a change to the code that moves the comparison's
+numbers fails the check until the file is recorded again, while a new order of the same
+sums does not.
 
 The results are bitwise the same for any thread count, but the last bits of float32
 rounding depend on the SIMD kernels (the AVX2 and AVX-512 variants agree; the scalar one
@@ -75,6 +76,10 @@ import rnn_clipping_pascanu  # noqa: E402
 EXIT_CANNOT_CHECK = 3
 CELLS_JSON = ROOT / "examples" / "data" / "gated_adding.json"
 CELLS_CHECK_STEPS = 5  # training steps of every recorded run that each check reruns
+# how closely a rerun must agree with the record: the report's norms are float64 sums
+# (their order may change with the kernels: ~1e-16), the losses float32 (a few ulps)
+CELLS_REPORT_RTOL = 1e-12
+CELLS_LOSS_RTOL = 1e-6
 
 
 # ---------------------------------------------------------------- the blocks
@@ -343,8 +348,13 @@ def verify_cells(doc: dict, steps: int = CELLS_CHECK_STEPS) -> None:
         want = {k: run[k] for k in got}
         want["loss"] = run["loss"][:steps]
         for k in got:
-            if got[k] != want[k]:
-                raise StaleRecord(f"{name}: {k} differs from the recorded one")
+            g = np.asarray(got[k], dtype=np.float64)
+            w = np.asarray(want[k], dtype=np.float64)
+            tol = CELLS_LOSS_RTOL if k == "loss" else CELLS_REPORT_RTOL
+            if g.shape != w.shape or not np.allclose(g, w, rtol=tol, atol=0.0,
+                                                     equal_nan=True):
+                raise StaleRecord(f"{name}: {k} differs from the recorded one by more than "
+                                  f"{tol:g} relative")
 
 
 def cells_block(doc: dict) -> str:
@@ -393,7 +403,9 @@ def cells_block(doc: dict) -> str:
         "Recorded in `examples/data/gated_adding.json` (every step's training loss, the "
         "validation curves) by `python examples/make_readme_tables.py --record-cells`; the "
         f"README check reruns the report at initialisation and the first {CELLS_CHECK_STEPS} "
-        "training steps of every run and requires the same numbers bit for bit.", 90,
+        "training steps of every run and requires the same numbers to rounding (1e-12 relative "
+        "for the report's float64 norms, 1e-6 for the float32 losses); over thousands of "
+        "steps training amplifies rounding, so each run is one sample of its trajectory.", 90,
         break_on_hyphens=False)]
     return "\n".join(lines)
 

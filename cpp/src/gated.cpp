@@ -465,15 +465,6 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
 // ---------------------------------------------------------------------------
 // Forensics: where a forward NaN/Inf was born, the health statistics per step
 // ---------------------------------------------------------------------------
-namespace {
-template <class T>
-bool any_nonfinite(const T* p, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) return true;
-  return false;
-}
-}  // namespace
-
 // Step t's output h_t (or c_t) is the first non-finite one: its inputs x_t, h_{t-1},
 // c_{t-1} are finite. A parameter of the cell holds NaN/Inf, or the products overflowed
 // (LSTM z_t = x_t W_ih^T + h_{t-1} W_hh^T + b; GRU either side, x_t W_ih^T + b_ih or
@@ -482,17 +473,11 @@ bool any_nonfinite(const T* p, int64_t n) {
 // Recomputed after the pass, only when it produced NaN/Inf (DZ_, DHB_ are free then).
 template <class T>
 NonfiniteStage GatedChain<T>::diagnose_forward(int64_t t) {
-  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size, B = B_;
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, B = B_;
   const int64_t GH = G_ * H;
   const T* P = params_.data();
-  if (t > T_) {  // only the readout's output: y = h W_out^T + b_out
-    if (any_nonfinite(P + w_out_, K * H) || (b_out_ >= 0 && any_nonfinite(P + b_out_, K)))
-      return NonfiniteStage::Parameter;
-    return NonfiniteStage::Linear;
-  }
-  if (any_nonfinite(P + w_ih_, GH * I) || any_nonfinite(P + w_hh_, GH * H) ||
-      (cfg_.bias && (any_nonfinite(P + b_ih_, GH) || any_nonfinite(P + b_hh_, GH))))
-    return NonfiniteStage::Parameter;
+  if (t > T_) return this->diagnose_readout();  // only y = h W_out^T + b_out
+  if (this->cell_params_nonfinite()) return NonfiniteStage::Parameter;
   const T* xt = X_ + (t - 1) * B * I;
   const T* hp = HS_ + (t - 1) * B * H;
   T* z = DZ_;

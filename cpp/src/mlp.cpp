@@ -679,15 +679,6 @@ MlpReport MlpChain<T>::backward(const T* gy, T* dx, bool accumulate, bool report
 // ---------------------------------------------------------------------------
 // Forensics: health statistics, non-finite stages, per-example norms
 // ---------------------------------------------------------------------------
-namespace {
-template <class T>
-bool any_nonfinite(const T* p, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) return true;
-  return false;
-}
-}  // namespace
-
 template <class T>
 NonfiniteStage MlpChain<T>::diagnose_forward(int64_t l) {
   const Layer& ly = layers_[size_t(l)];

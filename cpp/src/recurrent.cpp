@@ -224,6 +224,21 @@ void RecurrentChain<T>::finish_global_norm(RecurrentReport& rep) const {
   rep.global_norm = combine_norms(all);
 }
 
+template <class T>
+NonfiniteStage RecurrentChain<T>::diagnose_readout() const {
+  const T* P = this->params_.data();
+  if (any_nonfinite(P + w_out_, K_ * H_) || (b_out_ >= 0 && any_nonfinite(P + b_out_, K_)))
+    return NonfiniteStage::Parameter;
+  return NonfiniteStage::Linear;
+}
+
+template <class T>
+bool RecurrentChain<T>::cell_params_nonfinite() const {
+  const T* P = this->params_.data();
+  return any_nonfinite(P + w_ih_, GH_ * I_) || any_nonfinite(P + w_hh_, GH_ * H_) ||
+         (b_ih_ >= 0 && (any_nonfinite(P + b_ih_, GH_) || any_nonfinite(P + b_hh_, GH_)));
+}
+
 template class RecurrentChain<float>;
 template class RecurrentChain<double>;
 

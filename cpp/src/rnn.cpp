@@ -423,27 +423,12 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
 // ---------------------------------------------------------------------------
 // Forensics: where a forward NaN/Inf was born, the health statistics per step
 // ---------------------------------------------------------------------------
-namespace {
-template <class T>
-bool any_nonfinite(const T* p, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) return true;
-  return false;
-}
-}  // namespace
-
 template <class T>
 NonfiniteStage RnnChain<T>::diagnose_forward(int64_t t) {
-  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, K = cfg_.output_size, B = B_;
+  const int64_t I = cfg_.input_size, H = cfg_.hidden_size, B = B_;
   const T* P = params_.data();
-  if (t > T_) {  // only the readout's output: y = h W_out^T + b_out
-    if (any_nonfinite(P + w_out_, K * H) || (b_out_ >= 0 && any_nonfinite(P + b_out_, K)))
-      return NonfiniteStage::Parameter;
-    return NonfiniteStage::Linear;
-  }
-  if (any_nonfinite(P + w_ih_, H * I) || any_nonfinite(P + w_hh_, H * H) ||
-      (cfg_.bias && (any_nonfinite(P + b_ih_, H) || any_nonfinite(P + b_hh_, H))))
-    return NonfiniteStage::Parameter;
+  if (t > T_) return this->diagnose_readout();  // only y = h W_out^T + b_out
+  if (this->cell_params_nonfinite()) return NonfiniteStage::Parameter;
   // z_t = x_t W_ih^T + h_{t-1} W_hh^T + b again (h_{t-1} is finite), into DZ_
   T* z = DZ_;
   gemm(false, true, B, H, I, T(1), X_ + (t - 1) * B * I, I, P + w_ih_, I, T(0), z, H);

@@ -20,6 +20,7 @@
 #include "gradchain/blas.h"
 #include "gradchain/chain_base.h"
 #include "gradchain/kernels.h"
+#include "gradchain/report.h"
 
 namespace gradchain {
 
@@ -144,6 +145,11 @@ class RecurrentChain : public ChainBase<T> {
   // After the forward region: the first step t whose check (checks[((t-1)*nrb_ + rb) *
   // stride]) is NaN, else T+1 if a readout row block's is, else -1.
   int scan_forward(const double* checks, int64_t stride) const;
+  // diagnose_forward's common checks: the origin when only the readout's output is
+  // non-finite (its parameters, else its product), and whether a parameter of the cell
+  // (weight_ih_l0, weight_hh_l0, the biases) holds NaN/Inf.
+  NonfiniteStage diagnose_readout() const;
+  bool cell_params_nonfinite() const;
   // The report's global norm from its per-tensor norms.
   void finish_global_norm(RecurrentReport& rep) const;
 

@@ -27,6 +27,15 @@ enum class NonfiniteStage : int {
 };
 const char* nonfinite_stage_name(NonfiniteStage s);
 
+// Whether p[0..n) holds a NaN or an Inf (the forensics' recomputations, after a pass that
+// produced one: not a hot loop).
+template <class T>
+bool any_nonfinite(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return true;
+  return false;
+}
+
 struct MlpReport {
   std::vector<double> weight, bias;             // L+1: ||dL/dW_l||, ||dL/db_l|| (0 without bias)
   std::vector<double> norm_weight, norm_bias;   // L (empty without norm)

@@ -632,6 +632,17 @@ class Model:
         raise TypeError(f"model: gc.clip_per_example needs per-example gradients, which "
                         f"{type(self).__name__} does not compute")
 
+    def _check_clippable(self, kept: bool, accumulated: bool) -> None:
+        """gc.clip_per_example's preconditions: a backward after the last forward whose
+        upstream gradients were kept (``kept``), and one that assigned (not ``accumulated``)."""
+        if not self._core.has_forward or not kept:
+            raise ValueError("model: gc.clip_per_example needs a backward pass (backward or "
+                             "loss_and_grad) after the last forward pass to clip")
+        if accumulated:
+            raise ValueError("model: the last backward accumulated (accumulate=True), so the "
+                             "stored gradients mix several batches; gc.clip_per_example "
+                             "clips the examples of one batch")
+
     # ------------------------------------------------------- buffers, lock, kernels
     def exclusive(self, what: str) -> _Exclusive:
         """A context manager: hold the model's lock for the operation ``what`` (named in

@@ -564,13 +564,7 @@ class MLP(Model):
         """``gc.clip_per_example``: the last backward again with every example's dL/dy row
         scaled by ``min(1, max_norm / (||grad l_i|| + 1e-6))`` (so every dL/dz_i of every
         layer is), the gradients assigned. Returns the norms before clipping (B,)."""
-        if not self._core.has_forward or self._last_gy is None:
-            raise ValueError("model: gc.clip_per_example needs a backward pass (backward or "
-                             "loss_and_grad) after the last forward pass to clip")
-        if self._last_accumulate:
-            raise ValueError("model: the last backward accumulated (accumulate=True), so the "
-                             "stored gradients mix several batches; gc.clip_per_example "
-                             "clips the examples of one batch")
+        self._check_clippable(self._last_gy is not None, self._last_accumulate)
         self._check_per_example(True)
         gy = self._last_gy
         norms = self._example_norms

@@ -365,13 +365,7 @@ class _Recurrent(Model):
         ``min(1, max_norm / (||grad l_i|| + 1e-6))`` (so are its ``dL/dz_t`` at every step:
         the chain is linear in them), the gradients assigned. Returns the norms before
         clipping (B,)."""
-        if not self._core.has_forward or self._last_grads is None:
-            raise ValueError("model: gc.clip_per_example needs a backward pass (backward or "
-                             "loss_and_grad) after the last forward pass to clip")
-        if self._last_accumulate:
-            raise ValueError("model: the last backward accumulated (accumulate=True), so the "
-                             "stored gradients mix several batches; gc.clip_per_example "
-                             "clips the examples of one batch")
+        self._check_clippable(self._last_grads is not None, self._last_accumulate)
         gh, gy = self._last_grads
         norms = self._example_norms
         if norms is None:  # the per-example norms of the last backward, once

@@ -165,6 +165,84 @@ def test_competitors_stopped_when_a_peer_raises(monkeypatch: pytest.MonkeyPatch,
     assert gc.get_num_threads() == threads  # the sweep's settings are undone too
 
 
+class _Drops:
+    """Delivers ``sig`` to this process from inside its ``__del__``: the handler's exception
+    is raised there, and Python drops it ("Exception ignored in ..."), as it does in a
+    garbage-collector callback such as JAX's."""
+
+    def __init__(self, sig: int) -> None:
+        self.sig = sig
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), self.sig)
+        for _ in range(1000):  # the handler runs between these bytecodes
+            time.sleep(0.001)
+
+
+class _DroppingPeer(_Failing):
+    """The NumPy peer, dropping a SIGINT / SIGTERM at its ``fail_at``-th step and going on."""
+
+    def step(self) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            _Drops(self.exc.args[0])  # noqa: B018 -- dropped at once: __del__ runs here
+        self.inner.step()
+
+
+def _exit_as_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@pytest.fixture
+def default_signals():
+    """SIGINT raising KeyboardInterrupt, as in a shell; SIGTERM exiting as its default action
+    would, but as an exception (a stray SIGTERM must not kill the test process)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _exit_as_sigterm)
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop
+def test_a_dropped_interrupt_is_raised_again(default_signals) -> None:
+    with contention.interrupt_guard():
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        contention.check_interrupt()  # nothing pending: nothing happens
+        _Drops(signal.SIGINT)  # the KeyboardInterrupt is dropped with __del__'s frame
+        with pytest.raises(KeyboardInterrupt):
+            contention.check_interrupt()
+        contention.check_interrupt()  # raised once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    contention.check_interrupt()  # outside the guard: nothing remembered
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_ends_when_a_signal_s_exception_is_dropped(monkeypatch: pytest.MonkeyPatch,
+                                                          started: list[contention.Competitors],
+                                                          default_signals, sig: int) -> None:
+    """A run of 100000 rounds with competitors, whose peer has a SIGINT / SIGTERM dropped
+    at its 5th step, ends at the next round (the competitors stopped, the signal handlers
+    restored): the bench's Ctrl-C works even when a gc callback swallowed it."""
+    monkeypatch.setitem(bench.PEERS, "dropping", bench.PeerInfo("dropping", "drops a signal"))
+    for kind in bench.BUILDERS:
+        monkeypatch.setitem(bench.BUILDERS[kind], "dropping",
+                            lambda c: _DroppingPeer(c, RuntimeError(sig), 5))
+    expected = KeyboardInterrupt if sig == signal.SIGINT else SystemExit
+    t0 = time.monotonic()
+    with pytest.raises(expected) as info:
+        _quick(workloads=["mlp-small"], peers=["dropping"], contended=2, repeats=100000)
+    assert time.monotonic() - t0 < 600  # not the 100000 rounds (never a timing claim)
+    if sig == signal.SIGTERM:
+        assert info.value.code == 128 + signal.SIGTERM
+    (c,) = started
+    assert not any(_is_competitor(p) for p in c.pids)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is _exit_as_sigterm
+
+
 def _start_bench(*extra: str) -> tuple[subprocess.Popen[str], list[int]]:
     """``python -m gradchain.bench`` with 2 competitors and far too many repeats; returns
     once its competitors run, with their PIDs (from its log)."""

@@ -9,6 +9,13 @@ Linux, the benchmark's death by ``SIGKILL`` (each competitor asks the kernel for
 A competitor is a pure-Python busy loop in its own ``python -c`` process (started with
 ``subprocess``, not ``fork``, so no thread pool of the benchmark is copied): what a
 browser tab, another training run or a CI neighbour does to one core.
+
+A signal's exception can be lost: Python runs the handler in whatever frame is current, and
+an exception raised inside a garbage-collector callback (JAX registers one), a ``__del__`` or
+a weakref callback is printed as "Exception ignored in ..." and dropped, so the run would
+go on. :func:`interrupt_guard` (around :func:`~.timing.run`) remembers every SIGINT and
+guarded signal as well as acting on it, and :func:`check_interrupt`, called at the top of
+every timing round, raises it again where it was lost.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -53,6 +61,8 @@ _GUARDED_SIGNALS = tuple(getattr(signal, s) for s in ("SIGTERM", "SIGHUP") if ha
 _live: list[Competitors] = []  # started and not yet stopped, for the guards
 _live_lock = threading.RLock()
 _previous: dict[int, Any] = {}  # signal -> handler before the guard, while the guard is on
+_pending: list[int] = []  # signals delivered under interrupt_guard (their exception may be lost)
+_sigint_previous: list[Any] = []  # the SIGINT handler interrupt_guard wraps, while it is on
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -79,6 +89,7 @@ def stop_all() -> None:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _pending.append(signum)
     stop_all()
     prev = _previous.get(signum, signal.SIG_DFL)
     if callable(prev):
@@ -106,6 +117,54 @@ def _remove_guard() -> None:
         if signal.getsignal(s) is _on_signal:
             signal.signal(s, prev if prev is not None else signal.SIG_DFL)
         del _previous[s]
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    _pending.append(signum)
+    prev = _sigint_previous[-1] if _sigint_previous else signal.default_int_handler
+    if callable(prev):
+        prev(signum, frame)  # the default: raise KeyboardInterrupt
+    else:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupt_guard() -> Iterator[None]:
+    """For the ``with`` block: SIGINT (when its handler is a Python function, e.g. the
+    default one that raises ``KeyboardInterrupt``) and the competitors' guarded signals are
+    remembered as well as acted on, so that :func:`check_interrupt` raises one whose
+    exception Python dropped. Only from the main thread (elsewhere it does nothing)."""
+    main = threading.current_thread() is threading.main_thread()
+    wrap = main and callable(signal.getsignal(signal.SIGINT)) and \
+        signal.getsignal(signal.SIGINT) is not _on_sigint
+    if wrap:
+        _sigint_previous.append(signal.getsignal(signal.SIGINT))
+        signal.signal(signal.SIGINT, _on_sigint)
+    if main:
+        _pending.clear()
+    try:
+        yield
+    finally:
+        if wrap:
+            prev = _sigint_previous.pop()
+            if signal.getsignal(signal.SIGINT) is _on_sigint:
+                signal.signal(signal.SIGINT, prev)
+        if main:
+            _pending.clear()
+
+
+def check_interrupt() -> None:
+    """Raise again a signal delivered under :func:`interrupt_guard` whose exception was
+    dropped (the run is still going): ``KeyboardInterrupt`` for SIGINT, ``SystemExit(128 +
+    signum)`` for SIGTERM / SIGHUP, the competitors stopped first. Does nothing otherwise."""
+    if not _pending:
+        return
+    signum = _pending[0]
+    _pending.clear()
+    stop_all()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
 
 
 atexit.register(stop_all)

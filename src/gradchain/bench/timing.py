@@ -17,7 +17,7 @@ import numpy as np
 from . import machine
 from .agreement import arbitrate, tolerance_for
 from .cases import CASE_MAKERS, REFERENCES, TRUTHS, Outputs, for_kind
-from .contention import Competitors
+from .contention import Competitors, check_interrupt, interrupt_guard
 from .machine import CpuMeter, _limit_numpy_blas, _loadavg, gemm_ceiling, machine_info
 from .peers import BUILDERS, PEERS, PeerInstance, ThreadControl
 from .peers.gradchain_peer import _Gradchain
@@ -136,8 +136,9 @@ def run(
         gc.set_num_threads(default_threads)
         if not sweep:
             _limit_numpy_blas(default_threads)
-        return _run(wls, names, counts, default_threads, found, ctls, repeats, warmup, quick,
-                    seed, settle, ceiling, panel_ab, report_ab, contended, say)
+        with interrupt_guard():  # a Ctrl-C whose exception a gc callback drops still ends it
+            return _run(wls, names, counts, default_threads, found, ctls, repeats, warmup,
+                        quick, seed, settle, ceiling, panel_ab, report_ab, contended, say)
     finally:
         for c, n in saved.values():
             try:
@@ -339,8 +340,10 @@ def _run_workload(w: Workload, variants: list[Variant], repeats: int, warmup: in
     for n in order:
         by_key[n].apply()
         for _ in range(max(0, warmup - 1)):  # the first call above counts as one warm-up
+            check_interrupt()
             instances[n].step()
     _pygc.collect()
+    check_interrupt()
     gc_was_enabled = _pygc.isenabled()
     _pygc.disable()
     rng = np.random.default_rng(seed)
@@ -348,6 +351,7 @@ def _run_workload(w: Workload, variants: list[Variant], repeats: int, warmup: in
     try:
         for _ in range(repeats):
             for i in rng.permutation(len(order)):  # each peer follows each other one alike
+                check_interrupt()
                 n = order[i]
                 by_key[n].apply()
                 if settle > 0:
@@ -401,6 +405,7 @@ def _ab(inst: _Gradchain, flag: str, rounds: int) -> dict[str, Any]:
     for r in range(rounds):
         t: dict[bool, float] = {}
         for on in ((True, False) if r % 2 else (False, True)):
+            check_interrupt()
             setattr(inst, flag, on)
             wait_idle()
             t0 = time.perf_counter()

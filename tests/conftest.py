@@ -75,6 +75,31 @@ def same(a, b) -> bool:
     return a == b
 
 
+def assert_dp_sgd_clipping(m: gc.Model, x: np.ndarray, t: np.ndarray) -> float:
+    """``gc.clip_per_example(m, C)`` after ``m.loss_and_grad(x, t, on="all",
+    per_example=True)`` (time-major x, t of a float64 recurrent model) leaves the mean over
+    the examples of their own gradients, each scaled by min(1, C / (||g_i|| + 1e-6)), with C
+    the median norm (computed one example at a time). Returns C."""
+    import math
+
+    B = x.shape[1]
+    _, rep = m.loss_and_grad(x, t, on="all", per_example=True)
+    C = float(np.median(rep.per_example_grad_norms))
+    norms = gc.clip_per_example(m, C)
+    np.testing.assert_array_equal(norms, rep.per_example_grad_norms)
+    got = {k: v.copy() for k, v in m.named_grads()}
+    want: dict[str, np.ndarray] = {}
+    for i in range(B):
+        m.loss_and_grad(x[:, i:i + 1], t[:, i:i + 1], on="all")
+        gi = {k: v.copy() for k, v in m.named_grads()}
+        c = min(1.0, C / (math.sqrt(sum(float(np.sum(v * v)) for v in gi.values())) + 1e-6))
+        for k, v in gi.items():
+            want[k] = want.get(k, 0.0) + c * v / B
+    for k, v in got.items():
+        np.testing.assert_allclose(v, want[k], rtol=1e-11, atol=1e-15, err_msg=k)
+    return C
+
+
 @pytest.fixture
 def restore_threads():
     n = gc.get_num_threads()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import gradchain as gc
-from conftest import ref
+from conftest import assert_dp_sgd_clipping, ref
 
 CELLS = {"lstm": (gc.LSTM, ref.lstm_forward, ref.lstm_backward),
          "gru": (gc.GRU, ref.gru_forward, ref.gru_backward)}
@@ -184,20 +184,7 @@ def test_gated_clip_per_example_is_dp_sgd_clipping(cell):
     m = CELLS[cell][0](3, 4, output_size=2, dtype=np.float64, seed=6)
     x = rng.normal(size=(T, B, 3))
     t = rng.normal(size=(T, B, 2))
-    _, rep = m.loss_and_grad(x, t, on="all", per_example=True)
-    C = float(np.median(rep.per_example_grad_norms))
-    norms = gc.clip_per_example(m, C)
-    np.testing.assert_array_equal(norms, rep.per_example_grad_norms)
-    got = {k: v.copy() for k, v in m.named_grads()}
-    want: dict[str, np.ndarray] = {}
-    for i in range(B):
-        m.loss_and_grad(x[:, i:i + 1], t[:, i:i + 1], on="all")
-        gi = {k: v.copy() for k, v in m.named_grads()}
-        c = min(1.0, C / (math.sqrt(sum(float(np.sum(v * v)) for v in gi.values())) + 1e-6))
-        for k, v in gi.items():
-            want[k] = want.get(k, 0.0) + c * v / B
-    for k, v in got.items():
-        np.testing.assert_allclose(v, want[k], rtol=1e-11, atol=1e-15, err_msg=k)
+    C = assert_dp_sgd_clipping(m, x, t)
     # a plain backward first: the norms are computed on the way; then nothing to clip
     m.forward(x)
     m.backward(grad_ys=t / t.size)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import gradchain as gc
-from conftest import ref
+from conftest import assert_dp_sgd_clipping, ref
 
 PATHS = (1, 2)  # the core's Gram path and its per-example-gradient path
 
@@ -229,20 +229,7 @@ def test_clip_per_example_on_an_rnn_is_dp_sgd_clipping(readout):
     F = readout or 6
     x = rng.normal(size=(T, B, 3))
     t = rng.normal(size=(T, B, F))
-    _, rep = m.loss_and_grad(x, t, on="all", per_example=True)
-    C = float(np.median(rep.per_example_grad_norms))
-    norms = gc.clip_per_example(m, C)
-    np.testing.assert_array_equal(norms, rep.per_example_grad_norms)
-    got = {k: v.copy() for k, v in m.named_grads()}
-    want: dict[str, np.ndarray] = {}
-    for i in range(B):
-        m.loss_and_grad(x[:, i:i + 1], t[:, i:i + 1], on="all")
-        gi = {k: v.copy() for k, v in m.named_grads()}
-        c = min(1.0, C / (math.sqrt(sum(float(np.sum(v * v)) for v in gi.values())) + 1e-6))
-        for k, v in gi.items():
-            want[k] = want.get(k, 0.0) + c * v / B
-    for k, v in got.items():
-        np.testing.assert_allclose(v, want[k], rtol=1e-11, atol=1e-15, err_msg=k)
+    C = assert_dp_sgd_clipping(m, x, t)
     # a plain backward first: the norms are computed on the way
     m.forward(x)
     m.backward(grad_hs=None if readout else t / t.size,

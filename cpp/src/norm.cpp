@@ -235,12 +235,14 @@ struct NormLayer<T, NormKind::Batch> {
       const int64_t r0 = rb * kRowBlock;
       std::memset(p0 + rb * n, 0, size_t(n) * sizeof(double));
       std::memset(p1 + rb * n, 0, size_t(n) * sizeof(double));
-      blk[rb] = K.bwd_bn1(g + r0 * n, d + r0 * n, xh + r0 * n, scale, select, dz + r0 * n,
-                          p0 + rb * n, p1 + rb * n, rows_in_block(rb, B), n);
-      if (out.health) {  // g and act' while in cache (dz's check after pass 2)
+      if (out.health) {  // g's counts and act's maxima in the same sweep (dz's check: pass 2)
         GradHealth<T> h = health_block<T>(out, rb, n);
-        K.grad_health(g + r0 * n, d + r0 * n, nullptr, rows_in_block(rb, B), n, &h);
+        blk[rb] = K.bwd_bn1(g + r0 * n, d + r0 * n, xh + r0 * n, scale, select, dz + r0 * n,
+                            p0 + rb * n, p1 + rb * n, rows_in_block(rb, B), n, &h);
         health_store(out, rb, h);
+      } else {
+        blk[rb] = K.bwd_bn1(g + r0 * n, d + r0 * n, xh + r0 * n, scale, select, dz + r0 * n,
+                            p0 + rb * n, p1 + rb * n, rows_in_block(rb, B), n, nullptr);
       }
     }
 #pragma omp single
@@ -296,13 +298,10 @@ struct NormLayer<T, NormKind::Batch> {
       for (int64_t rb = 0; rb < nrb; ++rb) {
         const int64_t r0 = rb * kRowBlock;
         if (bias) std::memset(p2 + rb * n, 0, size_t(n) * sizeof(double));
+        GradHealth<T> h;  // dz's non-finite check in the same sweep (report on)
         K.bwd_bn2(dz + r0 * n, xh + r0 * n, kv, m1, m2, bias ? p2 + rb * n : nullptr,
-                  rows_in_block(rb, B), n);
-        if (out.health) {
-          GradHealth<T> h;
-          K.grad_health(nullptr, nullptr, dz + r0 * n, rows_in_block(rb, B), n, &h);
-          health_store(out, rb, h);
-        }
+                  rows_in_block(rb, B), n, out.health ? &h : nullptr);
+        if (out.health) health_store(out, rb, h);
       }
     }
     if (bias) {

@@ -50,7 +50,8 @@ struct FwdArgs {
 // What the health statistics of a backward pass take from one block of rows of an incoming
 // gradient g = dL/da, its activation's derivative d and the resulting dz = dL/dz (the
 // report's dead / saturated units, zero and subnormal fractions, and where a non-finite
-// dz was born). Filled by bwd_plain_health and grad_health; each entry is added to.
+// dz was born). Filled by bwd_plain_health, bwd_bn1 / bwd_bn2 (batch norm) and grad_health;
+// each entry is added to.
 template <class T>
 struct GradHealth {
   T* dmax = nullptr;      // (n): max |d| per column over the rows (NaN ignored); null: skip
@@ -101,11 +102,14 @@ struct KernelTable {
   double (*bwd_plain)(const T* g, const T* d, T scale, bool select, bool want_ss, T* dz,
                       double* db_acc, int64_t rows, int64_t n);
   // Batch norm, pass 1: dn = g * scale * d -> dn_out;  acc0 += dn;  acc1 += dn * xhat;  returns sum(g^2).
+  // With h (the report's health, else null) in the same sweep: h's column maxima of |d|
+  // (h->dmax, n) and the zero and subnormal counts of g.
   double (*bwd_bn1)(const T* g, const T* d, const T* xhat, T scale, bool select, T* dn_out,
-                    double* acc0, double* acc1, int64_t rows, int64_t n);
+                    double* acc0, double* acc1, int64_t rows, int64_t n, GradHealth<T>* h);
   // Batch norm, pass 2 (in place): dz = k[c] * (dn - m1[c] - xhat * m2[c]);  db_acc += dz.
+  // With h (else null): dz's non-finite check (h->dz_check).
   void (*bwd_bn2)(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2, double* db_acc,
-                  int64_t rows, int64_t n);
+                  int64_t rows, int64_t n, GradHealth<T>* h);
   // Layer norm: dn = g*scale*d; dgamma_acc += dn*xhat; dbeta_acc += dn; dxh = dn*gamma;
   // dz = istd_r * (dxh - mean(dxh) - xhat * mean(dxh * xhat)); db_acc += dz. Returns sum(g^2).
   double (*bwd_layernorm)(const T* g, const T* d, const T* xhat, const T* gamma,
@@ -117,7 +121,7 @@ struct KernelTable {
   // check. Returns sum(g^2).
   double (*bwd_plain_health)(const T* g, const T* d, T scale, bool select, T* dz,
                              double* db_acc, int64_t rows, int64_t n, GradHealth<T>* h);
-  // The same statistics as a pass of its own (the norm layers' backward): each of g (its
+  // The same statistics as a pass of its own (layer norm's backward, dL/dx): each of g (its
   // counts), d (h->dmax) and dz (its check) may be null, then skipped.
   void (*grad_health)(const T* g, const T* d, const T* dz, int64_t rows, int64_t n,
                       GradHealth<T>* h);

@@ -405,59 +405,188 @@ static double bwd_plain(const T* g, const T* d, T scale, bool select, bool want_
                 : bwd_plain_rows<T, false, false, false>(g, d, scale, dz, db_acc, rows, n);
 }
 
-template <class T, bool kSelect>
+// Batch norm's two backward passes. dn, dz and the float64 column partials (acc0, acc1,
+// db) by the same operations per element in the same order as before (the gradients'
+// bits); sum g^2 and, with kHealth (the report's health statistics, kernels.h's
+// GradHealth), the zero / subnormal counts of g, the column maxima of |act'| (pass 1) and
+// dz's non-finite check (pass 2) in vector accumulators that run across the rows of the
+// block, as in bwd_plain_rep_rows: a separate pass (grad_health) read g, act' and dz
+// again, and a per-row reduction paid a horizontal sum per row (n = 64 in
+// mlp-deep-narrow). The order of the float64 additions is fixed by (rows, n) alone.
+template <class T, bool kSelect, bool kHealth>
 static double bwd_bn1_rows(const T* g, const T* d, const T* xhat, const T scale, T* dn_out,
-                           double* acc0, double* acc1, int64_t rows, int64_t n) {
-  double ss = 0.0;
+                           double* acc0, double* acc1, int64_t rows, int64_t n,
+                           GradHealth<T>* h) {
+  typedef double VD __attribute__((vector_size(GC_VBYTES)));
+  typedef typename Vec<T>::V VT;
+  typedef decltype(VT{} < VT{}) VI;  // integers of T's width (lane masks: -1 / 0)
+  constexpr int64_t W = Vec<T>::W;
+  constexpr int64_t WD = GC_VBYTES / int64_t(sizeof(double));
+  const VT vscale = Vec<T>::splat(scale);
+  const VT vtiny = Vec<T>::splat(tiny_of<T>());
+  const VI absmask = ~(VI)Vec<T>::splat(T(-0.0));  // every bit but the sign
+  const VT zero = {};
+  const T tiny = tiny_of<T>();
+  T* dmax = kHealth ? h->dmax : nullptr;
+  VD rs0 = {}, rs1 = {};
+  VI rz = {}, rlt = {};  // counts of |g| == 0 and of |g| < tiny (zeros included)
+  double ss = 0.0, zc = 0.0, sc = 0.0;  // the columns after the last full vector
   for (int64_t r = 0; r < rows; ++r) {
     const T* gr = g + r * n;
     const T* dr = d + r * n;
     const T* xr = xhat + r * n;
     T* zr = dn_out + r * n;
-    double rs = 0.0;
-#pragma omp simd reduction(+ : rs)
-    for (int64_t c = 0; c < n; ++c) {
-      T gv = gr[c];
-      T dn = grad_times<T, kSelect>(gv, scale, dr[c]);
+    int64_t c = 0;
+    for (; c + W <= n; c += W) {
+      const VT gv = Vec<T>::load(gr + c);
+      const VT dv = Vec<T>::load(dr + c);
+      VT v = gv * vscale * dv;  // grad_times
+      if constexpr (kSelect) v = dv == zero ? zero : v;
+      Vec<T>::store(zr + c, v);
+      const VT xv = Vec<T>::load(xr + c);
+      if constexpr (sizeof(T) == 4) {
+        const VD v0 = half_to_f64<VD, 0>(v), v1 = half_to_f64<VD, W / 2>(v);
+        const VD x0 = half_to_f64<VD, 0>(xv), x1 = half_to_f64<VD, W / 2>(xv);
+        VD a0, a1, b0, b1;
+        std::memcpy(&a0, acc0 + c, sizeof a0);
+        std::memcpy(&a1, acc0 + c + WD, sizeof a1);
+        std::memcpy(&b0, acc1 + c, sizeof b0);
+        std::memcpy(&b1, acc1 + c + WD, sizeof b1);
+        a0 += v0;
+        a1 += v1;
+        b0 += v0 * x0;
+        b1 += v1 * x1;
+        std::memcpy(acc0 + c, &a0, sizeof a0);
+        std::memcpy(acc0 + c + WD, &a1, sizeof a1);
+        std::memcpy(acc1 + c, &b0, sizeof b0);
+        std::memcpy(acc1 + c + WD, &b1, sizeof b1);
+        const VD g0 = half_to_f64<VD, 0>(gv), g1 = half_to_f64<VD, W / 2>(gv);
+        rs0 += g0 * g0;
+        rs1 += g1 * g1;
+      } else {
+        VD a, b;
+        std::memcpy(&a, acc0 + c, sizeof a);
+        std::memcpy(&b, acc1 + c, sizeof b);
+        a += v;
+        b += v * xv;
+        std::memcpy(acc0 + c, &a, sizeof a);
+        std::memcpy(acc1 + c, &b, sizeof b);
+        rs0 += gv * gv;
+      }
+      if constexpr (kHealth) {
+        const VT ag = (VT)((VI)gv & absmask);
+        rz -= ag == zero;
+        rlt -= ag < vtiny;
+        const VT ad = (VT)((VI)dv & absmask);
+        VT dm = Vec<T>::load(dmax + c);
+        dm = ad > dm ? ad : dm;
+        Vec<T>::store(dmax + c, dm);
+      }
+    }
+    for (; c < n; ++c) {
+      const T gv = gr[c];
+      const T dv = dr[c];
+      const T dn = grad_times<T, kSelect>(gv, scale, dv);
       zr[c] = dn;
       acc0[c] += double(dn);
       acc1[c] += double(dn) * double(xr[c]);
-      rs += double(gv) * double(gv);
+      ss += double(gv) * double(gv);
+      if constexpr (kHealth) {
+        const T ag = std::abs(gv);
+        zc += ag == T(0) ? 1.0 : 0.0;
+        sc += (ag > T(0) && ag < tiny) ? 1.0 : 0.0;
+        const T ad = std::abs(dv);
+        dmax[c] = ad > dmax[c] ? ad : dmax[c];
+      }
     }
-    ss += rs;
+  }
+  const VD rs = rs0 + rs1;
+  for (int64_t j = 0; j < WD; ++j) ss += rs[j];
+  if constexpr (kHealth) {  // the counts summed as integers (exact), converted once
+    int64_t zi = 0, li = 0;
+    for (int64_t j = 0; j < W; ++j) {
+      zi += int64_t(rz[j]);
+      li += int64_t(rlt[j]);
+    }
+    h->zeros += zc + double(zi);
+    h->subnormals += sc + double(li - zi);
   }
   return ss;
 }
 
 template <class T>
 static double bwd_bn1(const T* g, const T* d, const T* xhat, T scale, bool select, T* dn_out,
-                      double* acc0, double* acc1, int64_t rows, int64_t n) {
-  return select ? bwd_bn1_rows<T, true>(g, d, xhat, scale, dn_out, acc0, acc1, rows, n)
-                : bwd_bn1_rows<T, false>(g, d, xhat, scale, dn_out, acc0, acc1, rows, n);
+                      double* acc0, double* acc1, int64_t rows, int64_t n, GradHealth<T>* h) {
+#define GC_BN1(SEL, H) \
+  bwd_bn1_rows<T, SEL, H>(g, d, xhat, scale, dn_out, acc0, acc1, rows, n, h)
+  if (h) return select ? GC_BN1(true, true) : GC_BN1(false, true);
+  return select ? GC_BN1(true, false) : GC_BN1(false, false);
+#undef GC_BN1
 }
 
-template <class T, bool kDb>
+// Pass 2; with kHealth dz's non-finite check as the lanes' "exponent all ones" bits, OR-ed
+// across the rows (integer operations: no add chain waiting on its latency).
+template <class T, bool kDb, bool kHealth>
 static void bwd_bn2_rows(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2,
-                         double* db_acc, int64_t rows, int64_t n) {
+                         double* db_acc, int64_t rows, int64_t n, GradHealth<T>* h) {
+  typedef double VD __attribute__((vector_size(GC_VBYTES)));
+  typedef typename Vec<T>::V VT;
+  typedef decltype(VT{} < VT{}) VI;
+  constexpr int64_t W = Vec<T>::W;
+  constexpr int64_t WD = GC_VBYTES / int64_t(sizeof(double));
+  const VI expmask = (VI)Vec<T>::splat(std::numeric_limits<T>::infinity());
+  VI bad = {};
+  T ck = 0;
   for (int64_t r = 0; r < rows; ++r) {
     T* zr = dn_dz + r * n;
     const T* xr = xhat + r * n;
-#pragma omp simd
-    for (int64_t c = 0; c < n; ++c) {
-      T v = k[c] * (zr[c] - m1[c] - xr[c] * m2[c]);
+    int64_t c = 0;
+    for (; c + W <= n; c += W) {
+      const VT v = Vec<T>::load(k + c) * (Vec<T>::load(zr + c) - Vec<T>::load(m1 + c) -
+                                          Vec<T>::load(xr + c) * Vec<T>::load(m2 + c));
+      Vec<T>::store(zr + c, v);
+      if constexpr (kDb) {
+        if constexpr (sizeof(T) == 4) {
+          VD a0, a1;
+          std::memcpy(&a0, db_acc + c, sizeof a0);
+          std::memcpy(&a1, db_acc + c + WD, sizeof a1);
+          a0 += half_to_f64<VD, 0>(v);
+          a1 += half_to_f64<VD, W / 2>(v);
+          std::memcpy(db_acc + c, &a0, sizeof a0);
+          std::memcpy(db_acc + c + WD, &a1, sizeof a1);
+        } else {
+          VD a;
+          std::memcpy(&a, db_acc + c, sizeof a);
+          a += v;
+          std::memcpy(db_acc + c, &a, sizeof a);
+        }
+      }
+      if constexpr (kHealth) bad |= ((VI)v & expmask) == expmask;
+    }
+    for (; c < n; ++c) {
+      const T v = k[c] * (zr[c] - m1[c] - xr[c] * m2[c]);
       zr[c] = v;
       if constexpr (kDb) db_acc[c] += double(v);
+      if constexpr (kHealth) ck += v * T(0);
     }
+  }
+  if constexpr (kHealth) {
+    bool any = false;
+    for (int64_t j = 0; j < W; ++j) any = any || bad[j] != 0;
+    h->dz_check += any ? std::numeric_limits<double>::quiet_NaN() : double(ck);
   }
 }
 
 template <class T>
 static void bwd_bn2(T* dn_dz, const T* xhat, const T* k, const T* m1, const T* m2, double* db_acc,
-                    int64_t rows, int64_t n) {
-  if (db_acc)
-    bwd_bn2_rows<T, true>(dn_dz, xhat, k, m1, m2, db_acc, rows, n);
-  else
-    bwd_bn2_rows<T, false>(dn_dz, xhat, k, m1, m2, db_acc, rows, n);
+                    int64_t rows, int64_t n, GradHealth<T>* h) {
+#define GC_BN2(DB, H) bwd_bn2_rows<T, DB, H>(dn_dz, xhat, k, m1, m2, db_acc, rows, n, h)
+  if (db_acc) {
+    if (h) GC_BN2(true, true); else GC_BN2(true, false);
+  } else {
+    if (h) GC_BN2(false, true); else GC_BN2(false, false);
+  }
+#undef GC_BN2
 }
 
 template <class T, bool kDb, bool kSelect>

@@ -647,44 +647,58 @@ static double bwd_step_health_rows(const T* g, const T* d, const T scale, T* dz,
   VT vmin = Vec<T>::splat(big);
   double ss = 0.0;  // the columns after the last full vector
   T mn = big;
-  int64_t c = 0;
-  for (; c + W <= n; c += W) {
-    VD a0 = {}, a1 = {};
+  // Chunks of kV column vectors (the whole row at n = 64 in float32 on AVX-512): the rows
+  // inner, the chunk's vectors innermost, so each row is read and written in address
+  // order (as the plain pass) while the chunk's accumulators stay in registers.
+  auto chunk = [&](int64_t c0, auto nv) {
+    constexpr int64_t kV = decltype(nv)::value;
+    VD a0[kV] = {}, a1[kV] = {};
+    VT dm[kV] = {};
     if constexpr (kDb) {
-      std::memcpy(&a0, db_acc + c, sizeof a0);
-      if constexpr (sizeof(T) == 4) std::memcpy(&a1, db_acc + c + WD, sizeof a1);
-    }
-    VT dm = zero;
-    for (int64_t r = 0; r < rows; ++r) {
-      const VT gv = Vec<T>::load(g + r * n + c);
-      const VT dv = Vec<T>::load(d + r * n + c);
-      VT v = gv * vscale * dv;  // grad_times
-      if constexpr (kSelect) v = dv == zero ? zero : v;
-      Vec<T>::store(dz + r * n + c, v);
-      if constexpr (sizeof(T) == 4) {
-        const VD gd0 = half_to_f64<VD, 0>(gv), gd1 = half_to_f64<VD, W / 2>(gv);
-        rs0 += gd0 * gd0;
-        rs1 += gd1 * gd1;
-        if constexpr (kDb) {
-          a0 += half_to_f64<VD, 0>(v);
-          a1 += half_to_f64<VD, W / 2>(v);
-        }
-      } else {
-        rs0 += gv * gv;
-        if constexpr (kDb) a0 += v;
+      for (int64_t k = 0; k < kV; ++k) {
+        std::memcpy(&a0[k], db_acc + c0 + k * W, sizeof(VD));
+        if constexpr (sizeof(T) == 4) std::memcpy(&a1[k], db_acc + c0 + k * W + WD, sizeof(VD));
       }
-      const VT ag = (VT)((VI)gv & absmask);
-      vmin = ag < vmin ? ag : vmin;  // NaN left out
-      const VT ad = (VT)((VI)dv & absmask);
-      dm = ad > dm ? ad : dm;  // NaN left out
     }
-    if constexpr (kDb) {
-      std::memcpy(db_acc + c, &a0, sizeof a0);
-      if constexpr (sizeof(T) == 4) std::memcpy(db_acc + c + WD, &a1, sizeof a1);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t k = 0; k < kV; ++k) {
+        const int64_t o = r * n + c0 + k * W;
+        const VT gv = Vec<T>::load(g + o);
+        const VT dv = Vec<T>::load(d + o);
+        VT v = gv * vscale * dv;  // grad_times
+        if constexpr (kSelect) v = dv == zero ? zero : v;
+        Vec<T>::store(dz + o, v);
+        if constexpr (sizeof(T) == 4) {
+          const VD gd0 = half_to_f64<VD, 0>(gv), gd1 = half_to_f64<VD, W / 2>(gv);
+          rs0 += gd0 * gd0;
+          rs1 += gd1 * gd1;
+          if constexpr (kDb) {
+            a0[k] += half_to_f64<VD, 0>(v);
+            a1[k] += half_to_f64<VD, W / 2>(v);
+          }
+        } else {
+          rs0 += gv * gv;
+          if constexpr (kDb) a0[k] += v;
+        }
+        const VT ag = (VT)((VI)gv & absmask);
+        vmin = ag < vmin ? ag : vmin;  // NaN left out
+        const VT ad = (VT)((VI)dv & absmask);
+        dm[k] = ad > dm[k] ? ad : dm[k];  // NaN left out
+      }
     }
-    h->live[c / 64] |= lane_bits(dm > zero) << (c % 64);
-    h->unsat[c / 64] |= lane_bits(dm >= vthr) << (c % 64);
-  }
+    for (int64_t k = 0; k < kV; ++k) {
+      const int64_t ck = c0 + k * W;
+      if constexpr (kDb) {
+        std::memcpy(db_acc + ck, &a0[k], sizeof(VD));
+        if constexpr (sizeof(T) == 4) std::memcpy(db_acc + ck + WD, &a1[k], sizeof(VD));
+      }
+      h->live[ck / 64] |= lane_bits(dm[k] > zero) << (ck % 64);
+      h->unsat[ck / 64] |= lane_bits(dm[k] >= vthr) << (ck % 64);
+    }
+  };
+  int64_t c = 0;
+  for (; c + 4 * W <= n; c += 4 * W) chunk(c, std::integral_constant<int64_t, 4>{});
+  for (; c + W <= n; c += W) chunk(c, std::integral_constant<int64_t, 1>{});
   for (; c < n; ++c) {
     double a = kDb ? db_acc[c] : 0.0;
     T m = 0;

@@ -619,9 +619,9 @@ static inline uint64_t lane_bits(VI m) {
 
 // The RNN's backward step with the report (rnn.cpp): dz and db exactly as bwd_plain_rows
 // computes them (the same operations per element, each db's float64 sum in row order), sum
-// g^2 (float64, returned) and h's statistics. Columns outer, rows inner: a column vector's
-// db accumulators and |act'| maximum stay in registers over the block's rows (one load and
-// store per call, not per row), and the maximum is stored as two bits per unit (> 0, >=
+// g^2 (float64, returned) and h's statistics. Column chunks outer, rows inner: a chunk's
+// db accumulators and |act'| maxima stay in registers over the block's rows (one load and
+// store per call, not per row), and each maximum is stored as two bits per unit (> 0, >=
 // h->thr). The zero / subnormal test is a running min |g| per lane (one op per vector);
 // the exact counts come from a second pass over the block (in L1) only when that min is
 // below the smallest normal number (an underflowing gradient). bwd_plain_health's

@@ -34,6 +34,8 @@ namespace {
 // weight packed once per pass (see KernelTable::gemm_panels) while the packed matrix stays
 // cache-sized (H <= 512); above that, OpenBLAS on the plain matrix.
 inline bool panel_steps(int64_t H) { return recurrent::panel_steps(H, H); }
+// Steps per block of the report's per-step entries (after the time loop, in the region).
+constexpr int64_t kStepBlock = 256;
 // Prefetching the next step's rows pays on narrow hidden sizes only (measured).
 inline bool prefetch_pays(int64_t H) { return H <= 128 && H % 64 == 0; }
 // Touch the next step's rows (rows x H values at p) ahead of time: the time loop walks
@@ -67,8 +69,7 @@ template <class T>
 int64_t RnnChain<T>::workspace_values(int64_t steps, int64_t B) const {
   const int64_t I = cfg_.input_size, H = cfg_.hidden_size;
   const int64_t wp = H * detail::panel_round<T>(H);  // W_hh packed for any ISA's panels
-  const int64_t hd = steps * ceil_div(B, step_rows(B)) * H;  // the health report's |act'| maxima
-  return steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + wp + hd;
+  return steps * B * I + (steps + 1) * B * H * 2 + steps * B * H * 2 + H + wp;
 }
 
 template <class T>
@@ -81,8 +82,10 @@ int64_t RnnChain<T>::part_values(int64_t steps, int64_t B) const {
 template <class T>
 int64_t RnnChain<T>::blk_values(int64_t steps, int64_t B) const {
   const int64_t nrb = ceil_div(B, step_rows(B)), nrb_all = ceil_div(steps * B, kRowBlock);
-  // blk_, and the forensics' hcnt_ and fabs_ (4 per step and row block)
-  return (steps * nrb > nrb_all ? steps * nrb : nrb_all) + 4 * steps * nrb;
+  // blk_, and the forensics' hcnt_, fabs_ and hbits_ (3 doubles and 2 x ceil(H / 64)
+  // 8-byte words per step and row block)
+  return (steps * nrb > nrb_all ? steps * nrb : nrb_all) +
+         (3 + 2 * ceil_div(cfg_.hidden_size, 64)) * steps * nrb;
 }
 
 template <class T>
@@ -91,7 +94,8 @@ int64_t RnnChain<T>::pass_bytes(int64_t steps, int64_t B) const {
   const int64_t fresh = workspace_values(steps, B) * int64_t(sizeof(T)) +
                         (part_values(steps, B) + blk_values(steps, B)) * int64_t(sizeof(double));
   const int64_t held = ws_.size() * int64_t(sizeof(T)) +
-                       (part_.size() + int64_t(blk_.size() + hcnt_.size() + fabs_.size())) *
+                       (part_.size() + int64_t(blk_.size() + hcnt_.size() + fabs_.size() +
+                                               hbits_.size())) *
                            int64_t(sizeof(double));
   int64_t bytes = this->pass_bytes_for(steps, B, fresh, held, this->slot_for(steps, B),
                                        steps * B * H_ * 4);
@@ -114,10 +118,11 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   try {
     ws_ = Buffer<T>(total);
     part_ = Buffer<double>(part_values(steps, B));
-    const int64_t nrb = ceil_div(B, step_rows(B));
-    blk_.assign(size_t(blk_values(steps, B) - 4 * steps * nrb), 0.0);
-    hcnt_.assign(size_t(3 * steps * nrb), 0.0);
+    const int64_t nrb = ceil_div(B, step_rows(B)), words = ceil_div(H, 64);
+    blk_.assign(size_t(blk_values(steps, B) - (3 + 2 * words) * steps * nrb), 0.0);
+    hcnt_.assign(size_t(2 * steps * nrb), 0.0);
     fabs_.assign(size_t(steps * nrb), 0.0);
+    hbits_.assign(size_t(2 * words * steps * nrb), 0);
   } catch (const std::bad_alloc&) {
     this->plan_failed(steps, B,
                       double(total) * double(sizeof(T)) +
@@ -133,7 +138,7 @@ void RnnChain<T>::plan(int64_t steps, int64_t B) {
   bias_ = ws.take(H);
   WT_ = ws.take(wp);
   nrb_ = ceil_div(B, step_rows(B));
-  HD_ = ws.take(steps * nrb_ * H);
+  hwords_ = ceil_div(H, 64);
   pack_slot_ = this->slot_for(steps, B);
   T_ = steps;
   B_ = B;
@@ -285,10 +290,17 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   const bool readout = K > 0 && grad_ys != nullptr;
   double* part = part_.data();
   const bool health = report && forensics;
-  if (health) std::fill(hcnt_.begin(), hcnt_.end(), 0.0);
   stop_ = cancel_flag();  // cancelled: as in forward, then the report is not computed
   RnnReport rep;
   rep.timestep.assign(size_t(steps), 0.0);
+  if (health) {  // filled by step_entries inside the region
+    for (auto* v : {&rep.dead, &rep.saturated, &rep.zeros, &rep.subnormals, &rep.mean_abs})
+      v->assign(size_t(steps), 0.0);
+  }
+  // the saturation threshold in T, rounded up: max >= thr_t in T iff double(max) >= thr
+  T thr_t = T(health_threshold);
+  if (thr_t == thr_t && double(thr_t) < health_threshold)
+    thr_t = std::nextafter(thr_t, std::numeric_limits<T>::infinity());
   // dW_ih, dW_hh as the sum of the examples' own gradients (per_example_rnn.cpp) on the
   // shapes where that is about as fast as the merged GEMMs, per_example or not (the same
   // bits either way; per_example then only adds their norms)
@@ -328,20 +340,29 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
         }
         const size_t hb = size_t((t - 1) * nrb_ + rb);
         if (health) {  // the step's health statistics in the same sweep
-          GradHealth<T> h;
-          h.dmax = HD_ + int64_t(hb) * H;
-          std::fill(h.dmax, h.dmax + H, T(0));
-          blk_[hb] = Kt.bwd_plain_health(G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1),
-                                         select, dzt, db, rows, H, &h);
-          hcnt_[3 * hb] = h.zeros;
-          hcnt_[3 * hb + 1] = h.subnormals;
-          hcnt_[3 * hb + 2] = h.dz_check;
+          StepHealth<T> h;
+          h.live = hbits_.data() + 2 * int64_t(hb) * hwords_;
+          h.unsat = h.live + hwords_;
+          h.thr = thr_t;
+          blk_[hb] = Kt.bwd_step_health(G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1),
+                                        select, dzt, db, rows, H, &h);
+          hcnt_[2 * hb] = h.zeros;
+          hcnt_[2 * hb + 1] = h.subnormals;
         } else {
           blk_[hb] = Kt.bwd_plain(G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1),
                                   select, report, dzt, db, rows, H);
         }
         step_gemm(Kt, rows, H, dzt, Wp, G_ + (t - 1) * BH + r0 * H);
       }
+    }
+    // the report's per-step entries, over fixed blocks of steps (the loop above ended in a
+    // barrier: every row block of every step is done; dL/dh_t for t >= 1 is final)
+    if (report) {
+      const int64_t nsb = ceil_div(steps, kStepBlock);
+#pragma omp for schedule(static) nowait
+      for (int64_t sb = 0; sb < nsb; ++sb)
+        if (!stopping())
+          step_entries(rep, sb * kStepBlock, std::min(steps, (sb + 1) * kStepBlock), health);
     }
 
     // Merged over all T*B rows: dW_ih = dz^T x, dW_hh = dz^T h_{t-1}, dx = dz W_ih (fused:
@@ -394,12 +415,11 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
     if (dh0) std::memcpy(dh0, G_, size_t(BH) * sizeof(T));
     return rep;
   }
-  for (int64_t t = steps; t >= 1; --t) {
-    double ss = 0.0;
-    for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t((t - 1) * nrb_ + rb)];
-    const double nrm = norm_from_sumsq(G_ + t * BH, BH, ss);
-    rep.timestep[size_t(t - 1)] = nrm;
-    if (rep.first_nonfinite < 0 && has_nonfinite(ss, nrm)) rep.first_nonfinite = int(t);
+  for (int64_t t = steps; t >= 1; --t) {  // a non-finite norm is that of a non-finite sum
+    if (!std::isfinite(rep.timestep[size_t(t - 1)])) {
+      rep.first_nonfinite = int(t);
+      break;
+    }
   }
   rep.h0 = tensor_norm(G_, BH);
   rep.weight_ih = norm_from_sumsq(grads + w_ih_, H * I, ss_w_ih);
@@ -415,7 +435,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   this->finish_global_norm(rep);
   rep.forward_first_nonfinite = fwd_nonfinite_;
   rep.forward_stage = fwd_nonfinite_ > 0 ? fwd_stage_ : NonfiniteStage::None;
-  if (health) fill_health(rep);
+  if (health) backward_origin(rep);
   if (dh0) std::memcpy(dh0, G_, size_t(BH) * sizeof(T));
   return rep;
 }
@@ -439,42 +459,55 @@ NonfiniteStage RnnChain<T>::diagnose_forward(int64_t t) {
 }
 
 template <class T>
-void RnnChain<T>::fill_health(RnnReport& rep) {
-  const int64_t steps = T_, B = B_, H = cfg_.hidden_size;
-  rep.dead.assign(size_t(steps), 0.0);
-  rep.saturated.assign(size_t(steps), 0.0);
-  rep.zeros.assign(size_t(steps), 0.0);
-  rep.subnormals.assign(size_t(steps), 0.0);
-  rep.mean_abs.assign(size_t(steps), 0.0);
+void RnnChain<T>::step_entries(RnnReport& rep, int64_t t0, int64_t t1, bool health) const {
+  const int64_t B = B_, H = cfg_.hidden_size, BH = B * H, words = hwords_;
   const double thr = health_threshold;
   const double numel = double(B) * double(H);
-  for (int64_t t = 1; t <= steps; ++t) {
+  for (int64_t t = t0 + 1; t <= t1; ++t) {
     const int64_t base = (t - 1) * nrb_;
-    int64_t dead = 0, sat = 0;
-    dead_saturated(HD_ + base * H, nrb_, H, thr, dead, sat);
+    double ss = 0.0;
+    for (int64_t rb = 0; rb < nrb_; ++rb) ss += blk_[size_t(base + rb)];
+    rep.timestep[size_t(t - 1)] = norm_from_sumsq(G_ + t * BH, BH, ss);
+    if (!health) continue;
+    // a unit is dead when no row block has it live, saturated when none has it unsaturated
+    int64_t live = 0, unsat = 0;
+    for (int64_t w = 0; w < words; ++w) {
+      uint64_t lv = 0, us = 0;
+      for (int64_t rb = 0; rb < nrb_; ++rb) {
+        const uint64_t* b = hbits_.data() + 2 * (base + rb) * words;
+        lv |= b[w];
+        us |= b[words + w];
+      }
+      live += __builtin_popcountll(lv);
+      unsat += __builtin_popcountll(us);
+    }
     double z = 0.0, sub = 0.0, a = 0.0;
     for (int64_t rb = 0; rb < nrb_; ++rb) {
-      z += hcnt_[size_t(3 * (base + rb))];
-      sub += hcnt_[size_t(3 * (base + rb) + 1)];
+      z += hcnt_[size_t(2 * (base + rb))];
+      sub += hcnt_[size_t(2 * (base + rb) + 1)];
       a += fabs_[size_t(base + rb)];
     }
-    rep.dead[size_t(t - 1)] = double(dead) / double(H);
+    rep.dead[size_t(t - 1)] = double(H - live) / double(H);
     rep.saturated[size_t(t - 1)] =
-        thr == thr ? double(sat) / double(H) : std::numeric_limits<double>::quiet_NaN();
+        thr == thr ? double(H - unsat) / double(H) : std::numeric_limits<double>::quiet_NaN();
     rep.zeros[size_t(t - 1)] = z / numel;
     rep.subnormals[size_t(t - 1)] = sub / numel;
     rep.mean_abs[size_t(t - 1)] = a / numel;
   }
+}
+
+template <class T>
+void RnnChain<T>::backward_origin(RnnReport& rep) const {
   // where a NaN/Inf of the backward was born: dL/dh_t gets dz_{t+1} W_hh (and the readout's
-  // and direct gradients); born at t when dL/dh_{t+1} was finite
+  // and direct gradients); born at t when dL/dh_{t+1} was finite: in the activation's
+  // backward when dz_{t+1} = dL/dh_{t+1} * act' already holds one (a finite product
+  // otherwise). Only here is dz reread (the time loop takes no check of it).
   const int t = rep.first_nonfinite;
   if (t >= 1 && fwd_nonfinite_ < 0) {
     rep.backward_stage = NonfiniteStage::Product;
-    if (t < steps) {
-      double chk = 0.0;
-      for (int64_t rb = 0; rb < nrb_; ++rb) chk += hcnt_[size_t(3 * (t * nrb_ + rb) + 2)];
-      if (chk != chk) rep.backward_stage = NonfiniteStage::ActivationBackward;
-    }
+    const int64_t BH = B_ * cfg_.hidden_size;
+    if (t < T_ && any_nonfinite(DZ_ + int64_t(t) * BH, BH))
+      rep.backward_stage = NonfiniteStage::ActivationBackward;
   }
 }
 

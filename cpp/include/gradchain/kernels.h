@@ -60,6 +60,20 @@ struct GradHealth {
   double dz_check = 0;    // sum(dz * 0): NaN when dz holds NaN/Inf
 };
 
+// The RNN's health statistics of one block of rows of one step (bwd_step_health): per unit
+// (column) c, bit c % 64 of word c / 64 of `live` is set when max |act'| over the rows is
+// > 0 and of `unsat` when it is >= thr (both assigned, ceil(n / 64) words each; a NaN
+// act' is left out of the maximum), and the zero / subnormal counts of g (added to). thr
+// is the double threshold rounded up to T: max >= thr in T exactly when double(max) >= the
+// double threshold.
+template <class T>
+struct StepHealth {
+  uint64_t* live = nullptr;
+  uint64_t* unsat = nullptr;
+  T thr = 0;
+  double zeros = 0, subnormals = 0;
+};
+
 // The gated cells' health statistics of one block of rows of one step (gates-inl.h), each
 // entry added to; a null GateHealth skips them. Forward: umax (H) the per-unit maximum over
 // the rows of the unit's largest normalised gate derivative max_k d_k / sup d_k (sigmoid'
@@ -121,6 +135,11 @@ struct KernelTable {
   // check. Returns sum(g^2).
   double (*bwd_plain_health)(const T* g, const T* d, T scale, bool select, T* dz,
                              double* db_acc, int64_t rows, int64_t n, GradHealth<T>* h);
+  // The RNN's backward step with the report: bwd_plain (report on) and h's statistics in
+  // one sweep (dz's non-finite check is not taken: rnn.cpp rereads dz where it needs it).
+  // Returns sum(g^2).
+  double (*bwd_step_health)(const T* g, const T* d, T scale, bool select, T* dz,
+                            double* db_acc, int64_t rows, int64_t n, StepHealth<T>* h);
   // The same statistics as a pass of its own (layer norm's backward, dL/dx): each of g (its
   // counts), d (h->dmax) and dz (its check) may be null, then skipped.
   void (*grad_health)(const T* g, const T* d, const T* dz, int64_t rows, int64_t n,

@@ -82,7 +82,12 @@ class RnnChain : public RecurrentChain<T> {
   int64_t blk_values(int64_t steps, int64_t B) const;        // doubles in blk_
   void custom_steps();
   NonfiniteStage diagnose_forward(int64_t t);  // t = 1..T (T+1: the readout)
-  void fill_health(RnnReport& rep);
+  // The report's per-step entries of steps t0 < t <= t1 (inside the backward's region,
+  // each step's from its own row blocks: the same bits for any thread count): the norm
+  // ||dL/dh_t|| and, with health, the step's health fractions.
+  void step_entries(RnnReport& rep, int64_t t0, int64_t t1, bool health) const;
+  // After the region: where a backward NaN/Inf was born.
+  void backward_origin(RnnReport& rep) const;
 
   RnnConfig cfg_;
 
@@ -96,10 +101,12 @@ class RnnChain : public RecurrentChain<T> {
                        // path), refreshed by every pass
   std::vector<double> blk_;  // per (step, row block): sums of squares / non-finite checks
   NonfiniteStage fwd_stage_ = NonfiniteStage::None;
-  // forensics (plan): HD_ (in ws_) T x nrb x H column maxima of |act'|; hcnt_ T x nrb x 3
-  // (zeros and subnormals of dL/dh_t, dz_t's check); fabs_ T x nrb sums |h_t|
-  T* HD_ = nullptr;
+  // forensics (plan): hbits_ T x nrb x 2 x ceil(H / 64) words, the units' bits (live:
+  // max |act'| > 0, unsaturated: >= the threshold, StepHealth) per step and row block;
+  // hcnt_ T x nrb x 2 (zeros and subnormals of dL/dh_t); fabs_ T x nrb sums |h_t|
+  std::vector<uint64_t> hbits_;
   std::vector<double> hcnt_, fabs_;
+  int64_t hwords_ = 0;  // ceil(H / 64)
 };
 
 }  // namespace gradchain

@@ -726,6 +726,148 @@ static void grad_health(const T* g, const T* d, const T* dz, int64_t rows, int64
   }
 }
 
+// The lanes of a compare's mask (-1 / 0 per lane) as bits, lane j at bit j.
+template <class VI>
+static inline uint64_t lane_bits(VI m) {
+  constexpr int64_t W = int64_t(sizeof(VI) / sizeof(m[0]));
+#if GC_VBYTES == 64 && defined(__AVX512DQ__)
+  if constexpr (W == 16) return uint64_t(_mm512_movepi32_mask((__m512i)m));
+  else return uint64_t(_mm512_movepi64_mask((__m512i)m));
+#elif GC_VBYTES == 32 && defined(__AVX__)
+  if constexpr (W == 8) return uint64_t(unsigned(_mm256_movemask_ps((__m256)m)));
+  else return uint64_t(unsigned(_mm256_movemask_pd((__m256d)m)));
+#elif GC_VBYTES == 16 && defined(__SSE2__)
+  if constexpr (W == 4) return uint64_t(unsigned(_mm_movemask_ps((__m128)m)));
+  else return uint64_t(unsigned(_mm_movemask_pd((__m128d)m)));
+#else
+  uint64_t b = 0;
+  for (int64_t j = 0; j < W; ++j) b |= uint64_t(m[j] != 0) << j;
+  return b;
+#endif
+}
+
+// The RNN's backward step with the report (rnn.cpp): dz and db exactly as bwd_plain_rows
+// computes them (the same operations per element, each db's float64 sum in row order), sum
+// g^2 (float64, returned) and h's statistics. Column chunks outer, rows inner: a chunk's
+// db accumulators and |act'| maxima stay in registers over the block's rows (one load and
+// store per call, not per row), and each maximum is stored as two bits per unit (> 0, >=
+// h->thr). The zero / subnormal test is a running min |g| per lane (one op per vector);
+// the exact counts come from a second pass over the block (in L1) only when that min is
+// below the smallest normal number (an underflowing gradient). bwd_plain_health's
+// sweep, two compares and counts, a max read and written per row and sum(dz * 0) per
+// vector, was 30 instructions per 16 floats against the plain pass's dozen.
+template <class T, bool kDb, bool kSelect>
+static double bwd_step_health_rows(const T* g, const T* d, const T scale, T* dz,
+                                   double* db_acc, int64_t rows, int64_t n, StepHealth<T>* h) {
+  typedef double VD __attribute__((vector_size(GC_VBYTES)));
+  typedef typename Vec<T>::V VT;
+  typedef decltype(VT{} < VT{}) VI;
+  constexpr int64_t W = Vec<T>::W;
+  constexpr int64_t WD = GC_VBYTES / int64_t(sizeof(double));
+  const VT vscale = Vec<T>::splat(scale);
+  const VT vthr = Vec<T>::splat(h->thr);
+  const VI absmask = ~(VI)Vec<T>::splat(T(-0.0));  // every bit but the sign
+  const VT zero = {};
+  const T tiny = tiny_of<T>();
+  const T big = std::numeric_limits<T>::infinity();
+  const int64_t words = (n + 63) / 64;
+  for (int64_t w = 0; w < words; ++w) h->live[w] = h->unsat[w] = 0;
+  VD rs0 = {}, rs1 = {};
+  VT vmin = Vec<T>::splat(big);
+  double ss = 0.0;  // the columns after the last full vector
+  T mn = big;
+  // Chunks of kV column vectors (the whole row at n = 64 in float32 on AVX-512): the rows
+  // inner, the chunk's vectors innermost, so each row is read and written in address
+  // order (as the plain pass) while the chunk's accumulators stay in registers.
+  auto chunk = [&](int64_t c0, auto nv) {
+    constexpr int64_t kV = decltype(nv)::value;
+    VD a0[kV] = {}, a1[kV] = {};
+    VT dm[kV] = {};
+    if constexpr (kDb) {
+      for (int64_t k = 0; k < kV; ++k) {
+        std::memcpy(&a0[k], db_acc + c0 + k * W, sizeof(VD));
+        if constexpr (sizeof(T) == 4) std::memcpy(&a1[k], db_acc + c0 + k * W + WD, sizeof(VD));
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t k = 0; k < kV; ++k) {
+        const int64_t o = r * n + c0 + k * W;
+        const VT gv = Vec<T>::load(g + o);
+        const VT dv = Vec<T>::load(d + o);
+        VT v = gv * vscale * dv;  // grad_times
+        if constexpr (kSelect) v = dv == zero ? zero : v;
+        Vec<T>::store(dz + o, v);
+        if constexpr (sizeof(T) == 4) {
+          const VD gd0 = half_to_f64<VD, 0>(gv), gd1 = half_to_f64<VD, W / 2>(gv);
+          rs0 += gd0 * gd0;
+          rs1 += gd1 * gd1;
+          if constexpr (kDb) {
+            a0[k] += half_to_f64<VD, 0>(v);
+            a1[k] += half_to_f64<VD, W / 2>(v);
+          }
+        } else {
+          rs0 += gv * gv;
+          if constexpr (kDb) a0[k] += v;
+        }
+        const VT ag = (VT)((VI)gv & absmask);
+        vmin = ag < vmin ? ag : vmin;  // NaN left out
+        const VT ad = (VT)((VI)dv & absmask);
+        dm[k] = ad > dm[k] ? ad : dm[k];  // NaN left out
+      }
+    }
+    for (int64_t k = 0; k < kV; ++k) {
+      const int64_t ck = c0 + k * W;
+      if constexpr (kDb) {
+        std::memcpy(db_acc + ck, &a0[k], sizeof(VD));
+        if constexpr (sizeof(T) == 4) std::memcpy(db_acc + ck + WD, &a1[k], sizeof(VD));
+      }
+      h->live[ck / 64] |= lane_bits(dm[k] > zero) << (ck % 64);
+      h->unsat[ck / 64] |= lane_bits(dm[k] >= vthr) << (ck % 64);
+    }
+  };
+  int64_t c = 0;
+  for (; c + 4 * W <= n; c += 4 * W) chunk(c, std::integral_constant<int64_t, 4>{});
+  for (; c + W <= n; c += W) chunk(c, std::integral_constant<int64_t, 1>{});
+  for (; c < n; ++c) {
+    double a = kDb ? db_acc[c] : 0.0;
+    T m = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T gv = g[r * n + c];
+      const T dv = d[r * n + c];
+      const T v = grad_times<T, kSelect>(gv, scale, dv);
+      dz[r * n + c] = v;
+      if constexpr (kDb) a += double(v);
+      ss += double(gv) * double(gv);
+      const T ag = std::abs(gv), ad = std::abs(dv);
+      mn = ag < mn ? ag : mn;
+      m = ad > m ? ad : m;
+    }
+    if constexpr (kDb) db_acc[c] = a;
+    h->live[c / 64] |= uint64_t(m > T(0)) << (c % 64);
+    h->unsat[c / 64] |= uint64_t(m >= h->thr) << (c % 64);
+  }
+  const VD rs = rs0 + rs1;
+  for (int64_t j = 0; j < WD; ++j) ss += rs[j];
+  for (int64_t j = 0; j < W; ++j) mn = vmin[j] < mn ? vmin[j] : mn;
+  if (mn < tiny) {  // an entry is 0 or subnormal: count them exactly
+    GradHealth<T> gh;
+    grad_health<T>(g, nullptr, nullptr, rows, n, &gh);
+    h->zeros += gh.zeros;
+    h->subnormals += gh.subnormals;
+  }
+  return ss;
+}
+
+template <class T>
+static double bwd_step_health(const T* g, const T* d, T scale, bool select, T* dz,
+                              double* db_acc, int64_t rows, int64_t n, StepHealth<T>* h) {
+  if (db_acc)
+    return select ? bwd_step_health_rows<T, true, true>(g, d, scale, dz, db_acc, rows, n, h)
+                  : bwd_step_health_rows<T, true, false>(g, d, scale, dz, db_acc, rows, n, h);
+  return select ? bwd_step_health_rows<T, false, true>(g, d, scale, dz, db_acc, rows, n, h)
+                : bwd_step_health_rows<T, false, false>(g, d, scale, dz, db_acc, rows, n, h);
+}
+
 template <class T>
 static void row_sumsq(const T* x, int64_t rows, int64_t n, double* out) {
   for (int64_t r = 0; r < rows; ++r) {

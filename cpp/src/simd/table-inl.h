@@ -35,6 +35,7 @@ static constexpr KernelTable<T> build_table() {
   t.bwd_layernorm = &bwd_layernorm<T>;
   t.bwd_plain_health = &bwd_plain_health<T>;
   t.grad_health = &grad_health<T>;
+  t.bwd_step_health = &bwd_step_health<T>;
   t.row_sumsq = &row_sumsq<T>;
   t.ln_example_ss = &ln_example_ss<T>;
   // gated cells

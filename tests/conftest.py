@@ -100,6 +100,36 @@ def assert_dp_sgd_clipping(m: gc.Model, x: np.ndarray, t: np.ndarray) -> float:
     return C
 
 
+def grads_by_threads_and_per_example(m: gc.Model, x: np.ndarray, gh, gy) -> dict:
+    """A recurrent model's gradients for threads 1 and 2 and per_example False / True:
+    {(threads, per_example): [assigned, accumulated once more]}, each {name: array}; the
+    thread setting restored."""
+    old = gc.get_num_threads()
+    got: dict[tuple[int, bool], list[dict[str, np.ndarray]]] = {}
+    try:
+        for n in (1, 2):
+            gc.set_num_threads(n)
+            m.forward(x)
+            for pe in (False, True):
+                m.backward(gh, gy, per_example=pe)
+                assigned = {k: v.copy() for k, v in m.named_grads()}
+                m.backward(gh, gy, accumulate=True, per_example=pe)
+                got[n, pe] = [assigned, {k: v.copy() for k, v in m.named_grads()}]
+    finally:
+        gc.set_num_threads(old)
+    return got
+
+
+def assert_same_bits_everywhere(got: dict) -> None:
+    """Every entry of grads_by_threads_and_per_example's result bitwise equal to threads 1,
+    per_example False."""
+    base = got[1, False]
+    for key, g in got.items():
+        for j in (0, 1):
+            for k, v in g[j].items():
+                np.testing.assert_array_equal(v, base[j][k], err_msg=f"{k} {key} {j}")
+
+
 @pytest.fixture
 def restore_threads():
     n = gc.get_num_threads()

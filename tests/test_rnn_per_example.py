@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 import gradchain as gc
-from conftest import assert_dp_sgd_clipping, ref
+from conftest import (
+    assert_dp_sgd_clipping,
+    assert_same_bits_everywhere,
+    grads_by_threads_and_per_example,
+    ref,
+)
 
 PATHS = (1, 2)  # the core's Gram path and its per-example-gradient path
 
@@ -330,24 +335,8 @@ def test_per_example_leaves_the_gradients_bitwise_unchanged(dtype, shape, path):
     x = rng.normal(size=(T, B, I_)).astype(dtype)
     gy = (rng.normal(size=(T, B, 2)) / B).astype(dtype)
     gh = (rng.normal(size=(T, B, H)) / B).astype(dtype)
-    old = gc.get_num_threads()
-    got: dict[tuple[int, bool], list[dict[str, np.ndarray]]] = {}
-    try:
-        for n in (1, 2):
-            gc.set_num_threads(n)
-            m.forward(x)
-            for pe in (False, True):
-                m.backward(gh, gy, per_example=pe)
-                assigned = {k: v.copy() for k, v in m.named_grads()}
-                m.backward(gh, gy, accumulate=True, per_example=pe)
-                got[n, pe] = [assigned, {k: v.copy() for k, v in m.named_grads()}]
-    finally:
-        gc.set_num_threads(old)
-    base = got[1, False]
-    for key, g in got.items():
-        for j in (0, 1):
-            for k, v in g[j].items():
-                np.testing.assert_array_equal(v, base[j][k], err_msg=f"{k} {key} {j}")
+    got = grads_by_threads_and_per_example(m, x, gh, gy)
+    assert_same_bits_everywhere(got)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -95,8 +95,11 @@ inline void gemm_block(const GemmSplit& s, int64_t blk, bool ta, bool tb, int64_
       T* Cb = s.along_m ? C + o * ldc : C + o;
       T* pk = ps.base + int64_t(thread_num()) * ps.slot;
       Kt.pack_panels(K, n, Bb, ldb, tb, pk);
-      Kt.gemm_panels(m, n, K, Ab, ta ? 1 : lda, ta ? lda : 1, pk, Cb, ldc, beta != T(0));
-      if (ss) *ss = gemm_block_sumsq(Kt, s, blk, M, N, C, ldc);
+      if (ss)
+        *ss = Kt.gemm_panels_ss(m, n, K, Ab, ta ? 1 : lda, ta ? lda : 1, pk, Cb, ldc,
+                                beta != T(0));
+      else
+        Kt.gemm_panels(m, n, K, Ab, ta ? 1 : lda, ta ? lda : 1, pk, Cb, ldc, beta != T(0));
       return;
     }
   }

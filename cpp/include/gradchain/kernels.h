@@ -188,6 +188,9 @@ struct KernelTable {
   // A[i, k] is A[i * ars + k * acs]; accumulate: C += ..., else C = ...
   void (*gemm_panels)(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs,
                       const T* Bp, T* C, int64_t ldc, bool accumulate);
+  // gemm_panels, returning the float64 sum of squares of C as stored (panel strip by strip)
+  double (*gemm_panels_ss)(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars,
+                           int64_t acs, const T* Bp, T* C, int64_t ldc, bool accumulate);
 
   // --- reductions and gradient edits -----------------------------------------
   double (*sumsq)(const T* x, int64_t n);          // sum(x^2) in float64

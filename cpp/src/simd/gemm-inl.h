@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "math-inl.h"
+#include "reductions-inl.h"  // sumsq_rows (gemm_panels_ss)
 
 namespace gradchain {
 namespace GC_ISA_NS {
@@ -169,6 +170,23 @@ static void gemm_panels(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars
     if (i < m)
       panel_tile<T, 1>(K, A + i * ars, ars, acs, bp, c + i * ldc, ldc, nr, accumulate);
   }
+}
+
+// gemm_panels, returning the float64 sum of squares of C as stored (the report's ||dW||
+// of the block): each panel's strip of C (m x NR) is summed right after its last tile was
+// stored, while it is still in L1 / L2, instead of in a pass over the whole block after
+// the product.
+template <class T>
+static double gemm_panels_ss(int64_t m, int64_t N, int64_t K, const T* A, int64_t ars,
+                             int64_t acs, const T* Bp, T* C, int64_t ldc, bool accumulate) {
+  constexpr int64_t NR = 2 * Vec<T>::W;
+  double s = 0.0;
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    const int64_t nr = (N - j0 < NR) ? N - j0 : NR;
+    gemm_panels<T>(m, nr, K, A, ars, acs, Bp + j0 * K, C + j0, ldc, accumulate);
+    s += sumsq_rows<T>(C + j0, ldc, m, nr);
+  }
+  return s;
 }
 
 }  // namespace GC_ISA_NS

@@ -46,6 +46,7 @@ static constexpr KernelTable<T> build_table() {
   // panel GEMM
   t.pack_panels = &pack_panels<T>;
   t.gemm_panels = &gemm_panels<T>;
+  t.gemm_panels_ss = &gemm_panels_ss<T>;
   // reductions and gradient edits
   t.sumsq = &sumsq<T>;
   t.sumsq_rows = &sumsq_rows<T>;

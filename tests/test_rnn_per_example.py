@@ -373,3 +373,61 @@ def test_fused_weight_gradients_equal_the_merged_products_and_the_reference(dtyp
                                                  gy.astype(np.float64))
     np.testing.assert_allclose(out[0][1].per_example_grad_norms, norms,
                                rtol=1e-11 if dtype == np.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "rnn", "lstm", "gru"])
+def test_clip_per_example_reruns_the_upstream_gradient_as_it_was_passed(kind):
+    """The kept upstream gradient is a copy of the caller's array (writing to the array
+    after backward changes nothing), its buffer reused from one backward to the next (no
+    new pages per pass: base.kept_upstream), and a gradient validation already copied is
+    kept as it is."""
+    rng = np.random.default_rng(3)
+    T, B = 4, 6
+    if kind == "mlp":
+        def make():
+            return gc.MLP([3, 5, 2], dtype=np.float64, seed=1)
+        x, g = rng.normal(size=(B, 3)), rng.normal(size=(B, 2))
+
+        def back(m, grad):
+            return m.backward(grad)
+        kept = ("_last_gy",)
+    else:
+        cls = {"rnn": gc.RNN, "lstm": gc.LSTM, "gru": gc.GRU}[kind]
+
+        def make():
+            return cls(3, 5, dtype=np.float64, seed=1)
+        x, g = rng.normal(size=(T, B, 3)), rng.normal(size=(T, B, 5))
+
+        def back(m, grad):
+            return m.backward(grad_hs=grad)
+        kept = ("_last_grads", 0)
+
+    def kept_array(m):
+        a = getattr(m, kept[0])
+        return a if len(kept) == 1 else a[kept[1]]
+
+    ref = make()
+    ref.forward(x)
+    back(ref, g)
+    want = gc.clip_per_example(ref, 0.5)
+    want_grads = [np.array(v) for _, v in ref.named_grads()]
+
+    m = make()
+    m.forward(x)
+    user = g.copy()
+    back(m, user)
+    first = kept_array(m)
+    assert first is not user and not np.shares_memory(first, user)
+    m.forward(x)
+    back(m, user)
+    assert kept_array(m) is first  # the copy's buffer is reused
+    user *= 100.0  # the caller writes to its array after backward
+    np.testing.assert_array_equal(gc.clip_per_example(m, 0.5), want)
+    for (_, v), w in zip(m.named_grads(), want_grads, strict=True):
+        np.testing.assert_array_equal(v, w)
+
+    # a list: validation made the array, nobody else holds it, so it is kept as it is
+    m.forward(x)
+    back(m, g.tolist())
+    assert kept_array(m) is not first
+    np.testing.assert_array_equal(kept_array(m), g)

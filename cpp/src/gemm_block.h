@@ -77,9 +77,11 @@ inline bool takes_panel(int64_t K, int64_t N) {
 // C (M x N) = op(A) op(B) + beta C (beta 0 or 1), for block `blk` of the split `s`: on
 // gradchain's panel kernel when the block qualifies and `ps` has room, else OpenBLAS.
 // With ss, *ss = the float64 sum of squares of the block of C as stored (the report's
-// ||dW||), in a pass over the block right after it was written (in L2 for panel blocks).
-// Taking it in the tile's store instead was measured 10% slower in mlp-tanh's backward
-// (1 thread, 8 alternating rounds): the tile's own loop got slower.
+// ||dW||): on the panel kernel strip by strip (gemm_panels_ss: each m x NR strip right
+// after its last tile, mostly from L1; mlp-tanh at 2 threads, the report's cost went from
+// +5 % to +2 %), on OpenBLAS in a pass over the block right after it. Taking it in the
+// tile's store instead was measured 10% slower in mlp-tanh's backward (1 thread, 8
+// alternating rounds): the tile's own loop got slower.
 template <class T>
 inline void gemm_block(const GemmSplit& s, int64_t blk, bool ta, bool tb, int64_t M, int64_t N,
                        int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,

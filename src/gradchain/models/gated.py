@@ -237,11 +237,13 @@ class _Gated(_Recurrent):
         want = check_bool(report, "report")
         acc = check_bool(accumulate, "accumulate")
         pe = self._check_per_example(per_example, want)
-        return self._backward(gh, gy, acc, want, T, B, pe)
+        return self._backward(gh, gy, acc, want, T, B, pe, sources=(grad_hs, grad_ys))
 
     def _backward(self, gh: Any, gy: Any, acc: bool, want: bool, T: int, B: int,
-                  pe: bool = False, loss_stage: str | None = None
-                  ) -> GatedGradReport | None:
+                  pe: bool = False, loss_stage: str | None = None,
+                  sources: tuple[Any, Any] = (None, None)) -> GatedGradReport | None:
+        """The core's backward from validated time-major upstream gradients; ``sources``:
+        what the caller passed (None: the model's own, e.g. a loss's gradient)."""
         require((T * B * self.input_size + 2 * B * self.hidden_size) * self.dtype.itemsize
                 + (self._example_bytes(T, B) if pe else 0),
                 lambda: f"backward: dL/dx and dL/dh0 of {self._describe()} over T={T}, "
@@ -251,7 +253,7 @@ class _Gated(_Recurrent):
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
         self._c0_grad = dc0
-        self._keep_grads(gh, gy, acc)
+        self._keep_grads(gh, gy, acc, sources)
         if not want:
             self._nonfinite_origin = None
             return None

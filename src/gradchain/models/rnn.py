@@ -309,7 +309,7 @@ class RNN(_Recurrent):
         d, dx, dh0 = self._compute("backward", self._core.backward, gh, gy, acc, want, pe)
         self._input_grad = self._user_major(dx)
         self._h0_grad = dh0
-        self._keep_grads(gh, gy, acc)
+        self._keep_grads(gh, gy, acc, (grad_hs, grad_ys))
         if not want:
             self._nonfinite_origin = None
             return None

@@ -303,7 +303,9 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
   const bool fused = rnn_example_fuses(this->example_path, steps, B, I, H, G_);
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
-  this->load_grad_hs(grad_hs, G_t_);
+  // Without a readout, G[t] for t < T is loaded step by step in the loop below.
+  const bool by_step = this->stepwise_grad_hs(grad_hs);
+  this->load_grad_hs(grad_hs, G_t_, by_step);
   // op(B) = W_hh (G*H x H) for G_{t-1} += dz_t W_hh: packed once for all steps
   const bool panel = panel_steps(GH, H);
   const T* Wp = W_hh;
@@ -332,6 +334,7 @@ GatedReport GatedChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T
         T* gp = G_t_ + (t - 1) * BH + r0 * H;
         double* ss = bss_.data() + ((t - 1) * nrb_ + rb) * 2;
         GateHealth<T> hl;  // the zero / subnormal counts of dL/dh_t, dL/dc_t (health)
+        if (by_step && t > 1) this->load_grad_rows(grad_hs, G_t_, t - 1, r0, rows);
         if (is_lstm) {
           const bool next = t < steps;
           Kt.lstm_bwd(gt, A_ + og, CS_ + o1, TC_ + o1, next ? DC_ + o1 + BH : nullptr,

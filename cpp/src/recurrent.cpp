@@ -102,9 +102,11 @@ void RecurrentChain<T>::load_inputs(const T* x, const T* h0, int64_t steps, int6
 }
 
 template <class T>
-void RecurrentChain<T>::load_grad_hs(const T* grad_hs, T* G) const {
+void RecurrentChain<T>::load_grad_hs(const T* grad_hs, T* G, bool by_step) const {
   const int64_t BH = B_ * H_, TBH = T_ * BH;
-  if (grad_hs)
+  if (grad_hs && by_step)  // the last step's; the others in the backward's loop
+    std::memcpy(G + TBH, grad_hs + TBH - BH, size_t(BH) * sizeof(T));
+  else if (grad_hs)
     std::memcpy(G + BH, grad_hs, size_t(TBH) * sizeof(T));
   else
     std::memset(G + BH, 0, size_t(TBH) * sizeof(T));

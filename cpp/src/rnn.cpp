@@ -308,7 +308,9 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
   double ss_w_ih = 0, ss_w_hh = 0, ss_w_out = 0, ss_b = 0, ss_b_out = 0;
 
   // G[1..T] = grad_hs (direct gradients), G[0] = 0; the readout adds grad_ys W_out below.
-  this->load_grad_hs(grad_hs, G_);
+  // Without a readout, G[t] for t < T is loaded step by step in the loop below.
+  const bool by_step = this->stepwise_grad_hs(grad_hs);
+  this->load_grad_hs(grad_hs, G_, by_step);
   // op(B) = W_hh for G_{t-1} += dz_t W_hh: packed once for all steps (the buffer held
   // W_hh^T for the forward steps; the next forward packs it again)
   const T* Wp = W_hh;
@@ -335,7 +337,10 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
         T* dzt = DZ_ + (t - 1) * BH + r0 * H;
         if (pf && t > 1) {  // step t-1's act' (read), dL/dh (updated) and dz (written)
           prefetch_rows(D_ + (t - 2) * BH + r0 * H, rows * H, false);
-          prefetch_rows(G_ + (t - 1) * BH + r0 * H, rows * H, true);
+          if (by_step)
+            prefetch_rows(grad_hs + (t - 2) * BH + r0 * H, rows * H, false);
+          else
+            prefetch_rows(G_ + (t - 1) * BH + r0 * H, rows * H, true);
           prefetch_rows(dzt - BH, rows * H, true);
         }
         const size_t hb = size_t((t - 1) * nrb_ + rb);
@@ -352,6 +357,7 @@ RnnReport RnnChain<T>::backward(const T* grad_hs, const T* grad_ys, T* dx, T* dh
           blk_[hb] = Kt.bwd_plain(G_ + t * BH + r0 * H, D_ + (t - 1) * BH + r0 * H, T(1),
                                   select, report, dzt, db, rows, H);
         }
+        if (by_step && t > 1) this->load_grad_rows(grad_hs, G_, t - 1, r0, rows);
         step_gemm(Kt, rows, H, dzt, Wp, G_ + (t - 1) * BH + r0 * H);
       }
     }

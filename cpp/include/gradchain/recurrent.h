@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -126,8 +127,19 @@ class RecurrentChain : public ChainBase<T> {
   int64_t slot_for(int64_t steps, int64_t B) const;
   // The forward's inputs: x (T, B, I) into X_, h0 (B, H) or zeros into HS_'s slot 0.
   void load_inputs(const T* x, const T* h0, int64_t steps, int64_t B);
-  // The backward's start: G[1..T] = grad_hs (or zeros), G[0] = 0.
-  void load_grad_hs(const T* grad_hs, T* G) const;
+  // The backward's start: G[1..T] = grad_hs (or zeros), G[0] = 0. by_step (no readout,
+  // grad_hs given: stepwise_grad_hs): only G[T] and G[0]; G[t] for t < T is loaded by
+  // load_grad_rows inside the backward's loop, each thread its rows right before the step
+  // that adds into them (one pass over grad_hs from memory straight to L1, instead of a
+  // copy of all T steps first and reading it back: rnn-mid's backward -2 ms).
+  void load_grad_hs(const T* grad_hs, T* G, bool by_step = false) const;
+  bool stepwise_grad_hs(const T* grad_hs) const { return grad_hs != nullptr && K_ == 0; }
+  // G[t] rows r0..r0+rows = grad_hs[t-1]'s (1 <= t < T; by_step)
+  void load_grad_rows(const T* grad_hs, T* G, int64_t t, int64_t r0, int64_t rows) const {
+    const int64_t BH = B_ * H_;
+    std::memcpy(G + t * BH + r0 * H_, grad_hs + (t - 1) * BH + r0 * H_,
+                size_t(rows * H_) * sizeof(T));
+  }
 
   // Called by every thread of a region (orphaned work-sharing loops):
   // y = h W_out^T + b_out over all T*B rows, with the bias pass's non-finite check per row

@@ -231,6 +231,13 @@ static inline T grad_times(T g, T scale, T d) {
   if constexpr (kSelect) v = d == T(0) ? T(0) : v;
   return v;
 }
+// The same for a vector (Vec<T>::V) of g and d.
+template <bool kSelect, class VT>
+static inline VT grad_times_v(VT g, VT scale, VT d) {
+  VT v = g * scale * d;
+  if constexpr (kSelect) v = d == VT{} ? VT{} : v;
+  return v;
+}
 
 // kSS: also the float64 sum of squares of g (the report's); off for gradients only.
 template <class T, bool kDb, bool kSelect, bool kSS>
@@ -314,8 +321,7 @@ static double bwd_plain_rep_rows(const T* g, const T* d, const T scale, T* dz, d
     for (; c + W <= n; c += W) {
       const VT gv = Vec<T>::load(gr + c);
       const VT dv = Vec<T>::load(dr + c);
-      VT v = gv * vscale * dv;  // grad_times
-      if constexpr (kSelect) v = dv == zero ? zero : v;
+      const VT v = grad_times_v<kSelect>(gv, vscale, dv);
       Vec<T>::store(zr + c, v);
       if constexpr (sizeof(T) == 4) {
         const VD gd0 = half_to_f64<VD, 0>(gv), gd1 = half_to_f64<VD, W / 2>(gv);
@@ -440,8 +446,7 @@ static double bwd_bn1_rows(const T* g, const T* d, const T* xhat, const T scale,
     for (; c + W <= n; c += W) {
       const VT gv = Vec<T>::load(gr + c);
       const VT dv = Vec<T>::load(dr + c);
-      VT v = gv * vscale * dv;  // grad_times
-      if constexpr (kSelect) v = dv == zero ? zero : v;
+      const VT v = grad_times_v<kSelect>(gv, vscale, dv);
       Vec<T>::store(zr + c, v);
       const VT xv = Vec<T>::load(xr + c);
       if constexpr (sizeof(T) == 4) {
@@ -794,8 +799,7 @@ static double bwd_step_health_rows(const T* g, const T* d, const T scale, T* dz,
         const int64_t o = r * n + c0 + k * W;
         const VT gv = Vec<T>::load(g + o);
         const VT dv = Vec<T>::load(d + o);
-        VT v = gv * vscale * dv;  // grad_times
-        if constexpr (kSelect) v = dv == zero ? zero : v;
+        const VT v = grad_times_v<kSelect>(gv, vscale, dv);
         Vec<T>::store(dz + o, v);
         if constexpr (sizeof(T) == 4) {
           const VD gd0 = half_to_f64<VD, 0>(gv), gd1 = half_to_f64<VD, W / 2>(gv);

@@ -120,6 +120,27 @@ def grads_by_threads_and_per_example(m: gc.Model, x: np.ndarray, gh, gy) -> dict
     return got
 
 
+# The health fields of a report (MLP, RNN and gated cells alike).
+HEALTH = ("dead_unit_fractions", "saturated_unit_fractions", "zero_grad_fractions",
+          "subnormal_grad_fractions")
+
+
+def rnn_report_same_for_threads(r: gc.Model, x: np.ndarray, g: np.ndarray,
+                                fields: tuple[str, ...], label: object = None) -> object:
+    """forward(x) + backward(grad_hs=g) at 1, 2 and 3 threads (the caller restores the
+    setting: the restore_threads fixture); asserts every field in ``fields`` bitwise equal
+    across them and returns the 1-thread report."""
+    reps = []
+    for n in (1, 2, 3):
+        gc.set_num_threads(n)
+        r.forward(x)
+        reps.append(r.backward(grad_hs=g))
+    for rep in reps[1:]:
+        for f in fields:
+            assert np.array_equal(getattr(rep, f), getattr(reps[0], f)), (label, f)
+    return reps[0]
+
+
 def assert_same_bits_everywhere(got: dict) -> None:
     """Every entry of grads_by_threads_and_per_example's result bitwise equal to threads 1,
     per_example False."""

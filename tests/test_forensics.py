@@ -12,11 +12,8 @@ import numpy as np
 import pytest
 
 import gradchain as gc
-from conftest import ref
+from conftest import HEALTH, ref, rnn_report_same_for_threads
 from gradchain.models.base import Model
-
-HEALTH = ("dead_unit_fractions", "saturated_unit_fractions", "zero_grad_fractions",
-          "subnormal_grad_fractions")
 
 
 def _params(m: gc.Model) -> dict[str, np.ndarray]:
@@ -543,11 +540,4 @@ def test_rnn_health_is_identical_for_any_thread_count(restore_threads):
     r = gc.RNN(8, 64, activation="relu", seed=0)
     x = rng.normal(size=(40, 48, 8)).astype(np.float32)
     g = rng.normal(size=(40, 48, 64)).astype(np.float32)
-    reps = []
-    for n in (1, 2, 3):
-        gc.set_num_threads(n)
-        r.forward(x)
-        reps.append(r.backward(grad_hs=g))
-    for rep in reps[1:]:
-        for f in (*HEALTH, "mean_abs_activations"):
-            assert np.array_equal(getattr(rep, f), getattr(reps[0], f)), f
+    rnn_report_same_for_threads(r, x, g, (*HEALTH, "mean_abs_activations"))

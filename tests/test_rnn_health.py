@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 import gradchain as gc
+from conftest import HEALTH, rnn_report_same_for_threads
 from gradchain import reference as ref
-
-HEALTH = ("dead_unit_fractions", "saturated_unit_fractions", "zero_grad_fractions",
-          "subnormal_grad_fractions")
 
 
 def _model(H: int, B: int, dtype: type, act: str) -> tuple[gc.RNN, np.ndarray, np.ndarray]:
@@ -93,16 +91,10 @@ def test_step_health_is_identical_for_any_thread_count_on_every_isa(restore_isa,
     g[-1, :, :10] = 0.0  # dL/dh_T = grad_hs_T
     for isa in gc.available_isas():
         gc.set_isa(isa)
-        reps = []
-        for n in (1, 2, 3):
-            gc.set_num_threads(n)
-            r.forward(x)
-            reps.append(r.backward(grad_hs=g))
-        for rep in reps[1:]:
-            for f in (*HEALTH, "mean_abs_activations", "timestep_grad_norms"):
-                assert np.array_equal(getattr(rep, f), getattr(reps[0], f)), (isa, f)
-        assert reps[0].saturated_unit_fractions[110] == 1.0
-        assert reps[0].zero_grad_fractions[-1] == 10 / 70
+        rep = rnn_report_same_for_threads(
+            r, x, g, (*HEALTH, "mean_abs_activations", "timestep_grad_norms"), isa)
+        assert rep.saturated_unit_fractions[110] == 1.0
+        assert rep.zero_grad_fractions[-1] == 10 / 70
 
 
 def _params(m: gc.Model) -> dict[str, np.ndarray]:

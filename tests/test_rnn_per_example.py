@@ -379,8 +379,8 @@ def test_fused_weight_gradients_equal_the_merged_products_and_the_reference(dtyp
 def test_clip_per_example_reruns_the_upstream_gradient_as_it_was_passed(kind):
     """The kept upstream gradient is a copy of the caller's array (writing to the array
     after backward changes nothing), its buffer reused from one backward to the next (no
-    new pages per pass: base.kept_upstream), and a gradient validation already copied is
-    kept as it is."""
+    new pages per pass: Model._kept_upstream), and an array validation made (from a list)
+    is kept as it is."""
     rng = np.random.default_rng(3)
     T, B = 4, 6
     if kind == "mlp":

@@ -393,22 +393,6 @@ def check_not_running(model: Any, what: str) -> None:
                            f"custom activation may not call {what} on the model it belongs to")
 
 
-def kept_upstream(a: np.ndarray, source: Any, spare: np.ndarray | None) -> np.ndarray:
-    """What ``gc.clip_per_example`` reruns: the validated upstream gradient ``a`` as it is
-    now. ``a`` itself when ``source`` is None (the model made it: a loss's gradient) or when
-    validation copied the caller's ``source`` (nobody else holds ``a``); else a copy, into
-    ``spare`` (a copy kept before) when it has a's shape and dtype. A fresh copy per
-    backward cost rnn-mid and rnn-long-narrow 12-18 % (page faults on 16 MiB of new pages
-    every pass, and the churn slowed the next forward too)."""
-    if source is None or not (isinstance(source, np.ndarray)
-                              and np.may_share_memory(a, source)):
-        return a
-    if spare is not None and spare.shape == a.shape and spare.dtype == a.dtype:
-        np.copyto(spare, a)
-        return spare
-    return np.array(a, copy=True)
-
-
 def tracks_forward(fn: _F) -> _F:
     """Remember why a forward pass failed or was rejected (``model._forward_error``), so
     that a later ``backward`` can say so instead of "called before forward()"."""
@@ -647,6 +631,26 @@ class Model:
         """``gc.clip_per_example``'s work (a kind with per-example gradients overrides it)."""
         raise TypeError(f"model: gc.clip_per_example needs per-example gradients, which "
                         f"{type(self).__name__} does not compute")
+
+    def _kept_upstream(self, key: str, a: np.ndarray, source: Any) -> np.ndarray:
+        """What ``gc.clip_per_example`` reruns: the validated upstream gradient ``a`` (named
+        ``key``) as it is now. ``a`` itself when it is not (in) the caller's ``source`` array
+        (None: the model made it, e.g. a loss's gradient; or validation copied it): nobody
+        else holds it. Else a copy, into the array of the last copy under ``key`` when that
+        has a's shape and dtype. A fresh copy per backward cost rnn-mid and rnn-long-narrow
+        12-18 % (page faults on 16 MiB of new pages every pass, and the churn slowed the
+        next forward too)."""
+        if not (isinstance(source, np.ndarray) and np.may_share_memory(a, source)):
+            return a
+        spares = getattr(self, "_upstream_spares", None)
+        if spares is None:
+            spares = self._upstream_spares = {}
+        spare = spares.get(key)
+        if spare is not None and spare.shape == a.shape and spare.dtype == a.dtype:
+            np.copyto(spare, a)
+            return spare
+        spares[key] = np.array(a, copy=True)
+        return spares[key]
 
     def _check_clippable(self, kept: bool, accumulated: bool) -> None:
         """gc.clip_per_example's preconditions: a backward after the last forward whose

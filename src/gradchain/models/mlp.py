@@ -39,7 +39,6 @@ from .base import (
     _check_seed,
     _core_message,
     _custom_callback,
-    kept_upstream,
     locked,
     register,
     tracks_forward,
@@ -363,7 +362,6 @@ class MLP(Model):
         # what gc.clip_per_example reruns: the last backward's dL/dy, whether it
         # accumulated, and its per-example norms (None until a backward)
         self._last_gy: np.ndarray | None = None
-        self._last_gy_spare: np.ndarray | None = None  # its copy's array, reused
         self._last_accumulate = False
         self._example_norms: np.ndarray | None = None
         self._nonfinite_origin = None
@@ -515,9 +513,7 @@ class MLP(Model):
                         f"batch of {B}")
         d, dx = self._compute("backward", self._core.backward, g, acc, rep, pe)
         self._input_grad = dx
-        self._last_gy = kept_upstream(g, grad_output, getattr(self, "_last_gy_spare", None))
-        if self._last_gy is not g:
-            self._last_gy_spare = self._last_gy
+        self._last_gy = self._kept_upstream("grad_output", g, grad_output)
         self._last_accumulate = acc
         self._example_norms = None
         if not rep:

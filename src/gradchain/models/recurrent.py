@@ -34,7 +34,6 @@ from .base import (
     Model,
     ReportAxis,
     _check_seed,
-    kept_upstream,
     locked,
 )
 from .base import _require as require
@@ -350,14 +349,11 @@ class _Recurrent(Model):
     def _keep_grads(self, gh: np.ndarray | None, gy: np.ndarray | None, acc: bool,
                     sources: tuple[Any, Any] = (None, None)) -> None:
         """What gc.clip_per_example reruns: the backward's upstream gradients (time-major),
-        validated from the caller's ``sources`` (None: the model's own, kept as they are;
-        base.kept_upstream). The copies' arrays are reused from one backward to the next."""
-        spare = getattr(self, "_kept_spare", (None, None))
-        kept = tuple(None if a is None else kept_upstream(a, src, old)
-                     for a, src, old in zip((gh, gy), sources, spare, strict=True))
-        self._kept_spare = tuple(k if k is not None and k is not a else old
-                                 for k, a, old in zip(kept, (gh, gy), spare, strict=True))
-        self._last_grads = (kept[0], kept[1])
+        validated from the caller's ``sources`` (None: the model's own;
+        Model._kept_upstream)."""
+        self._last_grads = (
+            None if gh is None else self._kept_upstream("grad_hs", gh, sources[0]),
+            None if gy is None else self._kept_upstream("grad_ys", gy, sources[1]))
         self._last_accumulate = acc
         self._example_norms = None
 
